@@ -1,0 +1,1 @@
+"""hvdm: host-side, event-sourced memory accounting for Hyper-V Dynamic Memory guests."""

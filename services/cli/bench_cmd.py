@@ -1,0 +1,31 @@
+"""``hvdm bench NAME``: runs one of the repository's benchmarks (``bench/NAME.py``).
+
+Benchmarks print ratios against a baseline measured in the same process, so their figures are
+comparable across machines; they are deliberately not part of the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+
+import bench
+
+
+def available() -> list[str]:
+    """Names of the benchmark modules shipped in ``bench/``."""
+    return sorted(m.name for m in pkgutil.iter_modules(bench.__path__) if not m.name.startswith("_"))
+
+
+def _run(args: argparse.Namespace) -> int:
+    module = importlib.import_module(f"bench.{args.name}")
+    code: int = module.main(args.bench_args)
+    return code
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser("bench", help="run a benchmark from bench/ (e.g. ranges, codec)")
+    parser.add_argument("name", choices=available(), help="benchmark to run")
+    parser.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments passed to the benchmark")
+    parser.set_defaults(func=_run)
