@@ -1,0 +1,411 @@
+"""Event types: the facts the engine decided. A VM's state is the fold of its events.
+
+Events carry facts only, in units that name themselves (``pages``, ``bytes``, ``*_page``), and
+enough detail that a fold needs nothing else: a ``PagesBallooned`` lists the exact ranges newly
+taken back, not the message they came in.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import ClassVar
+
+PageRanges = tuple[tuple[int, int], ...]
+
+
+class ViolationReason(enum.StrEnum):
+    """Why a guest's behaviour was rejected or flagged; the ``reason`` label of the violation metric."""
+
+    # The message could not be decoded (the codec's reason codes).
+    TRUNCATED = "TRUNCATED"
+    SIZE_MISMATCH = "SIZE_MISMATCH"
+    RANGE_COUNT_MISMATCH = "RANGE_COUNT_MISMATCH"
+    UNKNOWN_TYPE = "UNKNOWN_TYPE"
+    MALFORMED_MESSAGE = "MALFORMED_MESSAGE"
+    #: Decoded and processed, but reserved bits were not zero.
+    RESERVED_BITS_SET = "RESERVED_BITS_SET"
+    #: The gateway could not frame the byte stream (bad VMBus descriptor, oversized packet).
+    MALFORMED_FRAME = "MALFORMED_FRAME"
+    #: A message type only the host may send (responses to the guest, requests to the guest).
+    WRONG_DIRECTION = "WRONG_DIRECTION"
+    #: A known message the host was not waiting for in its current state.
+    UNEXPECTED_MESSAGE = "UNEXPECTED_MESSAGE"
+    #: Returned pages that are neither boot RAM nor hot-added memory (QEMU counts them anyway).
+    PAGES_NOT_OWNED = "PAGES_NOT_OWNED"
+    #: Returned pages that were already ballooned out (or repeated within one message).
+    DOUBLE_FREE = "DOUBLE_FREE"
+    #: More pages returned than the transaction asked for (accounted, since the guest gave them up).
+    PAGES_BEYOND_REQUEST = "PAGES_BEYOND_REQUEST"
+    #: A range with a zero page count.
+    EMPTY_RANGE = "EMPTY_RANGE"
+    #: Hot-add response claiming more pages than were offered (clamped, as QEMU does).
+    HOT_ADD_OVERCLAIM = "HOT_ADD_OVERCLAIM"
+    #: Hot-remove response with pages that are not hot-added, not owned, or ballooned.
+    HOT_REMOVE_INVALID_PAGES = "HOT_REMOVE_INVALID_PAGES"
+    #: No answer within the configured number of ticks.
+    TIMEOUT = "TIMEOUT"
+    #: More status reports in one tick than a real guest ever sends.
+    STATUS_REPORT_FLOOD = "STATUS_REPORT_FLOOD"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EventBase:
+    KIND: ClassVar[str] = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VmDescribed(EventBase):
+    """The VM's memory layout, from the gateway hello: boot RAM is pages [0, boot_pages)."""
+
+    KIND: ClassVar[str] = "VmDescribed"
+    boot_pages: int
+    maxmem_pages: int
+    window_start_page: int
+    window_end_page: int
+    status_reports: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChannelOpened(EventBase):
+    KIND: ClassVar[str] = "ChannelOpened"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChannelClosed(EventBase):
+    """Any transaction in flight is abandoned; ballooned pages stay ballooned (hibernate/resume)."""
+
+    KIND: ClassVar[str] = "ChannelClosed"
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VmbusReset(EventBase):
+    """Ballooned trees and counters cleared, host trans_id back to 0, hot-added memory kept."""
+
+    KIND: ClassVar[str] = "VmbusReset"
+    ballooned_pages_dropped: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SystemReset(EventBase):
+    """Reboot: on top of a VMBus reset, every vDIMM is released (listed in unused_backends)."""
+
+    KIND: ClassVar[str] = "SystemReset"
+    ballooned_pages_dropped: int
+    hot_added_pages_dropped: int
+    unused_backends: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MemoryBackendUnused(EventBase):
+    """QMP ``HV_BALLOON_MEMORY_BACKEND_UNUSED``: management may now delete or re-plug it."""
+
+    KIND: ClassVar[str] = "MemoryBackendUnused"
+    backend_id: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VersionAccepted(EventBase):
+    KIND: ClassVar[str] = "VersionAccepted"
+    version: int
+    guest_trans_id: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VersionRejected(EventBase):
+    KIND: ClassVar[str] = "VersionRejected"
+    version: int
+    guest_trans_id: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CapabilitiesAccepted(EventBase):
+    """The guest's capabilities; the post-init wait runs until ``post_init_until_tick``."""
+
+    KIND: ClassVar[str] = "CapabilitiesAccepted"
+    guest_trans_id: int
+    balloon: bool
+    hot_add: bool
+    hot_add_alignment: int
+    hot_remove: bool
+    min_page_cnt: int
+    max_page_number: int
+    suppress_pressure_reports: bool
+    post_init_until_tick: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PostInitWaitEnded(EventBase):
+    KIND: ClassVar[str] = "PostInitWaitEnded"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StatusReported(EventBase):
+    """A guest memory status report; counts are 4 KiB pages as on the wire."""
+
+    KIND: ClassVar[str] = "StatusReported"
+    tick: int
+    available_pages: int
+    committed_pages: int
+    page_file_size_pages: int
+    zero_free_pages: int
+    page_file_writes: int
+    io_diff: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TargetSet(EventBase):
+    KIND: ClassVar[str] = "TargetSet"
+    target_pages: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BalloonRequested(EventBase):
+    KIND: ClassVar[str] = "BalloonRequested"
+    trans_id: int
+    num_pages: int
+    tick: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PagesBallooned(EventBase):
+    """Pages newly taken back from the guest by one balloon response message (exact ranges)."""
+
+    KIND: ClassVar[str] = "PagesBallooned"
+    ranges: PageRanges
+    pages: int
+    tick: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BalloonTransactionEnded(EventBase):
+    """outcome: ``complete`` (all asked for), ``partial`` (the guest gave less: stop, as QEMU
+    does on an empty response), or ``timeout``."""
+
+    KIND: ClassVar[str] = "BalloonTransactionEnded"
+    trans_id: int
+    requested_pages: int
+    received_pages: int
+    outcome: str
+    tick: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UnballoonRequested(EventBase):
+    """One UNBALLOON_REQUEST message; its pages stop counting as ballooned when it is sent."""
+
+    KIND: ClassVar[str] = "UnballoonRequested"
+    trans_id: int
+    ranges: PageRanges
+    pages: int
+    more_pages: bool
+    tick: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UnballoonCompleted(EventBase):
+    KIND: ClassVar[str] = "UnballoonCompleted"
+    trans_id: int
+    pages: int
+    tick: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MemoryBackendAdded(EventBase):
+    KIND: ClassVar[str] = "MemoryBackendAdded"
+    backend_id: str
+    size_bytes: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MemoryBackendDeleted(EventBase):
+    KIND: ClassVar[str] = "MemoryBackendDeleted"
+    backend_id: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VdimmPlugged(EventBase):
+    """A backend laid out as a vDIMM in the hot-add window (the seed's v2 design)."""
+
+    KIND: ClassVar[str] = "VdimmPlugged"
+    backend_id: str
+    size_bytes: int
+    hot_add_alignment: int
+    start_page: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VdimmUnplugged(EventBase):
+    KIND: ClassVar[str] = "VdimmUnplugged"
+    backend_id: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HotAddRequested(EventBase):
+    KIND: ClassVar[str] = "HotAddRequested"
+    trans_id: int
+    backend_id: str
+    start_page: int
+    page_count: int
+    tick: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HotAddCompleted(EventBase):
+    """accepted_pages (clamped to the offer) are now guest RAM; a short or failed answer makes
+    the rest of that vDIMM unusable until reboot, as in QEMU."""
+
+    KIND: ClassVar[str] = "HotAddCompleted"
+    trans_id: int
+    backend_id: str
+    start_page: int
+    requested_pages: int
+    accepted_pages: int
+    result: int
+    tick: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HotAddAbandoned(EventBase):
+    """Timed out: the chunk is treated as failed (rest of the vDIMM unusable)."""
+
+    KIND: ClassVar[str] = "HotAddAbandoned"
+    trans_id: int
+    backend_id: str
+    requested_pages: int
+    tick: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HotRemoveRequested(EventBase):
+    KIND: ClassVar[str] = "HotRemoveRequested"
+    trans_id: int
+    page_count: int
+    tick: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PagesHotRemoved(EventBase):
+    """Hot-added pages the guest gave back through protocol 2.0 hot-remove (exact ranges)."""
+
+    KIND: ClassVar[str] = "PagesHotRemoved"
+    ranges: PageRanges
+    pages: int
+    tick: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HotRemoveTransactionEnded(EventBase):
+    KIND: ClassVar[str] = "HotRemoveTransactionEnded"
+    trans_id: int
+    requested_pages: int
+    received_pages: int
+    outcome: str
+    tick: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TransactionTimedOut(EventBase):
+    """An unanswered transaction was abandoned; the next one waits until ``retry_at_tick``."""
+
+    KIND: ClassVar[str] = "TransactionTimedOut"
+    kind: str
+    trans_id: int
+    waited_ticks: int
+    retry_at_tick: int
+    tick: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GuestViolation(EventBase):
+    """The guest misbehaved; nothing wrong was accounted. ``ranges`` are the exact pages involved."""
+
+    KIND: ClassVar[str] = "GuestViolation"
+    reason: str
+    message_type: str
+    guest_trans_id: int
+    detail: str
+    ranges: PageRanges
+    pages: int
+    tick: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CommandRejected(EventBase):
+    """An operator command that could not be applied, with QEMU's QMP error class."""
+
+    KIND: ClassVar[str] = "CommandRejected"
+    command: str
+    error_class: str
+    desc: str
+
+
+Event = (
+    VmDescribed
+    | ChannelOpened
+    | ChannelClosed
+    | VmbusReset
+    | SystemReset
+    | MemoryBackendUnused
+    | VersionAccepted
+    | VersionRejected
+    | CapabilitiesAccepted
+    | PostInitWaitEnded
+    | StatusReported
+    | TargetSet
+    | BalloonRequested
+    | PagesBallooned
+    | BalloonTransactionEnded
+    | UnballoonRequested
+    | UnballoonCompleted
+    | MemoryBackendAdded
+    | MemoryBackendDeleted
+    | VdimmPlugged
+    | VdimmUnplugged
+    | HotAddRequested
+    | HotAddCompleted
+    | HotAddAbandoned
+    | HotRemoveRequested
+    | PagesHotRemoved
+    | HotRemoveTransactionEnded
+    | TransactionTimedOut
+    | GuestViolation
+    | CommandRejected
+)
+
+EVENT_TYPES: dict[str, type[EventBase]] = {
+    cls.KIND: cls
+    for cls in (
+        VmDescribed,
+        ChannelOpened,
+        ChannelClosed,
+        VmbusReset,
+        SystemReset,
+        MemoryBackendUnused,
+        VersionAccepted,
+        VersionRejected,
+        CapabilitiesAccepted,
+        PostInitWaitEnded,
+        StatusReported,
+        TargetSet,
+        BalloonRequested,
+        PagesBallooned,
+        BalloonTransactionEnded,
+        UnballoonRequested,
+        UnballoonCompleted,
+        MemoryBackendAdded,
+        MemoryBackendDeleted,
+        VdimmPlugged,
+        VdimmUnplugged,
+        HotAddRequested,
+        HotAddCompleted,
+        HotAddAbandoned,
+        HotRemoveRequested,
+        PagesHotRemoved,
+        HotRemoveTransactionEnded,
+        TransactionTimedOut,
+        GuestViolation,
+        CommandRejected,
+    )
+}

@@ -1,0 +1,139 @@
+"""Inbox record types: everything that may change a VM, in one total order per VM.
+
+Every input carries ``tick``, the engine clock value at which it entered the inbox. Time reaches
+the engine only this way, which is what makes replaying an inbox reproduce its events exactly.
+Guest messages are kept as raw bytes: the engine decodes them itself, so a newer decoder re-reads
+an old log faithfully.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InputBase:
+    KIND: ClassVar[str] = ""
+    tick: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChannelOpened(InputBase):
+    """A guest opened its DM channel; the gateway's hello describes the VM it belongs to."""
+
+    KIND: ClassVar[str] = "ChannelOpened"
+    boot_bytes: int
+    maxmem_bytes: int
+    #: First page of the hot-add window; None places it as QEMU does (32 GiB aligned, above RAM).
+    hot_add_base_page: int | None = None
+    status_reports: bool = True
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChannelClosed(InputBase):
+    KIND: ClassVar[str] = "ChannelClosed"
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VmbusReset(InputBase):
+    """VMBus connect/unload: trees and counters are dropped, hot-added memory stays (QEMU)."""
+
+    KIND: ClassVar[str] = "VmbusReset"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SystemReset(InputBase):
+    """Guest reboot: every vDIMM is released and the guest is back at its boot size."""
+
+    KIND: ClassVar[str] = "SystemReset"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GuestMessage(InputBase):
+    """One DM message as the guest sent it (the payload of one VMBus packet)."""
+
+    KIND: ClassVar[str] = "GuestMessage"
+    raw: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MalformedFrame(InputBase):
+    """The gateway could not even frame what the guest sent; recorded as a violation."""
+
+    KIND: ClassVar[str] = "MalformedFrame"
+    reason: str
+    raw: bytes = b""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SetTarget(InputBase):
+    """QMP ``balloon``: the size the VM should reach, in bytes (rounded down to pages)."""
+
+    KIND: ClassVar[str] = "SetTarget"
+    target_bytes: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AddBackend(InputBase):
+    """QMP ``object-add memory-backend-ram``: a backend exists but is not yet plugged."""
+
+    KIND: ClassVar[str] = "AddBackend"
+    backend_id: str
+    size_bytes: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RemoveBackend(InputBase):
+    """QMP ``object-del``."""
+
+    KIND: ClassVar[str] = "RemoveBackend"
+    backend_id: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PlugBackend(InputBase):
+    """QMP ``hv-balloon-add-memory``: lay the backend out as a vDIMM available for hot-add."""
+
+    KIND: ClassVar[str] = "PlugBackend"
+    backend_id: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Tick(InputBase):
+    """The clock moved; drives the post-init wait, timeouts and back-off."""
+
+    KIND: ClassVar[str] = "Tick"
+
+
+Input = (
+    ChannelOpened
+    | ChannelClosed
+    | VmbusReset
+    | SystemReset
+    | GuestMessage
+    | MalformedFrame
+    | SetTarget
+    | AddBackend
+    | RemoveBackend
+    | PlugBackend
+    | Tick
+)
+
+INPUT_TYPES: dict[str, type[InputBase]] = {
+    cls.KIND: cls
+    for cls in (
+        ChannelOpened,
+        ChannelClosed,
+        VmbusReset,
+        SystemReset,
+        GuestMessage,
+        MalformedFrame,
+        SetTarget,
+        AddBackend,
+        RemoveBackend,
+        PlugBackend,
+        Tick,
+    )
+}

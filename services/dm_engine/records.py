@@ -1,0 +1,97 @@
+"""JSON form of inputs and events: the bytes every log stores and every replay compares.
+
+``dumps`` is canonical (sorted keys, no spaces), so a re-run of the engine that decides the same
+events produces byte-identical records. Bytes travel as lowercase hex, page ranges as
+``[start_page, page_count]`` pairs.
+"""
+
+from __future__ import annotations
+
+import json
+import typing
+from dataclasses import fields
+from typing import Any
+
+from services.dm_engine import events as ev
+from services.dm_engine import inputs as inp
+
+_FIELD_KINDS: dict[type, tuple[tuple[str, str], ...]] = {}
+
+
+def _field_kinds(cls: type) -> tuple[tuple[str, str], ...]:
+    """(field name, conversion kind) for a record class, computed once per class."""
+    cached = _FIELD_KINDS.get(cls)
+    if cached is not None:
+        return cached
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in fields(cls):
+        hint = hints[f.name]
+        if hint is bytes:
+            kind = "bytes"
+        elif hint == ev.PageRanges:
+            kind = "ranges"
+        elif typing.get_origin(hint) is tuple:
+            kind = "tuple"
+        else:
+            kind = "plain"
+        out.append((f.name, kind))
+    _FIELD_KINDS[cls] = result = tuple(out)
+    return result
+
+
+def to_dict(record: inp.InputBase | ev.EventBase) -> dict[str, Any]:
+    """``{"type": KIND, **fields}`` with JSON-friendly values."""
+    data: dict[str, Any] = {"type": record.KIND}
+    for name, kind in _field_kinds(type(record)):
+        value = getattr(record, name)
+        if kind == "bytes":
+            data[name] = value.hex()
+        elif kind == "ranges":
+            data[name] = [[s, c] for s, c in value]
+        elif kind == "tuple":
+            data[name] = list(value)
+        else:
+            data[name] = value
+    return data
+
+
+def _from_dict(registry: dict[str, type[Any]], data: dict[str, Any]) -> Any:
+    cls = registry[data["type"]]
+    kwargs: dict[str, Any] = {}
+    for name, kind in _field_kinds(cls):
+        if name not in data:
+            continue  # a field added later keeps its default when reading an older record
+        value = data[name]
+        if kind == "bytes":
+            kwargs[name] = bytes.fromhex(value)
+        elif kind == "ranges":
+            kwargs[name] = tuple((int(s), int(c)) for s, c in value)
+        elif kind == "tuple":
+            kwargs[name] = tuple(value)
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+def event_from_dict(data: dict[str, Any]) -> ev.Event:
+    event: ev.Event = _from_dict(ev.EVENT_TYPES, data)
+    return event
+
+
+def input_from_dict(data: dict[str, Any]) -> inp.Input:
+    record: inp.Input = _from_dict(inp.INPUT_TYPES, data)
+    return record
+
+
+def dumps(data: dict[str, Any]) -> str:
+    """Canonical JSON: identical records give identical bytes."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"))
+
+
+def event_json(event: ev.Event) -> str:
+    return dumps(to_dict(event))
+
+
+def input_json(record: inp.Input) -> str:
+    return dumps(to_dict(record))

@@ -1,0 +1,269 @@
+"""The embedded log: inbox, event log, outbox, snapshots and positions in one SQLite file.
+
+One file, WAL mode, and every engine step commits its events, outbox messages, snapshots and the
+consumed inbox position in a single transaction, so a ``kill -9`` at any instant leaves either
+all of a step or none of it: restarting re-decides exactly the inputs whose effects were lost.
+WAL with ``synchronous=NORMAL`` survives process crashes (not power loss, which needs FULL).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+#: The inbox's VM id for records that concern every VM (clock ticks).
+ALL_VMS = "*"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS inbox (
+    pos INTEGER PRIMARY KEY,
+    vm TEXT NOT NULL,
+    tick INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    record TEXT NOT NULL,
+    decoded TEXT
+);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY,
+    vm TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    inbox_pos INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    record TEXT NOT NULL,
+    UNIQUE (vm, seq)
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY,
+    vm TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    event_seq INTEGER NOT NULL,
+    message BLOB NOT NULL,
+    UNIQUE (vm, seq)
+);
+CREATE TABLE IF NOT EXISTS snapshots (
+    vm TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    inbox_pos INTEGER NOT NULL,
+    state TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS positions (name TEXT PRIMARY KEY, pos INTEGER NOT NULL);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class InboxRow:
+    pos: int
+    vm: str
+    tick: int
+    record: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class EventRow:
+    vm: str
+    seq: int
+    inbox_pos: int
+    record: str  # canonical JSON, compared byte for byte by audits
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    vm: str
+    seq: int
+    event_seq: int
+    message: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class StepWrite:
+    """Everything one processed inbox record produced for one VM."""
+
+    vm: str
+    inbox_pos: int
+    events: Sequence[tuple[str, str]]  # (event type, canonical JSON), in order
+    outbox: Sequence[tuple[int, bytes]]  # (index into events, encoded DM message)
+
+
+class SqliteLog:
+    """All three logs in one file. Not thread-safe: one instance per thread (asyncio: one loop)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA busy_timeout=10000")
+        self._db.executescript(_SCHEMA)
+        self._next_event_seq: dict[str, int] = {}
+        self._next_outbox_seq: dict[str, int] = {}
+
+    def close(self) -> None:
+        self._db.close()
+
+    # ------------------------------------------------------------------ meta and positions
+    def get_meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    def get_position(self, name: str) -> int:
+        row = self._db.execute("SELECT pos FROM positions WHERE name = ?", (name,)).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def set_position(self, name: str, pos: int) -> None:
+        self._db.execute("INSERT OR REPLACE INTO positions (name, pos) VALUES (?, ?)", (name, pos))
+
+    # ------------------------------------------------------------------ inbox
+    def append_inputs(self, rows: Iterable[tuple[str, int, dict[str, Any], str | None]]) -> int:
+        """Append (vm, tick, input record, decoded JSON or None) rows atomically; returns the last pos."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            last = 0
+            for vm, tick, record, decoded in rows:
+                cur = db.execute(
+                    "INSERT INTO inbox (vm, tick, kind, record, decoded) VALUES (?, ?, ?, ?, ?)",
+                    (
+                        vm,
+                        tick,
+                        record["type"],
+                        json.dumps(record, sort_keys=True, separators=(",", ":")),
+                        decoded,
+                    ),
+                )
+                last = int(cur.lastrowid or 0)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return last
+
+    def append_input(self, vm: str, tick: int, record: dict[str, Any], decoded: str | None = None) -> int:
+        return self.append_inputs([(vm, tick, record, decoded)])
+
+    def read_inbox(self, after: int, limit: int = 1000, vm: str | None = None) -> list[InboxRow]:
+        if vm is None:
+            cur = self._db.execute(
+                "SELECT pos, vm, tick, record FROM inbox WHERE pos > ? ORDER BY pos LIMIT ?", (after, limit)
+            )
+        else:
+            cur = self._db.execute(
+                "SELECT pos, vm, tick, record FROM inbox WHERE pos > ? AND vm IN (?, ?) ORDER BY pos LIMIT ?",
+                (after, vm, ALL_VMS, limit),
+            )
+        return [InboxRow(int(p), str(v), int(t), json.loads(r)) for p, v, t, r in cur]
+
+    def inbox_high_watermark(self) -> int:
+        row = self._db.execute("SELECT COALESCE(MAX(pos), 0) FROM inbox").fetchone()
+        return int(row[0])
+
+    def iter_inbox(self, after: int = 0, until: int | None = None, batch: int = 5000) -> Iterator[InboxRow]:
+        pos = after
+        while True:
+            rows = self.read_inbox(pos, batch)
+            for row in rows:
+                if until is not None and row.pos > until:
+                    return
+                yield row
+            if len(rows) < batch:
+                return
+            pos = rows[-1].pos
+
+    # ------------------------------------------------------------------ engine commits
+    def consumed_position(self) -> int:
+        return self.get_position("engine")
+
+    def _next_seq(self, cache: dict[str, int], table: str, vm: str) -> int:
+        seq = cache.get(vm)
+        if seq is None:
+            row = self._db.execute(
+                f"SELECT COALESCE(MAX(seq), 0) FROM {table} WHERE vm = ?", (vm,)
+            ).fetchone()
+            seq = int(row[0]) + 1
+        return seq
+
+    def commit_step(
+        self,
+        writes: Sequence[StepWrite],
+        consumed_pos: int,
+        snapshots: Sequence[tuple[str, int, int, str]] = (),
+    ) -> None:
+        """Append events and outbox messages, replace snapshots and move the consumed position,
+        all in one transaction."""
+        db = self._db
+        ev_seq: dict[str, int] = {}
+        ob_seq: dict[str, int] = {}
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for w in writes:
+                seq = ev_seq.get(w.vm) or self._next_seq(self._next_event_seq, "events", w.vm)
+                first = seq
+                db.executemany(
+                    "INSERT INTO events (vm, seq, inbox_pos, kind, record) VALUES (?, ?, ?, ?, ?)",
+                    [(w.vm, first + i, w.inbox_pos, kind, r) for i, (kind, r) in enumerate(w.events)],
+                )
+                ev_seq[w.vm] = first + len(w.events)
+                if w.outbox:
+                    oseq = ob_seq.get(w.vm) or self._next_seq(self._next_outbox_seq, "outbox", w.vm)
+                    db.executemany(
+                        "INSERT INTO outbox (vm, seq, event_seq, message) VALUES (?, ?, ?, ?)",
+                        [(w.vm, oseq + i, first + idx, msg) for i, (idx, msg) in enumerate(w.outbox)],
+                    )
+                    ob_seq[w.vm] = oseq + len(w.outbox)
+            for vm, seq, inbox_pos, state in snapshots:
+                db.execute(
+                    "INSERT OR REPLACE INTO snapshots (vm, seq, inbox_pos, state) VALUES (?, ?, ?, ?)",
+                    (vm, seq, inbox_pos, state),
+                )
+            db.execute("INSERT OR REPLACE INTO positions (name, pos) VALUES ('engine', ?)", (consumed_pos,))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        self._next_event_seq.update(ev_seq)
+        self._next_outbox_seq.update(ob_seq)
+
+    # ------------------------------------------------------------------ reading back
+    def vms(self) -> list[str]:
+        cur = self._db.execute("SELECT DISTINCT vm FROM inbox WHERE vm != ? ORDER BY vm", (ALL_VMS,))
+        return [str(r[0]) for r in cur]
+
+    def snapshot(self, vm: str) -> tuple[int, int, dict[str, Any]] | None:
+        row = self._db.execute("SELECT seq, inbox_pos, state FROM snapshots WHERE vm = ?", (vm,)).fetchone()
+        return None if row is None else (int(row[0]), int(row[1]), json.loads(row[2]))
+
+    def snapshots(self) -> list[tuple[str, int, int, dict[str, Any]]]:
+        cur = self._db.execute("SELECT vm, seq, inbox_pos, state FROM snapshots ORDER BY vm")
+        return [(str(v), int(s), int(p), json.loads(st)) for v, s, p, st in cur]
+
+    def iter_events(self, vm: str | None = None, after_seq: int = 0) -> Iterator[EventRow]:
+        if vm is None:
+            cur = self._db.execute("SELECT vm, seq, inbox_pos, record FROM events ORDER BY id")
+        else:
+            cur = self._db.execute(
+                "SELECT vm, seq, inbox_pos, record FROM events WHERE vm = ? AND seq > ? ORDER BY seq",
+                (vm, after_seq),
+            )
+        for v, s, p, r in cur:
+            yield EventRow(str(v), int(s), int(p), str(r))
+
+    def event_count(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+
+    def read_outbox(self, vm: str, after_seq: int, limit: int = 1000) -> list[OutboxRow]:
+        cur = self._db.execute(
+            "SELECT vm, seq, event_seq, message FROM outbox WHERE vm = ? AND seq > ? ORDER BY seq LIMIT ?",
+            (vm, after_seq, limit),
+        )
+        return [OutboxRow(str(v), int(s), int(e), bytes(m)) for v, s, e, m in cur]
+
+    def outbox_high_watermark(self, vm: str) -> int:
+        row = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM outbox WHERE vm = ?", (vm,)).fetchone()
+        return int(row[0])
