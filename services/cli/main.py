@@ -16,6 +16,7 @@ from collections.abc import Sequence
 COMMAND_MODULES: tuple[str, ...] = (
     "services.cli.wire_cmds",
     "services.cli.bench_cmd",
+    "services.cli.run_cmd",
 )
 
 

@@ -1,0 +1,73 @@
+"""``hvdm run``: the embedded service (the README's main command)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from services.cli.units import parse_size
+from services.embedded.run import RunConfig, main_run
+
+
+def _hostport(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    return host or "127.0.0.1", int(port)
+
+
+def _run(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=logging.WARNING if not args.verbose else logging.INFO, format="%(asctime)s %(name)s %(message)s"
+    )
+    speed = args.speed
+    if speed is None:
+        # The demo story spans minutes of guest time (45 s status delay, 50 s post-init wait).
+        speed = 25.0 if args.scenario == "demo" else 1.0
+    cfg = RunConfig(
+        db=args.db,
+        socket=args.socket or None,
+        tcp=_hostport(args.tcp) if args.tcp else None,
+        guests=args.guests,
+        guest_memory=parse_size(args.guest_memory),
+        guest_maxmem=parse_size(args.guest_maxmem),
+        guest_profile=args.guest_profile,
+        workload=args.workload,
+        speed=speed,
+        scenario=args.scenario,
+        duration=args.duration,
+        seed=args.seed,
+        metrics_port=args.metrics_port,
+        qmp_dir=args.qmp_dir,
+        progress_interval=args.progress_interval,
+        json_summary=args.json,
+    )
+    return main_run(cfg)
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = subparsers.add_parser("run", help="run the embedded service (SQLite log, gateway, engine)")
+    p.add_argument("--db", default="hvdm.db", help="SQLite log file (default ./hvdm.db)")
+    p.add_argument("--socket", default="hvdm.sock", help="gateway UNIX socket ('' to disable)")
+    p.add_argument("--tcp", help="also listen on HOST:PORT for guests")
+    p.add_argument("--guests", type=int, default=0, help="start N simulated guests")
+    p.add_argument("--guest-memory", default="4G", help="boot memory of each simulated guest")
+    p.add_argument("--guest-maxmem", default="64G", help="maxmem of each simulated guest")
+    p.add_argument(
+        "--guest-profile", default="linux", help="simulated guest profile (linux, windows, malicious, ...)"
+    )
+    p.add_argument(
+        "--workload", default="steady", help="guest workload (idle, steady, diurnal, bursty, leak)"
+    )
+    p.add_argument(
+        "--speed", type=float, help="simulated seconds per wall second (default 1; 25 with --scenario demo)"
+    )
+    p.add_argument("--scenario", choices=["none", "demo"], default="none", help="scripted story per VM")
+    p.add_argument("--duration", type=float, help="exit after SECONDS of wall time")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port")
+    p.add_argument("--qmp-dir", help="directory for per-VM QMP sockets (DIR/<vm>.sock)")
+    p.add_argument(
+        "--progress-interval", type=float, default=2.0, help="seconds between progress tables (0: off)"
+    )
+    p.add_argument("--json", action="store_true", help="print the final summary as JSON")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(func=_run)

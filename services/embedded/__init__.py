@@ -1,0 +1,1 @@
+"""The embedded deployment: one process, one SQLite file, one asyncio loop."""

@@ -1,0 +1,217 @@
+"""``hvdm run``: the embedded service with optional simulated guests and the demo scenario.
+
+Everything a single host needs in one process: the SQLite log, the engine loop, the gateway
+socket, and (when asked) metrics, QMP sockets, simulated guests connected over the real gateway
+socket, and a scripted demo per VM with a live progress table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+from services.dm_engine.state import VmState
+from services.embedded.scenario import DemoScript, advance_demo
+from services.embedded.service import EmbeddedService
+from services.vmbus_gateway.backend import EmbeddedBackend
+from services.vmbus_gateway.client import GuestLink
+from services.vmbus_gateway.hello import Hello
+from services.vmbus_gateway.server import GatewayServer
+
+MIB = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class RunConfig:
+    db: str = "hvdm.db"
+    socket: str | None = "hvdm.sock"
+    tcp: tuple[str, int] | None = None
+    guests: int = 0
+    guest_memory: int = 4 << 30
+    guest_maxmem: int = 64 << 30
+    guest_profile: str = "linux"
+    workload: str = "steady"
+    speed: float = 1.0
+    scenario: str = "none"
+    duration: float | None = None
+    seed: int = 1
+    metrics_port: int | None = None
+    qmp_dir: str | None = None
+    progress_interval: float = 2.0
+    json_summary: bool = False
+
+
+def _fmt_mib(pages: int | None) -> str:
+    return "-" if pages is None else f"{(pages << 12) // MIB}"
+
+
+def progress_table(states: dict[str, VmState], scripts: dict[str, DemoScript], now_tick: int) -> str:
+    header = f"{'vm':<10} {'state':<22} {'target':>8} {'current':>8} {'balloon':>8} {'hotadd':>8} {'press%':>6}  step"
+    lines = [f"tick {now_tick}  (sizes in MiB)", header]
+    for vm in sorted(states):
+        s = states[vm]
+        pressure = "-"
+        if s.status is not None and s.current_pages:
+            pressure = f"{100 * s.status.committed_pages / s.current_pages:.0f}"
+        step = scripts[vm].describe() if vm in scripts else ""
+        lines.append(
+            f"{vm:<10} {s.protocol.value:<22} {_fmt_mib(s.target_pages):>8} {_fmt_mib(s.current_pages):>8} "
+            f"{_fmt_mib(s.ballooned_pages):>8} {_fmt_mib(s.hot_added_pages):>8} {pressure:>6}  {step}"
+        )
+    return "\n".join(lines)
+
+
+def summary(service: EmbeddedService, scripts: dict[str, DemoScript]) -> dict[str, Any]:
+    vms: dict[str, Any] = {}
+    for vm, s in sorted(service.runner.states.items()):
+        vms[vm] = {
+            "protocol_state": s.protocol.value,
+            "boot_bytes": s.boot_pages << 12,
+            "current_bytes": s.current_pages << 12,
+            "target_bytes": None if s.target_pages is None else s.target_pages << 12,
+            "ballooned_bytes": s.ballooned_pages << 12,
+            "hot_added_bytes": s.hot_added_pages << 12,
+            "violations": dict(sorted(s.violations.items())),
+            "scenario_done": scripts[vm].done if vm in scripts else None,
+        }
+    return {
+        "ticks": service.now_tick(),
+        "inbox_records": service.log.inbox_high_watermark(),
+        "events": service.log.event_count(),
+        "scenario_completed": all(s.done for s in scripts.values()) if scripts else None,
+        "vms": vms,
+    }
+
+
+async def _optional_start(module: str, func: str, *args: Any) -> Any:
+    """Start an optional component (metrics, QMP) if its package is present."""
+    mod = importlib.import_module(module)
+    result = getattr(mod, func)(*args)
+    if asyncio.iscoroutine(result):
+        result = await result
+    return result
+
+
+async def run_service(cfg: RunConfig, out: TextIO = sys.stdout) -> int:
+    service = EmbeddedService.open(cfg.db, speed=cfg.speed)
+    await service.start()
+    gateway = GatewayServer(EmbeddedBackend(service))
+    await gateway.start(unix_path=cfg.socket, tcp=cfg.tcp)
+    stoppers: list[Any] = []
+    if cfg.metrics_port is not None:
+        stoppers.append(
+            await _optional_start(
+                "services.metrics", "serve_for_service", service, "127.0.0.1", cfg.metrics_port
+            )
+        )
+    if cfg.qmp_dir:
+        stoppers.append(await _optional_start("services.qmp", "start_qmp_servers", service, cfg.qmp_dir))
+    links: dict[str, GuestLink] = {}
+    scripts: dict[str, DemoScript] = {}
+    endpoint: dict[str, Any] = (
+        {"unix_path": cfg.socket} if cfg.socket else {"tcp": ("127.0.0.1", gateway.tcp_port)}
+    )
+    print(
+        f"hvdm: embedded service on {cfg.db}; gateway "
+        f"{cfg.socket or f'tcp://127.0.0.1:{gateway.tcp_port}'}; speed x{cfg.speed:g}",
+        file=out,
+        flush=True,
+    )
+    try:
+        if cfg.guests:
+            from services.guest_sim import GuestConfig, SimulatedGuest
+
+            for i in range(cfg.guests):
+                vm = f"vm{i + 1}"
+                guest = SimulatedGuest(
+                    GuestConfig(
+                        boot_bytes=cfg.guest_memory,
+                        profile=cfg.guest_profile,
+                        workload=cfg.workload,
+                        seed=cfg.seed + i,
+                    )
+                )
+                hello = Hello(vm=vm, boot_bytes=cfg.guest_memory, maxmem_bytes=cfg.guest_maxmem)
+                link = GuestLink(guest, hello, service.now_seconds)
+                await link.open(**endpoint)
+                links[vm] = link
+                if cfg.scenario == "demo":
+                    scripts[vm] = DemoScript(vm, cfg.guest_memory, _rebooter(link, guest, service, endpoint))
+        started = time.monotonic()
+        next_progress = started
+        while True:
+            await asyncio.sleep(0.02)
+            for script in scripts.values():
+                await advance_demo(script, service)
+            now = time.monotonic()
+            if cfg.progress_interval > 0 and now >= next_progress and (links or service.runner.states):
+                print(
+                    progress_table(service.runner.states, scripts, service.now_tick()), file=out, flush=True
+                )
+                next_progress = now + cfg.progress_interval
+            if scripts and all(s.done for s in scripts.values()):
+                break
+            if cfg.duration is not None and now - started >= cfg.duration:
+                break
+    finally:
+        for link in links.values():
+            await link.stop()
+        await gateway.close()
+        for stopper in stoppers:
+            result = stopper.close() if hasattr(stopper, "close") else None
+            if asyncio.iscoroutine(result):
+                await result
+        report = summary(service, scripts)
+        await service.stop()
+    if cfg.json_summary:
+        print(json.dumps(report, sort_keys=True), file=out)
+    else:
+        print(progress_table_from_summary(report), file=out)
+    if scripts and not report["scenario_completed"]:
+        return 3
+    return 0
+
+
+def progress_table_from_summary(report: dict[str, Any]) -> str:
+    lines = [
+        f"summary: {report['inbox_records']} inbox records, {report['events']} events, {report['ticks']} ticks"
+        + (
+            ""
+            if report["scenario_completed"] is None
+            else f", scenario completed: {report['scenario_completed']}"
+        )
+    ]
+    for vm, v in report["vms"].items():
+        viol = ", ".join(f"{k}={n}" for k, n in v["violations"].items()) or "none"
+        lines.append(
+            f"  {vm}: {v['protocol_state']}, current {v['current_bytes'] // MIB} MiB "
+            f"(boot {v['boot_bytes'] // MIB}, ballooned {v['ballooned_bytes'] // MIB}, "
+            f"hot-added {v['hot_added_bytes'] // MIB}); violations: {viol}"
+        )
+    return "\n".join(lines)
+
+
+def _rebooter(link: GuestLink, guest: Any, service: EmbeddedService, endpoint: dict[str, Any]) -> Any:
+    async def reboot() -> None:
+        await link.stop()
+        guest.reboot(service.now_seconds())
+        await link.open(**endpoint)
+
+    return reboot
+
+
+def main_run(cfg: RunConfig) -> int:
+    with contextlib.suppress(FileNotFoundError):
+        if cfg.socket and os.path.exists(cfg.socket):
+            os.unlink(cfg.socket)
+    try:
+        return asyncio.run(run_service(cfg))
+    except KeyboardInterrupt:
+        return 130
