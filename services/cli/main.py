@@ -17,6 +17,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "services.cli.wire_cmds",
     "services.cli.bench_cmd",
     "services.cli.run_cmd",
+    "services.cli.engine_cmd",
 )
 
 

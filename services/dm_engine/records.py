@@ -84,9 +84,13 @@ def input_from_dict(data: dict[str, Any]) -> inp.Input:
     return record
 
 
+#: One encoder for every record: ``json.dumps`` with options builds a new encoder per call.
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
+
+
 def dumps(data: dict[str, Any]) -> str:
     """Canonical JSON: identical records give identical bytes."""
-    return json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return _CANONICAL.encode(data)
 
 
 def event_json(event: ev.Event) -> str:

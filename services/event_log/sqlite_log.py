@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
+
 #: The inbox's VM id for records that concern every VM (clock ticks).
 ALL_VMS = "*"
 
@@ -200,23 +202,21 @@ class SqliteLog:
         db = self._db
         ev_seq: dict[str, int] = {}
         ob_seq: dict[str, int] = {}
+        event_rows: list[tuple[str, int, int, str, str]] = []
+        outbox_rows: list[tuple[str, int, int, bytes]] = []
+        for w in writes:
+            first = ev_seq.get(w.vm) or self._next_seq(self._next_event_seq, "events", w.vm)
+            event_rows.extend((w.vm, first + i, w.inbox_pos, kind, r) for i, (kind, r) in enumerate(w.events))
+            ev_seq[w.vm] = first + len(w.events)
+            if w.outbox:
+                oseq = ob_seq.get(w.vm) or self._next_seq(self._next_outbox_seq, "outbox", w.vm)
+                outbox_rows.extend((w.vm, oseq + i, first + idx, msg) for i, (idx, msg) in enumerate(w.outbox))
+                ob_seq[w.vm] = oseq + len(w.outbox)
         db.execute("BEGIN IMMEDIATE")
         try:
-            for w in writes:
-                seq = ev_seq.get(w.vm) or self._next_seq(self._next_event_seq, "events", w.vm)
-                first = seq
-                db.executemany(
-                    "INSERT INTO events (vm, seq, inbox_pos, kind, record) VALUES (?, ?, ?, ?, ?)",
-                    [(w.vm, first + i, w.inbox_pos, kind, r) for i, (kind, r) in enumerate(w.events)],
-                )
-                ev_seq[w.vm] = first + len(w.events)
-                if w.outbox:
-                    oseq = ob_seq.get(w.vm) or self._next_seq(self._next_outbox_seq, "outbox", w.vm)
-                    db.executemany(
-                        "INSERT INTO outbox (vm, seq, event_seq, message) VALUES (?, ?, ?, ?)",
-                        [(w.vm, oseq + i, first + idx, msg) for i, (idx, msg) in enumerate(w.outbox)],
-                    )
-                    ob_seq[w.vm] = oseq + len(w.outbox)
+            db.executemany("INSERT INTO events (vm, seq, inbox_pos, kind, record) VALUES (?, ?, ?, ?, ?)", event_rows)
+            if outbox_rows:
+                db.executemany("INSERT INTO outbox (vm, seq, event_seq, message) VALUES (?, ?, ?, ?)", outbox_rows)
             for vm, seq, inbox_pos, state in snapshots:
                 db.execute(
                     "INSERT OR REPLACE INTO snapshots (vm, seq, inbox_pos, state) VALUES (?, ?, ?, ?)",

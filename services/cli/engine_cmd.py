@@ -1,0 +1,54 @@
+"""``hvdm engine``: the DM engine alone, on the embedded log (``--db``) or on Kafka (``--broker``)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from services.dm_engine.runner import EngineRunner
+from services.event_log.sqlite_log import SqliteLog
+
+
+def _run_sqlite(args: argparse.Namespace) -> int:
+    log = SqliteLog(args.db)
+    runner = EngineRunner(log, snapshot_every=args.snapshot_every)
+    try:
+        if args.exit_when_idle:
+            n = runner.run_until_idle(args.batch)
+            print(f"hvdm engine: processed {n} inbox records; consumed position {runner.consumed}", file=sys.stderr)
+            return 0
+
+        async def loop() -> None:
+            while True:
+                if not runner.run_batch(args.batch):
+                    await asyncio.sleep(args.poll_interval)
+
+        asyncio.run(loop())
+        return 0
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        log.close()
+
+
+def _run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
+    if args.broker:
+        from services.kafka_engine.worker import run_worker
+
+        return run_worker(args)
+    return _run_sqlite(args)
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = subparsers.add_parser("engine", help="run the DM engine on the SQLite log or on Kafka")
+    p.add_argument("--db", default="hvdm.db", help="SQLite log (embedded deployment)")
+    p.add_argument("--broker", help="kafka://HOST:PORT (distributed deployment)")
+    p.add_argument("--batch", type=int, default=500, help="inbox records per transaction")
+    p.add_argument("--snapshot-every", type=int, default=2000, help="events per VM between snapshots")
+    p.add_argument("--exit-when-idle", action="store_true", help="process the inbox to its end, then exit")
+    p.add_argument("--poll-interval", type=float, default=0.05, help="seconds between inbox polls when idle")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(func=_run)
