@@ -1,0 +1,196 @@
+"""The gateway over real sockets: hello, frames in, violations, budgets, ordered outbox delivery,
+and resuming a channel across a gateway restart without losing or repeating a host message."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import stat
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from services.dm_engine.inputs import SetTarget
+from services.dm_engine.state import ProtocolState
+from services.dm_protocol import (
+    BalloonRequest,
+    BalloonResponse,
+    CapabilitiesReport,
+    FrameReader,
+    StatusReport,
+    VersionRequest,
+    decode,
+    encode,
+    frame,
+)
+from services.embedded.service import EmbeddedService
+from services.vmbus_gateway.backend import EmbeddedBackend
+from services.vmbus_gateway.client import GuestLink
+from services.vmbus_gateway.hello import Hello
+from services.vmbus_gateway.server import GatewayLimits, GatewayServer
+
+GIB = 1 << 30
+
+
+class EchoGuest:
+    """A minimal guest model: handshakes, then answers each balloon request with that many pages."""
+
+    def __init__(self) -> None:
+        self.closed = False
+        self.received: list[object] = []
+        self.next_page = 0
+        self.trans_id = 0
+
+    def _id(self) -> int:
+        self.trans_id += 1
+        return self.trans_id
+
+    def connect(self, now: float) -> list[bytes]:
+        return [encode(VersionRequest(trans_id=self._id(), version=0x20000))]
+
+    def receive(self, message: bytes, now: float) -> list[bytes]:
+        msg = decode(message)
+        self.received.append(msg)
+        if type(msg).__name__ == "VersionResponse":
+            return [encode(CapabilitiesReport(trans_id=self._id(), balloon=True, hot_add=True, hot_add_alignment=7))]
+        if isinstance(msg, BalloonRequest):
+            start, self.next_page = self.next_page, self.next_page + msg.num_pages
+            return [encode(BalloonResponse(trans_id=self._id(), more_pages=False, ranges=((start, msg.num_pages),)))]
+        return []
+
+    def poll(self, now: float) -> list[bytes]:
+        return []
+
+
+@pytest.fixture
+async def service(tmp_path: Path) -> AsyncIterator[EmbeddedService]:
+    from services.dm_engine.config import EngineConfig
+
+    svc = EmbeddedService.open(tmp_path / "hvdm.db", speed=1000.0, config=EngineConfig(post_init_wait_ticks=1))
+    await svc.start()
+    yield svc
+    await svc.stop()
+
+
+async def wait_for(predicate, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not reached")
+        await asyncio.sleep(0.01)
+
+
+async def raw_connection(path: str, hello: Hello) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, dict]:  # type: ignore[type-arg]
+    reader, writer = await asyncio.open_unix_connection(path)
+    writer.write(hello.to_line())
+    await writer.drain()
+    answer = json.loads(await reader.readline())
+    return reader, writer, answer
+
+
+async def test_guest_handshake_and_balloon_over_the_socket(service: EmbeddedService, tmp_path: Path) -> None:
+    sock = str(tmp_path / "gw.sock")
+    gateway = GatewayServer(EmbeddedBackend(service))
+    await gateway.start(unix_path=sock)
+    assert stat.S_IMODE(os.stat(sock).st_mode) == 0o600
+    guest = EchoGuest()
+    link = GuestLink(guest, Hello(vm="vm1", boot_bytes=4 * GIB, maxmem_bytes=16 * GIB), service.now_seconds)
+    await link.open(unix_path=sock)
+    await wait_for(
+        lambda: (
+            service.runner.states.get("vm1") is not None and service.runner.states["vm1"].protocol is ProtocolState.IDLE
+        )
+    )
+    service.submit("vm1", SetTarget(target_bytes=2 * GIB))
+    await wait_for(lambda: service.runner.states["vm1"].current_pages == (2 * GIB) >> 12)
+    assert any(isinstance(m, BalloonRequest) for m in guest.received)
+    # Each host frame carried its outbox sequence number in the descriptor's trans_id.
+    assert link.last_host_seq == service.log.outbox_high_watermark("vm1")
+    await link.stop()
+    await wait_for(lambda: service.runner.states["vm1"].protocol is ProtocolState.CLOSED)
+    await gateway.close()
+
+
+async def test_bad_hello_is_refused_with_a_reason(service: EmbeddedService, tmp_path: Path) -> None:
+    sock = str(tmp_path / "gw.sock")
+    gateway = GatewayServer(EmbeddedBackend(service))
+    await gateway.start(unix_path=sock)
+    reader, writer = await asyncio.open_unix_connection(sock)
+    writer.write(b'{"hello": "hvdm/1", "vm": "../etc", "boot_bytes": 4096, "maxmem_bytes": 4096}\n')
+    await writer.drain()
+    answer = json.loads(await reader.readline())
+    assert answer["ok"] is False and "vm must match" in answer["error"]
+    writer.close()
+    await gateway.close()
+
+
+async def test_malformed_frames_become_violations_and_budget_closes(service: EmbeddedService, tmp_path: Path) -> None:
+    sock = str(tmp_path / "gw.sock")
+    gateway = GatewayServer(EmbeddedBackend(service), GatewayLimits(violation_budget=3))
+    await gateway.start(unix_path=sock)
+    reader, writer, answer = await raw_connection(sock, Hello(vm="bad", boot_bytes=GIB, maxmem_bytes=GIB))
+    assert answer["ok"]
+    good = encode(StatusReport(num_avail=1, num_committed=1))
+    bad_type = bytearray(frame(good))
+    bad_type[0] = 9  # not an in-band data packet
+    writer.write(frame(good[:20]))  # decodable frame, truncated DM message: engine violation
+    for _ in range(5):
+        writer.write(bytes(bad_type))  # framing violations, counted against the budget
+    await writer.drain()
+    assert await reader.read() == b""  # the gateway closed the connection
+    await wait_for(lambda: service.runner.states["bad"].protocol is ProtocolState.CLOSED)
+    violations = service.runner.states["bad"].violations
+    assert violations.get("MALFORMED_FRAME", 0) >= 4
+    assert violations.get("SIZE_MISMATCH", 0) + violations.get("TRUNCATED", 0) == 1
+    assert gateway.closed_reasons and "violation budget" in gateway.closed_reasons[-1][1]
+    await gateway.close()
+
+
+async def test_oversized_frame_closes_the_connection(service: EmbeddedService, tmp_path: Path) -> None:
+    sock = str(tmp_path / "gw.sock")
+    gateway = GatewayServer(EmbeddedBackend(service))
+    await gateway.start(unix_path=sock)
+    reader, writer, _ = await raw_connection(sock, Hello(vm="big", boot_bytes=GIB, maxmem_bytes=GIB))
+    writer.write(frame(b"\x00" * 8192))
+    await writer.drain()
+    assert await reader.read() == b""
+    await wait_for(lambda: service.runner.states["big"].violations.get("MALFORMED_FRAME", 0) == 1)
+    assert "unrecoverable framing error" in gateway.closed_reasons[-1][1]
+    await gateway.close()
+
+
+async def test_resume_after_gateway_restart_loses_and_repeats_nothing(service: EmbeddedService, tmp_path: Path) -> None:
+    sock = str(tmp_path / "gw.sock")
+    backend = EmbeddedBackend(service)
+    gateway = GatewayServer(backend)
+    await gateway.start(unix_path=sock)
+    guest = EchoGuest()
+    link = GuestLink(guest, Hello(vm="vm1", boot_bytes=4 * GIB, maxmem_bytes=16 * GIB), service.now_seconds)
+    await link.open(unix_path=sock)
+    await wait_for(
+        lambda: "vm1" in service.runner.states and service.runner.states["vm1"].protocol is ProtocolState.IDLE
+    )
+    await gateway.close()  # the service restarts; the guest's channel survives
+    await link.stop()
+    # While no gateway runs, the host decides to balloon: the request waits in the outbox.
+    service.submit("vm1", SetTarget(target_bytes=3 * GIB))
+    await wait_for(lambda: service.runner.states["vm1"].protocol is ProtocolState.BALLOON_REPLY_WAIT)
+    assert link.last_host_seq < service.log.outbox_high_watermark("vm1")
+    gateway = GatewayServer(backend)
+    await gateway.start(unix_path=sock)
+    await link.open(unix_path=sock, resume=True)
+    await wait_for(lambda: service.runner.states["vm1"].current_pages == (3 * GIB) >> 12)
+    seqs = [m for m in guest.received]
+    assert sum(isinstance(m, BalloonRequest) for m in seqs) == 1  # delivered once, not lost, not repeated
+    assert link.host_messages == service.log.outbox_high_watermark("vm1")
+    await link.stop()
+    await gateway.close()
+
+
+def test_frame_reader_round_trip_of_host_frames() -> None:
+    reader = FrameReader()
+    data = frame(encode(BalloonRequest(num_pages=5)), trans_id=7)
+    frames = reader.feed(data[:5]) + reader.feed(data[5:])
+    assert [f.trans_id for f in frames] == [7]
