@@ -18,6 +18,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "services.cli.bench_cmd",
     "services.cli.run_cmd",
     "services.cli.engine_cmd",
+    "services.cli.audit_cmds",
 )
 
 

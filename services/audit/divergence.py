@@ -1,0 +1,117 @@
+"""Compare the events a replay decides with the events the log recorded, byte for byte.
+
+Why byte for byte: records are canonical JSON (``records.dumps``), so an honest re-run produces
+identical strings; comparing parsed values would forgive exactly the edits an audit must catch.
+Only the first divergence of each VM is kept: everything after it is downstream of it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from services.event_log.sqlite_log import EventRow
+
+#: Divergence kinds, most specific first.
+RECORD_DIFFERS = "record_differs"  # same slot, different JSON
+INBOX_POS_DIFFERS = "inbox_pos_differs"  # same JSON, attributed to another inbox record
+SEQ_GAP = "seq_gap"  # the recorded seq is not the next one (a row was deleted or renumbered)
+MISSING_EVENT = "missing_event"  # the replay decided an event the log does not have
+UNEXPECTED_EVENT = "unexpected_event"  # the log has an event the replay did not decide
+
+
+@dataclass(frozen=True, slots=True)
+class Divergence:
+    """Where one VM's recorded events stop being what its inbox decides.
+
+    ``seq`` is the per-VM event number where the two part ways; ``inbox_pos`` is the inbox record
+    it belongs to (the recorded row's when there is one). ``expected`` / ``recorded`` are the
+    canonical JSON strings, ``None`` on the side that has no event.
+    """
+
+    vm: str
+    seq: int
+    inbox_pos: int
+    kind: str
+    expected: str | None
+    recorded: str | None
+    expected_inbox_pos: int | None
+    recorded_inbox_pos: int | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "vm": self.vm,
+            "seq": self.seq,
+            "inbox_pos": self.inbox_pos,
+            "kind": self.kind,
+            "expected": self.expected,
+            "recorded": self.recorded,
+            "expected_inbox_pos": self.expected_inbox_pos,
+            "recorded_inbox_pos": self.recorded_inbox_pos,
+        }
+
+
+class VmComparison:
+    """Walks one VM's recorded rows in ``seq`` order alongside the replay's decisions.
+
+    Streaming, so an audit holds one row per VM in memory, not the whole event log.
+    """
+
+    def __init__(self, vm: str, recorded: Iterator[EventRow], until_pos: int) -> None:
+        self.vm = vm
+        self._rows = recorded
+        self._until = until_pos
+        self.decided = 0
+        self.divergence: Divergence | None = None
+
+    @property
+    def matches(self) -> bool:
+        return self.divergence is None
+
+    def expect(self, inbox_pos: int, record: str) -> None:
+        """The replay decided ``record`` (canonical JSON) for inbox record ``inbox_pos``."""
+        self.decided += 1
+        if self.divergence is not None:
+            return
+        seq = self.decided
+        row = next(self._rows, None)
+        if row is None:
+            self._diverge(seq, inbox_pos, MISSING_EVENT, record, None, inbox_pos, None)
+        elif row.seq != seq:
+            self._diverge(seq, row.inbox_pos, SEQ_GAP, record, row.record, inbox_pos, row.inbox_pos)
+        elif row.record != record:
+            self._diverge(seq, row.inbox_pos, RECORD_DIFFERS, record, row.record, inbox_pos, row.inbox_pos)
+        elif row.inbox_pos != inbox_pos:
+            self._diverge(seq, row.inbox_pos, INBOX_POS_DIFFERS, record, row.record, inbox_pos, row.inbox_pos)
+
+    def finish(self) -> None:
+        """The replay is over: a recorded row left within the replayed range is unexplained.
+
+        Rows past ``until_pos`` belong to inbox records committed after the audit read the
+        consumed position (a live log), so they are not judged.
+        """
+        if self.divergence is not None:
+            return
+        row = next(self._rows, None)
+        if row is not None and row.inbox_pos <= self._until:
+            seq = self.decided + 1
+            self._diverge(seq, row.inbox_pos, UNEXPECTED_EVENT, None, row.record, None, row.inbox_pos)
+
+    def _diverge(
+        self,
+        seq: int,
+        inbox_pos: int,
+        kind: str,
+        expected: str | None,
+        recorded: str | None,
+        expected_pos: int | None,
+        recorded_pos: int | None,
+    ) -> None:
+        self.divergence = Divergence(self.vm, seq, inbox_pos, kind, expected, recorded, expected_pos, recorded_pos)
+
+
+def first_divergence(comparisons: Iterator[VmComparison]) -> Divergence | None:
+    """The divergence earliest in the log's history: lowest inbox position, then VM id."""
+    found = [c.divergence for c in comparisons if c.divergence is not None]
+    return min(found, key=lambda d: (d.inbox_pos, d.vm, d.seq), default=None)

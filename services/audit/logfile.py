@@ -1,0 +1,58 @@
+"""Open an existing hvdm SQLite log for an audit, and read the engine config it was made with.
+
+Why a separate check before ``SqliteLog``: ``SqliteLog`` creates its tables in whatever file it
+is given, which is right for the service and wrong for an audit -- pointing ``hvdm audit`` at a
+typo or at some other database must report that, not quietly turn it into an empty hvdm log.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+from typing import Final
+from urllib.parse import quote
+
+from services.dm_engine.config import EngineConfig
+from services.event_log.sqlite_log import SqliteLog
+
+#: Tables an audit reads; a file without them was not written by the engine.
+REQUIRED_TABLES: Final = frozenset({"meta", "inbox", "events", "outbox", "positions"})
+
+
+class LogError(Exception):
+    """The log cannot be audited: missing, not SQLite, not an hvdm log, or a record is unreadable."""
+
+
+def open_log(path: str | Path) -> SqliteLog:
+    """Open ``path`` after checking, read-only, that it is an hvdm log."""
+    file = Path(path)
+    if not file.is_file():
+        raise LogError(f"no such log file: {path}")
+    uri = f"file:{quote(str(file.resolve()))}?mode=ro"
+    try:
+        with closing(sqlite3.connect(uri, uri=True)) as db:
+            tables = {str(r[0]) for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.DatabaseError as exc:
+        raise LogError(f"{path}: not a readable SQLite database ({exc})") from None
+    missing = sorted(REQUIRED_TABLES - tables)
+    if missing:
+        raise LogError(f"{path}: not an hvdm log (no table {', '.join(missing)})")
+    return SqliteLog(file)
+
+
+def engine_config(log: SqliteLog) -> tuple[EngineConfig, str]:
+    """The config the log was produced with, and where it came from (``meta`` or ``default``).
+
+    A log the engine never opened has no config stored; the defaults are what a runner would
+    have used on it, and the report says so rather than guessing silently.
+    """
+    stored = log.get_meta("engine_config")
+    if stored is None:
+        return EngineConfig(), "default"
+    try:
+        data = json.loads(stored)
+        return EngineConfig.from_dict(data), "meta"
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise LogError(f"meta engine_config is not a valid EngineConfig: {exc}") from None

@@ -1,0 +1,215 @@
+"""``audit``: replay a log's inbox, compare with its events, and fold the events into a report.
+
+The two halves answer different questions. The replay answers "is this event log what this inbox
+means?" (determinism, and tampering); the fold of the *recorded* events answers "what does the log
+say happened?" -- the accounting operators act on, the protocol state, the guest's violations and
+its balloon throughput. Both stop at the engine's consumed position, read once at the start, so
+auditing a live log judges a consistent prefix of it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from services.audit.divergence import Divergence, VmComparison, first_divergence
+from services.audit.logfile import LogError, engine_config
+from services.audit.replay import replay_inbox
+from services.audit.transactions import PAGE_SIZE, TransactionLog
+from services.dm_engine import events as ev
+from services.dm_engine.config import EngineConfig
+from services.dm_engine.decider import evolve, initial_state
+from services.dm_engine.records import event_from_dict, event_json
+from services.dm_engine.state import VmState
+from services.event_log.sqlite_log import EventRow, SqliteLog
+
+
+def version_text(version: int | None) -> str | None:
+    """DM protocol versions are ``major << 16 | minor``.
+
+    >>> version_text(0x20000)
+    '2.0'
+    """
+    return None if version is None else f"{version >> 16}.{version & 0xFFFF}"
+
+
+def accounting(state: VmState) -> dict[str, int | None]:
+    """The accounting of one VM in bytes (``target_bytes`` is None until a target is set)."""
+    return {
+        "boot_bytes": state.boot_pages * PAGE_SIZE,
+        "hot_added_bytes": state.hot_added_pages * PAGE_SIZE,
+        "ballooned_bytes": state.ballooned_pages * PAGE_SIZE,
+        "current_bytes": state.current_pages * PAGE_SIZE,
+        "target_bytes": None if state.target_pages is None else state.target_pages * PAGE_SIZE,
+        "maxmem_bytes": state.maxmem_pages * PAGE_SIZE,
+    }
+
+
+@dataclass(slots=True)
+class ViolationSpan:
+    count: int
+    first_tick: int
+    last_tick: int
+
+
+@dataclass(slots=True)
+class VmFold:
+    """The recorded events of one VM folded: state, violations with their ticks, transactions.
+
+    A record that cannot be parsed or folded stops the fold of that VM and is reported as
+    ``fold_error``: an audit reads files that may have been edited, and one bad row must not hide
+    the report on every other VM.
+    """
+
+    vm: str
+    state: VmState
+    events: int = 0
+    last_seq: int = 0
+    violations: dict[str, ViolationSpan] = field(default_factory=dict)
+    transactions: TransactionLog = field(default_factory=TransactionLog)
+    fold_error: str | None = None
+
+    def apply(self, row: EventRow) -> None:
+        self.events += 1
+        if self.fold_error is not None:
+            return
+        try:
+            event = event_from_dict(json.loads(row.record))
+            evolve(self.state, event)
+        except Exception as exc:  # a corrupt row is a finding, not a crash (see the class docstring)
+            self.fold_error = f"seq {row.seq}: {exc!r}"
+            return
+        self.last_seq = row.seq
+        if isinstance(event, ev.GuestViolation):
+            span = self.violations.get(event.reason)
+            if span is None:
+                self.violations[event.reason] = ViolationSpan(1, event.tick, event.tick)
+            else:
+                span.count += 1
+                span.first_tick = min(span.first_tick, event.tick)
+                span.last_tick = max(span.last_tick, event.tick)
+        self.transactions.apply(event)
+
+
+@dataclass(frozen=True, slots=True)
+class VmReport:
+    vm: str
+    fold: VmFold
+    comparison: VmComparison
+    tick_seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        state = self.fold.state
+        spans = sorted(self.fold.violations.items())
+        return {
+            **accounting(state),
+            "violations": {reason: span.count for reason, span in spans},
+            "violation_ticks": {
+                reason: {"first_tick": span.first_tick, "last_tick": span.last_tick} for reason, span in spans
+            },
+            "replay_matches": self.comparison.matches,
+            "first_divergence": None if self.comparison.divergence is None else self.comparison.divergence.to_dict(),
+            "protocol_state": state.protocol.value,
+            "protocol_version": version_text(state.version),
+            "events": self.fold.events,
+            "decided_events": self.comparison.decided,
+            "fold_error": self.fold.fold_error,
+            "balloon_transactions": [t.to_dict(self.tick_seconds) for t in self.fold.transactions.balloon],
+            "unballoon_transactions": [t.to_dict(self.tick_seconds) for t in self.fold.transactions.unballoon],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class AuditReport:
+    db: str
+    config: EngineConfig
+    config_source: str
+    consumed_position: int
+    inbox_high_watermark: int
+    inbox_records: int
+    vms: dict[str, VmReport]
+    first_divergence: Divergence | None
+
+    @property
+    def replay_matches(self) -> bool:
+        return self.first_divergence is None
+
+    @property
+    def events(self) -> int:
+        return sum(r.fold.events for r in self.vms.values())
+
+    @property
+    def decided_events(self) -> int:
+        return sum(r.comparison.decided for r in self.vms.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``hvdm audit --json`` document; its top-level and per-VM key names are a contract."""
+        return {
+            "replay_matches": self.replay_matches,
+            "inbox_records": self.inbox_records,
+            "events": self.events,
+            "decided_events": self.decided_events,
+            "consumed_position": self.consumed_position,
+            "inbox_high_watermark": self.inbox_high_watermark,
+            "db": self.db,
+            "engine_config": self.config.to_dict(),
+            "engine_config_source": self.config_source,
+            "vms": {vm: report.to_dict() for vm, report in sorted(self.vms.items())},
+            "first_divergence": None if self.first_divergence is None else self.first_divergence.to_dict(),
+        }
+
+
+def _fold_rows(log: SqliteLog, vm: str | None, until_pos: int) -> Iterator[EventRow]:
+    """Recorded rows up to the consumed position, in commit order (per VM: seq order)."""
+    for row in log.iter_events(vm):
+        if row.inbox_pos <= until_pos:
+            yield row
+
+
+def audit(log: SqliteLog, vm: str | None = None) -> AuditReport:
+    """Replay, compare and fold the whole log, or only ``vm``'s part of it."""
+    config, source = engine_config(log)
+    consumed = log.consumed_position()
+
+    comparisons: dict[str, VmComparison] = {}
+
+    def comparison(name: str) -> VmComparison:
+        cmp = comparisons.get(name)
+        if cmp is None:
+            cmp = comparisons[name] = VmComparison(name, log.iter_events(name), consumed)
+        return cmp
+
+    replay, decisions = replay_inbox(log, config, consumed, only_vm=vm)
+    for decision in decisions:
+        cmp = comparison(decision.vm)
+        for event in decision.events:
+            cmp.expect(decision.inbox_pos, event_json(event))
+
+    folds: dict[str, VmFold] = {}
+    for row in _fold_rows(log, vm, consumed):
+        fold = folds.get(row.vm)
+        if fold is None:
+            fold = folds[row.vm] = VmFold(row.vm, initial_state(row.vm))
+        fold.apply(row)
+
+    names = set(replay.states) | set(folds)
+    if vm is not None and vm not in names:
+        raise LogError(f"vm {vm!r} does not appear in the log")
+    reports: dict[str, VmReport] = {}
+    for name in sorted(names):
+        cmp = comparison(name)
+        cmp.finish()
+        fold = folds.get(name) or VmFold(name, initial_state(name))
+        reports[name] = VmReport(name, fold, cmp, config.tick_seconds)
+    return AuditReport(
+        db=log.path,
+        config=config,
+        config_source=source,
+        consumed_position=consumed,
+        inbox_high_watermark=log.inbox_high_watermark(),
+        inbox_records=replay.records,
+        vms=reports,
+        first_divergence=first_divergence(iter(comparisons[n] for n in reports)),
+    )
