@@ -1,0 +1,31 @@
+"""A sans-IO simulated Hyper-V Dynamic Memory guest (Linux hv_balloon by default).
+
+    from services.guest_sim import SimulatedGuest, GuestConfig, PROFILES, WORKLOADS
+
+    g = SimulatedGuest(GuestConfig(boot_bytes=4 << 30, profile="linux", workload="steady", seed=1))
+    out = g.connect(now=0.0)           # [VERSION_REQUEST 2.0]
+    out = g.receive(host_bytes, now)   # one host->guest DM message -> guest->host messages
+    out = g.poll(now)                  # time passes: status reports, delayed work
+    g.snapshot()                       # the guest's own view (pages, state, violations seen)
+
+The behaviour follows /work/shared/spec/guest-behaviour.md; see ``guest.py`` for the design.
+"""
+
+from services.guest_sim.config import GuestConfig
+from services.guest_sim.guest import SimulatedGuest
+from services.guest_sim.memory import GuestMemory, balloon_floor
+from services.guest_sim.misbehaviour import MALFORMED_VARIANTS, WRONG_STATE_VARIANTS
+from services.guest_sim.profiles import MISBEHAVIOUR_MODES, PROFILES
+from services.guest_sim.workload import WORKLOADS
+
+__all__ = [
+    "MALFORMED_VARIANTS",
+    "MISBEHAVIOUR_MODES",
+    "PROFILES",
+    "WORKLOADS",
+    "WRONG_STATE_VARIANTS",
+    "GuestConfig",
+    "GuestMemory",
+    "SimulatedGuest",
+    "balloon_floor",
+]
