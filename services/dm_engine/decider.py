@@ -904,12 +904,13 @@ def _ev_status_reported(s: VmState, e: ev.StatusReported) -> None:
 def _ev_target_set(s: VmState, e: ev.TargetSet) -> None:
     s.target_pages = e.target_pages
     s.target_pending = True
+    s.target_generation += 1
     s.hot_remove_tried = False
 
 
 def _start(s: VmState, protocol: ProtocolState, txn: Transaction) -> None:
     s.protocol = protocol
-    s.txn = txn
+    s.txn = replace(txn, target_generation=s.target_generation)
     s.late_balloon_ok = False
 
 
@@ -929,6 +930,14 @@ def _ev_pages_ballooned(s: VmState, e: ev.PagesBallooned) -> None:
         s.txn = replace(txn, received_pages=txn.received_pages + e.pages, last_activity_tick=e.tick)
 
 
+def _give_up_on_target(s: VmState) -> None:
+    """The guest could not deliver: stop pursuing the target it was working toward (QEMU does
+    not retry), unless the operator set a new one meanwhile."""
+    txn = s.txn
+    if txn is None or txn.target_generation == s.target_generation:
+        s.target_pending = False
+
+
 def _finish(s: VmState) -> None:
     s.protocol = ProtocolState.IDLE
     s.txn = None
@@ -936,13 +945,13 @@ def _finish(s: VmState) -> None:
 
 
 def _ev_balloon_ended(s: VmState, e: ev.BalloonTransactionEnded) -> None:
+    if e.outcome not in ("complete", "timeout"):
+        _give_up_on_target(s)  # the guest is at its floor
     _finish(s)
     if e.outcome == "timeout":
         s.late_balloon_ok = True
         return
     s.consecutive_timeouts = 0
-    if e.outcome != "complete":
-        s.target_pending = False  # the guest is at its floor: no automatic retry (QEMU)
 
 
 def _ev_unballoon_requested(s: VmState, e: ev.UnballoonRequested) -> None:
@@ -976,7 +985,8 @@ def _ev_backend_deleted(s: VmState, e: ev.MemoryBackendDeleted) -> None:
 def _ev_vdimm_plugged(s: VmState, e: ev.VdimmPlugged) -> None:
     s.layout, vdimm = plug(s.layout, e.backend_id, e.size_bytes, e.hot_add_alignment)
     assert vdimm.start_page == e.start_page, "vDIMM placement must be deterministic"
-    s.target_pending = True  # a new vDIMM may let a pending growth proceed
+    if s.target_pages is not None and s.target_pages > s.current_pages:
+        s.target_pending = True  # new memory to hot-add: a growth that stalled may proceed
 
 
 def _ev_vdimm_unplugged(s: VmState, e: ev.VdimmUnplugged) -> None:
@@ -996,10 +1006,10 @@ def _ev_hot_add_completed(s: VmState, e: ev.HotAddCompleted) -> None:
     if e.accepted_pages:
         s.owned.add(e.start_page, e.accepted_pages)
         s.hot_added_pages_total += e.accepted_pages
+    if e.result == 0 or e.accepted_pages < e.requested_pages:
+        _give_up_on_target(s)  # QEMU never retries a failed hot-add
     _finish(s)
     s.consecutive_timeouts = 0
-    if e.result == 0 or e.accepted_pages < e.requested_pages:
-        s.target_pending = False  # QEMU never retries a failed hot-add
 
 
 def _ev_hot_add_abandoned(s: VmState, e: ev.HotAddAbandoned) -> None:

@@ -63,6 +63,9 @@ class Transaction:
     last_activity_tick: int
     backend_id: str = ""
     start_page: int = 0
+    #: The target generation when the transaction began: a guest refusal only cancels the
+    #: target it was asked to reach, not one the operator set while it was running.
+    target_generation: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +97,8 @@ class VmState:
     #: QEMU's target_changed: set by a new target, cleared when the guest could not deliver
     #: (no automatic retry after a refusal, as in QEMU).
     target_pending: bool = False
+    #: +1 per TargetSet, even to the same value ("the user might be asking us to try again").
+    target_generation: int = 0
     hot_remove_tried: bool = False
     txn: Transaction | None = None
     retry_at_tick: int = 0
@@ -159,6 +164,7 @@ class VmState:
             "trans_id": self.trans_id,
             "target_pages": self.target_pages,
             "target_pending": self.target_pending,
+            "target_generation": self.target_generation,
             "hot_remove_tried": self.hot_remove_tried,
             "txn": None
             if txn is None
@@ -171,6 +177,7 @@ class VmState:
                 "last_activity_tick": txn.last_activity_tick,
                 "backend_id": txn.backend_id,
                 "start_page": txn.start_page,
+                "target_generation": txn.target_generation,
             },
             "retry_at_tick": self.retry_at_tick,
             "consecutive_timeouts": self.consecutive_timeouts,
@@ -216,6 +223,7 @@ class VmState:
             trans_id=data["trans_id"],
             target_pages=data["target_pages"],
             target_pending=data["target_pending"],
+            target_generation=data["target_generation"],
             hot_remove_tried=data["hot_remove_tried"],
             txn=None if txn is None else Transaction(**txn),
             retry_at_tick=data["retry_at_tick"],

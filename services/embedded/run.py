@@ -14,10 +14,11 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from services.dm_engine.state import VmState
+from services.dm_engine.state import ProtocolState, VmState
 from services.embedded.scenario import DemoScript, advance_demo
 from services.embedded.service import EmbeddedService
 from services.vmbus_gateway.backend import EmbeddedBackend
@@ -107,17 +108,13 @@ async def run_service(cfg: RunConfig, out: TextIO = sys.stdout) -> int:
     stoppers: list[Any] = []
     if cfg.metrics_port is not None:
         stoppers.append(
-            await _optional_start(
-                "services.metrics", "serve_for_service", service, "127.0.0.1", cfg.metrics_port
-            )
+            await _optional_start("services.metrics", "serve_for_service", service, "127.0.0.1", cfg.metrics_port)
         )
     if cfg.qmp_dir:
         stoppers.append(await _optional_start("services.qmp", "start_qmp_servers", service, cfg.qmp_dir))
     links: dict[str, GuestLink] = {}
     scripts: dict[str, DemoScript] = {}
-    endpoint: dict[str, Any] = (
-        {"unix_path": cfg.socket} if cfg.socket else {"tcp": ("127.0.0.1", gateway.tcp_port)}
-    )
+    endpoint: dict[str, Any] = {"unix_path": cfg.socket} if cfg.socket else {"tcp": ("127.0.0.1", gateway.tcp_port)}
     print(
         f"hvdm: embedded service on {cfg.db}; gateway "
         f"{cfg.socket or f'tcp://127.0.0.1:{gateway.tcp_port}'}; speed x{cfg.speed:g}",
@@ -152,15 +149,15 @@ async def run_service(cfg: RunConfig, out: TextIO = sys.stdout) -> int:
                 await advance_demo(script, service)
             now = time.monotonic()
             if cfg.progress_interval > 0 and now >= next_progress and (links or service.runner.states):
-                print(
-                    progress_table(service.runner.states, scripts, service.now_tick()), file=out, flush=True
-                )
+                print(progress_table(service.runner.states, scripts, service.now_tick()), file=out, flush=True)
                 next_progress = now + cfg.progress_interval
             if scripts and all(s.done for s in scripts.values()):
                 break
             if cfg.duration is not None and now - started >= cfg.duration:
                 break
     finally:
+        # The summary describes the run, not its teardown (closing links closes channels).
+        report = summary(service, scripts)
         for link in links.values():
             await link.stop()
         await gateway.close()
@@ -168,7 +165,6 @@ async def run_service(cfg: RunConfig, out: TextIO = sys.stdout) -> int:
             result = stopper.close() if hasattr(stopper, "close") else None
             if asyncio.iscoroutine(result):
                 await result
-        report = summary(service, scripts)
         await service.stop()
     if cfg.json_summary:
         print(json.dumps(report, sort_keys=True), file=out)
@@ -182,11 +178,7 @@ async def run_service(cfg: RunConfig, out: TextIO = sys.stdout) -> int:
 def progress_table_from_summary(report: dict[str, Any]) -> str:
     lines = [
         f"summary: {report['inbox_records']} inbox records, {report['events']} events, {report['ticks']} ticks"
-        + (
-            ""
-            if report["scenario_completed"] is None
-            else f", scenario completed: {report['scenario_completed']}"
-        )
+        + ("" if report["scenario_completed"] is None else f", scenario completed: {report['scenario_completed']}")
     ]
     for vm, v in report["vms"].items():
         viol = ", ".join(f"{k}={n}" for k, n in v["violations"].items()) or "none"
@@ -199,10 +191,17 @@ def progress_table_from_summary(report: dict[str, Any]) -> str:
 
 
 def _rebooter(link: GuestLink, guest: Any, service: EmbeddedService, endpoint: dict[str, Any]) -> Any:
-    async def reboot() -> None:
+    async def reboot(reset_host: Callable[[], None]) -> None:
         await link.stop()
-        guest.reboot(service.now_seconds())
-        await link.open(**endpoint)
+        # Let the gateway hand over everything the guest sent and close the channel first, so
+        # the reset does not race the old boot's last messages.
+        vm = link.hello.vm
+        deadline = time.monotonic() + 10
+        while service.runner.states[vm].protocol is not ProtocolState.CLOSED and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        reset_host()
+        first = guest.reboot(service.now_seconds())
+        await link.open(**endpoint, first_messages=first)
 
     return reboot
 

@@ -23,7 +23,8 @@ class DemoScript:
 
     vm: str
     boot_bytes: int
-    reboot_guest: Callable[[], Awaitable[None]]
+    #: Stops the guest, runs the given callback (the host-side reset), then boots it again.
+    reboot_guest: Callable[[Callable[[], None]], Awaitable[None]]
     step: int = 0
     done: bool = False
     log: list[str] = field(default_factory=list)
@@ -83,9 +84,8 @@ async def advance_demo(script: DemoScript, service: EmbeddedService) -> None:
     elif script.step == 2:
         submit(vm, SetTarget(target_bytes=boot * 3 // 4))
     elif script.step == 3:
-        # Reboot: the guest restarts at boot size, the host releases every vDIMM.
-        submit(vm, SystemReset())
-        await script.reboot_guest()
+        # Reboot: the guest stops, the host resets (releasing every vDIMM), the guest boots again.
+        await script.reboot_guest(lambda: submit(vm, SystemReset()))
     elif script.step == 4:
         if state.hot_added_pages:
             return

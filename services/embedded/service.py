@@ -31,9 +31,7 @@ log = logging.getLogger("hvdm.service")
 class EmbeddedService:
     """The engine on a SQLite log, fed by ``submit`` and a ticker, inside one asyncio loop."""
 
-    def __init__(
-        self, log_: SqliteLog, runner: EngineRunner, clock: TickClock, *, batch_size: int = 1000
-    ) -> None:
+    def __init__(self, log_: SqliteLog, runner: EngineRunner, clock: TickClock, *, batch_size: int = 1000) -> None:
         self.log = log_
         self.runner = runner
         self.clock = clock

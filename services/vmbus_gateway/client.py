@@ -57,9 +57,19 @@ class GuestLink:
         self.connected = asyncio.Event()
 
     async def open(
-        self, *, unix_path: str | None = None, tcp: tuple[str, int] | None = None, resume: bool = False
+        self,
+        *,
+        unix_path: str | None = None,
+        tcp: tuple[str, int] | None = None,
+        resume: bool = False,
+        first_messages: list[bytes] | None = None,
     ) -> None:
-        """Connect, say hello, and start exchanging messages in the background."""
+        """Connect, say hello, and start exchanging messages in the background.
+
+        A new channel starts with the guest's ``connect()`` messages, or with ``first_messages``
+        when the caller already has them (a rebooted guest's first version request); a resumed
+        channel starts with nothing.
+        """
         if unix_path:
             reader, writer = await asyncio.open_unix_connection(unix_path)
         elif tcp:
@@ -76,7 +86,7 @@ class GuestLink:
         self._writer = writer
         self.connected.set()
         if not resume:
-            self._send(self.guest.connect(self.clock()))
+            self._send(first_messages if first_messages is not None else self.guest.connect(self.clock()))
         self._task = asyncio.create_task(self._run(reader), name=f"guest-{self.hello.vm}")
 
     def _send(self, messages: list[bytes]) -> None:

@@ -153,9 +153,7 @@ class GatewayServer:
             delivered = min(hello.resume_after, backend.outbox_high_watermark(vm))
         conn = Connection(hello=hello, writer=writer, delivered=delivered)
         self.connections[vm] = conn
-        log.info(
-            "event=connected vm=%s resume=%s delivered=%d", vm, hello.resume_after is not None, delivered
-        )
+        log.info("event=connected vm=%s resume=%s delivered=%d", vm, hello.resume_after is not None, delivered)
         await self._reply(writer, {"ok": True, "vm": vm, "delivered": delivered})
         sender = asyncio.create_task(self._send_loop(conn), name=f"gateway-send-{vm}")
         conn.wake.set()

@@ -241,3 +241,26 @@ def test_vmbus_reset_drops_ballooned_but_keeps_hot_added() -> None:
     assert h.state.ballooned_pages == 0
     assert h.state.hot_added_pages == GIB_PAGES
     assert h.state.trans_id == 0
+
+
+def test_target_set_during_a_refused_transaction_is_still_pursued() -> None:
+    h = Harness()
+    h.handshake()
+    boot = h.state.boot_pages
+    h.set_target_pages(boot - 4096)
+    h.guest(BalloonResponse(more_pages=True, ranges=blocks(0, 1)))
+    h.set_target_pages(boot + 1024)  # the operator changes their mind mid-transaction
+    h.guest(BalloonResponse(more_pages=False, ranges=()))  # the guest refuses the rest
+    assert isinstance(h.last_sent(), UnballoonRequest)  # the new target is pursued at once
+    assert h.state.target_pending
+
+
+def test_plugging_a_backend_does_not_restart_a_refused_shrink() -> None:
+    h = Harness()
+    h.handshake()
+    h.set_target_pages(h.state.boot_pages - 4096)
+    h.guest(BalloonResponse(more_pages=False, ranges=blocks(0, 1)))  # partial: guest at its floor
+    sent = len(h.sent)
+    h.command(inp.AddBackend(tick=h.tick, backend_id="m", size_bytes=1 << 30))
+    h.command(inp.PlugBackend(tick=h.tick, backend_id="m"))
+    assert len(h.sent) == sent  # no new balloon request toward the old target
