@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from services.cli.units import parse_size
+from services.cli.units import size_arg
 from services.embedded.run import RunConfig, main_run
 
 
@@ -27,8 +27,8 @@ def _run(args: argparse.Namespace) -> int:
         socket=args.socket or None,
         tcp=_hostport(args.tcp) if args.tcp else None,
         guests=args.guests,
-        guest_memory=parse_size(args.guest_memory),
-        guest_maxmem=parse_size(args.guest_maxmem),
+        guest_memory=args.guest_memory,
+        guest_maxmem=args.guest_maxmem,
         guest_profile=args.guest_profile,
         workload=args.workload,
         speed=speed,
@@ -49,25 +49,17 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--socket", default="hvdm.sock", help="gateway UNIX socket ('' to disable)")
     p.add_argument("--tcp", help="also listen on HOST:PORT for guests")
     p.add_argument("--guests", type=int, default=0, help="start N simulated guests")
-    p.add_argument("--guest-memory", default="4G", help="boot memory of each simulated guest")
-    p.add_argument("--guest-maxmem", default="64G", help="maxmem of each simulated guest")
-    p.add_argument(
-        "--guest-profile", default="linux", help="simulated guest profile (linux, windows, malicious, ...)"
-    )
-    p.add_argument(
-        "--workload", default="steady", help="guest workload (idle, steady, diurnal, bursty, leak)"
-    )
-    p.add_argument(
-        "--speed", type=float, help="simulated seconds per wall second (default 1; 25 with --scenario demo)"
-    )
+    p.add_argument("--guest-memory", type=size_arg, default="4G", help="boot memory of each simulated guest")
+    p.add_argument("--guest-maxmem", type=size_arg, default="64G", help="maxmem of each simulated guest")
+    p.add_argument("--guest-profile", default="linux", help="simulated guest profile (linux, windows, malicious, ...)")
+    p.add_argument("--workload", default="steady", help="guest workload (idle, steady, diurnal, bursty, leak)")
+    p.add_argument("--speed", type=float, help="simulated seconds per wall second (default 1; 25 with --scenario demo)")
     p.add_argument("--scenario", choices=["none", "demo"], default="none", help="scripted story per VM")
     p.add_argument("--duration", type=float, help="exit after SECONDS of wall time")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port")
     p.add_argument("--qmp-dir", help="directory for per-VM QMP sockets (DIR/<vm>.sock)")
-    p.add_argument(
-        "--progress-interval", type=float, default=2.0, help="seconds between progress tables (0: off)"
-    )
+    p.add_argument("--progress-interval", type=float, default=2.0, help="seconds between progress tables (0: off)")
     p.add_argument("--json", action="store_true", help="print the final summary as JSON")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=_run)

@@ -23,3 +23,13 @@ def parse_size(text: str, default_unit: str = "") -> int:
     if value < 0 or unit not in _SUFFIX:
         raise ValueError(f"not a size: {text!r}")
     return int(value * _SUFFIX[unit])
+
+
+def size_arg(text: str) -> int:
+    """``argparse`` type for sizes: a bad value becomes a usage error, not a traceback."""
+    import argparse
+
+    try:
+        return parse_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None

@@ -24,7 +24,7 @@ class GuestModel(Protocol):
     def connect(self, now: float) -> list[bytes]: ...
     def receive(self, message: bytes, now: float) -> list[bytes]: ...
     def poll(self, now: float) -> list[bytes]: ...
-    def reboot(self, now: float) -> None: ...
+    def reboot(self, now: float) -> list[bytes]: ...
 
 
 @dataclass(slots=True)
@@ -60,13 +60,14 @@ class LockstepFleet:
     def submit(self, vm: str, record: Input) -> int:
         return self.log.append_input(vm, self.tick, to_dict(_stamp(record, self.tick)))
 
-    def connect(self, vm: str) -> None:
+    def connect(self, vm: str, first_messages: list[bytes] | None = None) -> None:
+        """Open a new channel; a rebooted guest passes the first messages its reboot produced."""
         v = self.vms[vm]
         self.submit(vm, ChannelOpened(boot_bytes=v.boot_bytes, maxmem_bytes=v.maxmem_bytes))
         self.settle()
         v.delivered = self.log.outbox_high_watermark(vm)
         v.connected = True
-        self._send(vm, v.guest.connect(self.now))
+        self._send(vm, first_messages if first_messages is not None else v.guest.connect(self.now))
         self.settle()
 
     def disconnect(self, vm: str, reason: str = "closed") -> None:
