@@ -123,6 +123,7 @@ class BootState:
     jobs: dict[str, Job] = field(default_factory=dict)
     queued_balloon: int | None = None
     queued_hot_add: HotAddRequest | None = None
+    queued_hot_remove: int | None = None
     unballoon_active: bool = False
     silent_unballoon: bool = False
     reported: list[tuple[int, int]] = field(default_factory=list)
@@ -675,6 +676,10 @@ class SimulatedGuest:
         if "hot_remove" in boot.jobs:
             self._violation("hot_remove_request_overlap", "a hot-remove transaction is still running")
             return
+        if "hot_add" in boot.jobs:
+            # Memory blocks cannot be removed while blocks are being added: wait for the hot-add.
+            boot.queued_hot_remove = message.page_count
+            return
         self._start_job("hot_remove", self._hot_remove_steps(message.page_count), now)
 
     def _hot_remove_steps(self, page_count: int) -> Iterator[Step]:
@@ -722,6 +727,9 @@ class SimulatedGuest:
         elif job.kind == "hot_add" and boot.queued_hot_add is not None:
             request, boot.queued_hot_add = boot.queued_hot_add, None
             self._start_hot_add(request, boot.saboteur.current, t)
+        elif job.kind == "hot_add" and boot.queued_hot_remove is not None:
+            pages, boot.queued_hot_remove = boot.queued_hot_remove, None
+            self._start_job("hot_remove", self._hot_remove_steps(pages), t)
 
     def _after_transaction(self) -> None:
         """End of a host transaction: the wrong-state and flood misbehaviours act here."""

@@ -131,3 +131,15 @@ def test_windows_accepts_version_2_0_first() -> None:
     [request] = dec(g.connect(0.0))
     assert request.version == 0x20000  # type: ignore[union-attr]
     assert isinstance(send(g, BalloonRequest(num_pages=1), 0.1)[0], BalloonResponse)
+
+
+def test_hot_remove_waits_for_a_running_hot_add() -> None:
+    g = ready_guest(profile="windows", instant=False, hot_add_seconds_per_block=1.0)
+    g.receive(encode(HotAddRequest(range=(BASE, 2 * CHUNK))), 1.0)
+    assert g.receive(encode(HotRemoveRequest(virtual_node=0, page_count=CHUNK, qos_flags=0)), 1.5) == []
+    out = dec(g.poll(10.0))
+    kinds = [type(m).__name__ for m in out if not isinstance(m, StatusReport)]
+    assert kinds == ["HotAddResponse", "HotRemoveResponse"]
+    assert only(out, HotAddResponse)[0].page_count == 2 * CHUNK
+    assert only(out, HotRemoveResponse)[0].ranges == ((BASE + CHUNK, CHUNK),)
+    assert g.memory.problems() == []
