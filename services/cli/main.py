@@ -16,8 +16,10 @@ from collections.abc import Sequence
 COMMAND_MODULES: tuple[str, ...] = (
     "services.cli.wire_cmds",
     "services.cli.bench_cmd",
+    "services.cli.ctl_cmd",
     "services.cli.run_cmd",
     "services.cli.engine_cmd",
+    "services.cli.fuzz_cmd",
     "services.cli.audit_cmds",
 )
 

@@ -7,8 +7,10 @@ import json
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -46,38 +48,57 @@ def test_kill_dash_nine_at_random_points_then_restart(tmp_path: Path) -> None:
     ref_states = {vm: s.to_snapshot() for vm, s in reference.runner.states.items()}
     assert len(ref_events) > 300
 
+    def engine_cmd(db: Path) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "services",
+            "engine",
+            "--db",
+            str(db),
+            "--exit-when-idle",
+            "--batch",
+            "2",
+            "--snapshot-every",
+            "40",
+        ]
+
     crashed = copy_inbox(reference.log, tmp_path / "crashed.db")
+    total = crashed.inbox_high_watermark()
     crashed.close()
+    watcher = sqlite3.connect(f"file:{tmp_path / 'crashed.db'}?mode=ro", uri=True)
+
+    def consumed() -> int:
+        row = watcher.execute("SELECT pos FROM positions WHERE name = 'engine'").fetchone()
+        return 0 if row is None else int(row[0])
+
     rng = random.Random(20261126)
     kills = 0
-    cmd = [
-        sys.executable,
-        "-m",
-        "services",
-        "engine",
-        "--db",
-        str(tmp_path / "crashed.db"),
-        "--exit-when-idle",
-        "--batch",
-        "3",
-        "--snapshot-every",
-        "40",
-    ]
+    interrupted_at: list[int] = []
     for _attempt in range(200):
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        try:
-            proc.wait(timeout=rng.uniform(0.2, 0.9))
-        except subprocess.TimeoutExpired:
+        # Kill at a random point of progress (not of wall time, which varies between machines):
+        # somewhere in the next quarter of what is left, while the engine is mid-stream.
+        before = consumed()
+        target = before + rng.randint(1, max(1, (total - before) // 4))
+        proc = subprocess.Popen(
+            engine_cmd(tmp_path / "crashed.db"), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        while proc.poll() is None and consumed() < target:
+            time.sleep(0.0005)
+        if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
             kills += 1
+            interrupted_at.append(consumed())
             continue
         assert proc.returncode == 0, proc.stderr.read() if proc.stderr else b""
         break
     else:
         pytest.fail("the engine never finished")
-    print(f"engine killed {kills} times before a run completed")
-    assert kills >= 3, f"only {kills} kills landed; the scenario is too short to test crashes"
+    watcher.close()
+    print(f"engine killed {kills} times, at inbox positions {interrupted_at} of {total}")
+    mid_run = {pos for pos in interrupted_at if 0 < pos < total}
+    assert len(mid_run) >= 3, f"kills interrupted the run at only {sorted(mid_run)} of {total} records"
 
     log = SqliteLog(tmp_path / "crashed.db")
     events, outbox = log_contents(log)

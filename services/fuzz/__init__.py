@@ -1,0 +1,1 @@
+"""Adversarial input generation for the engine: random bytes and hostile message sequences."""
