@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 PageRanges = tuple[tuple[int, int], ...]
+#: How a transaction ended: everything asked for, less (the guest refused the rest), or no answer.
+Outcome = Literal["complete", "partial", "timeout"]
+TransactionKind = Literal["balloon", "unballoon", "hot_add", "hot_remove"]
 
 
 class ViolationReason(enum.StrEnum):
@@ -187,7 +190,7 @@ class BalloonTransactionEnded(EventBase):
     trans_id: int
     requested_pages: int
     received_pages: int
-    outcome: str
+    outcome: Outcome
     tick: int
 
 
@@ -301,7 +304,7 @@ class HotRemoveTransactionEnded(EventBase):
     trans_id: int
     requested_pages: int
     received_pages: int
-    outcome: str
+    outcome: Outcome
     tick: int
 
 
@@ -310,7 +313,7 @@ class TransactionTimedOut(EventBase):
     """An unanswered transaction was abandoned; the next one waits until ``retry_at_tick``."""
 
     KIND: ClassVar[str] = "TransactionTimedOut"
-    kind: str
+    kind: TransactionKind
     trans_id: int
     waited_ticks: int
     retry_at_tick: int

@@ -11,6 +11,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
+from services.dm_engine.events import TransactionKind
 from services.range_store import PageRangeSet
 from services.vdimm_allocator import VdimmLayout, new_layout
 
@@ -55,7 +56,7 @@ class Transaction:
     """The host request in flight. ``last_activity_tick`` moves with every accepted answer, so a
     slow but progressing guest is not timed out."""
 
-    kind: str  # balloon | unballoon | hot_add | hot_remove
+    kind: TransactionKind
     trans_id: int
     requested_pages: int
     received_pages: int
