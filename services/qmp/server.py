@@ -314,9 +314,18 @@ class QmpServers:
 
     # ------------------------------------------------------------------ the projection
     def _on_batch(self, batch: Sequence[Processed]) -> None:
-        """Runs on the engine's loop after each committed batch: cheap, no awaiting."""
+        """Runs on the engine's loop after each committed batch: cheap, no awaiting.
+
+        The batch is already committed, so a failure here must not reach the engine (it would
+        treat it as a failed batch); it is logged and the projection carries on."""
         if self._closed:
             return
+        try:
+            self._project(batch)
+        except Exception:
+            log.exception("qmp projection failed for a batch of %d records", len(batch))
+
+    def _project(self, batch: Sequence[Processed]) -> None:
         now = self.clock()
         watch = self._watch
         for p in batch:

@@ -514,3 +514,20 @@ def test_events_reach_every_negotiated_client(tmp_path: Path) -> None:
             assert (await next_event(b))["event"] == "HV_BALLOON_STATUS_REPORT"
 
     run(scenario())
+
+
+def test_a_failing_projection_never_breaks_the_engine(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with qmp_env(tmp_path) as env:
+            g = await env.ready_guest("vm1")
+            c = await env.client("vm1")
+
+            def broken_clock() -> float:
+                raise RuntimeError("clock on fire")
+
+            env.servers.clock = broken_clock
+            await g.status(2 * GIB, GIB)  # processed and committed despite the listener failing
+            assert env.service.runner.states["vm1"].status_reports_total == 1
+            assert await c.execute("query-hv-balloon-status-report") == {"committed": GIB, "available": 2 * GIB}
+
+    run(scenario())
