@@ -6,6 +6,9 @@ import argparse
 import asyncio
 import logging
 import sys
+import time
+from collections.abc import Callable
+from types import SimpleNamespace
 
 from services.dm_engine.runner import EngineRunner
 from services.event_log.sqlite_log import SqliteLog
@@ -20,10 +23,29 @@ def _run_sqlite(args: argparse.Namespace) -> int:
             print(f"hvdm engine: processed {n} inbox records; consumed position {runner.consumed}", file=sys.stderr)
             return 0
 
+        on_batch: list[Callable[[int, float], None]] = []
+
         async def loop() -> None:
-            while True:
-                if not runner.run_batch(args.batch):
-                    await asyncio.sleep(args.poll_interval)
+            served = None
+            if args.metrics_port is not None:
+                from services.metrics import serve_for_service
+
+                served = serve_for_service(
+                    SimpleNamespace(runner=runner, on_batch=on_batch), args.metrics_host, args.metrics_port
+                )
+            try:
+                while True:
+                    started = time.perf_counter()
+                    n = runner.run_batch(args.batch)
+                    if not n:
+                        await asyncio.sleep(args.poll_interval)
+                        continue
+                    elapsed = time.perf_counter() - started
+                    for cb in on_batch:
+                        cb(n, elapsed)
+            finally:
+                if served is not None:
+                    served.close()
 
         asyncio.run(loop())
         return 0
@@ -50,5 +72,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--snapshot-every", type=int, default=2000, help="events per VM between snapshots")
     p.add_argument("--exit-when-idle", action="store_true", help="process the inbox to its end, then exit")
     p.add_argument("--poll-interval", type=float, default=0.05, help="seconds between inbox polls when idle")
+    p.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port")
+    p.add_argument("--metrics-host", default="127.0.0.1", help="address for /metrics (0.0.0.0 in containers)")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=_run)

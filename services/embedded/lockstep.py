@@ -19,7 +19,8 @@ from services.event_log.sqlite_log import ALL_VMS, SqliteLog
 
 
 class GuestModel(Protocol):
-    closed: bool
+    @property
+    def closed(self) -> bool: ...
 
     def connect(self, now: float) -> list[bytes]: ...
     def receive(self, message: bytes, now: float) -> list[bytes]: ...

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import json
 import os
 import sys
@@ -21,6 +20,8 @@ from typing import Any, TextIO
 from services.dm_engine.state import ProtocolState, VmState
 from services.embedded.scenario import DemoScript, advance_demo
 from services.embedded.service import EmbeddedService
+from services.metrics import ServedMetrics, serve_for_service
+from services.qmp import QmpServers, start_qmp_servers
 from services.vmbus_gateway.backend import EmbeddedBackend
 from services.vmbus_gateway.client import GuestLink
 from services.vmbus_gateway.hello import Hello
@@ -44,6 +45,7 @@ class RunConfig:
     duration: float | None = None
     seed: int = 1
     metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
     qmp_dir: str | None = None
     progress_interval: float = 2.0
     json_summary: bool = False
@@ -91,27 +93,17 @@ def summary(service: EmbeddedService, scripts: dict[str, DemoScript]) -> dict[st
     }
 
 
-async def _optional_start(module: str, func: str, *args: Any) -> Any:
-    """Start an optional component (metrics, QMP) if its package is present."""
-    mod = importlib.import_module(module)
-    result = getattr(mod, func)(*args)
-    if asyncio.iscoroutine(result):
-        result = await result
-    return result
-
-
 async def run_service(cfg: RunConfig, out: TextIO = sys.stdout) -> int:
     service = EmbeddedService.open(cfg.db, speed=cfg.speed)
     await service.start()
     gateway = GatewayServer(EmbeddedBackend(service))
     await gateway.start(unix_path=cfg.socket, tcp=cfg.tcp)
-    stoppers: list[Any] = []
+    served: ServedMetrics | None = None
+    qmp: QmpServers | None = None
     if cfg.metrics_port is not None:
-        stoppers.append(
-            await _optional_start("services.metrics", "serve_for_service", service, "127.0.0.1", cfg.metrics_port)
-        )
+        served = serve_for_service(service, cfg.metrics_host, cfg.metrics_port)
     if cfg.qmp_dir:
-        stoppers.append(await _optional_start("services.qmp", "start_qmp_servers", service, cfg.qmp_dir))
+        qmp = await start_qmp_servers(service, cfg.qmp_dir)
     links: dict[str, GuestLink] = {}
     scripts: dict[str, DemoScript] = {}
     endpoint: dict[str, Any] = {"unix_path": cfg.socket} if cfg.socket else {"tcp": ("127.0.0.1", gateway.tcp_port)}
@@ -161,10 +153,10 @@ async def run_service(cfg: RunConfig, out: TextIO = sys.stdout) -> int:
         for link in links.values():
             await link.stop()
         await gateway.close()
-        for stopper in stoppers:
-            result = stopper.close() if hasattr(stopper, "close") else None
-            if asyncio.iscoroutine(result):
-                await result
+        if served is not None:
+            served.close()
+        if qmp is not None:
+            await qmp.close()
         await service.stop()
     if cfg.json_summary:
         print(json.dumps(report, sort_keys=True), file=out)

@@ -23,7 +23,8 @@ log = logging.getLogger("hvdm.guest_link")
 
 
 class GuestModel(Protocol):
-    closed: bool
+    @property
+    def closed(self) -> bool: ...
 
     def connect(self, now: float) -> list[bytes]: ...
     def receive(self, message: bytes, now: float) -> list[bytes]: ...
