@@ -19,6 +19,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "services.cli.ctl_cmd",
     "services.cli.run_cmd",
     "services.cli.engine_cmd",
+    "services.cli.gateway_cmd",
     "services.cli.fuzz_cmd",
     "services.cli.audit_cmds",
 )

@@ -1,0 +1,45 @@
+"""``hvdm gateway``: the VMBus gateway of the distributed deployment (Kafka topics behind it)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+
+def _hostport(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    return host or "127.0.0.1", int(port)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from services.kafka_engine.gateway import serve
+    from services.kafka_engine.settings import KafkaSettings, SettingsError
+
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s %(message)s"
+    )
+    try:
+        settings = KafkaSettings.from_url(args.broker)
+    except SettingsError as exc:
+        print(f"hvdm: gateway error: {exc}", file=sys.stderr)
+        return 1
+    if not args.socket and not args.tcp:
+        print("hvdm: gateway error: give --socket PATH and/or --tcp HOST:PORT", file=sys.stderr)
+        return 1
+    try:
+        return asyncio.run(
+            serve(settings, unix_path=args.socket or None, tcp=_hostport(args.tcp) if args.tcp else None)
+        )
+    except KeyboardInterrupt:
+        return 130
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = subparsers.add_parser("gateway", help="run the VMBus gateway against Kafka (distributed deployment)")
+    p.add_argument("--broker", required=True, help="kafka://HOST:PORT[?prefix=...&partitions=N] (see docs)")
+    p.add_argument("--socket", default="hvdm.sock", help="UNIX socket for guests ('' to disable)")
+    p.add_argument("--tcp", help="also listen on HOST:PORT for guests")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(func=_run)

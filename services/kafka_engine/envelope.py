@@ -1,0 +1,164 @@
+"""The JSON records on the Kafka topics: one envelope per topic around the project's record shapes.
+
+Why envelopes: the inner records are exactly what the embedded log stores (``records.to_dict`` of
+inputs and events, ``dm_protocol.encode`` of host messages), so ``schemas/`` and the audit read
+both deployments alike; the envelope adds what a partitioned log needs to be replayed and
+deduplicated -- the VM, the inbox position ``[partition, offset]`` a result came from, and the
+per-VM sequence numbers. Every value is canonical JSON (sorted keys, no spaces), so a re-decided
+input produces byte-identical records. Keys are the VM id (UTF-8); records that concern a whole
+partition (ticks, checkpoints) use the key ``*`` and are written to an explicit partition.
+
+inbox (key = vm)::
+
+    {"vm": "vm1", "record": {"type": "GuestMessage", "tick": 0, "raw": "0220..."}}
+    {"vm": "*", "record": {"type": "Tick", "tick": 412}}          # key "*", explicit partition
+
+  A non-tick input's ``tick`` is only the publisher's hint: the engine stamps every input with its
+  partition's clock (see ``partition.PartitionClock``), which is a function of record order alone.
+
+events (key = vm, same partition as the input; ALL the events one input caused for one VM)::
+
+    {"vm": "vm1", "inbox": [3, 1207], "seq": 41, "tick": 412, "outbox_seq": 9,
+     "events": [{"type": "StatusReported", ...}, ...]}
+
+  ``seq`` is the per-VM sequence number of the first event (the others follow), ``outbox_seq``
+  the VM's last outbox sequence number after this record.
+
+outbox (key = vm, same partition; the host messages those events imply, derived purely)::
+
+    {"vm": "vm1", "inbox": [3, 1207], "messages": [[8, 40, "0a20..."], [9, 41, "0b20..."]]}
+
+  each message is ``[outbox seq, event seq, encoded DM message as hex]``.
+
+snapshots (key = vm, same partition; compacted where the broker compacts)::
+
+    {"vm": "vm1", "seq": 41, "outbox_seq": 9, "applied": 1207, "state": {...}}
+    {"vm": "*", "partition": 3, "events_offset": 52011, "inbox_offset": 1207}   # checkpoint
+
+meta (one partition; the first record of a key wins)::
+
+    {"key": "engine_config", "value": "{...}"}
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from services.dm_engine.records import dumps
+
+#: The key (and ``vm``) of records that concern a whole partition rather than one VM.
+ALL_VMS = "*"
+
+
+class EnvelopeError(ValueError):
+    """A topic record that is not an hvdm envelope (never raised for a record we wrote)."""
+
+
+def encode(value: dict[str, Any]) -> bytes:
+    return dumps(value).encode()
+
+
+def decode(raw: bytes | None) -> dict[str, Any]:
+    if raw is None:
+        raise EnvelopeError("record has no value")
+    try:
+        value = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise EnvelopeError(f"record is not JSON: {exc}") from None
+    if not isinstance(value, dict) or (not isinstance(value.get("vm"), str) and "key" not in value):
+        raise EnvelopeError("record is not an hvdm envelope")
+    return value
+
+
+# ---------------------------------------------------------------------------------------- inbox
+def inbox_value(vm: str, record: dict[str, Any]) -> bytes:
+    return encode({"vm": vm, "record": record})
+
+
+def tick_value(tick: int) -> bytes:
+    return inbox_value(ALL_VMS, {"type": "Tick", "tick": tick})
+
+
+def is_tick(value: dict[str, Any]) -> bool:
+    return value.get("vm") == ALL_VMS and value["record"].get("type") == "Tick"
+
+
+# ---------------------------------------------------------------------------------------- events
+@dataclass(frozen=True, slots=True)
+class EventsRecord:
+    vm: str
+    partition: int
+    offset: int
+    seq: int
+    tick: int
+    outbox_seq: int
+    events: tuple[dict[str, Any], ...]
+
+    @property
+    def last_seq(self) -> int:
+        return self.seq + len(self.events) - 1
+
+    def to_value(self) -> dict[str, Any]:
+        return {
+            "vm": self.vm,
+            "inbox": [self.partition, self.offset],
+            "seq": self.seq,
+            "tick": self.tick,
+            "outbox_seq": self.outbox_seq,
+            "events": list(self.events),
+        }
+
+    @classmethod
+    def from_value(cls, value: dict[str, Any]) -> EventsRecord:
+        try:
+            partition, offset = value["inbox"]
+            return cls(
+                vm=value["vm"],
+                partition=int(partition),
+                offset=int(offset),
+                seq=int(value["seq"]),
+                tick=int(value["tick"]),
+                outbox_seq=int(value["outbox_seq"]),
+                events=tuple(value["events"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise EnvelopeError(f"not an events record: {exc!r}") from None
+
+
+# ---------------------------------------------------------------------------------------- outbox
+@dataclass(frozen=True, slots=True)
+class OutboxMessage:
+    seq: int
+    event_seq: int
+    message: bytes
+
+
+def outbox_value(vm: str, partition: int, offset: int, messages: list[OutboxMessage]) -> dict[str, Any]:
+    return {
+        "vm": vm,
+        "inbox": [partition, offset],
+        "messages": [[m.seq, m.event_seq, m.message.hex()] for m in messages],
+    }
+
+
+def outbox_messages_of(value: dict[str, Any]) -> list[OutboxMessage]:
+    try:
+        return [OutboxMessage(int(s), int(e), bytes.fromhex(h)) for s, e, h in value["messages"]]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise EnvelopeError(f"not an outbox record: {exc!r}") from None
+
+
+# ---------------------------------------------------------------------------------------- snapshots
+def snapshot_value(vm: str, seq: int, outbox_seq: int, applied: int, state: dict[str, Any]) -> dict[str, Any]:
+    return {"vm": vm, "seq": seq, "outbox_seq": outbox_seq, "applied": applied, "state": state}
+
+
+def checkpoint_value(partition: int, events_offset: int, inbox_offset: int) -> dict[str, Any]:
+    return {"vm": ALL_VMS, "partition": partition, "events_offset": events_offset, "inbox_offset": inbox_offset}
+
+
+# ---------------------------------------------------------------------------------------- meta
+def meta_value(key: str, value: str) -> bytes:
+    return encode({"key": key, "value": value})

@@ -1,0 +1,52 @@
+"""``hvdm gateway --broker``: the VMBus gateway on the Kafka backend, until SIGINT or SIGTERM.
+
+The gateway server is the same one the embedded deployment runs (``vmbus_gateway.server``); only
+its backend differs. A stop closes the listening sockets and the guests' connections without
+closing their channels (guests resume against the next gateway) and flushes every input
+already read to the broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+
+from services.kafka_engine.gateway_backend import KafkaBackend
+from services.kafka_engine.settings import KafkaSettings
+from services.vmbus_gateway.server import GatewayServer
+
+
+async def start_gateway(
+    settings: KafkaSettings, *, unix_path: str | None, tcp: tuple[str, int] | None
+) -> tuple[GatewayServer, KafkaBackend]:
+    """Load the outbox, then accept guests. The caller stops both with ``stop_gateway``."""
+    backend = KafkaBackend(settings)
+    await backend.start()
+    server = GatewayServer(backend)
+    await server.start(unix_path=unix_path, tcp=tcp)
+    return server, backend
+
+
+async def stop_gateway(server: GatewayServer, backend: KafkaBackend) -> None:
+    await server.close()
+    await backend.close()
+
+
+async def serve(settings: KafkaSettings, *, unix_path: str | None, tcp: tuple[str, int] | None) -> int:
+    server, backend = await start_gateway(settings, unix_path=unix_path, tcp=tcp)
+    where = [p for p in (unix_path, f"tcp://{tcp[0]}:{server.tcp_port}" if tcp else None) if p]
+    print(
+        f"hvdm gateway: {', '.join(where)} -> {settings.bootstrap} ({settings.prefix}.*)", file=sys.stderr, flush=True
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await stop_gateway(server, backend)
+    return 0

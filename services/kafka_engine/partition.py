@@ -1,0 +1,232 @@
+"""One inbox partition's engine, with no I/O: recovery from records, dedupe, ticks, decisions.
+
+Why a pure class: everything that makes the Kafka deployment effectively-once lives in the rules
+below, and they are easier to trust when a test can feed them records without a broker. The
+Faust worker (``worker.py``) only moves bytes between the topics and this object.
+
+The rules:
+
+* **Atomic per input.** All the events one input causes for one VM go into ONE events record,
+  stamped with the input's inbox position. A record exists whole or not at all.
+* **Dedupe by inbox position.** A VM's cursor remembers ``applied``, the inbox offset of its last
+  recorded input. An input at or before it is skipped: its effects are in the state already (or
+  it had none). An input after it is decided, from the same state and the same stamped tick, so a
+  re-decided input whose record was lost produces the same record again (the core is
+  deterministic).
+* **Sequence numbers pick the records to fold.** Recovery applies an events record only if its
+  first ``seq`` is the VM's next one. A duplicate (``seq`` too low: a record written twice, by a
+  re-decision or by a worker that lost its partition without noticing) and an orphan (``seq`` too
+  high: written after an earlier record of the same VM was lost -- possible only if a send failed,
+  after which the worker exits before anything is committed) are both ignored; the orphan's input
+  is re-decided and its record written again, in order.
+* **The partition clock.** Ticks are inbox records of the partition (key ``*``). The clock at an
+  offset is the number of the last Tick record before it (``PartitionClock``); every other input is
+  stamped with it, whatever tick its publisher wrote. A Tick is delivered to the partition's VMs
+  only if it moves the clock forward, so a repeated or stale tick (two tickers overlapping
+  briefly during a fail-over) decides nothing. All of this depends on record order alone, so a
+  replay -- by a worker taking over, or by an audit -- stamps every input exactly as before.
+* **Ticks reach the partition's VMs**: every VM this engine holds a state for (it had an input in
+  the partition, or recovery found events for it), in sorted order. A VM recovery knows although
+  its first input comes later skips the earlier ticks by the dedupe rule, and a tick to a VM in its
+  initial state decides nothing, so this is the embedded runner's rule restricted to a partition.
+* **The outbox is a projection.** Each events record's host messages (``outbox_messages``) get
+  per-VM outbox sequence numbers counted from the VM's events, so a re-decided input re-creates
+  the same outbox record and the gateway drops what it already delivered.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from services.dm_engine.config import EngineConfig
+from services.dm_engine.decider import evolve, initial_state, process
+from services.dm_engine.events import Event
+from services.dm_engine.inputs import Tick
+from services.dm_engine.outbox import outbox_messages
+from services.dm_engine.records import event_from_dict, input_from_dict, to_dict
+from services.dm_engine.state import VmState
+from services.dm_protocol import encode as encode_message
+from services.kafka_engine.envelope import (
+    ALL_VMS,
+    EventsRecord,
+    OutboxMessage,
+    outbox_value,
+    snapshot_value,
+)
+
+
+class PartitionClock:
+    """The clock of one inbox partition: the number of the last Tick record read.
+
+    >>> clock = PartitionClock(None)
+    >>> clock.on_tick(5), clock.on_tick(5), clock.on_tick(6), clock.now
+    (True, False, True, 6)
+    """
+
+    __slots__ = ("last",)
+
+    def __init__(self, last: int | None) -> None:
+        self.last = last
+
+    @property
+    def now(self) -> int:
+        return 0 if self.last is None else self.last
+
+    def on_tick(self, number: int) -> bool:
+        """Read a Tick record; True if it moves the clock forward (and so is delivered)."""
+        forward = self.last is None or number > self.last
+        self.last = number
+        return forward
+
+
+@dataclass(slots=True)
+class VmCursor:
+    """One VM's state and where its recorded history ends."""
+
+    state: VmState
+    seq: int = 0  # last recorded event seq
+    outbox_seq: int = 0  # last outbox seq
+    applied: int = -1  # inbox offset of the last input with recorded events
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What one inbox record did to one VM: the records to write and the events behind them."""
+
+    vm: str
+    offset: int
+    tick: int
+    events: list[Event]
+    events_record: EventsRecord
+    outbox: dict[str, Any] | None
+
+
+@dataclass(slots=True)
+class PartitionEngine:
+    partition: int
+    config: EngineConfig
+    vms: dict[str, VmCursor] = field(default_factory=dict)
+    #: None until the worker has looked up the last Tick before its first record (``set_clock``).
+    clock: PartitionClock | None = None
+    #: VMs whose state changed since the last checkpoint.
+    dirty: set[str] = field(default_factory=set)
+    #: Inbox offset of the last record processed (-1: none yet).
+    position: int = -1
+    ignored_records: int = 0
+
+    # ------------------------------------------------------------------ recovery
+    def _cursor(self, vm: str) -> VmCursor:
+        cursor = self.vms.get(vm)
+        if cursor is None:
+            cursor = self.vms[vm] = VmCursor(initial_state(vm))
+        return cursor
+
+    def restore_snapshot(self, value: dict[str, Any]) -> None:
+        """A snapshot record; the one with the highest seq per VM wins."""
+        vm = value["vm"]
+        current = self.vms.get(vm)
+        if current is not None and current.seq >= int(value["seq"]):
+            return
+        self.vms[vm] = VmCursor(
+            VmState.from_snapshot(value["state"]),
+            seq=int(value["seq"]),
+            outbox_seq=int(value["outbox_seq"]),
+            applied=int(value["applied"]),
+        )
+
+    def replay(self, record: EventsRecord) -> bool:
+        """Fold one events record read back from the topic; False if it is a duplicate or orphan."""
+        cursor = self._cursor(record.vm)
+        if record.seq != cursor.seq + 1:
+            self.ignored_records += 1
+            return False
+        state = cursor.state
+        for data in record.events:
+            evolve(state, event_from_dict(data))
+        cursor.seq = record.last_seq
+        cursor.outbox_seq = record.outbox_seq
+        cursor.applied = record.offset
+        return True
+
+    def set_clock(self, last_tick: int | None) -> None:
+        self.clock = PartitionClock(last_tick)
+
+    # ------------------------------------------------------------------ processing
+    def decide(self, offset: int, value: dict[str, Any]) -> list[Decision]:
+        """Process the inbox record at ``offset``; returns one decision per VM that recorded events."""
+        clock = self.clock
+        if clock is None:
+            raise RuntimeError("set_clock must be called before the first record")
+        if offset <= self.position:
+            return []  # the stream went back (re-delivery within one process): already seen
+        self.position = offset
+        vm = value["vm"]
+        record = value["record"]
+        if vm == ALL_VMS:
+            if record.get("type") != "Tick":
+                self.ignored_records += 1
+                return []
+            number = int(record["tick"])
+            if not clock.on_tick(number):
+                return []
+            tick = Tick(tick=number)
+            out: list[Decision] = []
+            for name in sorted(self.vms):
+                decision = self._decide_one(name, offset, tick, number)
+                if decision is not None:
+                    out.append(decision)
+            return out
+        now = clock.now
+        try:
+            stamped = input_from_dict({**record, "tick": now})
+        except (KeyError, TypeError, ValueError):
+            # Not an input this engine knows (a newer publisher?): skipping is the only safe choice,
+            # and the audit's replay applies the same rule.
+            self.ignored_records += 1
+            return []
+        decision = self._decide_one(vm, offset, stamped, now)
+        return [] if decision is None else [decision]
+
+    def _decide_one(self, vm: str, offset: int, record: Any, tick: int) -> Decision | None:
+        cursor = self._cursor(vm)
+        if offset <= cursor.applied:
+            return None
+        events = process(cursor.state, record, self.config)
+        if not events:
+            return None
+        first = cursor.seq + 1
+        messages: list[OutboxMessage] = []
+        for i, event in enumerate(events):
+            for message in outbox_messages(event):
+                cursor.outbox_seq += 1
+                messages.append(OutboxMessage(cursor.outbox_seq, first + i, encode_message(message)))
+        cursor.seq = first + len(events) - 1
+        cursor.applied = offset
+        self.dirty.add(vm)
+        events_record = EventsRecord(
+            vm=vm,
+            partition=self.partition,
+            offset=offset,
+            seq=first,
+            tick=tick,
+            outbox_seq=cursor.outbox_seq,
+            events=tuple(to_dict(e) for e in events),
+        )
+        outbox = outbox_value(vm, self.partition, offset, messages) if messages else None
+        return Decision(vm, offset, tick, events, events_record, outbox)
+
+    # ------------------------------------------------------------------ checkpoints
+    def take_snapshots(self) -> list[dict[str, Any]]:
+        """Snapshot records for every VM changed since the last call."""
+        out = []
+        for vm in sorted(self.dirty):
+            c = self.vms[vm]
+            out.append(snapshot_value(vm, c.seq, c.outbox_seq, c.applied, c.state.to_snapshot()))
+        self.dirty.clear()
+        return out
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Every VM's state as JSON, for tests comparing two engines."""
+        return {vm: json.loads(json.dumps(c.state.to_snapshot())) for vm, c in sorted(self.vms.items())}
