@@ -1,0 +1,8 @@
+"""Sets of guest page ranges, merged on insert, with double-free (overlap) detection.
+
+``from services.range_store import PageRangeSet, coalesce``; see :mod:`services.range_store.ranges`.
+"""
+
+from services.range_store.ranges import PageRangeSet, coalesce
+
+__all__ = ["PageRangeSet", "coalesce"]
