@@ -22,6 +22,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "services.cli.gateway_cmd",
     "services.cli.fuzz_cmd",
     "services.cli.audit_cmds",
+    "services.cli.rebalance_cmd",
 )
 
 

@@ -1,0 +1,195 @@
+"""``hvdm rebalance``: resize VMs from the fleet view (live), or compare policies (simulation).
+
+Live, on an embedded log (the service keeps running; this is a separate process)::
+
+    $ hvdm rebalance --db /var/lib/hvdm/log.db --policy hvdm --interval 5 --host-capacity 256G
+    $ hvdm rebalance --db log.db --policy hyperv --param buffer=0.3 --once --json
+
+Simulation (no log, no guests: the light model of ``services.rebalancer.model``)::
+
+    $ hvdm rebalance --simulate --vms 1000 --hours 8 --policy all --json --plot fleet.png
+
+Exit status: 0, or 1 on errors (one line on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+from services.cli.units import size_arg
+from services.rebalancer.policies import POLICIES, make_policy
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+
+
+def _fail(message: object) -> int:
+    print(f"hvdm: rebalance error: {message}".replace("\n", " "), file=sys.stderr)
+    return EXIT_ERROR
+
+
+def _params(pairs: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--param wants NAME=VALUE, got {pair!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _progress_printer(enabled: bool) -> Any:
+    if not enabled:
+        return None
+
+    def show(fraction: float) -> None:
+        width = 30
+        done = int(fraction * width)
+        print(f"\rsimulating [{'#' * done}{'.' * (width - done)}] {fraction:6.1%}", end="", file=sys.stderr, flush=True)
+        if fraction >= 1.0:
+            print(file=sys.stderr)
+
+    return show
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from services.rebalancer.simulation import SimConfig, simulate
+
+    names = list(POLICIES) if args.policy == "all" else [args.policy]
+    params = _params(args.param)
+    try:
+        # Parameters go to the single policy named; with "all" they must fit every policy.
+        policies = [make_policy(n, params) for n in names]
+        config = SimConfig(
+            vms=args.vms,
+            hours=args.hours,
+            seed=args.seed,
+            host_capacity_bytes=args.host_capacity or SimConfig().host_capacity_bytes,
+            interval_s=int(args.interval or SimConfig().interval_s),
+        )
+    except ValueError as exc:
+        return _fail(exc)
+    show = args.progress or (sys.stderr.isatty() and not args.json)
+    result = simulate(config, policies, progress=_progress_printer(show))
+    doc = result.to_dict()
+    if args.report:
+        Path(args.report).write_text(json.dumps(doc, indent=2) + "\n")
+    if args.plot:
+        from services.rebalancer.plot import write_plot
+
+        try:
+            write_plot(args.plot, result.series(), doc["fleet"])
+        except ImportError as exc:
+            return _fail(f"--plot needs matplotlib ({exc})")
+    print(json.dumps(doc) if args.json else _sim_text(doc))
+    return EXIT_OK
+
+
+def _sim_text(doc: dict[str, Any]) -> str:
+    fleet = doc["fleet"]
+    lines = [
+        f"{fleet['vms']} VMs on {fleet['hosts']} hosts of {fleet['host_capacity_bytes'] / 2**30:g} GiB, "
+        f"{doc['config']['hours']:g} h simulated in {doc['wall_seconds']:.1f} s "
+        f"(static allocation at max: {fleet['static_max_bytes'] / 2**30:,.0f} GiB)",
+        "",
+        f"{'POLICY':8} {'RECLAIMED':>9} {'PRESSURE VM-MIN':>15} {'OPERATIONS':>10} {'OVERCOMMIT EVENTS':>17}",
+    ]
+    for name, p in doc["policies"].items():
+        lines.append(
+            f"{name:8} {p['reclaimed_ratio']:>9.1%} {p['pressure_vm_minutes']:>15,.1f} "
+            f"{p['operations']:>10,} {p['overcommit_events']:>17,}"
+        )
+    return "\n".join(lines)
+
+
+def _live(args: argparse.Namespace) -> int:
+    import sqlite3
+
+    from services.audit.logfile import LogError, open_log
+    from services.rebalancer.live import LiveRebalancer, TargetWritten
+    from services.rebalancer.projection import LiveLimits
+
+    if args.policy == "all":
+        return _fail("live mode runs one policy; --policy all is for --simulate")
+    try:
+        policy = make_policy(args.policy, _params(args.param))
+    except ValueError as exc:
+        return _fail(exc)
+    limits = LiveLimits(host_capacity_bytes=args.host_capacity, min_bytes=args.min_size)
+
+    def report(written: list[TargetWritten]) -> None:
+        for w in written:
+            if args.json:
+                print(json.dumps({"policy": policy.name, **w.to_dict()}), flush=True)
+            else:
+                print(
+                    f"vm={w.vm} target_bytes={w.target_bytes} previous={w.previous_target_bytes} "
+                    f"current_bytes={w.current_bytes} demand_bytes={w.demand_bytes} pos={w.inbox_pos} tick={w.tick}",
+                    flush=True,
+                )
+
+    try:
+        with closing(open_log(args.db)) as log:
+            loop = LiveRebalancer(log, policy, limits)
+            rounds = 1 if args.once else args.rounds
+            try:
+                loop.run(args.interval or 5.0, rounds=rounds, on_round=report)
+            except KeyboardInterrupt:
+                return EXIT_OK
+    except (LogError, sqlite3.Error) as exc:
+        return _fail(exc)
+    return EXIT_OK
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.simulate:
+        return _simulate(args)
+    if not args.db:
+        return _fail("give --db PATH (live) or --simulate")
+    return _live(args)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = subparsers.add_parser(
+        "rebalance",
+        help="resize VMs from the fleet view (writes SetTarget inputs), or simulate the policies",
+        description="Live: --db PATH --policy NAME. Simulation: --simulate --vms N --hours H --policy NAME|all.",
+    )
+    p.add_argument("--policy", default="hvdm", choices=[*POLICIES, "all"], help="policy (default hvdm)")
+    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="policy parameter (repeatable)")
+    p.add_argument("--interval", type=_positive_float, metavar="S", help="seconds between decisions (default 5)")
+    p.add_argument("--host-capacity", type=size_arg, metavar="SIZE", help="RAM the host gives to VMs (e.g. 256G)")
+    p.add_argument("--json", action="store_true", help="JSON output")
+    live = p.add_argument_group("live mode")
+    live.add_argument("--db", metavar="PATH", help="the embedded SQLite log of a running service")
+    live.add_argument("--once", action="store_true", help="one decision round, then exit")
+    live.add_argument("--rounds", type=_positive_int, metavar="N", help="stop after N rounds")
+    live.add_argument("--min-size", type=size_arg, default=512 << 20, metavar="SIZE", help="VM minimum (512M)")
+    sim = p.add_argument_group("simulation")
+    sim.add_argument("--simulate", action="store_true", help="run the fleet simulation instead of a live loop")
+    sim.add_argument("--vms", type=_positive_int, default=100, help="fleet size (default 100)")
+    sim.add_argument("--hours", type=_positive_float, default=2.0, help="simulated hours (default 2)")
+    sim.add_argument("--seed", type=int, default=1, help="fleet and trace seed (default 1)")
+    sim.add_argument("--plot", metavar="FILE.png", help="write a PNG of fleet memory over time (matplotlib)")
+    sim.add_argument("--report", metavar="FILE.json", help="also write the JSON report to this file")
+    sim.add_argument("--progress", action="store_true", help="progress bar on stderr even when not a TTY")
+    p.set_defaults(func=_run)

@@ -1,0 +1,16 @@
+"""Fleet-wide memory rebalancing: a view of the fleet, policies, a simulation, the live loop.
+
+* ``fleet_view``  -- ``FleetView``: what a policy may know (arrays, one entry per VM)
+* ``policy``      -- the interface and shared mechanics (guest floor, host fitting, hysteresis)
+* ``hyperv`` / ``mom`` / ``forecast`` -- the three policies (``hyperv``, ``mom``, ``hvdm``)
+* ``policies``    -- the registry of names
+* ``history``     -- per-VM sample histories for policies that look back
+* ``traces`` / ``model`` / ``simulation`` / ``plot`` -- ``hvdm rebalance --simulate``
+* ``projection`` / ``live`` -- ``hvdm rebalance --db``: event log -> view -> SetTarget inputs
+"""
+
+from services.rebalancer.fleet_view import NO_TARGET, FleetView
+from services.rebalancer.policies import POLICIES, make_policy
+from services.rebalancer.policy import Policy
+
+__all__ = ["NO_TARGET", "POLICIES", "FleetView", "Policy", "make_policy"]

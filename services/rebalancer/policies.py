@@ -1,0 +1,26 @@
+"""The policy registry: names on the command line and in reports -> policy factories."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import Final
+
+from services.rebalancer.forecast import HvdmPolicy
+from services.rebalancer.hyperv import HyperVPolicy
+from services.rebalancer.mom import MomPolicy
+from services.rebalancer.policy import Policy
+
+#: Report order: the two references first, ours last.
+POLICIES: Final[Mapping[str, Callable[[Mapping[str, str]], Policy]]] = MappingProxyType(
+    {"hyperv": HyperVPolicy.from_strings, "mom": MomPolicy.from_strings, "hvdm": HvdmPolicy.from_strings}
+)
+
+
+def make_policy(name: str, params: Mapping[str, str] | None = None) -> Policy:
+    """A fresh policy called ``name``; ValueError for an unknown name or parameter."""
+    try:
+        factory = POLICIES[name]
+    except KeyError:
+        raise ValueError(f"unknown policy {name!r}; known: {', '.join(POLICIES)}") from None
+    return factory(params or {})

@@ -1,0 +1,128 @@
+"""The live fleet view: a read-only projection of the SQLite event log into per-VM states.
+
+Why a projection and not a query of the engine: the rebalancer is its own process (architecture:
+"the fleet view is a projection"); it folds the same events the engine recorded, with the
+engine's own ``evolve``, so it sees exactly the accounting the engine acts on -- and it never
+writes anything but ``SetTarget`` inputs to the inbox. Start-up is the engine's recovery, read
+only: the latest snapshot of each VM, then the events after it; afterwards each ``catch_up``
+folds only the events appended since.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+
+from services.dm_engine.config import EngineConfig
+from services.dm_engine.decider import evolve, initial_state
+from services.dm_engine.records import event_from_dict
+from services.dm_engine.state import NEGOTIATED_STATES, ProtocolState, VmState
+from services.event_log.sqlite_log import SqliteLog
+from services.rebalancer.fleet_view import NO_TARGET, PAGE_SIZE, FleetView
+
+
+@dataclass(frozen=True, slots=True)
+class LiveLimits:
+    """What the log does not say: the host's capacity for VMs and the VMs' minimum size.
+
+    ``host_capacity_bytes`` None means "no limit": the sum of the VMs' maximum sizes.
+    ``weights`` are Hyper-V memory weights by VM id (default 1.0).
+    """
+
+    host_capacity_bytes: int | None = None
+    min_bytes: int = 512 << 20
+    weights: tuple[tuple[str, float], ...] = ()
+
+
+class FleetProjection:
+    """Per-VM states folded from a log's events, caught up on demand."""
+
+    def __init__(self, log: SqliteLog) -> None:
+        self.log = log
+        self.states: dict[str, VmState] = {}
+        self._last_seq: dict[str, int] = {}
+        self.events_folded = 0
+        stored = log.get_meta("engine_config")
+        self.config = EngineConfig.from_dict(json.loads(stored)) if stored else EngineConfig()
+        for vm, seq, _pos, data in log.snapshots():
+            self.states[vm] = VmState.from_snapshot(data)
+            self._last_seq[vm] = seq
+
+    def catch_up(self) -> int:
+        """Fold every event recorded since the last call; returns how many."""
+        folded = 0
+        for vm in self.log.vms():
+            state = self.states.get(vm)
+            if state is None:
+                state = self.states[vm] = initial_state(vm)
+            for row in self.log.iter_events(vm, self._last_seq.get(vm, 0)):
+                evolve(state, event_from_dict(json.loads(row.record)))
+                self._last_seq[vm] = row.seq
+                folded += 1
+        self.events_folded += folded
+        return folded
+
+    def last_tick(self) -> int:
+        """The engine clock now: the service's ``last_tick`` meta, or the newest inbox record's tick."""
+        meta = int(self.log.get_meta("last_tick") or 0)
+        high = self.log.inbox_high_watermark()
+        rows = self.log.read_inbox(high - 1, 1) if high else []
+        return max(meta, rows[0].tick if rows else 0)
+
+    def view(self, limits: LiveLimits) -> FleetView:
+        """The ``FleetView`` of every described VM (one host: one embedded log serves one host)."""
+        states = [s for _, s in sorted(self.states.items()) if s.described]
+        n = len(states)
+        min_pages = limits.min_bytes // PAGE_SIZE
+        weights = dict(limits.weights)
+        boot = np.array([s.boot_pages for s in states], dtype=np.int64)
+        current = np.array([s.current_pages for s in states], dtype=np.int64)
+        ceiling = np.array([_growth_ceiling(s) for s in states], dtype=np.int64)
+        minimum = np.array(
+            [min(s.boot_pages, max(min_pages, s.caps.min_page_cnt if s.caps else 0)) for s in states], dtype=np.int64
+        )
+        demand = np.array(
+            [-1 if s.status is None else max(0, s.status.committed_pages - s.ballooned_pages) for s in states],
+            dtype=np.int64,
+        )
+        available = np.array([-1 if s.status is None else s.status.available_pages for s in states], dtype=np.int64)
+        controllable = np.array([_controllable(s) for s in states], dtype=bool)
+        capacity = int(ceiling.sum()) if limits.host_capacity_bytes is None else limits.host_capacity_bytes // PAGE_SIZE
+        return FleetView(
+            vm_ids=tuple(s.vm_id for s in states),
+            now=self.last_tick() * self.config.tick_seconds,
+            host=np.zeros(n, dtype=np.intp),
+            host_capacity=np.array([capacity], dtype=np.int64),
+            boot=boot,
+            min=minimum,
+            max=np.maximum(ceiling, minimum),
+            current=current,
+            target=np.array([NO_TARGET if s.target_pages is None else s.target_pages for s in states], dtype=np.int64),
+            demand=demand,
+            available=available,
+            controllable=controllable & (demand >= 0),
+            weight=np.array([weights.get(s.vm_id, 1.0) for s in states]),
+        )
+
+
+def _controllable(state: VmState) -> bool:
+    """Negotiated, past the post-init wait, and able to balloon."""
+    return (
+        state.protocol in NEGOTIATED_STATES
+        and state.protocol is not ProtocolState.POST_INIT_WAIT
+        and state.caps is not None
+        and state.caps.balloon
+    )
+
+
+def _growth_ceiling(state: VmState) -> int:
+    """The most the VM can reach: its RAM plus what plugged vDIMMs can still hot-add, <= maxmem.
+
+    The engine hot-adds only into plugged backends, so a target above this would stall.
+    """
+    addable = 0
+    if state.caps is not None and state.caps.hot_add:
+        addable = sum(v.remaining_pages for v in state.layout.vdimms)
+    return min(state.maxmem_pages, state.owned.page_count + addable)

@@ -1,0 +1,275 @@
+"""``hvdm rebalance --simulate``: the policies on the same simulated fleet, one after another.
+
+The fleet: ``vms`` guests with workloads from the guest simulator (idle, steady, diurnal, bursty,
+leak; by default an equal mix), boot sizes of 2 / 4 / 8 / 16 GiB (30 / 40 / 20 / 10 %), a
+maximum of ``max_ratio`` x boot (default 4: Startup 2 GiB, Maximum 8 GiB is a common Dynamic
+Memory setting, and it keeps every workload's peak -- the leak's 2 x boot -- within reach, so
+pressure measures the policy and not an impossible demand) and a minimum of 512 MiB (Hyper-V's
+default Minimum RAM). Guests are packed first-fit onto hosts of ``host_capacity`` so that every
+host can hold its guests' boot memory, the condition for starting them. Every VM boots at t=0.
+
+Each policy runs on the light model (``model.py``) with the *same* traces: the time loop goes
+chunk by chunk (an hour of traces for every VM), and every policy's fleet advances through the
+chunk before the next is generated. Policies decide every ``interval_s`` (default 5 s, the same
+for all three, so the comparison is about what they decide, not how often).
+
+Metrics per policy:
+
+* ``reclaimed_ratio``: 1 - (time-averaged assigned memory) / (sum of maximum sizes): the memory
+  freed versus allocating every VM statically at its maximum;
+* ``pressure_vm_minutes``: VM-minutes with demand > assigned (Hyper-V pressure > 100 %),
+  also by workload;
+* ``operations``: DM requests (balloon + unballoon + hot-add chunks), and each kind;
+* ``overcommit_events``: times a host crossed into assigning more than its capacity, and
+  ``overcommit_host_minutes``.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Final
+
+import numpy as np
+
+from services.guest_sim.workload import WORKLOADS, make_workload
+from services.rebalancer.fleet_view import GIB_PAGES, PAGE_SIZE, balloon_floor_pages
+from services.rebalancer.model import LightFleet, ModelTiming
+from services.rebalancer.policy import Policy
+from services.rebalancer.traces import fleet_trace
+
+GIB: Final = 1 << 30
+#: Boot sizes (GiB) and their shares in the simulated fleet.
+BOOT_SIZES: Final = ((2, 0.3), (4, 0.4), (8, 0.2), (16, 0.1))
+DEFAULT_MIX: Final = {name: 1.0 for name in WORKLOADS}
+
+
+@dataclass(frozen=True, slots=True)
+class SimConfig:
+    vms: int = 100
+    hours: float = 2.0
+    seed: int = 1
+    host_capacity_bytes: int = 256 * GIB
+    interval_s: int = 5
+    max_ratio: float = 4.0
+    min_bytes: int = 512 << 20
+    mix: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_MIX))
+    #: Seconds between the points of the fleet-memory time series (the plot).
+    sample_s: int = 60
+    chunk_s: int = 3600
+
+    def __post_init__(self) -> None:
+        if self.vms < 1 or self.hours <= 0 or self.interval_s < 1:
+            raise ValueError("need at least one VM, a positive duration and an interval >= 1 s")
+        unknown = set(self.mix) - set(WORKLOADS)
+        if unknown:
+            raise ValueError(f"unknown workloads in the mix: {', '.join(sorted(unknown))}")
+        if not any(w > 0 for w in self.mix.values()):
+            raise ValueError("the workload mix needs a positive weight")
+
+    @property
+    def seconds(self) -> int:
+        return round(self.hours * 3600)
+
+
+@dataclass(frozen=True, slots=True)
+class FleetSpec:
+    """The simulated fleet: per VM its workload, sizes (pages) and host."""
+
+    vm_ids: tuple[str, ...]
+    workloads: tuple[str, ...]
+    seeds: tuple[int, ...]
+    boot: tuple[int, ...]
+    max: tuple[int, ...]
+    min: tuple[int, ...]
+    host: tuple[int, ...]
+    host_capacity: tuple[int, ...]
+
+    def light_fleet(self, timing: ModelTiming | None = None) -> LightFleet:
+        return LightFleet(
+            vm_ids=self.vm_ids,
+            host=np.array(self.host, dtype=np.intp),
+            host_capacity=np.array(self.host_capacity, dtype=np.int64),
+            boot=np.array(self.boot, dtype=np.int64),
+            min=np.array(self.min, dtype=np.int64),
+            max=np.array(self.max, dtype=np.int64),
+            weight=np.ones(len(self.vm_ids)),
+            timing=timing or ModelTiming(),
+        )
+
+
+def build_fleet(config: SimConfig) -> FleetSpec:
+    """Draw the fleet from ``config.seed``: the same seed gives the same fleet and traces."""
+    rng = random.Random(f"fleet:{config.seed}")
+    names = [n for n, w in config.mix.items() if w > 0]
+    weights = [config.mix[n] for n in names]
+    sizes = [size for size, _ in BOOT_SIZES]
+    shares = [share for _, share in BOOT_SIZES]
+    capacity = config.host_capacity_bytes // PAGE_SIZE
+    ids: list[str] = []
+    workloads: list[str] = []
+    seeds: list[int] = []
+    boots: list[int] = []
+    maxes: list[int] = []
+    mins: list[int] = []
+    hosts: list[int] = []
+    used: list[int] = []
+    for i in range(config.vms):
+        boot = rng.choices(sizes, shares)[0] * GIB_PAGES
+        if boot > capacity:
+            raise ValueError(f"host capacity {config.host_capacity_bytes} B cannot hold a {boot * PAGE_SIZE} B VM")
+        # First fit: the first host with room for the VM's boot memory, else a new host.
+        host = next((h for h, u in enumerate(used) if u + boot <= capacity), len(used))
+        if host == len(used):
+            used.append(0)
+        used[host] += boot
+        ids.append(f"vm{i:04d}")
+        workloads.append(rng.choices(names, weights)[0])
+        seeds.append(rng.randrange(1 << 30))
+        boots.append(boot)
+        maxes.append(int(boot * config.max_ratio))
+        mins.append(min(boot, config.min_bytes // PAGE_SIZE))
+        hosts.append(host)
+    return FleetSpec(
+        tuple(ids),
+        tuple(workloads),
+        tuple(seeds),
+        tuple(boots),
+        tuple(maxes),
+        tuple(mins),
+        tuple(hosts),
+        tuple([capacity] * len(used)),
+    )
+
+
+@dataclass(slots=True)
+class Series:
+    """Fleet totals every ``sample_s`` seconds, for the plot (bytes, counts)."""
+
+    t: list[float] = field(default_factory=list)
+    assigned: list[int] = field(default_factory=list)
+    demand: list[int] = field(default_factory=list)
+    #: Mean number of VMs under pressure over the sample interval.
+    under_pressure: list[float] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class PolicyRun:
+    policy: Policy
+    fleet: LightFleet
+    series: Series = field(default_factory=Series)
+    cpu_seconds: float = 0.0
+    _pressure_mark: int = 0
+
+    def advance(self, t0: int, committed: np.ndarray[Any, np.dtype[np.int64]], config: SimConfig) -> None:
+        started = time.perf_counter()
+        fleet, policy = self.fleet, self.policy
+        interval, sample = config.interval_s, config.sample_s
+        counters = fleet.counters
+        for k in range(committed.shape[1]):
+            t = t0 + k
+            column = committed[:, k]
+            if t % interval == 0 and t >= fleet.timing.post_init_s:
+                fleet.set_targets(policy.decide(fleet.view(float(t))))
+            fleet.step(t, column)
+            if t % sample == 0:
+                cur = fleet.current
+                self.series.t.append(t / 3600.0)
+                self.series.assigned.append(int(cur.sum()) * PAGE_SIZE)
+                self.series.demand.append(int((column + balloon_floor_pages(cur)).sum()) * PAGE_SIZE)
+                total = int(counters.pressure_seconds.sum())
+                self.series.under_pressure.append((total - self._pressure_mark) / sample)
+                self._pressure_mark = total
+        self.cpu_seconds += time.perf_counter() - started
+
+    def report(self, spec: FleetSpec) -> dict[str, Any]:
+        c = self.fleet.counters
+        static = sum(spec.max)
+        mean_assigned = c.assigned_page_seconds / max(c.seconds, 1)
+        by_workload: dict[str, float] = {}
+        assigned_by_workload: dict[str, int] = {}
+        rows = zip(spec.workloads, c.pressure_seconds.tolist(), c.assigned_vm_page_seconds.tolist(), strict=True)
+        for name, seconds, page_seconds in rows:
+            by_workload[name] = by_workload.get(name, 0.0) + seconds / 60.0
+            assigned_by_workload[name] = assigned_by_workload.get(name, 0) + int(page_seconds / max(c.seconds, 1))
+        return {
+            "reclaimed_ratio": 1.0 - mean_assigned / static,
+            "pressure_vm_minutes": float(c.pressure_seconds.sum()) / 60.0,
+            "operations": c.balloon_ops + c.unballoon_ops + c.hot_add_ops,
+            "overcommit_events": c.overcommit_events,
+            "balloon_operations": c.balloon_ops,
+            "unballoon_operations": c.unballoon_ops,
+            "hot_add_operations": c.hot_add_ops,
+            "refused_balloon_requests": c.refused_balloons,
+            "set_targets": c.set_targets,
+            "pressure_events": c.pressure_events,
+            "pressure_vm_minutes_by_workload": dict(sorted(by_workload.items())),
+            "mean_assigned_bytes_by_workload": {k: v * PAGE_SIZE for k, v in sorted(assigned_by_workload.items())},
+            "overcommit_host_minutes": c.overcommit_host_seconds / 60.0,
+            "mean_assigned_bytes": int(mean_assigned) * PAGE_SIZE,
+            "static_max_bytes": static * PAGE_SIZE,
+            "peak_assigned_bytes": max(self.series.assigned, default=0),
+            "parameters": self.policy.parameters(),
+            "cpu_seconds": round(self.cpu_seconds, 3),
+        }
+
+
+@dataclass(slots=True)
+class SimResult:
+    config: SimConfig
+    spec: FleetSpec
+    runs: dict[str, PolicyRun]
+    wall_seconds: float
+    trace_seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``--json`` document: ``{"policies": {name: {...}}, ...}`` (key names: a contract)."""
+        cfg = asdict(self.config)
+        cfg["mix"] = dict(self.config.mix)
+        counts: dict[str, int] = {}
+        for name in self.spec.workloads:
+            counts[name] = counts.get(name, 0) + 1
+        return {
+            "policies": {name: run.report(self.spec) for name, run in self.runs.items()},
+            "fleet": {
+                "vms": len(self.spec.vm_ids),
+                "hosts": len(self.spec.host_capacity),
+                "host_capacity_bytes": self.spec.host_capacity[0] * PAGE_SIZE,
+                "boot_bytes": sum(self.spec.boot) * PAGE_SIZE,
+                "static_max_bytes": sum(self.spec.max) * PAGE_SIZE,
+                "workloads": dict(sorted(counts.items())),
+            },
+            "config": cfg,
+            "wall_seconds": round(self.wall_seconds, 3),
+            "trace_seconds": round(self.trace_seconds, 3),
+        }
+
+    def series(self) -> dict[str, Series]:
+        return {name: run.series for name, run in self.runs.items()}
+
+
+Progress = Callable[[float], None]
+
+
+def simulate(
+    config: SimConfig, policies: Sequence[Policy], progress: Progress | None = None, timing: ModelTiming | None = None
+) -> SimResult:
+    """Run every policy over the same fleet and traces; ``progress`` gets the fraction done."""
+    started = time.perf_counter()
+    spec = build_fleet(config)
+    workloads = [make_workload(w, b, s) for w, b, s in zip(spec.workloads, spec.boot, spec.seeds, strict=True)]
+    runs = {p.name: PolicyRun(p, spec.light_fleet(timing)) for p in policies}
+    trace_seconds = 0.0
+    total = config.seconds
+    for t0 in range(0, total, config.chunk_s):
+        t1 = min(total, t0 + config.chunk_s)
+        before = time.perf_counter()
+        committed = fleet_trace(workloads, t0, t1)
+        trace_seconds += time.perf_counter() - before
+        for run in runs.values():
+            run.advance(t0, committed, config)
+        if progress is not None:
+            progress(t1 / total)
+    return SimResult(config, spec, runs, time.perf_counter() - started, trace_seconds)
