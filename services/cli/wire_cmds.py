@@ -59,9 +59,7 @@ def _decode_framed(raw: bytes, trailer: bool) -> list[Message]:
     reader = FrameReader(trailer=trailer)
     frames = reader.feed(raw)
     if reader.pending_bytes or not frames:
-        raise DecodeError(
-            DecodeReason.TRUNCATED, f"{reader.pending_bytes} bytes do not complete a VMBus packet"
-        )
+        raise DecodeError(DecodeReason.TRUNCATED, f"{reader.pending_bytes} bytes do not complete a VMBus packet")
     messages = []
     for index, packet in enumerate(frames):
         if packet.error is not None:
@@ -116,9 +114,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "decode", help="decode a DM message (or VMBus packets) from hex to one JSON object per line"
     )
     decode_parser.add_argument("hex", help="hex bytes; spaces, colons and '|' are ignored; '-' reads stdin")
-    decode_parser.add_argument(
-        "--framed", action="store_true", help="input is one or more VMBus in-band packets"
-    )
+    decode_parser.add_argument("--framed", action="store_true", help="input is one or more VMBus in-band packets")
     decode_parser.add_argument(
         "--trailer",
         action="store_true",
@@ -127,9 +123,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     decode_parser.set_defaults(func=_run_decode)
 
     encode_parser = subparsers.add_parser("encode", help="encode a JSON message to lowercase hex")
-    encode_parser.add_argument(
-        "json", help="the message as a JSON object (see 'hvdm decode'); '-' reads stdin"
-    )
+    encode_parser.add_argument("json", help="the message as a JSON object (see 'hvdm decode'); '-' reads stdin")
     encode_parser.add_argument("--framed", action="store_true", help="wrap it in a VMBus in-band packet")
     encode_parser.add_argument(
         "--trailer-offset",
