@@ -49,6 +49,8 @@ class RunConfig:
     qmp_dir: str | None = None
     progress_interval: float = 2.0
     json_summary: bool = False
+    #: Distributed deployment (``kafka://HOST:PORT``): see ``services.kafka_engine.run``.
+    broker: str | None = None
 
 
 def _fmt_mib(pages: int | None) -> str:
@@ -203,6 +205,12 @@ def main_run(cfg: RunConfig) -> int:
         if cfg.socket and os.path.exists(cfg.socket):
             os.unlink(cfg.socket)
     try:
+        if cfg.broker:
+            # The Kafka deployment (gateway + engine workers + guests on the topics); the embedded
+            # path below is untouched.
+            from services.kafka_engine.run import run_on_broker
+
+            return asyncio.run(run_on_broker(cfg))
         return asyncio.run(run_service(cfg))
     except KeyboardInterrupt:
         return 130

@@ -230,6 +230,8 @@ class EngineWorker:
     # ------------------------------------------------------------------ ticks
     async def _ticker(self, part: OwnedPartition) -> None:
         """Append Tick records to the partition, continuing from the last one in it."""
+        from faust.exceptions import NotReady
+
         interval = self.config.tick_seconds / self.settings.speed
         producer = self.app.producer
         base_tick = part.last_tick or 0
@@ -242,11 +244,21 @@ class EngineWorker:
                 if seen is not None and seen > appended:
                     appended = seen  # another ticker got ahead (fail-over overlap): follow it
                 while appended < due and not part.revoked:
-                    appended += 1
-                    fut = await producer.send(
-                        self.settings.inbox, ALL_VMS.encode(), envelope.tick_value(appended), part.number, None, None
-                    )
+                    while True:  # a partition can be assigned before the app's producer has started
+                        try:
+                            fut = await producer.send(
+                                self.settings.inbox,
+                                ALL_VMS.encode(),
+                                envelope.tick_value(appended + 1),
+                                part.number,
+                                None,
+                                None,
+                            )
+                            break
+                        except NotReady:
+                            await asyncio.sleep(0.05)
                     await fut
+                    appended += 1
                 next_at = base_time + (appended + 1 - base_tick) * interval
                 await asyncio.sleep(max(0.0, next_at - time.monotonic()))
         except asyncio.CancelledError:

@@ -1,0 +1,207 @@
+"""``hvdm run --broker``: the demo deployment on Kafka -- gateway, engine worker(s), simulated guests.
+
+The same story as the embedded ``hvdm run`` (``embedded.scenario.advance_demo``), but every input
+goes through the topics: the gateway runs in this process on the Kafka backend, the engine runs as
+``hvdm engine --broker`` child processes (``engines``, default 1) that tick their partitions, and
+the script reads the VMs' states from a projection of the events topic. Operator inputs are
+published to the inbox like a QMP server would. Every child process is stopped on exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from typing import Any, TextIO
+
+from services.dm_engine.inputs import Input
+from services.dm_engine.records import to_dict
+from services.dm_engine.state import ProtocolState, VmState
+from services.embedded.clock import TickClock
+from services.embedded.scenario import DemoScript, advance_demo
+from services.kafka_engine import envelope
+from services.kafka_engine.gateway import start_gateway, stop_gateway
+from services.kafka_engine.kafka_log import GroupOffsets, PartitionReader, ensure_topics, new_producer
+from services.kafka_engine.projection import EventsProjection
+from services.kafka_engine.settings import KafkaSettings
+from services.kafka_engine.worker import engine_config_of
+from services.vmbus_gateway.client import GuestLink
+from services.vmbus_gateway.hello import Hello
+
+MIB = 1 << 20
+
+
+class BrokerService:
+    """What ``advance_demo`` needs from a service, over the topics."""
+
+    def __init__(self, settings: KafkaSettings, partitions: int, clock: TickClock) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.producer = new_producer(settings)
+        self.reader = PartitionReader(settings)
+        self.group = GroupOffsets(settings)
+        self.projection = EventsProjection(settings, partitions)
+        self.partitions = partitions
+        self.runner = self
+        self._pending: list[tuple[int, int, int]] = []  # (token, partition, offset) not yet consumed
+        self._tokens = 0
+        self.consumed = 0
+
+    @property
+    def states(self) -> dict[str, VmState]:
+        return self.projection.states
+
+    def submit(self, vm: str, record: Input) -> int:
+        metadata = self.producer.send(
+            self.settings.inbox, key=vm.encode(), value=envelope.inbox_value(vm, to_dict(record))
+        ).get(30)
+        self._tokens += 1
+        self._pending.append((self._tokens, int(metadata.partition), int(metadata.offset)))
+        return self._tokens
+
+    def now_tick(self) -> int:
+        return self.clock.now_tick()
+
+    def refresh(self) -> None:
+        """Blocking: read new events and the engine group's progress (run it in a thread)."""
+        self.projection.catch_up(self.reader)
+        committed = self.group.committed(self.partitions)
+        while self._pending and self._pending[0][2] < committed[self._pending[0][1]]:
+            self.consumed = self._pending.pop(0)[0]
+        if not self._pending:
+            self.consumed = self._tokens
+
+    def close(self) -> None:
+        self.producer.close()
+        self.reader.close()
+        self.group.close()
+
+
+def summary(service: BrokerService, scripts: dict[str, DemoScript]) -> dict[str, Any]:
+    vms = {}
+    for vm, s in sorted(service.states.items()):
+        vms[vm] = {
+            "protocol_state": s.protocol.value,
+            "boot_bytes": s.boot_pages << 12,
+            "current_bytes": s.current_pages << 12,
+            "target_bytes": None if s.target_pages is None else s.target_pages << 12,
+            "ballooned_bytes": s.ballooned_pages << 12,
+            "hot_added_bytes": s.hot_added_pages << 12,
+            "violations": dict(sorted(s.violations.items())),
+            "scenario_done": scripts[vm].done if vm in scripts else None,
+        }
+    return {
+        "broker": service.settings.bootstrap,
+        "events_records": service.projection.records_read,
+        "scenario_completed": all(s.done for s in scripts.values()) if scripts else None,
+        "vms": vms,
+    }
+
+
+async def run_on_broker(cfg: Any, out: TextIO = sys.stdout, *, engines: int = 1) -> int:
+    """``cfg`` is the embedded ``RunConfig`` with ``broker`` set."""
+    from services.embedded.run import progress_table
+    from services.guest_sim import GuestConfig, SimulatedGuest
+
+    settings = replace(KafkaSettings.from_url(cfg.broker), speed=cfg.speed)
+    counts = await asyncio.to_thread(ensure_topics, settings)
+    config = await asyncio.to_thread(engine_config_of, settings)
+    clock = TickClock(tick_seconds=config.tick_seconds, speed=cfg.speed)
+    children = [
+        subprocess.Popen([sys.executable, "-m", "services", "engine", "--broker", settings.url]) for _ in range(engines)
+    ]
+    server, backend = await start_gateway(settings, unix_path=cfg.socket, tcp=cfg.tcp)
+    service = BrokerService(settings, counts[settings.inbox], clock)
+    endpoint: dict[str, Any] = {"unix_path": cfg.socket} if cfg.socket else {"tcp": ("127.0.0.1", server.tcp_port)}
+    print(
+        f"hvdm: Kafka deployment on {settings.bootstrap} ({settings.prefix}.*), {engines} engine worker(s); "
+        f"gateway {cfg.socket or f'tcp://127.0.0.1:{server.tcp_port}'}; speed x{cfg.speed:g}",
+        file=out,
+        flush=True,
+    )
+    links: dict[str, GuestLink] = {}
+    scripts: dict[str, DemoScript] = {}
+    try:
+        # Guests time out a silent host within seconds of guest time: connect them once the
+        # workers are up, i.e. once every partition has a tick processed.
+        deadline = time.monotonic() + 120
+        while min((await asyncio.to_thread(service.group.committed, service.partitions)).values()) == 0:
+            if time.monotonic() > deadline or any(p.poll() is not None for p in children):
+                raise RuntimeError("the engine workers did not start processing")
+            await asyncio.sleep(0.2)
+        for i in range(cfg.guests):
+            vm = f"vm{i + 1}"
+            guest = SimulatedGuest(
+                GuestConfig(
+                    boot_bytes=cfg.guest_memory, profile=cfg.guest_profile, workload=cfg.workload, seed=cfg.seed + i
+                )
+            )
+            link = GuestLink(
+                guest, Hello(vm=vm, boot_bytes=cfg.guest_memory, maxmem_bytes=cfg.guest_maxmem), clock.now_seconds
+            )
+            await link.open(**endpoint)
+            links[vm] = link
+            if cfg.scenario == "demo":
+                scripts[vm] = DemoScript(vm, cfg.guest_memory, _rebooter(link, guest, service, endpoint))
+        started = next_progress = time.monotonic()
+        while True:
+            await asyncio.sleep(0.1)
+            await asyncio.to_thread(service.refresh)
+            for script in scripts.values():
+                await advance_demo(script, service)  # type: ignore[arg-type]
+            now = time.monotonic()
+            if cfg.progress_interval > 0 and now >= next_progress:
+                print(progress_table(service.states, scripts, service.now_tick()), file=out, flush=True)
+                next_progress = now + cfg.progress_interval
+            if scripts and all(s.done for s in scripts.values()):
+                break
+            if cfg.duration is not None and now - started >= cfg.duration:
+                break
+            if any(p.poll() is not None for p in children):
+                print("hvdm: an engine worker exited; stopping", file=sys.stderr)
+                break
+    finally:
+        report = summary(service, scripts)
+        for link in links.values():
+            await link.stop()
+        await stop_gateway(server, backend)
+        service.close()
+        for p in children:
+            if p.poll() is None:
+                p.terminate()
+        for p in children:
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    if cfg.json_summary:
+        print(json.dumps(report, sort_keys=True), file=out)
+    else:
+        for vm, v in report["vms"].items():
+            print(
+                f"  {vm}: {v['protocol_state']}, current {v['current_bytes'] // MIB} MiB "
+                f"(ballooned {v['ballooned_bytes'] // MIB}, hot-added {v['hot_added_bytes'] // MIB}); "
+                f"violations: {v['violations'] or 'none'}",
+                file=out,
+            )
+    return 3 if scripts and not report["scenario_completed"] else 0
+
+
+def _rebooter(link: GuestLink, guest: Any, service: BrokerService, endpoint: dict[str, Any]) -> Any:
+    async def reboot(reset_host: Any) -> None:
+        await link.stop()
+        vm = link.hello.vm
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            await asyncio.to_thread(service.refresh)
+            state = service.states.get(vm)
+            if state is not None and state.protocol is ProtocolState.CLOSED:
+                break
+            await asyncio.sleep(0.05)
+        reset_host()
+        await link.open(**endpoint, first_messages=guest.reboot(service.clock.now_seconds()))
+
+    return reboot
