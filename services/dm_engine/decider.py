@@ -99,6 +99,19 @@ def _violation(
     )
 
 
+def _flag(
+    reason: ev.ViolationReason,
+    msg: Message,
+    tick: int,
+    detail: str,
+    ranges: Sequence[tuple[int, int]] = (),
+) -> ev.GuestViolation:
+    """A violation about one decoded guest message."""
+    return _violation(
+        reason, tick, message_type=msg.TYPE.name, guest_trans_id=msg.trans_id, detail=detail, ranges=ranges
+    )
+
+
 def _describe(state: VmState, i: inp.ChannelOpened) -> ev.VmDescribed:
     boot = i.boot_bytes >> PAGE_SHIFT
     maxmem = max(i.maxmem_bytes >> PAGE_SHIFT, boot)
@@ -367,66 +380,25 @@ def _on_guest_message(state: VmState, i: inp.GuestMessage, config: EngineConfig)
     except DecodeError as e:
         reason = str(e.reason) if str(e.reason) in _DECODE_REASONS else ev.ViolationReason.MALFORMED_MESSAGE
         return [_violation(reason, tick, message_type=_type_name_of(i.raw), detail=e.detail)]
-    type_name = msg.TYPE.name
     out: list[ev.Event] = []
     if msg.anomalies:
-        out.append(
-            _violation(
-                ev.ViolationReason.RESERVED_BITS_SET,
-                tick,
-                message_type=type_name,
-                guest_trans_id=msg.trans_id,
-                detail=",".join(str(a) for a in msg.anomalies),
-            )
-        )
+        out.append(_flag(ev.ViolationReason.RESERVED_BITS_SET, msg, tick, ",".join(str(a) for a in msg.anomalies)))
     if state.protocol is ProtocolState.CLOSED:
-        out.append(
-            _violation(
-                ev.ViolationReason.UNEXPECTED_MESSAGE,
-                tick,
-                message_type=type_name,
-                guest_trans_id=msg.trans_id,
-                detail="message on a closed channel",
-            )
-        )
+        out.append(_flag(ev.ViolationReason.UNEXPECTED_MESSAGE, msg, tick, "message on a closed channel"))
         return out
     if msg.TYPE in _HOST_TO_GUEST:
-        out.append(
-            _violation(
-                ev.ViolationReason.WRONG_DIRECTION,
-                tick,
-                message_type=type_name,
-                guest_trans_id=msg.trans_id,
-                detail="only the host sends this message type",
-            )
-        )
+        out.append(_flag(ev.ViolationReason.WRONG_DIRECTION, msg, tick, "only the host sends this message type"))
         return out
     handler = _MESSAGE_HANDLERS.get(type(msg))
     if handler is None:  # DM_ERROR: never sent by a real guest
-        out.append(
-            _violation(
-                ev.ViolationReason.UNEXPECTED_MESSAGE,
-                tick,
-                message_type=type_name,
-                guest_trans_id=msg.trans_id,
-                detail="guests do not send this message type",
-            )
-        )
+        out.append(_flag(ev.ViolationReason.UNEXPECTED_MESSAGE, msg, tick, "guests do not send this message type"))
         return out
     out.extend(handler(state, msg, tick, config))
     return out
 
 
 def _unexpected(state: VmState, msg: Message, tick: int) -> list[ev.Event]:
-    return [
-        _violation(
-            ev.ViolationReason.UNEXPECTED_MESSAGE,
-            tick,
-            message_type=msg.TYPE.name,
-            guest_trans_id=msg.trans_id,
-            detail=f"unexpected in state {state.protocol.value}",
-        )
-    ]
+    return [_flag(ev.ViolationReason.UNEXPECTED_MESSAGE, msg, tick, f"unexpected in state {state.protocol.value}")]
 
 
 def _on_version_request(state: VmState, msg: Any, tick: int, config: EngineConfig) -> list[ev.Event]:
@@ -461,12 +433,11 @@ def _on_status_report(state: VmState, msg: Any, tick: int, config: EngineConfig)
     assert isinstance(msg, StatusReport)
     if state.status_tick == tick and state.status_in_tick >= config.max_status_reports_per_tick:
         return [
-            _violation(
+            _flag(
                 ev.ViolationReason.STATUS_REPORT_FLOOD,
+                msg,
                 tick,
-                message_type=msg.TYPE.name,
-                guest_trans_id=msg.trans_id,
-                detail=f"more than {config.max_status_reports_per_tick} status reports in one tick",
+                f"more than {config.max_status_reports_per_tick} status reports in one tick",
             )
         ]
     return [
@@ -502,58 +473,42 @@ def _classify_returned(
     Returns (violation events, acceptable ranges, acceptable pages): acceptable pages lie in
     ``universe`` and are not ballooned yet. Everything else is reported with its exact ranges.
     """
-    type_name = msg.TYPE.name
     ranges = msg.ranges
     out: list[ev.Event] = []
     empty = sum(1 for r in ranges if r[1] == 0)
     if empty:
-        out.append(
-            _violation(
-                ev.ViolationReason.EMPTY_RANGE,
-                tick,
-                message_type=type_name,
-                guest_trans_id=msg.trans_id,
-                detail=f"{empty} range(s) with a zero page count",
-            )
-        )
+        out.append(_flag(ev.ViolationReason.EMPTY_RANGE, msg, tick, f"{empty} range(s) with a zero page count"))
     merged = coalesce(ranges)
     reported = sum(c for _, c in ranges)
     merged_pages = sum(c for _, c in merged)
     if reported != merged_pages:
         out.append(
-            _violation(
-                ev.ViolationReason.DOUBLE_FREE,
-                tick,
-                message_type=type_name,
-                guest_trans_id=msg.trans_id,
-                detail="pages repeated within one message",
-                ranges=_overlaps_within(ranges),
+            _flag(
+                ev.ViolationReason.DOUBLE_FREE, msg, tick, "pages repeated within one message", _overlaps_within(ranges)
             )
         )
     inside = universe.intersection(merged)
     inside_pages = sum(c for _, c in inside)
     if inside_pages != merged_pages:
         out.append(
-            _violation(
+            _flag(
                 ev.ViolationReason.PAGES_NOT_OWNED,
+                msg,
                 tick,
-                message_type=type_name,
-                guest_trans_id=msg.trans_id,
-                detail="pages outside the guest's RAM",
-                ranges=universe.difference(merged),
+                "pages outside the guest's RAM",
+                universe.difference(merged),
             )
         )
     fresh = state.ballooned.difference(inside)
     fresh_pages = sum(c for _, c in fresh)
     if fresh_pages != inside_pages:
         out.append(
-            _violation(
+            _flag(
                 ev.ViolationReason.DOUBLE_FREE,
+                msg,
                 tick,
-                message_type=type_name,
-                guest_trans_id=msg.trans_id,
-                detail="pages already ballooned out",
-                ranges=state.ballooned.intersection(inside),
+                "pages already ballooned out",
+                state.ballooned.intersection(inside),
             )
         )
     return out, fresh, fresh_pages
@@ -569,12 +524,11 @@ def _on_balloon_response(state: VmState, msg: Any, tick: int, config: EngineConf
         out.append(ev.PagesBallooned(ranges=tuple(fresh), pages=fresh_pages, tick=tick))
     if late:
         out.append(
-            _violation(
+            _flag(
                 ev.ViolationReason.UNEXPECTED_MESSAGE,
+                msg,
                 tick,
-                message_type=msg.TYPE.name,
-                guest_trans_id=msg.trans_id,
-                detail=f"late balloon response after a timeout; {fresh_pages} pages accounted",
+                f"late balloon response after a timeout; {fresh_pages} pages accounted",
             )
         )
         return out
@@ -584,12 +538,11 @@ def _on_balloon_response(state: VmState, msg: Any, tick: int, config: EngineConf
     if received > txn.requested_pages:
         excess = received - max(txn.requested_pages, txn.received_pages)
         out.append(
-            _violation(
+            _flag(
                 ev.ViolationReason.PAGES_BEYOND_REQUEST,
+                msg,
                 tick,
-                message_type=msg.TYPE.name,
-                guest_trans_id=msg.trans_id,
-                detail=f"{excess} pages beyond the {txn.requested_pages} requested (accounted)",
+                f"{excess} pages beyond the {txn.requested_pages} requested (accounted)",
             )
         )
     # QEMU ends the transaction on an empty message even when more_pages is set.
@@ -623,12 +576,11 @@ def _on_hot_add_response(state: VmState, msg: Any, tick: int, config: EngineConf
     accepted = msg.page_count if msg.result != 0 else 0
     if accepted > txn.requested_pages:
         out.append(
-            _violation(
+            _flag(
                 ev.ViolationReason.HOT_ADD_OVERCLAIM,
+                msg,
                 tick,
-                message_type=msg.TYPE.name,
-                guest_trans_id=msg.trans_id,
-                detail=f"claimed {msg.page_count} pages of {txn.requested_pages} offered (clamped)",
+                f"claimed {msg.page_count} pages of {txn.requested_pages} offered (clamped)",
             )
         )
         accepted = txn.requested_pages
@@ -665,13 +617,12 @@ def _on_hot_remove_response(state: VmState, msg: Any, tick: int, config: EngineC
     out: list[ev.Event] = []
     if valid_pages != sum(c for _, c in merged):
         out.append(
-            _violation(
+            _flag(
                 ev.ViolationReason.HOT_REMOVE_INVALID_PAGES,
+                msg,
                 tick,
-                message_type=msg.TYPE.name,
-                guest_trans_id=msg.trans_id,
-                detail="hot-removed pages that are not hot-added guest RAM, or are ballooned",
-                ranges=removable.difference(merged),
+                "hot-removed pages that are not hot-added guest RAM, or are ballooned",
+                removable.difference(merged),
             )
         )
     if valid_pages:
