@@ -73,19 +73,22 @@ def progress_table(states: dict[str, VmState], scripts: dict[str, DemoScript], n
     return "\n".join(lines)
 
 
+def vm_summary(s: VmState, script: DemoScript | None) -> dict[str, Any]:
+    """One VM's final accounting, as both deployments print it."""
+    return {
+        "protocol_state": s.protocol.value,
+        "boot_bytes": s.boot_pages << 12,
+        "current_bytes": s.current_pages << 12,
+        "target_bytes": None if s.target_pages is None else s.target_pages << 12,
+        "ballooned_bytes": s.ballooned_pages << 12,
+        "hot_added_bytes": s.hot_added_pages << 12,
+        "violations": dict(sorted(s.violations.items())),
+        "scenario_done": script.done if script is not None else None,
+    }
+
+
 def summary(service: EmbeddedService, scripts: dict[str, DemoScript]) -> dict[str, Any]:
-    vms: dict[str, Any] = {}
-    for vm, s in sorted(service.runner.states.items()):
-        vms[vm] = {
-            "protocol_state": s.protocol.value,
-            "boot_bytes": s.boot_pages << 12,
-            "current_bytes": s.current_pages << 12,
-            "target_bytes": None if s.target_pages is None else s.target_pages << 12,
-            "ballooned_bytes": s.ballooned_pages << 12,
-            "hot_added_bytes": s.hot_added_pages << 12,
-            "violations": dict(sorted(s.violations.items())),
-            "scenario_done": scripts[vm].done if vm in scripts else None,
-        }
+    vms = {vm: vm_summary(s, scripts.get(vm)) for vm, s in sorted(service.runner.states.items())}
     return {
         "ticks": service.now_tick(),
         "inbox_records": service.log.inbox_high_watermark(),

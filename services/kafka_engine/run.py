@@ -21,6 +21,7 @@ from services.dm_engine.inputs import Input
 from services.dm_engine.records import to_dict
 from services.dm_engine.state import ProtocolState, VmState
 from services.embedded.clock import TickClock
+from services.embedded.run import vm_summary
 from services.embedded.scenario import DemoScript, advance_demo
 from services.kafka_engine import envelope
 from services.kafka_engine.gateway import start_gateway, stop_gateway
@@ -81,18 +82,7 @@ class BrokerService:
 
 
 def summary(service: BrokerService, scripts: dict[str, DemoScript]) -> dict[str, Any]:
-    vms = {}
-    for vm, s in sorted(service.states.items()):
-        vms[vm] = {
-            "protocol_state": s.protocol.value,
-            "boot_bytes": s.boot_pages << 12,
-            "current_bytes": s.current_pages << 12,
-            "target_bytes": None if s.target_pages is None else s.target_pages << 12,
-            "ballooned_bytes": s.ballooned_pages << 12,
-            "hot_added_bytes": s.hot_added_pages << 12,
-            "violations": dict(sorted(s.violations.items())),
-            "scenario_done": scripts[vm].done if vm in scripts else None,
-        }
+    vms = {vm: vm_summary(s, scripts.get(vm)) for vm, s in sorted(service.states.items())}
     return {
         "broker": service.settings.bootstrap,
         "events_records": service.projection.records_read,
