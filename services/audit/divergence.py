@@ -7,10 +7,12 @@ Only the first divergence of each VM is kept: everything after it is downstream 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from services.dm_engine.records import event_from_dict, event_json
 from services.event_log.sqlite_log import EventRow
 
 #: Divergence kinds, most specific first.
@@ -58,11 +60,15 @@ class VmComparison:
     Streaming, so an audit holds one row per VM in memory, not the whole event log.
     """
 
-    def __init__(self, vm: str, recorded: Iterator[EventRow], until_pos: int) -> None:
+    def __init__(self, vm: str, recorded: Iterator[EventRow], until_pos: int, judge_after: int = 0) -> None:
         self.vm = vm
         self._rows = recorded
         self._until = until_pos
+        self._judge_after = judge_after
         self.decided = 0
+        #: Recorded events that differ in bytes only because an older engine wrote them without a
+        #: field added since (read with its default, they re-encode to exactly the decided record).
+        self.upcast = 0
         self.divergence: Divergence | None = None
 
     @property
@@ -76,11 +82,18 @@ class VmComparison:
             return
         seq = self.decided
         row = next(self._rows, None)
+        if inbox_pos <= self._judge_after and row is not None:
+            return  # before the audited window: rebuilt, not judged
         if row is None:
             self._diverge(seq, inbox_pos, MISSING_EVENT, record, None, inbox_pos, None)
         elif row.seq != seq:
             self._diverge(seq, row.inbox_pos, SEQ_GAP, record, row.record, inbox_pos, row.inbox_pos)
         elif row.record != record:
+            if _upcast(row.record) == record:
+                self.upcast += 1
+                if row.inbox_pos != inbox_pos:
+                    self._diverge(seq, row.inbox_pos, INBOX_POS_DIFFERS, record, row.record, inbox_pos, row.inbox_pos)
+                return
             self._diverge(seq, row.inbox_pos, RECORD_DIFFERS, record, row.record, inbox_pos, row.inbox_pos)
         elif row.inbox_pos != inbox_pos:
             self._diverge(seq, row.inbox_pos, INBOX_POS_DIFFERS, record, row.record, inbox_pos, row.inbox_pos)
@@ -109,6 +122,15 @@ class VmComparison:
         recorded_pos: int | None,
     ) -> None:
         self.divergence = Divergence(self.vm, seq, inbox_pos, kind, expected, recorded, expected_pos, recorded_pos)
+
+
+def _upcast(recorded: str) -> str | None:
+    """The recorded event read as today's engine reads it and written back canonically; None if
+    it cannot be read. Only consulted when the bytes differ, so an honest log pays nothing."""
+    try:
+        return event_json(event_from_dict(json.loads(recorded)))
+    except Exception:  # unreadable: a real divergence, reported as such by the caller
+        return None
 
 
 def first_divergence(comparisons: Iterator[VmComparison]) -> Divergence | None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Final
 from urllib.parse import quote
 
+from services.audit.reader import LogReader, SqliteReader
 from services.dm_engine.config import EngineConfig
 from services.event_log.sqlite_log import SqliteLog
 
@@ -25,8 +26,8 @@ class LogError(Exception):
     """The log cannot be audited: missing, not SQLite, not an hvdm log, or a record is unreadable."""
 
 
-def open_log(path: str | Path) -> SqliteLog:
-    """Open ``path`` after checking, read-only, that it is an hvdm log."""
+def _check(path: str | Path) -> Path:
+    """``path`` if it is an hvdm log (checked read-only), else LogError."""
     file = Path(path)
     if not file.is_file():
         raise LogError(f"no such log file: {path}")
@@ -39,10 +40,24 @@ def open_log(path: str | Path) -> SqliteLog:
     missing = sorted(REQUIRED_TABLES - tables)
     if missing:
         raise LogError(f"{path}: not an hvdm log (no table {', '.join(missing)})")
-    return SqliteLog(file)
+    return file
 
 
-def engine_config(log: SqliteLog) -> tuple[EngineConfig, str]:
+def open_log(path: str | Path) -> SqliteLog:
+    """Open ``path`` for writing (the rebalancer appends inputs) after checking it is an hvdm log."""
+    return SqliteLog(_check(path))
+
+
+def open_reader(path: str | Path) -> SqliteReader:
+    """Open ``path`` read-only for an audit; works on logs of older schema versions."""
+    file = _check(path)
+    try:
+        return SqliteReader(file)
+    except sqlite3.Error as exc:
+        raise LogError(f"{path}: cannot be opened read-only ({exc})") from None
+
+
+def engine_config(log: LogReader) -> tuple[EngineConfig, str]:
     """The config the log was produced with, and where it came from (``meta`` or ``default``).
 
     A log the engine never opened has no config stored; the defaults are what a runner would

@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from services.audit.logfile import LogError, engine_config
+from services.audit.reader import LogReader
 from services.audit.replay import ReplayError, replay_inbox
 from services.audit.report import accounting, version_text
 from services.dm_engine.decider import evolve, initial_state
 from services.dm_engine.records import event_from_dict
 from services.dm_engine.state import VmState
-from services.event_log.sqlite_log import SqliteLog
 
 EVENTS_SOURCE = "events"
 INBOX_SOURCE = "inbox"
@@ -66,7 +66,7 @@ class PointInTime:
         }
 
 
-def _cut(log: SqliteLog, consumed: int, until_pos: int | None, until_tick: int | None) -> tuple[int, int | None]:
+def _cut(log: LogReader, consumed: int, until_pos: int | None, until_tick: int | None) -> tuple[int, int | None]:
     """(last inbox position included, its tick), never past what the engine consumed."""
     if until_tick is not None:
         pos, tick = 0, None
@@ -83,7 +83,7 @@ def _cut(log: SqliteLog, consumed: int, until_pos: int | None, until_tick: int |
 
 
 def state_at(
-    log: SqliteLog,
+    log: LogReader,
     vm: str,
     *,
     until_pos: int | None = None,

@@ -84,8 +84,11 @@ def audit_text(report: AuditReport) -> str:
     doc = report.to_dict()
     config = doc["engine_config"]
     where = "stored in the log" if doc["engine_config_source"] == "meta" else "none stored: defaults"
+    window = ""
+    if doc["from_position"]:
+        window = f" (reporting inbox records after position {doc['from_position']})"
     lines = [
-        f"hvdm audit  {doc['db']}",
+        f"hvdm audit  {doc['db']}{window}",
         f"engine config  tick_seconds={config['tick_seconds']:g} ({where})",
         f"inbox          {doc['inbox_records']} records replayed (consumed position "
         f"{doc['consumed_position']}, high watermark {doc['inbox_high_watermark']})",
@@ -144,6 +147,7 @@ def audit_text(report: AuditReport) -> str:
             lines += ["", f"{vm} violations", *table(["REASON", "COUNT", "FIRST TICK", "LAST TICK"], rows, "  ")]
         lines += _transactions(f"{vm} balloon transactions", v["balloon_transactions"])
         lines += _transactions(f"{vm} unballoon transactions", v["unballoon_transactions"])
+        lines += behaviour_text(vm, v["behaviour"])
     if any(t["instant"] for v in vms.values() for t in v["balloon_transactions"] + v["unballoon_transactions"]):
         lines += [
             "",
@@ -151,6 +155,95 @@ def audit_text(report: AuditReport) -> str:
             f"({config['tick_seconds']:g} s), so it is a lower bound)",
         ]
     return "\n".join(lines)
+
+
+def _ranges_short(ranges: list[list[int]], shown: int = 4) -> str:
+    text = " ".join(f"[{a}, {n}]" for a, n in ranges[:shown])
+    return text + (f" +{len(ranges) - shown} more" if len(ranges) > shown else "") if text else "-"
+
+
+def _secs(value: float) -> str:
+    return f"{value:g}"
+
+
+def behaviour_text(vm: str, b: dict[str, Any]) -> list[str]:
+    """The guest-behaviour part of one VM: violations in detail, latencies, throughput, cadence."""
+    lines: list[str] = []
+    if b["violations"]:
+        rows = [
+            [
+                reason,
+                f"{d['count']:,}",
+                f"{d['first']['tick']} (seq {d['first']['seq']}, pos {d['first']['inbox_pos']})",
+                f"{d['last']['tick']} (seq {d['last']['seq']}, pos {d['last']['inbox_pos']})",
+                f"{d['pages']:,}",
+                _ranges_short(d["ranges"]),
+            ]
+            for reason, d in b["violations"].items()
+        ]
+        headers = ["REASON", "COUNT", "FIRST TICK", "LAST TICK", "PAGES", "RANGES [start, count]"]
+        lines += ["", f"{vm} violations in detail", *table(headers, rows, "  ")]
+    lat = b["latencies"]
+    if lat:
+        rows = []
+        for kind, d in lat.items():
+            parts = (
+                [("first answer", d["first_answer"]), ("completion", d["completion"])]
+                if "completion" in d
+                else [("", d)]
+            )
+            for label, summary in parts:
+                if not summary.get("count"):
+                    continue
+                t, sec = summary["ticks"], summary["seconds"]
+                rows.append(
+                    [
+                        f"{kind} {label}".strip(),
+                        str(summary["count"]),
+                        f"{t['min']}/{t['median']}/{t['p95']}/{t['max']}",
+                        f"{_secs(sec['min'])}/{_secs(sec['median'])}/{_secs(sec['p95'])}/{_secs(sec['max'])}",
+                    ]
+                )
+        if rows:
+            headers = ["LATENCY", "COUNT", "TICKS min/med/p95/max", "SECONDS min/med/p95/max"]
+            lines += ["", f"{vm} response latencies", *table(headers, rows, "  ")]
+    if b["throughput"]:
+        rows = [
+            [
+                kind,
+                f"{d['pages']:,}",
+                size(d["bytes"]),
+                _secs(d["seconds"]),
+                "-" if d["gb_per_min"] is None else f"{d['gb_per_min']:.3g}",
+            ]
+            for kind, d in b["throughput"].items()
+        ]
+        lines += ["", f"{vm} throughput", *table(["KIND", "PAGES", "SIZE", "SECONDS", "GB/MIN"], rows, "  ")]
+    st = b["status_reports"]
+    interval = st["interval"]
+    cadence = "no interval"
+    if interval.get("count"):
+        t = interval["ticks"]
+        cadence = f"interval ticks min/med/max {t['min']}/{t['median']}/{t['max']}"
+    lines += [
+        "",
+        f"{vm} status reports: {st['count']:,}, {cadence}, gaps > {st['gap_ticks']} ticks: {st['gaps']}, "
+        f"most in one tick: {st['max_in_one_tick']}",
+    ]
+    for gap in st["gaps_listed"][:10]:
+        lines.append(f"  gap from tick {gap['from_tick']} to {gap['to_tick']} ({_secs(gap['seconds'])} s)")
+    if b["protocol"]:
+        lines += ["", f"{vm} protocol over time"]
+        for entry in b["protocol"]:
+            extra = ""
+            if "version" in entry:
+                extra = f" {entry['version']}"
+            elif "capabilities" in entry:
+                extra = " " + " ".join(f"{k}={v}" for k, v in entry["capabilities"].items())
+            elif "reason" in entry:
+                extra = f" ({entry['reason']})"
+            lines.append(f"  tick {entry['tick']:>6}  {entry['event']}{extra}")
+    return lines
 
 
 def _ranges(label: str, ranges: list[list[int]]) -> str:

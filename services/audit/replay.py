@@ -11,15 +11,20 @@ produce the same events.)
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterator, Sequence
+from array import array
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 
+from services.audit.reader import LogReader
 from services.dm_engine.config import EngineConfig
 from services.dm_engine.decider import initial_state, process
 from services.dm_engine.events import Event
 from services.dm_engine.records import input_from_dict
 from services.dm_engine.state import VmState
-from services.event_log.sqlite_log import ALL_VMS, InboxRow, SqliteLog
+from services.event_log.sqlite_log import ALL_VMS, InboxRow
+
+#: Called with the fraction of the inbox read so far (a progress bar).
+Progress = Callable[[float], None]
 
 
 class ReplayError(Exception):
@@ -39,13 +44,18 @@ class Decision:
 class InboxReplay:
     """Per-VM states, fed inbox rows in order.
 
-    ``only_vm`` restricts the work to one VM: VMs are independent, so skipping the others changes
-    nothing for it.
+    ``only_vm`` / ``only_vms`` restrict the work to some VMs: VMs are independent, so skipping the
+    others changes nothing for them.
     """
 
-    def __init__(self, config: EngineConfig, only_vm: str | None = None) -> None:
+    def __init__(
+        self, config: EngineConfig, only_vm: str | None = None, only_vms: Collection[str] | None = None
+    ) -> None:
         self.config = config
-        self.only_vm = only_vm
+        selected = set(only_vms or ())
+        if only_vm is not None:
+            selected.add(only_vm)
+        self.only_vms: frozenset[str] | None = frozenset(selected) if selected else None
         self.states: dict[str, VmState] = {}
         #: VMs in sorted order, maintained on insert so a tick costs O(VMs), not O(VMs log VMs).
         self._order: list[str] = []
@@ -66,7 +76,7 @@ class InboxReplay:
         if row.vm == ALL_VMS:
             targets: Sequence[str] = list(self._order)
         else:
-            if self.only_vm is not None and row.vm != self.only_vm:
+            if self.only_vms is not None and row.vm not in self.only_vms:
                 return []
             self._appear(row.vm)
             targets = (row.vm,)
@@ -81,13 +91,31 @@ class InboxReplay:
 
 
 def replay_inbox(
-    log: SqliteLog, config: EngineConfig, until_pos: int, only_vm: str | None = None
+    log: LogReader,
+    config: EngineConfig,
+    until_pos: int,
+    only_vm: str | None = None,
+    *,
+    only_vms: Collection[str] | None = None,
+    ticks: array[int] | None = None,
+    progress: Progress | None = None,
 ) -> tuple[InboxReplay, Iterator[Decision]]:
-    """A replay and the stream of its decisions over inbox positions ``1..until_pos``."""
-    replay = InboxReplay(config, only_vm)
+    """A replay and the stream of its decisions over inbox positions ``1..until_pos``.
+
+    ``ticks``, if given, is filled with the tick of every inbox position read (index = position),
+    which is how an audit places events, which carry no time of their own, on the clock.
+    """
+    replay = InboxReplay(config, only_vm, only_vms)
 
     def decisions() -> Iterator[Decision]:
+        every = max(1, until_pos // 200)
         for row in log.iter_inbox(0, until_pos):
+            if ticks is not None:
+                ticks[row.pos] = row.tick
+            if progress is not None and row.pos % every == 0:
+                progress(row.pos / until_pos)
             yield from replay.feed(row)
+        if progress is not None:
+            progress(1.0)
 
     return replay, decisions()

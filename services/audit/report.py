@@ -10,20 +10,23 @@ auditing a live log judges a consistent prefix of it.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from array import array
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from services.audit.behaviour import DEFAULT_GAP_TICKS, BehaviourFold
 from services.audit.divergence import Divergence, VmComparison, first_divergence
 from services.audit.logfile import LogError, engine_config
-from services.audit.replay import replay_inbox
+from services.audit.reader import LogReader
+from services.audit.replay import Progress, replay_inbox
 from services.audit.transactions import PAGE_SIZE, TransactionLog
 from services.dm_engine import events as ev
 from services.dm_engine.config import EngineConfig
 from services.dm_engine.decider import evolve, initial_state
 from services.dm_engine.records import event_from_dict, event_json
 from services.dm_engine.state import VmState
-from services.event_log.sqlite_log import EventRow, SqliteLog
+from services.event_log.sqlite_log import EventRow
 
 
 def version_text(version: int | None) -> str | None:
@@ -70,8 +73,13 @@ class VmFold:
     violations: dict[str, ViolationSpan] = field(default_factory=dict)
     transactions: TransactionLog = field(default_factory=TransactionLog)
     fold_error: str | None = None
+    behaviour: BehaviourFold = field(default_factory=lambda: BehaviourFold(1.0))
+    #: (tick, current pages, target pages or -1, guest committed pages or -1) whenever one moved.
+    series: list[tuple[int, int, int, int]] = field(default_factory=list)
+    #: Events from inbox records at or before this position build state but are not reported.
+    report_after: int = 0
 
-    def apply(self, row: EventRow) -> None:
+    def apply(self, row: EventRow, tick: int = -1) -> None:
         self.events += 1
         if self.fold_error is not None:
             return
@@ -82,6 +90,10 @@ class VmFold:
             self.fold_error = f"seq {row.seq}: {exc!r}"
             return
         self.last_seq = row.seq
+        if row.inbox_pos <= self.report_after:
+            return
+        self.behaviour.apply(event, row.seq, row.inbox_pos, tick)
+        self._sample(tick)
         if isinstance(event, ev.GuestViolation):
             span = self.violations.get(event.reason)
             if span is None:
@@ -91,6 +103,26 @@ class VmFold:
                 span.first_tick = min(span.first_tick, event.tick)
                 span.last_tick = max(span.last_tick, event.tick)
         self.transactions.apply(event)
+
+    def _sample(self, tick: int) -> None:
+        state = self.state
+        status = state.status
+        point = (
+            tick,
+            state.current_pages,
+            -1 if state.target_pages is None else state.target_pages,
+            -1 if status is None else status.committed_pages - state.ballooned_pages,
+        )
+        series = self.series
+        if series and series[-1][1:] == point[1:]:
+            return
+        if len(series) >= MAX_SERIES_POINTS:
+            del series[1::2]  # halve the resolution, keep the shape (and the first point)
+        series.append(point)
+
+
+#: Points kept per VM for the HTML plots.
+MAX_SERIES_POINTS = 4000
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +150,8 @@ class VmReport:
             "fold_error": self.fold.fold_error,
             "balloon_transactions": [t.to_dict(self.tick_seconds) for t in self.fold.transactions.balloon],
             "unballoon_transactions": [t.to_dict(self.tick_seconds) for t in self.fold.transactions.unballoon],
+            "upcast_events": self.comparison.upcast,
+            "behaviour": self.fold.behaviour.to_dict(),
         }
 
 
@@ -131,6 +165,8 @@ class AuditReport:
     inbox_records: int
     vms: dict[str, VmReport]
     first_divergence: Divergence | None
+    report_after: int = 0
+    selected_vms: tuple[str, ...] = ()
 
     @property
     def replay_matches(self) -> bool:
@@ -158,50 +194,96 @@ class AuditReport:
             "engine_config_source": self.config_source,
             "vms": {vm: report.to_dict() for vm, report in sorted(self.vms.items())},
             "first_divergence": None if self.first_divergence is None else self.first_divergence.to_dict(),
+            "from_position": self.report_after,
+            "selected_vms": list(self.selected_vms),
+            "upcast_events": sum(r.comparison.upcast for r in self.vms.values()),
         }
 
 
-def _fold_rows(log: SqliteLog, vm: str | None, until_pos: int) -> Iterator[EventRow]:
+def _fold_rows(log: LogReader, vms: frozenset[str] | None, until_pos: int) -> Iterator[EventRow]:
     """Recorded rows up to the consumed position, in commit order (per VM: seq order)."""
-    for row in log.iter_events(vm):
-        if row.inbox_pos <= until_pos:
+    one = next(iter(vms)) if vms is not None and len(vms) == 1 else None
+    rows = log.iter_events(one)  # one VM: its own rows by index, not a scan of everyone's
+    for row in rows:
+        if row.inbox_pos <= until_pos and (vms is None or row.vm in vms):
             yield row
 
 
-def audit(log: SqliteLog, vm: str | None = None) -> AuditReport:
-    """Replay, compare and fold the whole log, or only ``vm``'s part of it."""
+def position_of_tick(log: LogReader, tick: int, until_pos: int) -> int:
+    """The last inbox position stamped before ``tick`` (so ``--from-tick N`` reports from tick N on)."""
+    pos = 0
+    for row in log.iter_inbox(0, until_pos):
+        if row.tick >= tick:
+            break
+        pos = row.pos
+    return pos
+
+
+def audit(
+    log: LogReader,
+    vm: str | None = None,
+    *,
+    vms: Collection[str] | None = None,
+    from_pos: int = 0,
+    from_tick: int | None = None,
+    progress: Progress | None = None,
+    gap_ticks: int = DEFAULT_GAP_TICKS,
+) -> AuditReport:
+    """Replay, compare and fold the whole log, or only some VMs' part of it.
+
+    ``from_pos`` / ``from_tick`` narrow what is judged and reported to the inbox records after that
+    position (or from that tick on). The inbox before it is still re-decided, to rebuild the state
+    the later records act on: the engine's snapshots are not used, because a snapshot is itself a
+    claim of the log that the audit would have to take on trust.
+    """
     config, source = engine_config(log)
     consumed = log.consumed_position()
+    selected = set(vms or ())
+    if vm is not None:
+        selected.add(vm)
+    only: frozenset[str] | None = frozenset(selected) if selected else None
+    if from_tick is not None:
+        from_pos = position_of_tick(log, from_tick, consumed)
+    from_pos = max(0, min(from_pos, consumed))
 
     comparisons: dict[str, VmComparison] = {}
 
     def comparison(name: str) -> VmComparison:
         cmp = comparisons.get(name)
         if cmp is None:
-            cmp = comparisons[name] = VmComparison(name, log.iter_events(name), consumed)
+            cmp = comparisons[name] = VmComparison(name, log.iter_events(name), consumed, judge_after=from_pos)
         return cmp
 
-    replay, decisions = replay_inbox(log, config, consumed, only_vm=vm)
+    ticks = array("q", bytes(8 * (consumed + 1)))
+    replay, decisions = replay_inbox(log, config, consumed, only_vms=only, ticks=ticks, progress=progress)
     for decision in decisions:
         cmp = comparison(decision.vm)
         for event in decision.events:
             cmp.expect(decision.inbox_pos, event_json(event))
 
     folds: dict[str, VmFold] = {}
-    for row in _fold_rows(log, vm, consumed):
+    for row in _fold_rows(log, only, consumed):
         fold = folds.get(row.vm)
         if fold is None:
-            fold = folds[row.vm] = VmFold(row.vm, initial_state(row.vm))
-        fold.apply(row)
+            fold = folds[row.vm] = VmFold(
+                row.vm,
+                initial_state(row.vm),
+                behaviour=BehaviourFold(config.tick_seconds, gap_ticks),
+                report_after=from_pos,
+            )
+        fold.apply(row, ticks[row.inbox_pos] if 0 < row.inbox_pos <= consumed else -1)
 
     names = set(replay.states) | set(folds)
-    if vm is not None and vm not in names:
-        raise LogError(f"vm {vm!r} does not appear in the log")
+    missing = sorted(selected - names)
+    if missing:
+        raise LogError(f"vm {missing[0]!r} does not appear in the log")
     reports: dict[str, VmReport] = {}
     for name in sorted(names):
         cmp = comparison(name)
         cmp.finish()
-        fold = folds.get(name) or VmFold(name, initial_state(name))
+        fold = folds.get(name) or VmFold(
+            name, initial_state(name), behaviour=BehaviourFold(config.tick_seconds, gap_ticks), report_after=from_pos
+        )
         reports[name] = VmReport(name, fold, cmp, config.tick_seconds)
     return AuditReport(
         db=log.path,
@@ -212,4 +294,6 @@ def audit(log: SqliteLog, vm: str | None = None) -> AuditReport:
         inbox_records=replay.records,
         vms=reports,
         first_divergence=first_divergence(iter(comparisons[n] for n in reports)),
+        report_after=from_pos,
+        selected_vms=tuple(sorted(selected)),
     )

@@ -9,7 +9,12 @@ errors (one line on stderr, never a traceback). ``replay`` exits 0 or 1.
 
     $ hvdm audit --db /var/lib/hvdm/log.db --json
     {"replay_matches": true, "inbox_records": 1200, "events": 431, ..., "first_divergence": null}
+    $ hvdm audit --db log.db --vm vm1 --vm vm7 --from-tick 3600 --html report.html
     $ hvdm replay --db /var/lib/hvdm/log.db --vm vm1 --until-tick 300
+
+The log is opened read-only (``SqliteReader``), so an audit never changes the file it judges and
+reads logs written by older versions. ``--broker URL`` reads a Kafka deployment instead, through
+the reader the Kafka package provides (``services.audit.reader.open_broker_reader``).
 """
 
 from __future__ import annotations
@@ -19,11 +24,14 @@ import json
 import os
 import sqlite3
 import sys
+import time
 from collections.abc import Callable
 from contextlib import closing
+from pathlib import Path
 
-from services.audit import LogError, ReplayError, audit, audit_text, open_log, point_text, state_at
-from services.event_log.sqlite_log import SqliteLog
+from services.audit import LogError, ReplayError, audit, audit_text, point_text, state_at
+from services.audit.logfile import open_reader
+from services.audit.reader import BrokerReaderUnavailable, LogReader, open_broker_reader
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -36,16 +44,25 @@ def _fail(command: str, message: object) -> int:
     return EXIT_ERROR
 
 
-def _with_log(command: str, path: str, body: Callable[[SqliteLog], tuple[str, int]]) -> int:
+def _open(args: argparse.Namespace) -> LogReader:
+    broker = getattr(args, "broker", None)
+    if broker:
+        return open_broker_reader(broker)
+    if not args.db:
+        raise LogError("give --db PATH or --broker URL")
+    return open_reader(args.db)
+
+
+def _with_log(command: str, args: argparse.Namespace, body: Callable[[LogReader], tuple[str, int]]) -> int:
     """Run ``body`` on the opened log and print its output; every expected failure becomes one
     stderr line and exit status 1."""
     try:
-        with closing(open_log(path)) as log:
+        with closing(_open(args)) as log:
             output, code = body(log)
-    except (LogError, ReplayError) as exc:
+    except (LogError, ReplayError, BrokerReaderUnavailable) as exc:
         return _fail(command, exc)
     except sqlite3.Error as exc:  # locked, corrupt or unreadable file: infrastructure, not a bug
-        return _fail(command, f"{path}: {exc}")
+        return _fail(command, f"{args.db}: {exc}")
     try:
         print(output, flush=True)
     except BrokenPipeError:
@@ -54,21 +71,53 @@ def _with_log(command: str, path: str, body: Callable[[SqliteLog], tuple[str, in
     return code
 
 
+def _progress_bar(enabled: bool) -> Callable[[float], None] | None:
+    """A one-line bar on stderr (never on stdout, which may be JSON)."""
+    if not enabled:
+        return None
+    started = time.monotonic()
+
+    def show(fraction: float) -> None:
+        width = 30
+        done = int(fraction * width)
+        elapsed = time.monotonic() - started
+        print(
+            f"\rreading log [{'#' * done}{'.' * (width - done)}] {fraction:6.1%} {elapsed:5.1f} s",
+            end="" if fraction < 1.0 else "\n",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    return show
+
+
 def _run_audit(args: argparse.Namespace) -> int:
-    def body(log: SqliteLog) -> tuple[str, int]:
-        report = audit(log, vm=args.vm)
+    def body(log: LogReader) -> tuple[str, int]:
+        progress = _progress_bar(args.progress or sys.stderr.isatty())
+        report = audit(
+            log,
+            vms=args.vm or None,
+            from_pos=args.from_pos or 0,
+            from_tick=args.from_tick,
+            progress=progress,
+            gap_ticks=args.gap_ticks,
+        )
+        if args.html:
+            from services.audit.html import audit_html
+
+            Path(args.html).write_text(audit_html(report), encoding="utf-8")
         output = json.dumps(report.to_dict()) if args.json else audit_text(report)
         return output, EXIT_OK if report.replay_matches else EXIT_DIVERGED
 
-    return _with_log("audit", args.db, body)
+    return _with_log("audit", args, body)
 
 
 def _run_replay(args: argparse.Namespace) -> int:
-    def body(log: SqliteLog) -> tuple[str, int]:
+    def body(log: LogReader) -> tuple[str, int]:
         point = state_at(log, args.vm, until_pos=args.until, until_tick=args.until_tick, from_inbox=args.from_inbox)
         return (json.dumps(point.to_dict()) if args.json else point_text(point)), EXIT_OK
 
-    return _with_log("replay", args.db, body)
+    return _with_log("replay", args, body)
 
 
 def _non_negative(text: str) -> int:
@@ -84,9 +133,21 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="replay a log's inbox, compare with its events byte for byte, report accounting",
         description="Exit status: 0 replay matches, 2 replay diverges, 1 error.",
     )
-    audit_parser.add_argument("--db", required=True, metavar="PATH", help="the SQLite log file")
-    audit_parser.add_argument("--vm", metavar="ID", help="audit only this VM")
+    source = audit_parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--db", metavar="PATH", help="the SQLite log file (opened read-only)")
+    source.add_argument("--broker", metavar="URL", help="a Kafka deployment (kafka://host:port), if supported")
+    audit_parser.add_argument("--vm", metavar="ID", action="append", help="audit only this VM (repeatable)")
+    window = audit_parser.add_mutually_exclusive_group()
+    window.add_argument(
+        "--from", dest="from_pos", type=_non_negative, metavar="POS", help="judge and report inbox records after POS"
+    )
+    window.add_argument("--from-tick", type=_non_negative, metavar="N", help="judge and report from tick N on")
     audit_parser.add_argument("--json", action="store_true", help="print one JSON document")
+    audit_parser.add_argument("--html", metavar="FILE", help="also write a self-contained HTML report with plots")
+    audit_parser.add_argument(
+        "--gap-ticks", type=_non_negative, default=3, metavar="N", help="status-report gap threshold (default 3)"
+    )
+    audit_parser.add_argument("--progress", action="store_true", help="progress bar on stderr even if not a TTY")
     audit_parser.set_defaults(func=_run_audit)
 
     replay_parser = subparsers.add_parser(

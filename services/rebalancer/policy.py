@@ -57,7 +57,7 @@ def size_for(used: Pages) -> Pages:
     the answer is the candidate that lands in its own band, then nudged up by the rounding.
 
     >>> size_for(np.array([262144])).tolist()  # 1 GiB of use needs 1 GiB + the floor at ~1.3 GiB
-    [329888]
+    [330021]
     """
     u = used.astype(np.int64)
     a, k, lo, hi = (column[:, np.newaxis] for column in _FLOOR_BANDS)

@@ -7,7 +7,7 @@ import importlib
 
 import pytest
 
-MODULES = ["services.audit.report", "services.audit.render"]
+MODULES = ["services.audit.report", "services.audit.render", "services.audit.behaviour", "services.audit.html"]
 
 
 @pytest.mark.parametrize("name", MODULES)

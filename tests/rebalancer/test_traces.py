@@ -54,3 +54,20 @@ def test_unknown_workload_type_falls_back_to_exact_calls(name: str) -> None:
 
     w = Wrapped()
     assert trace(w, 100, 130).tolist() == [w.committed_pages(float(t)) for t in range(100, 130)]
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "services.rebalancer.traces",
+        "services.rebalancer.fleet_view",
+        "services.rebalancer.policy",
+    ],
+)
+def test_docstring_examples(name: str) -> None:
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(name), verbose=False)
+    assert result.attempted > 0
+    assert result.failed == 0

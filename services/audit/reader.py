@@ -1,0 +1,145 @@
+"""What an audit reads: the ``LogReader`` interface, and a read-only SQLite reader for it.
+
+Why an interface: audits must run on every deployment's log -- the embedded SQLite file and the
+Kafka topics -- and on logs written by older versions. Everything in ``services.audit`` reads
+through these few methods (the reading half of ``SqliteLog``), so ``SqliteLog`` itself, the
+read-only ``SqliteReader`` below, or a Kafka reader (``open_broker_reader``) can be handed in.
+
+Why a separate SQLite reader: ``SqliteLog`` creates its tables in the file it opens and expects
+today's schema. An audit must neither change the file it judges (``mode=ro``) nor refuse a log
+written before a column or table existed: ``SqliteReader`` selects only the columns every
+version had (``inbox(pos, vm, tick, record)``, ``events(vm, seq, inbox_pos, record)``,
+``meta``, ``positions``) and treats a missing ``snapshots`` table as "no snapshots". Records are
+parsed by ``records.py``, which fills fields added later with their defaults, and guest messages
+are raw bytes that today's decoder reads again.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sqlite3
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import quote
+
+from services.event_log.sqlite_log import ALL_VMS, EventRow, InboxRow
+
+
+class LogReader(Protocol):
+    """The reading interface of an hvdm log (``SqliteLog`` has it too)."""
+
+    @property
+    def path(self) -> str: ...
+
+    def get_meta(self, key: str) -> str | None: ...
+    def consumed_position(self) -> int: ...
+    def inbox_high_watermark(self) -> int: ...
+    def vms(self) -> list[str]: ...
+    def read_inbox(self, after: int, limit: int = 1000, vm: str | None = None) -> list[InboxRow]: ...
+    def iter_inbox(self, after: int = 0, until: int | None = None, batch: int = 5000) -> Iterator[InboxRow]: ...
+    def iter_events(self, vm: str | None = None, after_seq: int = 0) -> Iterator[EventRow]: ...
+    def snapshots(self) -> list[tuple[str, int, int, dict[str, Any]]]: ...
+    def close(self) -> None: ...
+
+
+class SqliteReader:
+    """A read-only view of an embedded log, of any schema version that has the core tables."""
+
+    def __init__(self, path: str | Path) -> None:
+        self._path = str(path)
+        uri = f"file:{quote(str(Path(path).resolve()))}?mode=ro"
+        self._db = sqlite3.connect(uri, uri=True, check_same_thread=False)
+        self._db.execute("PRAGMA busy_timeout=10000")
+        self._tables = {str(r[0]) for r in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+    @property
+    def path(self) -> str:
+        return self._path
+
+    @property
+    def tables(self) -> frozenset[str]:
+        return frozenset(self._tables)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def get_meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def consumed_position(self) -> int:
+        row = self._db.execute("SELECT pos FROM positions WHERE name = 'engine'").fetchone()
+        return 0 if row is None else int(row[0])
+
+    def inbox_high_watermark(self) -> int:
+        return int(self._db.execute("SELECT COALESCE(MAX(pos), 0) FROM inbox").fetchone()[0])
+
+    def vms(self) -> list[str]:
+        cur = self._db.execute("SELECT DISTINCT vm FROM inbox WHERE vm != ? ORDER BY vm", (ALL_VMS,))
+        return [str(r[0]) for r in cur]
+
+    def read_inbox(self, after: int, limit: int = 1000, vm: str | None = None) -> list[InboxRow]:
+        if vm is None:
+            cur = self._db.execute(
+                "SELECT pos, vm, tick, record FROM inbox WHERE pos > ? ORDER BY pos LIMIT ?", (after, limit)
+            )
+        else:
+            cur = self._db.execute(
+                "SELECT pos, vm, tick, record FROM inbox WHERE pos > ? AND vm IN (?, ?) ORDER BY pos LIMIT ?",
+                (after, vm, ALL_VMS, limit),
+            )
+        loads = json.loads
+        return [InboxRow(int(p), str(v), int(t), loads(r)) for p, v, t, r in cur]
+
+    def iter_inbox(self, after: int = 0, until: int | None = None, batch: int = 5000) -> Iterator[InboxRow]:
+        pos = after
+        while True:
+            rows = self.read_inbox(pos, batch)
+            for row in rows:
+                if until is not None and row.pos > until:
+                    return
+                yield row
+            if len(rows) < batch:
+                return
+            pos = rows[-1].pos
+
+    def iter_events(self, vm: str | None = None, after_seq: int = 0) -> Iterator[EventRow]:
+        if vm is None:
+            cur = self._db.execute("SELECT vm, seq, inbox_pos, record FROM events ORDER BY id")
+        else:
+            cur = self._db.execute(
+                "SELECT vm, seq, inbox_pos, record FROM events WHERE vm = ? AND seq > ? ORDER BY seq",
+                (vm, after_seq),
+            )
+        for v, s, p, r in cur:
+            yield EventRow(str(v), int(s), int(p), str(r))
+
+    def snapshots(self) -> list[tuple[str, int, int, dict[str, Any]]]:
+        if "snapshots" not in self._tables:
+            return []
+        cur = self._db.execute("SELECT vm, seq, inbox_pos, state FROM snapshots ORDER BY vm")
+        return [(str(v), int(s), int(p), json.loads(st)) for v, s, p, st in cur]
+
+
+#: The Kafka deployment's audit reader, looked up by name so that the audit does not import the
+#: Kafka stack: ``services.kafka_engine.audit_reader.open_audit_reader(url) -> LogReader``.
+BROKER_READER = ("services.kafka_engine.audit_reader", "open_audit_reader")
+
+
+class BrokerReaderUnavailable(Exception):
+    """This build has no Kafka log reader (the seam is ``BROKER_READER``)."""
+
+
+def open_broker_reader(url: str) -> LogReader:
+    """A ``LogReader`` over a Kafka deployment's topics, if the Kafka package provides one."""
+    module_name, attr = BROKER_READER
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        raise BrokerReaderUnavailable(
+            f"no Kafka log reader in this build ({module_name}.{attr} is missing); audit the embedded log with --db"
+        ) from None
+    opener: Callable[[str], LogReader] = getattr(module, attr)
+    return opener(url)
