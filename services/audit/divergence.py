@@ -8,7 +8,8 @@ Only the first divergence of each VM is kept: everything after it is downstream 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -122,6 +123,36 @@ class VmComparison:
         recorded_pos: int | None,
     ) -> None:
         self.divergence = Divergence(self.vm, seq, inbox_pos, kind, expected, recorded, expected_pos, recorded_pos)
+
+
+class RecordedStream:
+    """Every VM's recorded rows, read once in commit order and handed out per VM.
+
+    Why: one cursor reading the events table sequentially is several times faster than a cursor
+    per VM stepping through an index row by row. The replay decides in commit order, so on an
+    honest log the row a VM asks for is the next one read; rows read ahead for other VMs wait in
+    their queue (only for the VMs being audited).
+    """
+
+    def __init__(self, rows: Iterator[EventRow], vms: Collection[str] | None = None) -> None:
+        self._rows = rows
+        self._vms = None if vms is None else frozenset(vms)
+        self._queues: dict[str, deque[EventRow]] = {}
+
+    def for_vm(self, vm: str) -> Iterator[EventRow]:
+        queues, vms = self._queues, self._vms
+        queue = queues.setdefault(vm, deque())
+        while True:
+            if queue:
+                yield queue.popleft()
+                continue
+            row = next(self._rows, None)
+            if row is None:
+                return
+            if row.vm == vm:
+                yield row
+            elif vms is None or row.vm in vms:
+                queues.setdefault(row.vm, deque()).append(row)
 
 
 def _upcast(recorded: str) -> str | None:

@@ -113,8 +113,9 @@ class SqliteReader:
                 "SELECT vm, seq, inbox_pos, record FROM events WHERE vm = ? AND seq > ? ORDER BY seq",
                 (vm, after_seq),
             )
-        for v, s, p, r in cur:
-            yield EventRow(str(v), int(s), int(p), str(r))
+        while rows := cur.fetchmany(2000):
+            for v, s, p, r in rows:
+                yield EventRow(v, s, p, r)
 
     def snapshots(self) -> list[tuple[str, int, int, dict[str, Any]]]:
         if "snapshots" not in self._tables:

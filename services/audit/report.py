@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from services.audit.behaviour import DEFAULT_GAP_TICKS, BehaviourFold
-from services.audit.divergence import Divergence, VmComparison, first_divergence
+from services.audit.divergence import Divergence, RecordedStream, VmComparison, first_divergence
 from services.audit.logfile import LogError, engine_config
 from services.audit.reader import LogReader
 from services.audit.replay import Progress, replay_inbox
@@ -247,11 +247,12 @@ def audit(
     from_pos = max(0, min(from_pos, consumed))
 
     comparisons: dict[str, VmComparison] = {}
+    recorded = RecordedStream(log.iter_events(None), only)
 
     def comparison(name: str) -> VmComparison:
         cmp = comparisons.get(name)
         if cmp is None:
-            cmp = comparisons[name] = VmComparison(name, log.iter_events(name), consumed, judge_after=from_pos)
+            cmp = comparisons[name] = VmComparison(name, recorded.for_vm(name), consumed, judge_after=from_pos)
         return cmp
 
     ticks = array("q", bytes(8 * (consumed + 1)))

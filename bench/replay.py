@@ -1,0 +1,168 @@
+"""Replay speed of the embedded log: folding recorded events and re-deciding the inbox (audit).
+
+Builds a log with the real ``EngineRunner`` -- many VMs reporting status every tick (what most of
+a production log is), plus balloon transactions -- then measures, in the same run:
+
+* **baseline**: reading the event rows and parsing their JSON (``SqliteReader`` + ``json.loads``),
+  the floor any replay pays;
+* **fold**: events -> ``event_from_dict`` -> ``evolve`` (what recovery and ``hvdm replay`` do);
+* **re-decide**: inbox -> ``process`` -> canonical JSON -> byte comparison (``hvdm audit``'s proof);
+* **audit**: the whole ``audit()`` (re-decide, compare, fold, behaviour report).
+
+Prints events/s for each, the ratio to the baseline, and the machine. The target is 200,000
+events/s.
+
+Run: ``python -m bench.replay [--vms 200] [--ticks 400]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+
+from services.audit.divergence import RecordedStream, VmComparison
+from services.audit.logfile import engine_config
+from services.audit.reader import SqliteReader
+from services.audit.replay import replay_inbox
+from services.audit.report import audit
+from services.dm_engine import EngineConfig, initial_state
+from services.dm_engine import inputs as inp
+from services.dm_engine.decider import evolve
+from services.dm_engine.records import event_from_dict, event_json, to_dict
+from services.dm_engine.runner import EngineRunner
+from services.dm_engine.state import VmState
+from services.dm_protocol import BalloonResponse, CapabilitiesReport, StatusReport, VersionRequest, encode
+from services.event_log.sqlite_log import ALL_VMS, SqliteLog
+
+CONFIG = EngineConfig(post_init_wait_ticks=1, balloon_timeout_ticks=10**9)
+
+
+def machine() -> str:
+    return f"{platform.machine()} {platform.processor() or ''} cpus={os.cpu_count()} python={platform.python_version()}"
+
+
+def build_log(path: str, vms: int, ticks: int) -> int:
+    """Write the benchmark log; returns the number of events recorded."""
+    log = SqliteLog(path)
+    runner = EngineRunner(log, CONFIG)
+    rows: list[tuple[str, int, dict[str, object], str | None]] = []
+    for v in range(vms):
+        vm = f"vm{v:04d}"
+        for record in (
+            inp.ChannelOpened(tick=0, boot_bytes=4 << 30, maxmem_bytes=16 << 30),
+            inp.GuestMessage(tick=0, raw=encode(VersionRequest(trans_id=1, version=0x20000))),
+            inp.GuestMessage(
+                tick=0, raw=encode(CapabilitiesReport(trans_id=2, balloon=True, hot_add=True, hot_add_alignment=7))
+            ),
+        ):
+            rows.append((vm, 0, to_dict(record), None))
+    log.append_inputs(rows)
+    for tick in range(1, ticks + 1):
+        rows = [(ALL_VMS, tick, to_dict(inp.Tick(tick=tick)), None)]
+        for v in range(vms):
+            vm = f"vm{v:04d}"
+            raw = encode(StatusReport(trans_id=2 + tick, num_avail=700_000 + v, num_committed=300_000 + tick))
+            rows.append((vm, tick, to_dict(inp.GuestMessage(tick=tick, raw=raw)), None))
+            if tick % 100 == 50 and v % 10 == 0:
+                # Every tenth VM balloons 512 MiB in 510-range messages of 2 MiB, as Linux does.
+                rows.append((vm, tick, to_dict(inp.SetTarget(tick=tick, target_bytes=(4 << 30) - (512 << 20))), None))
+                base = (tick // 100) * 131072 % (1 << 20)
+                ranges = tuple((base + 512 * i, 512) for i in range(256))
+                raw = encode(BalloonResponse(more_pages=False, ranges=ranges))
+                rows.append((vm, tick, to_dict(inp.GuestMessage(tick=tick, raw=raw)), None))
+            if tick % 100 == 80 and v % 10 == 0:
+                rows.append((vm, tick, to_dict(inp.SetTarget(tick=tick, target_bytes=4 << 30)), None))
+        log.append_inputs(rows)
+        if tick % 50 == 0:
+            runner.run_until_idle(5000)
+    runner.run_until_idle(5000)
+    events = log.event_count()
+    log.close()
+    return events
+
+
+def timed(fn: Callable[[], int]) -> tuple[float, int]:
+    started = time.perf_counter()
+    n = fn()
+    return time.perf_counter() - started, n
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench.replay", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--vms", type=int, default=200)
+    parser.add_argument("--ticks", type=int, default=400)
+    args = parser.parse_args(argv)
+    print(f"machine: {machine()}")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "replay.db")
+        started = time.perf_counter()
+        events = build_log(path, args.vms, args.ticks)
+        built = time.perf_counter() - started
+        print(f"log: {args.vms} VMs x {args.ticks} ticks, {events:,} events (built in {built:.1f} s)")
+        reader = SqliteReader(path)
+        consumed = reader.consumed_position()
+        config, _ = engine_config(reader)
+
+        def baseline() -> int:
+            n = 0
+            for row in reader.iter_events():
+                json.loads(row.record)
+                n += 1
+            return n
+
+        def fold() -> int:
+            states: dict[str, VmState] = {}
+            n = 0
+            for row in reader.iter_events():
+                state = states.get(row.vm)
+                if state is None:
+                    state = states[row.vm] = initial_state(row.vm)
+                evolve(state, event_from_dict(json.loads(row.record)))
+                n += 1
+            return n
+
+        def redecide() -> int:
+            comparisons: dict[str, VmComparison] = {}
+            recorded = RecordedStream(reader.iter_events())
+            _, decisions = replay_inbox(reader, config, consumed)
+            n = 0
+            for d in decisions:
+                cmp = comparisons.get(d.vm)
+                if cmp is None:
+                    cmp = comparisons[d.vm] = VmComparison(d.vm, recorded.for_vm(d.vm), consumed)
+                for e in d.events:
+                    cmp.expect(d.inbox_pos, event_json(e))
+                    n += 1
+            assert all(c.matches for c in comparisons.values())
+            return n
+
+        def whole_audit() -> int:
+            report = audit(reader)
+            assert report.replay_matches
+            return report.events
+
+        results = {}
+        for name, fn in (("baseline", baseline), ("fold", fold), ("re-decide", redecide), ("audit", whole_audit)):
+            seconds, n = timed(fn)
+            results[name] = (seconds, n)
+        reader.close()
+    base_rate = results["baseline"][1] / results["baseline"][0]
+    print(f"{'phase':10} {'events':>9} {'seconds':>8} {'events/s':>10} {'vs baseline':>11}")
+    for name, (seconds, n) in results.items():
+        rate = n / seconds
+        print(f"{name:10} {n:9,} {seconds:8.2f} {rate:10,.0f} {rate / base_rate:10.2f}x")
+    fold_rate = results["fold"][1] / results["fold"][0]
+    redecide_rate = results["re-decide"][1] / results["re-decide"][0]
+    verdict = "MET" if min(fold_rate, redecide_rate) >= 200_000 else "NOT MET"
+    print(f"target 200,000 events/s for folding and re-deciding: {verdict}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
