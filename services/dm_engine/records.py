@@ -103,7 +103,7 @@ def _plan(cls: type) -> tuple[tuple[str, str | None, str], ...]:
     plan = _PLANS.get(cls)
     if plan is None:
         keys = sorted([(name, kind) for name, kind in _field_kinds(cls)] + [("type", "type")])
-        steps = []
+        steps: list[tuple[str, str | None, str]] = []
         for i, (name, kind) in enumerate(keys):
             prefix = ("{" if i == 0 else ",") + _encode_str(name) + ":"
             if kind == "type":
