@@ -34,8 +34,8 @@ ratio depends on the instance size. Only ``PageRangeSet`` and the baseline also 
 each message newly added; the peers just compute the union. Every run's final set (or popped
 sequence) is checked against ``PageRangeSet``'s.
 
-Each timing is the best of 3 runs, more for runs shorter than 0.2 s in total, fewer when a run takes
-more than a second. Rates and ratios
+Each timing is the best of 3 runs, more for runs shorter than 0.2 s in total, fewer once the runs have
+taken 5 s. Rates and ratios
 use the process's CPU time, because other work on a shared machine inflates wall-clock time; the wall
 time of the same best run is printed next to it.
 """
@@ -183,7 +183,7 @@ class Run:
         return self.ops / self.cpu if self.cpu > 0 else float("inf")
 
 
-def _timed(fn: Callable[[], list[Range]], budget: float = 1.0) -> tuple[float, float, list[Range]]:
+def _timed(fn: Callable[[], list[Range]], budget: float = 5.0) -> tuple[float, float, list[Range]]:
     """CPU and wall seconds of the best run: 3 runs, more while under MIN_SECONDS, fewer past ``budget``."""
     best = (float("inf"), float("inf"))
     spent = 0.0
@@ -413,26 +413,33 @@ def _memory() -> None:
 
 
 def tune(rng: random.Random) -> None:
-    """Time add_many of one sparse 510-range message, merged range by range vs by rebuild."""
-    ratio = ranges_module._REBUILD_RATIO
-    print(f"add_many of 510 single pages into a set of n ranges, CPU µs per message (current ratio {ratio}):")
+    """Time one 510-range add_many and remove_many, merged range by range vs by rebuild."""
     saved = ranges_module._REBUILD_RATIO
+    print(
+        f"one {MESSAGE_RANGES}-range batch into a set of n ranges, CPU µs, best of 20 "
+        f"(rebuild is chosen when n <= {saved} * {MESSAGE_RANGES}):"
+    )
+    print(f"    {'n':>6} {'n/k':>6}   {'add: per range':>14} {'rebuild':>8}   {'remove: per range':>17} {'rebuild':>8}")
     try:
         for n in (250, 500, 1000, 2000, 4000, 8000, 16000, 64000):
             universe = n * 8
-            base = [(p, 1) for p in sorted(rng.sample(range(0, universe, 2), n))]
-            batch = [(p, 1) for p in rng.sample(range(1, universe, 2), MESSAGE_RANGES)]
+            stored = [(p, 3) for p in sorted(rng.sample(range(0, universe, 8), n))]
+            singles = [(p, 1) for p in rng.sample(range(universe), MESSAGE_RANGES)]
             times: list[float] = []
-            for ratio in (0, 1 << 60):  # never rebuild / always rebuild
-                ranges_module._REBUILD_RATIO = ratio
-                best = float("inf")
-                for _ in range(5):
-                    s = PageRangeSet(base)
-                    t0 = time.process_time()
-                    s.add_many(batch)
-                    best = min(best, time.process_time() - t0)
-                times.append(best * 1e6)
-            print(f"    n={n:>6}  n/k={n / MESSAGE_RANGES:6.1f}  per range {times[0]:8.0f}  rebuild {times[1]:8.0f}")
+            for method in (PageRangeSet.add_many, PageRangeSet.remove_many):
+                for ratio in (0, 1 << 60):  # never rebuild / always rebuild
+                    ranges_module._REBUILD_RATIO = ratio
+                    best = float("inf")
+                    for _ in range(20):
+                        s = PageRangeSet(stored)
+                        t0 = time.process_time()
+                        method(s, singles)
+                        best = min(best, time.process_time() - t0)
+                    times.append(best * 1e6)
+            print(
+                f"    {n:>6} {n / MESSAGE_RANGES:>6.1f}   {times[0]:>14.0f} {times[1]:>8.0f}"
+                f"   {times[2]:>17.0f} {times[3]:>8.0f}"
+            )
     finally:
         ranges_module._REBUILD_RATIO = saved
 

@@ -24,10 +24,12 @@ boundaries, with ``_mins`` holding the first boundary of each sublist. It is the
   of ``int`` objects follows one pointer per comparison into objects scattered over the heap: on the
   benchmark's large sets that made lookups twice as slow.
 
-So the set does not store its ranges in sortedcontainers types: measured with ``bench/ranges.py``,
-the same batch algorithm on a public-API ``SortedList`` of starts plus a dict of ends did about
-150,000 ranges/s on trace a, this layout more than twice that; and a ``SortedDict`` holding one range
-weighs about 1 KB against under 400 bytes here. Range ends are limited to ``MAX_END`` (2**64 - 1).
+So the set does not keep its ranges in sortedcontainers types. Measured side by side on trace a of
+``bench/ranges.py`` (add_many of the same messages, CPU time, 2-core EPYC VM), a ``SortedList`` of starts
+plus a dict of ends did about 74,000 ranges/s through the public API and 142,000 when reading the
+SortedList's internal sublists; this layout did 175,000 with ``list`` sublists and 296,000 with
+``array('Q')`` ones. A ``SortedDict`` holding one range also weighs about 1 KB; this set under 400
+bytes. Range ends are limited to ``MAX_END`` (2**64 - 1), as in QEMU.
 
 Runtime complexities below use ``n`` for the number of stored ranges and ``k`` for the number of
 ranges passed in.
@@ -60,7 +62,9 @@ _LOAD = 1000
 
 #: A batch of ``k`` ranges is merged by rebuilding the whole structure in one linear pass when
 #: ``k * _REBUILD_RATIO >= n``; otherwise range by range with bisects. Chosen by measurement
-#: (``bench/ranges.py --tune``): with 510-range batches the rebuild wins up to about 1,500 stored ranges.
+#: (``bench/ranges.py --tune``): with 510-range batches, rebuilding wins for add_many and for
+#: remove_many up to 1,000-2,000 stored ranges. (A merge walk that bisects the flat boundary list once
+#: per batch range and copies the stretches between as slices was measured too: it never won.)
 _REBUILD_RATIO = 3
 
 
@@ -503,12 +507,72 @@ class PageRangeSet:
             before = self._pages
             self._load(_subtract(list(chain.from_iterable(self._lists)), bounds))
             return before - self._pages
+        # Hot path (unballoon): bound to locals for the same reason as in add_many.
+        lists = self._lists
+        mins = self._mins
         splice = self._splice
+        balance = self._balance
+        _bisect_left = bisect_left
+        _bisect_right = bisect_right
+        load2 = _LOAD << 1
+        loadh = _LOAD >> 1
         removed = 0
+        spliced = 0
+        nranges = 0
         it = iter(bounds)
         for s, e in zip(it, it, strict=True):
-            removed += splice(s, e, False)
-        return removed
+            if not lists:
+                break
+            pos = _bisect_right(mins, s, 1) - 1  # lo=1: never -1 (see _splice)
+            sub = lists[pos]
+            i = _bisect_left(sub, s)
+            size = len(sub)
+            if i == size:
+                # Past this sublist's last range: only the next sublist can overlap [s, e).
+                if pos + 1 < len(mins) and mins[pos + 1] < e:
+                    spliced += splice(s, e, False)
+                continue
+            b = sub[i]
+            if b > e:
+                # No boundary in [s, e]: inside one stored range (split it), or in a gap.
+                if i & 1:
+                    sub.insert(i, e)
+                    sub.insert(i, s)
+                    removed += e - s
+                    nranges += 1
+                    if size >= load2:
+                        balance(pos)
+                continue
+            j = _bisect_right(sub, e, i + 1)
+            if j == size and (size == 2 or (pos + 1 < len(mins) and mins[pos + 1] <= e)):
+                # May empty this sublist or reach into the next one.
+                spliced += splice(s, e, False)
+            elif j == i + 1:
+                if i & 1:
+                    # b ends the range holding s: that range now ends at s.
+                    sub[i] = s
+                    removed += b - s
+                else:
+                    # b starts a range reaching past e: that range now starts at e.
+                    sub[i] = e
+                    if not i:
+                        mins[pos] = e
+                    removed += e - b
+            elif j == i + 2 and not i & 1:
+                # [s, e) covers the stored range [b, sub[i + 1]) and touches no other: drop it.
+                removed += sub[i + 1] - b
+                del sub[i : i + 2]
+                if not i:
+                    mins[pos] = sub[0]
+                nranges -= 1
+                if size - 2 < loadh:
+                    balance(pos)
+            else:
+                spliced += splice(s, e, False)
+        # The inline paths above leave the counters to us; splice() keeps its own.
+        self._pages -= removed
+        self._len += nranges
+        return removed + spliced
 
     def clear(self) -> None:
         """Remove every page.
