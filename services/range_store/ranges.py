@@ -162,8 +162,10 @@ class PageRangeSet:
     >>> len(s), s.page_count, 5 in s, 6 in s
     (2, 8, True, False)
 
-    Iterating yields ``(start, count)`` in ascending order. Mutating the set while iterating over it
-    (including through :meth:`irange`) is not supported.
+    Page numbers and counts are non-negative ints (ValueError otherwise); a stored range must end at
+    or below ``MAX_END`` (2**64 - 1), while removals and queries accept any size. Iterating yields
+    ``(start, count)`` in ascending order. Mutating the set while iterating over it (including
+    through :meth:`irange`) is not supported.
 
     Runtime complexity of the constructor: O(k*log(k))
     """
@@ -248,7 +250,8 @@ class PageRangeSet:
         """Add pages ``[start, start + count)``; return how many were not already present.
 
         Adjacent and overlapping ranges are merged. A return value below ``count`` means some pages
-        were already in the set (a double free, for a balloon response).
+        were already in the set (a double free, for a balloon response). Raises ValueError, changing
+        nothing, on a negative value or an end past ``MAX_END``.
 
         >>> s = PageRangeSet([(0, 4)])
         >>> s.add(2, 4)
@@ -387,7 +390,9 @@ class PageRangeSet:
         counted once. The batch is sorted, then, if it is small relative to the set, merged in one
         ascending pass with two bisects per batch range (a batch range that overlaps or touches the
         previous one is absorbed by the stored range that one became, so no separate coalescing pass
-        is needed); a large batch is merged by rebuilding the structure from one sorted merge.
+        is needed); a large batch is merged by rebuilding the structure from one sorted merge. The
+        whole batch is checked first: on a negative value or an end past ``MAX_END`` it raises
+        ValueError and changes nothing.
 
         >>> s = PageRangeSet([(10, 10)])
         >>> s.add_many([(5, 10), (0, 2), (1, 3), (20, 1)])
