@@ -24,9 +24,7 @@ def check_invariants(state: VmState) -> list[str]:
     layout = state.layout
     added = sum(v.added_pages - v.removed_pages for v in layout.vdimms)
     if state.owned.page_count != state.boot_pages + added:
-        problems.append(
-            f"owned pages {state.owned.page_count} != boot {state.boot_pages} + hot-added {added}"
-        )
+        problems.append(f"owned pages {state.owned.page_count} != boot {state.boot_pages} + hot-added {added}")
     for vdimm in layout.vdimms:
         lo, hi = vdimm.usable_start, vdimm.usable_start + vdimm.added_pages
         owned_in = state.owned.overlap_count(vdimm.start_page, vdimm.page_count)

@@ -39,17 +39,11 @@ def outbox_messages(event: ev.Event) -> list[Message]:
         case ev.BalloonRequested():
             return [BalloonRequest(trans_id=event.trans_id, num_pages=event.num_pages)]
         case ev.UnballoonRequested():
-            return [
-                UnballoonRequest(trans_id=event.trans_id, more_pages=event.more_pages, ranges=event.ranges)
-            ]
+            return [UnballoonRequest(trans_id=event.trans_id, more_pages=event.more_pages, ranges=event.ranges)]
         case ev.HotAddRequested():
             # QEMU sends the with-region form, range and region identical.
             rng = (event.start_page, event.page_count)
             return [HotAddRequest(trans_id=event.trans_id, range=rng, region=rng)]
         case ev.HotRemoveRequested():
-            return [
-                HotRemoveRequest(
-                    trans_id=event.trans_id, virtual_node=0, page_count=event.page_count, qos_flags=0
-                )
-            ]
+            return [HotRemoveRequest(trans_id=event.trans_id, virtual_node=0, page_count=event.page_count, qos_flags=0)]
     return []

@@ -61,9 +61,7 @@ class Harness:
     # -------------------------------------------------------------- convenience inputs
     def open(self, **kw: Any) -> list[ev.Event]:
         return self.feed(
-            inp.ChannelOpened(
-                tick=self.tick, boot_bytes=self.boot_bytes, maxmem_bytes=self.maxmem_bytes, **kw
-            )
+            inp.ChannelOpened(tick=self.tick, boot_bytes=self.boot_bytes, maxmem_bytes=self.maxmem_bytes, **kw)
         )
 
     def guest(self, msg: Message) -> list[ev.Event]:

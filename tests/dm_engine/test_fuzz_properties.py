@@ -27,9 +27,7 @@ prange = st.tuples(page, st.integers(0, 4096) | st.integers(0, (1 << 24) - 1))
 ranges = st.lists(prange, max_size=20).map(tuple)
 
 guest_messages: st.SearchStrategy[Message] = st.one_of(
-    st.builds(
-        VersionRequest, version=st.sampled_from([3, 0x10000, 0x20000, 0x30000]) | st.integers(0, 2**32 - 1)
-    ),
+    st.builds(VersionRequest, version=st.sampled_from([3, 0x10000, 0x20000, 0x30000]) | st.integers(0, 2**32 - 1)),
     st.builds(
         CapabilitiesReport,
         balloon=st.booleans(),

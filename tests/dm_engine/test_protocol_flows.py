@@ -138,9 +138,7 @@ def test_hot_add_through_a_vdimm_then_reboot_releases_it() -> None:
     )
     h.guest(HotAddResponse(page_count=2 * GIB_PAGES, result=1))
     req2 = h.last_sent()
-    assert req2 == HotAddRequest(
-        trans_id=1, range=(34 * GIB_PAGES, GIB_PAGES), region=(34 * GIB_PAGES, GIB_PAGES)
-    )
+    assert req2 == HotAddRequest(trans_id=1, range=(34 * GIB_PAGES, GIB_PAGES), region=(34 * GIB_PAGES, GIB_PAGES))
     h.guest(HotAddResponse(page_count=GIB_PAGES, result=1))
     assert h.state.current_pages == boot + 3 * GIB_PAGES
     assert h.state.hot_added_pages == 3 * GIB_PAGES
@@ -203,13 +201,9 @@ def test_hot_remove_for_guests_that_advertise_it() -> None:
     h.set_target_pages(boot + GIB_PAGES)
     h.guest(HotAddResponse(page_count=GIB_PAGES, result=1))
     h.set_target_pages(boot + GIB_PAGES // 2)
-    assert h.last_sent() == HotRemoveRequest(
-        trans_id=1, virtual_node=0, page_count=GIB_PAGES // 2, qos_flags=0
-    )
+    assert h.last_sent() == HotRemoveRequest(trans_id=1, virtual_node=0, page_count=GIB_PAGES // 2, qos_flags=0)
     h.guest(HotRemoveResponse(result=0, more_pages=True, ranges=((base + GIB_PAGES // 2, GIB_PAGES // 4),)))
-    h.guest(
-        HotRemoveResponse(result=0, more_pages=False, ranges=((base + 3 * GIB_PAGES // 4, GIB_PAGES // 4),))
-    )
+    h.guest(HotRemoveResponse(result=0, more_pages=False, ranges=((base + 3 * GIB_PAGES // 4, GIB_PAGES // 4),)))
     assert h.state.current_pages == boot + GIB_PAGES // 2
     assert h.state.hot_added_pages == GIB_PAGES // 2
     assert h.violations() == []
