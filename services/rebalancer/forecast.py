@@ -15,8 +15,10 @@ floor -- does not look like the guest changing):
   hysteresis deadband, which also keeps the number of balloon operations low.
 * **the guest's floor**: the target is the size at which the planned use plus the Linux balloon
   floor *at that size* fit (``size_for``), never below the minimum.
-* **host fairness**: when a host is short, headroom is cut first, in proportion, and demand is
-  then shared by weight (``fit_hosts``), as for Hyper-V.
+* **host fairness**: when a host is short, headroom is cut first, in proportion; if demand itself
+  does not fit, it goes by weight and, within a weight, to whole needs smallest shortfall first
+  (``fit_hosts(fewest_short=True)``): the fewest VMs are left paging, and the VM asking for the
+  most -- typically a leak -- waits.
 
 Parameters are in ``HvdmParams``; ``hvdm rebalance --param NAME=VALUE`` overrides them.
 """
@@ -94,5 +96,5 @@ class HvdmPolicy:
         planned = np.maximum(np.maximum(peak, now_used + trend * p.lead_s), now_used)
         desired = clamp(align_up(size_for(np.ceil(planned * (1.0 + p.buffer)).astype(np.int64))), view)
         need = clamp(size_for(now_used.astype(np.int64)), view)
-        fitted = fit_hosts(desired, need, view, movable)
+        fitted = fit_hosts(desired, need, view, movable, fewest_short=True)
         return self.hysteresis.settle(fitted, view, movable)

@@ -40,6 +40,7 @@ def write_plot(path: str | Path, series: Mapping[str, Series], fleet: Mapping[st
     top.set_title(title or f"{fleet['vms']} VMs, static allocation at max = {fleet['static_max_bytes'] / GIB:,.0f} GiB")
     top.legend(loc="upper right", fontsize=8, ncols=2)
     top.grid(alpha=0.3)
+    bottom.set_yscale("symlog", linthresh=1.0)  # MoM's hundreds and the others' few, both readable
     bottom.set_ylabel("VMs under pressure")
     bottom.set_xlabel("simulated time (hours)")
     bottom.legend(loc="upper right", fontsize=8)

@@ -107,12 +107,16 @@ def clamp(desired: Pages, view: FleetView) -> Pages:
     return np.minimum(np.maximum(desired, lower_bound(view)), view.max).astype(np.int64)
 
 
-def fit_hosts(desired: Pages, need: Pages, view: FleetView, movable: Flags) -> Pages:
+def fit_hosts(desired: Pages, need: Pages, view: FleetView, movable: Flags, *, fewest_short: bool = False) -> Pages:
     """Scale the targets of ``movable`` VMs so every host's total fits its capacity.
 
     VMs the policy may not move keep their current size, which the host must keep providing.
     ``need`` (<= desired) is what a VM should keep before anybody's headroom; below it, the
-    guest floor / minimum is always kept and the rest of need is shared by weight.
+    guest floor / minimum is always kept and the rest of need is shared by weight: higher weight
+    first; within one weight in proportion, or, with ``fewest_short``, whole needs smallest
+    shortfall first -- a VM a little short of its demand pages as much as one far short, so
+    meeting whole needs leaves the fewest VMs under pressure (the biggest consumer waits).
+    Headroom above need is cut the same way: in proportion, or whole headrooms smallest first.
     """
     out = desired.copy()
     fixed = np.where(movable, 0, view.current)
@@ -126,7 +130,17 @@ def fit_hosts(desired: Pages, need: Pages, view: FleetView, movable: Flags) -> P
         floor = np.minimum(np.minimum(lower_bound(view)[members], view.current[members]), n)
         if n.sum() <= room:
             extra = (d - n).astype(np.float64)
-            share = (room - n.sum()) / extra.sum() if extra.sum() > 0 else 0.0
+            spare = room - float(n.sum())
+            if fewest_short:
+                # Whole headrooms, smallest first: many guests keep their (small) margin and the
+                # few holding a lot of room (remembered bursts) give it up.
+                given = np.zeros(len(members))
+                for i in np.argsort(extra, kind="stable"):
+                    given[i] = min(extra[i], max(spare, 0.0))
+                    spare -= given[i]
+                out[members] = n + np.floor(given).astype(np.int64)
+                continue
+            share = spare / extra.sum() if extra.sum() > 0 else 0.0
             out[members] = n + np.floor(extra * share).astype(np.int64)
             continue
         room -= float(floor.sum())
@@ -137,6 +151,13 @@ def fit_hosts(desired: Pages, need: Pages, view: FleetView, movable: Flags) -> P
             group = weights == w
             asked = rest[group].sum()
             if asked <= 0:
+                continue
+            if fewest_short and asked > room:
+                index = np.flatnonzero(group)
+                for i in index[np.argsort(rest[index], kind="stable")]:
+                    give = min(rest[i], max(room, 0.0))
+                    got[i] += give
+                    room -= give
                 continue
             part = min(1.0, max(room, 0.0) / asked)
             got[group] += rest[group] * part

@@ -225,3 +225,39 @@ def test_policies_follow_vms_that_come_and_go() -> None:
     mom = MomPolicy()
     mom.decide(view(n=3))
     assert mom.decide(view(n=1)).shape == (1,)
+
+
+def test_hvdm_short_host_meets_whole_needs_smallest_shortfall_first() -> None:
+    """Three guests each 1 GiB short, one 6 GiB short; 3 GiB to give: the three get theirs."""
+    from services.rebalancer.policy import fit_hosts
+
+    v = view(
+        n=4,
+        capacity=4 * 3 * GIB + 3 * GIB,
+        current=[3 * GIB] * 4,
+        demand=[4 * GIB, 4 * GIB, 4 * GIB, 9 * GIB],
+        available=[0] * 4,
+    )
+    need = np.array([4 * GIB, 4 * GIB, 4 * GIB, 9 * GIB])
+    movable = np.ones(4, dtype=bool)
+    whole = fit_hosts(need, need, v, movable, fewest_short=True).tolist()
+    assert whole[:3] == [4 * GIB] * 3 and whole[3] == 3 * GIB
+    shared = fit_hosts(need, need, v, movable).tolist()  # Hyper-V-like: everyone a little short
+    assert all(3 * GIB < x < 4 * GIB for x in shared[:3]) and sum(shared) <= 15 * GIB
+
+
+def test_deadband_never_breaks_the_host_fit() -> None:
+    """A shrink inside the deadband is still written when the host needs the memory."""
+    policy = HyperVPolicy()
+    # Two guests: A holds 5 GiB but needs ~4.1; B is under pressure. Host 10 GiB.
+    v = view(
+        n=2,
+        capacity=10 * GIB,
+        current=[5 * GIB, 5 * GIB],
+        target=[5 * GIB, 5 * GIB],
+        demand=[int(4.1 * GIB), int(5.6 * GIB)],
+        available=[GIB, 0],
+    )
+    out = policy.decide(v).tolist()
+    pursued = [t if t != NO_TARGET else c for t, c in zip(out, v.current.tolist(), strict=True)]
+    assert sum(pursued) <= 10 * GIB
