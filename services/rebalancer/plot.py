@@ -41,6 +41,7 @@ def write_plot(path: str | Path, series: Mapping[str, Series], fleet: Mapping[st
     top.legend(loc="upper right", fontsize=8, ncols=2)
     top.grid(alpha=0.3)
     bottom.set_yscale("symlog", linthresh=1.0)  # MoM's hundreds and the others' few, both readable
+    bottom.set_ylim(bottom=0)
     bottom.set_ylabel("VMs under pressure")
     bottom.set_xlabel("simulated time (hours)")
     bottom.legend(loc="upper right", fontsize=8)
