@@ -7,13 +7,12 @@ Only the first divergence of each VM is kept: everything after it is downstream 
 
 from __future__ import annotations
 
-import json
 from collections import deque
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from services.dm_engine.records import event_from_dict, event_json
+from services.dm_engine.records import event_from_dict, event_json, loads
 from services.event_log.sqlite_log import EventRow
 
 #: Divergence kinds, most specific first.
@@ -159,7 +158,7 @@ def _upcast(recorded: str) -> str | None:
     """The recorded event read as today's engine reads it and written back canonically; None if
     it cannot be read. Only consulted when the bytes differ, so an honest log pays nothing."""
     try:
-        return event_json(event_from_dict(json.loads(recorded)))
+        return event_json(event_from_dict(loads(recorded)))
     except Exception:  # unreadable: a real divergence, reported as such by the caller
         return None
 

@@ -11,7 +11,6 @@ when an audit reports that the two differ.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +19,7 @@ from services.audit.reader import LogReader
 from services.audit.replay import ReplayError, replay_inbox
 from services.audit.report import accounting, version_text
 from services.dm_engine.decider import evolve, initial_state
-from services.dm_engine.records import event_from_dict
+from services.dm_engine.records import event_from_dict, loads
 from services.dm_engine.state import VmState
 
 EVENTS_SOURCE = "events"
@@ -109,7 +108,7 @@ def state_at(
         if row.inbox_pos > pos:
             break
         try:
-            evolve(state, event_from_dict(json.loads(row.record)))
+            evolve(state, event_from_dict(loads(row.record)))
         except Exception as exc:  # a corrupt row: say which, instead of a traceback
             raise ReplayError(f"recorded event {vm} seq {row.seq} cannot be folded: {exc!r}") from None
         count += 1

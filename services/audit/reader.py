@@ -17,13 +17,13 @@ are raw bytes that today's decoder reads again.
 from __future__ import annotations
 
 import importlib
-import json
 import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import quote
 
+from services.dm_engine.records import loads
 from services.event_log.sqlite_log import ALL_VMS, EventRow, InboxRow
 
 
@@ -90,7 +90,6 @@ class SqliteReader:
                 "SELECT pos, vm, tick, record FROM inbox WHERE pos > ? AND vm IN (?, ?) ORDER BY pos LIMIT ?",
                 (after, vm, ALL_VMS, limit),
             )
-        loads = json.loads
         return [InboxRow(int(p), str(v), int(t), loads(r)) for p, v, t, r in cur]
 
     def iter_inbox(self, after: int = 0, until: int | None = None, batch: int = 5000) -> Iterator[InboxRow]:
@@ -121,7 +120,7 @@ class SqliteReader:
         if "snapshots" not in self._tables:
             return []
         cur = self._db.execute("SELECT vm, seq, inbox_pos, state FROM snapshots ORDER BY vm")
-        return [(str(v), int(s), int(p), json.loads(st)) for v, s, p, st in cur]
+        return [(str(v), int(s), int(p), loads(st)) for v, s, p, st in cur]
 
 
 #: The Kafka deployment's audit reader, looked up by name so that the audit does not import the

@@ -9,7 +9,6 @@ auditing a live log judges a consistent prefix of it.
 
 from __future__ import annotations
 
-import json
 from array import array
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ from services.audit.transactions import PAGE_SIZE, TransactionLog
 from services.dm_engine import events as ev
 from services.dm_engine.config import EngineConfig
 from services.dm_engine.decider import evolve, initial_state
-from services.dm_engine.records import event_from_dict, event_json
+from services.dm_engine.records import event_from_dict, event_json, loads
 from services.dm_engine.state import VmState
 from services.event_log.sqlite_log import EventRow
 
@@ -84,7 +83,7 @@ class VmFold:
         if self.fold_error is not None:
             return
         try:
-            event = event_from_dict(json.loads(row.record))
+            event = event_from_dict(loads(row.record))
             evolve(self.state, event)
         except Exception as exc:  # a corrupt row is a finding, not a crash (see the class docstring)
             self.fold_error = f"seq {row.seq}: {exc!r}"

@@ -1079,6 +1079,15 @@ def process(state: VmState, input: inp.Input, config: EngineConfig = DEFAULT_CON
 
     Replaying an inbox through ``process`` from ``initial_state`` reproduces its event log.
     """
+    if (
+        type(input) is inp.Tick
+        and state.txn is None
+        and state.protocol is not ProtocolState.POST_INIT_WAIT
+        and not (state.protocol is ProtocolState.IDLE and state.target_pending)
+    ):
+        # Most ticks reach VMs with nothing to time out and nothing to start: decide and advance
+        # would both return nothing, so say so without running them.
+        return []
     events = decide(state, input, config)
     for event in events:
         evolve(state, event)

@@ -9,11 +9,19 @@ from __future__ import annotations
 
 import json
 import typing
+from collections.abc import Callable
 from dataclasses import fields
 from typing import Any
 
+import orjson
+
 from services.dm_engine import events as ev
 from services.dm_engine import inputs as inp
+
+#: Parses a stored record. orjson is about four times faster than ``json.loads`` here and returns
+#: the same Python values, which matters when folding or replaying millions of records; writing
+#: stays on the canonical encoder below (orjson's output differs in escaping).
+loads: Callable[[str | bytes], Any] = orjson.loads
 
 _FIELD_KINDS: dict[type, tuple[tuple[str, str], ...]] = {}
 
@@ -56,9 +64,21 @@ def to_dict(record: inp.InputBase | ev.EventBase) -> dict[str, Any]:
     return data
 
 
+#: Record classes whose fields are all JSON scalars: built straight from the parsed dict.
+_PLAIN_ONLY: dict[type, bool] = {}
+
+
 def _from_dict(registry: dict[str, type[Any]], data: dict[str, Any]) -> Any:
     cls = registry[data["type"]]
-    kwargs: dict[str, Any] = {}
+    plain = _PLAIN_ONLY.get(cls)
+    if plain is None:
+        plain = _PLAIN_ONLY[cls] = all(kind == "plain" for _, kind in _field_kinds(cls))
+    if plain:
+        # The common case on the replay path: one C-level call instead of a loop per field.
+        kwargs = dict(data)
+        del kwargs["type"]
+        return cls(**kwargs)
+    kwargs = {}
     for name, kind in _field_kinds(cls):
         if name not in data:
             continue  # a field added later keeps its default when reading an older record

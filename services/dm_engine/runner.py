@@ -17,7 +17,7 @@ from services.dm_engine.config import EngineConfig
 from services.dm_engine.decider import evolve, initial_state, process
 from services.dm_engine.events import Event
 from services.dm_engine.outbox import outbox_messages
-from services.dm_engine.records import event_from_dict, event_json, input_from_dict
+from services.dm_engine.records import event_from_dict, event_json, input_from_dict, loads
 from services.dm_engine.state import VmState
 from services.dm_protocol import encode
 from services.event_log.sqlite_log import ALL_VMS, InboxRow, SqliteLog, StepWrite
@@ -80,7 +80,7 @@ class EngineRunner:
             after = self._last_seq.get(vm, 0)
             count = 0
             for row in self.log.iter_events(vm, after):
-                evolve(state, event_from_dict(json.loads(row.record)))
+                evolve(state, event_from_dict(loads(row.record)))
                 self._last_seq[vm] = row.seq
                 count += 1
             self._events_since_snapshot[vm] = count

