@@ -163,8 +163,10 @@ def main(argv: Sequence[str]) -> int:
     expected = decode(message)
     assert isinstance(expected, BalloonResponse)
 
-    print(f"machine: {platform.platform()}, {platform.machine()}, {os.cpu_count()} CPUs, "
-          f"Python {platform.python_version()} ({platform.python_implementation()})")
+    print(
+        f"machine: {platform.platform()}, {platform.machine()}, {os.cpu_count()} CPUs, "
+        f"Python {platform.python_version()} ({platform.python_implementation()})"
+    )
     print(f"message: BALLOON_RESPONSE with {args.ranges} ranges, {len(message)} bytes")
     print(f"{'approach':40s} {'ranges/s':>14s} {'us/message':>11s} {'vs naive':>9s}")
 

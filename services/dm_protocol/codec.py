@@ -238,9 +238,7 @@ def _dec_status_report(data: Buffer, n: int, trans_id: int) -> Message:
 def _dec_balloon_request(data: Buffer, n: int, trans_id: int) -> Message:
     _fixed(n, 16, "BALLOON_REQUEST")
     num_pages, reserved = _BODY_II.unpack_from(data, 8)
-    return BalloonRequest(
-        trans_id=trans_id, num_pages=num_pages, anomalies=_RESERVED if reserved else _NO_ANOMALIES
-    )
+    return BalloonRequest(trans_id=trans_id, num_pages=num_pages, anomalies=_RESERVED if reserved else _NO_ANOMALIES)
 
 
 def _dec_balloon_response(data: Buffer, n: int, trans_id: int) -> Message:
@@ -404,10 +402,7 @@ def _pack_ranges(ranges: Any) -> tuple[int, bytes]:
     """(count, packed bytes) for a ranges field, validated in the same pass that packs it."""
     try:
         count = len(ranges)
-        words = [
-            s | (c << 40) if 0 <= s < START_PAGE_LIMIT and 0 <= c < PAGE_COUNT_LIMIT else -1
-            for s, c in ranges
-        ]
+        words = [s | (c << 40) if 0 <= s < START_PAGE_LIMIT and 0 <= c < PAGE_COUNT_LIMIT else -1 for s, c in ranges]
         return count, _ranges_struct(count).pack(*words)
     except (TypeError, ValueError, struct.error):
         pass
@@ -424,9 +419,7 @@ def _check_fields(msg: Any) -> None:
         limit = INT_LIMITS.get(kind)
         if limit is not None:
             if not isinstance(value, int) or not 0 <= value < limit:
-                raise EncodeError(
-                    DecodeReason.FIELD_OUT_OF_BOUNDS, f"{name}={value!r} is not an int in [0, {limit})"
-                )
+                raise EncodeError(DecodeReason.FIELD_OUT_OF_BOUNDS, f"{name}={value!r} is not an int in [0, {limit})")
         elif kind is FieldKind.BOOL:
             if value is not True and value is not False and value not in (0, 1):
                 raise EncodeError(DecodeReason.FIELD_OUT_OF_BOUNDS, f"{name}={value!r} is not a bool")
@@ -438,9 +431,7 @@ def _check_fields(msg: Any) -> None:
 
 def _size(size: int, name: str) -> int:
     if size > MAX_MESSAGE_SIZE:
-        raise EncodeError(
-            DecodeReason.FIELD_OUT_OF_BOUNDS, f"{name} would be {size} bytes; the u16 size allows 65535"
-        )
+        raise EncodeError(DecodeReason.FIELD_OUT_OF_BOUNDS, f"{name} would be {size} bytes; the u16 size allows 65535")
     return size
 
 
@@ -459,20 +450,13 @@ def _enc_version_response(m: VersionResponse) -> bytes:
 
 def _enc_capabilities_report(m: CapabilitiesReport) -> bytes:
     caps = (
-        (1 if m.balloon else 0)
-        | (2 if m.hot_add else 0)
-        | (m.hot_add_alignment << 2)
-        | (0x40 if m.hot_remove else 0)
+        (1 if m.balloon else 0) | (2 if m.hot_add else 0) | (m.hot_add_alignment << 2) | (0x40 if m.hot_remove else 0)
     )
     return _MSG_QQQ.pack(3, 32, m.trans_id, caps, m.min_page_cnt, m.max_page_number)
 
 
 def _enc_capabilities_response(m: CapabilitiesResponse) -> bytes:
-    word = (
-        (1 if m.is_accepted else 0)
-        | (2 if m.hot_remove else 0)
-        | (4 if m.suppress_pressure_reports else 0)
-    )
+    word = (1 if m.is_accepted else 0) | (2 if m.hot_remove else 0) | (4 if m.suppress_pressure_reports else 0)
     return _MSG_Q.pack(4, 16, m.trans_id, word)
 
 

@@ -85,9 +85,7 @@ def frame(payload: bytes, *, trans_id: int = 0, flags: int = 0, trailer_offset: 
     packet += bytes(payload) + bytes(pad)
     if trailer_offset is not None:
         if not 0 <= trailer_offset < 1 << 32:
-            raise EncodeError(
-                DecodeReason.FIELD_OUT_OF_BOUNDS, f"trailer_offset={trailer_offset} is not a u32"
-            )
+            raise EncodeError(DecodeReason.FIELD_OUT_OF_BOUNDS, f"trailer_offset={trailer_offset} is not a u32")
         packet += _TRAILER.pack(trailer_offset << 32)
     return packet
 
@@ -159,9 +157,7 @@ class FrameReader:
             offset = offset8 * 8
             offset_ok = DESCRIPTOR_SIZE <= offset <= length
             if length < DESCRIPTOR_SIZE:
-                self._fail(
-                    DecodeReason.BAD_PACKET_LENGTH, f"len8={len8} is shorter than the descriptor", frames
-                )
+                self._fail(DecodeReason.BAD_PACKET_LENGTH, f"len8={len8} is shorter than the descriptor", frames)
             payload_size = length - (offset if offset_ok else DESCRIPTOR_SIZE)
             if payload_size > self._max_payload:
                 self._fail(

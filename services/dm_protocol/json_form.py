@@ -82,9 +82,7 @@ def _range(name: str, value: object) -> PageRange:
         raise DecodeError(_INVALID, f"{name} must be [start_page, page_count], got {value!r}")
     start, count = value
     if not (0 <= start < START_PAGE_LIMIT and 0 <= count < PAGE_COUNT_LIMIT):
-        raise EncodeError(
-            DecodeReason.RANGE_OUT_OF_BOUNDS, f"{name} {value!r}: start_page < 2**40, page_count < 2**24"
-        )
+        raise EncodeError(DecodeReason.RANGE_OUT_OF_BOUNDS, f"{name} {value!r}: start_page < 2**40, page_count < 2**24")
     return (start, count)
 
 

@@ -303,9 +303,7 @@ class VdimmLayout:
             if not isinstance(vdimm, Vdimm):
                 raise TypeError(f"VdimmLayout.vdimms must hold Vdimm values, got {vdimm!r}")
             if vdimm.start_page < cursor:
-                raise ValueError(
-                    f"vDIMM {vdimm.backend_id!r} overlaps, is unsorted or starts before the window"
-                )
+                raise ValueError(f"vDIMM {vdimm.backend_id!r} overlaps, is unsorted or starts before the window")
             cursor = vdimm.end_page
             if vdimm.backend_id in seen:
                 raise ValueError(f"duplicate vDIMM {vdimm.backend_id!r}")

@@ -119,8 +119,7 @@ def test_stdin_and_several_frames() -> None:
         (["encode", '{"type": "DM_VERSION_REQUEST"}'], "INVALID_JSON_FIELD"),
         (["encode", '{"type": "DM_FOO"}'], "UNKNOWN_TYPE"),
         (["encode", '{"type": "DM_VERSION_REQUEST", "version": -1}'], "FIELD_OUT_OF_BOUNDS"),
-        (["encode", '{"type": "DM_MEM_HOT_ADD_REQUEST", "range": [1099511627776, 1]}'],
-         "RANGE_OUT_OF_BOUNDS"),
+        (["encode", '{"type": "DM_MEM_HOT_ADD_REQUEST", "range": [1099511627776, 1]}'], "RANGE_OUT_OF_BOUNDS"),
     ],
 )
 def test_invalid_input_is_one_stderr_line_and_exit_1(args: list[str], reason: str) -> None:

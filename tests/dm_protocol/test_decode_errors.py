@@ -99,8 +99,9 @@ def test_size_is_checked_before_the_fixed_struct() -> None:
     assert reason_of(msg(1, size=16)) is R.SIZE_MISMATCH
 
 
-@pytest.mark.parametrize(("msg_type", "fixed"), [(1, 16), (2, 16), (3, 32), (4, 16), (5, 48), (6, 16),
-                                                 (9, 8), (11, 16), (13, 24)])
+@pytest.mark.parametrize(
+    ("msg_type", "fixed"), [(1, 16), (2, 16), (3, 32), (4, 16), (5, 48), (6, 16), (9, 8), (11, 16), (13, 24)]
+)
 def test_fixed_size_message_with_extra_bytes(msg_type: int, fixed: int) -> None:
     assert reason_of(msg(msg_type, bytes(fixed - 8 + 8))) is R.SIZE_MISMATCH
     assert reason_of(msg(msg_type, bytes(fixed - 8 + 1))) is R.SIZE_MISMATCH
@@ -148,22 +149,32 @@ def test_partial_trailing_range_is_a_count_mismatch() -> None:
 # ------------------------------------------------------------------------- RESERVED_BITS_SET
 
 RESERVED_CASES = [
-    ("version request @12 bit 1", msg(1, struct.pack("<II", 0x20000, 0b11)),
-     VersionRequest(version=0x20000, is_last_attempt=True)),
+    (
+        "version request @12 bit 1",
+        msg(1, struct.pack("<II", 0x20000, 0b11)),
+        VersionRequest(version=0x20000, is_last_attempt=True),
+    ),
     ("version response bit 63", msg(2, struct.pack("<Q", 1 | 1 << 63)), VersionResponse(is_accepted=True)),
-    ("caps report bit 7", msg(3, struct.pack("<QQQ", 0x1F | 0x80, 0, 5)),
-     CapabilitiesReport(balloon=True, hot_add=True, hot_add_alignment=7, max_page_number=5)),
+    (
+        "caps report bit 7",
+        msg(3, struct.pack("<QQQ", 0x1F | 0x80, 0, 5)),
+        CapabilitiesReport(balloon=True, hot_add=True, hot_add_alignment=7, max_page_number=5),
+    ),
     ("caps response bit 3", msg(4, struct.pack("<Q", 0b1001)), CapabilitiesResponse(is_accepted=True)),
     ("balloon request reserved u32", msg(6, struct.pack("<II", 7, 1)), BalloonRequest(num_pages=7)),
-    ("balloon response @8", msg(7, struct.pack("<II", 0xFF, 0)),
-     BalloonResponse(more_pages=False, ranges=())),
-    ("unballoon request @8 bit 1", msg(8, struct.pack("<II", 0b10, 0)),
-     UnballoonRequest(more_pages=False, ranges=())),
+    ("balloon response @8", msg(7, struct.pack("<II", 0xFF, 0)), BalloonResponse(more_pages=False, ranges=())),
+    ("unballoon request @8 bit 1", msg(8, struct.pack("<II", 0b10, 0)), UnballoonRequest(more_pages=False, ranges=())),
     ("info message reserved", msg(12, struct.pack("<IIII", 9, 8, 3, 0)), InfoMessage(info_type=3, data=b"")),
-    ("hot remove request @20", msg(13, struct.pack("<IIII", 1, 2, 3, 4)),
-     HotRemoveRequest(virtual_node=1, page_count=2, qos_flags=3)),
-    ("hot remove response bit 1", msg(14, struct.pack("<IIQ", 0, 0, 0b11)),
-     HotRemoveResponse(result=0, more_pages=True, ranges=())),
+    (
+        "hot remove request @20",
+        msg(13, struct.pack("<IIII", 1, 2, 3, 4)),
+        HotRemoveRequest(virtual_node=1, page_count=2, qos_flags=3),
+    ),
+    (
+        "hot remove response bit 1",
+        msg(14, struct.pack("<IIQ", 0, 0, 0b11)),
+        HotRemoveResponse(result=0, more_pages=True, ranges=()),
+    ),
 ]
 
 
@@ -232,8 +243,19 @@ def test_errors_survive_pickling(cls: type[DecodeError]) -> None:
 def test_reason_values_equal_names() -> None:
     assert all(reason.value == reason.name for reason in DecodeReason)
     required = {
-        "TRUNCATED", "SIZE_MISMATCH", "RANGE_COUNT_MISMATCH", "UNKNOWN_TYPE", "RESERVED_BITS_SET",
-        "BAD_PACKET_TYPE", "BAD_PACKET_OFFSET", "BAD_PACKET_LENGTH", "FRAME_TOO_LARGE",
-        "RANGE_OUT_OF_BOUNDS", "FIELD_OUT_OF_BOUNDS", "INVALID_JSON_FIELD", "INVALID_JSON", "INVALID_HEX",
+        "TRUNCATED",
+        "SIZE_MISMATCH",
+        "RANGE_COUNT_MISMATCH",
+        "UNKNOWN_TYPE",
+        "RESERVED_BITS_SET",
+        "BAD_PACKET_TYPE",
+        "BAD_PACKET_OFFSET",
+        "BAD_PACKET_LENGTH",
+        "FRAME_TOO_LARGE",
+        "RANGE_OUT_OF_BOUNDS",
+        "FIELD_OUT_OF_BOUNDS",
+        "INVALID_JSON_FIELD",
+        "INVALID_JSON",
+        "INVALID_HEX",
     }
     assert required <= set(DecodeReason.__members__)

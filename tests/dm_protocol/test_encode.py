@@ -138,11 +138,23 @@ def test_out_of_bounds_fields(msg: object) -> None:
 def test_field_extremes_round_trip() -> None:
     for msg in (
         VersionRequest(trans_id=2**32 - 1, version=2**32 - 1, is_last_attempt=True),
-        CapabilitiesReport(balloon=False, hot_add=False, hot_add_alignment=15, hot_remove=True,
-                           min_page_cnt=2**64 - 1, max_page_number=0),
+        CapabilitiesReport(
+            balloon=False,
+            hot_add=False,
+            hot_add_alignment=15,
+            hot_remove=True,
+            min_page_cnt=2**64 - 1,
+            max_page_number=0,
+        ),
         CapabilitiesResponse(is_accepted=False, hot_remove=True, suppress_pressure_reports=True),
-        StatusReport(num_avail=2**64 - 1, num_committed=2**64 - 1, page_file_size=2**64 - 1,
-                     zero_free=2**64 - 1, page_file_writes=2**32 - 1, io_diff=2**32 - 1),
+        StatusReport(
+            num_avail=2**64 - 1,
+            num_committed=2**64 - 1,
+            page_file_size=2**64 - 1,
+            zero_free=2**64 - 1,
+            page_file_writes=2**32 - 1,
+            io_diff=2**32 - 1,
+        ),
     ):
         assert decode(encode(msg)) == msg
 

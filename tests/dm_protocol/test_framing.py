@@ -27,9 +27,7 @@ from services.dm_protocol import (
 R = DecodeReason
 
 
-def descriptor(
-    packet_type: int = 6, offset8: int = 2, len8: int = 2, flags: int = 0, trans_id: int = 0
-) -> bytes:
+def descriptor(packet_type: int = 6, offset8: int = 2, len8: int = 2, flags: int = 0, trans_id: int = 0) -> bytes:
     return struct.pack("<HHHHQ", packet_type, offset8, len8, flags, trans_id)
 
 
@@ -122,8 +120,10 @@ def test_max_payload_is_inclusive_and_configurable() -> None:
 
 
 def test_byte_at_a_time_and_pending_bytes() -> None:
-    packets = [frame(encode(BalloonResponse(trans_id=i, more_pages=False, ranges=((i, 1),) * i)),
-                     trailer_offset=i * 64) for i in range(5)]
+    packets = [
+        frame(encode(BalloonResponse(trans_id=i, more_pages=False, ranges=((i, 1),) * i)), trailer_offset=i * 64)
+        for i in range(5)
+    ]
     stream = b"".join(packets)
     reader = FrameReader(trailer=True)
     got: list[Frame] = []

@@ -38,8 +38,16 @@ def test_v4_as_json() -> None:
 
 def test_key_order_follows_the_struct() -> None:
     d = to_json_dict(CapabilitiesReport(trans_id=6, balloon=True, hot_add=True, hot_add_alignment=7))
-    assert list(d) == ["type", "trans_id", "balloon", "hot_add", "hot_add_alignment", "hot_remove",
-                       "min_page_cnt", "max_page_number"]
+    assert list(d) == [
+        "type",
+        "trans_id",
+        "balloon",
+        "hot_add",
+        "hot_add_alignment",
+        "hot_remove",
+        "min_page_cnt",
+        "max_page_number",
+    ]
     assert d["max_page_number"] == 2**64 - 1
 
 

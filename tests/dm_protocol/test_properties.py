@@ -44,20 +44,33 @@ u64 = st.integers(0, 2**64 - 1)
 flag = st.booleans()
 page_range = st.tuples(st.integers(0, 2**40 - 1), st.integers(0, 2**24 - 1))
 # Mostly small lists, sometimes past 128 so both range-decoding paths of the codec are exercised.
-page_ranges = st.one_of(
-    st.lists(page_range, max_size=12), st.lists(page_range, min_size=120, max_size=300)
-).map(tuple)
+page_ranges = st.one_of(st.lists(page_range, max_size=12), st.lists(page_range, min_size=120, max_size=300)).map(tuple)
 
 MESSAGES: st.SearchStrategy[Message] = st.one_of(
     st.builds(DmError, trans_id=u32, data=st.binary(max_size=64)),
     st.builds(VersionRequest, trans_id=u32, version=u32, is_last_attempt=flag),
     st.builds(VersionResponse, trans_id=u32, is_accepted=flag),
-    st.builds(CapabilitiesReport, trans_id=u32, balloon=flag, hot_add=flag, hot_add_alignment=u4,
-              hot_remove=flag, min_page_cnt=u64, max_page_number=u64),
-    st.builds(CapabilitiesResponse, trans_id=u32, is_accepted=flag, hot_remove=flag,
-              suppress_pressure_reports=flag),
-    st.builds(StatusReport, trans_id=u32, num_avail=u64, num_committed=u64, page_file_size=u64,
-              zero_free=u64, page_file_writes=u32, io_diff=u32),
+    st.builds(
+        CapabilitiesReport,
+        trans_id=u32,
+        balloon=flag,
+        hot_add=flag,
+        hot_add_alignment=u4,
+        hot_remove=flag,
+        min_page_cnt=u64,
+        max_page_number=u64,
+    ),
+    st.builds(CapabilitiesResponse, trans_id=u32, is_accepted=flag, hot_remove=flag, suppress_pressure_reports=flag),
+    st.builds(
+        StatusReport,
+        trans_id=u32,
+        num_avail=u64,
+        num_committed=u64,
+        page_file_size=u64,
+        zero_free=u64,
+        page_file_writes=u32,
+        io_diff=u32,
+    ),
     st.builds(BalloonRequest, trans_id=u32, num_pages=u32),
     st.builds(BalloonResponse, trans_id=u32, more_pages=flag, ranges=page_ranges),
     st.builds(UnballoonRequest, trans_id=u32, more_pages=flag, ranges=page_ranges),
