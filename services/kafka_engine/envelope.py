@@ -43,10 +43,13 @@ meta (one partition; the first record of a key wins)::
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from services.dm_engine.records import dumps
+from services.dm_engine.records import dumps, loads
+
+_json_str = json.encoder.encode_basestring_ascii  # the str encoder ``dumps`` uses
 
 #: The key (and ``vm``) of records that concern a whole partition rather than one VM.
 ALL_VMS = "*"
@@ -64,7 +67,7 @@ def decode(raw: bytes | None) -> dict[str, Any]:
     if raw is None:
         raise EnvelopeError("record has no value")
     try:
-        value = json.loads(raw)
+        value = loads(raw)  # orjson: the same values as json.loads, several times faster
     except (ValueError, UnicodeDecodeError) as exc:
         raise EnvelopeError(f"record is not JSON: {exc}") from None
     if not isinstance(value, dict) or (not isinstance(value.get("vm"), str) and "key" not in value):
@@ -125,6 +128,18 @@ class EventsRecord:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise EnvelopeError(f"not an events record: {exc!r}") from None
+
+
+def events_value(
+    vm: str, partition: int, offset: int, seq: int, tick: int, outbox_seq: int, events_json: Sequence[str]
+) -> bytes:
+    """The encoded events record from its events' canonical JSON (``records.event_json``),
+    byte-identical to ``encode(EventsRecord(...).to_value())`` (tested) without building the dicts:
+    this runs once per decided input."""
+    return (
+        f'{{"events":[{",".join(events_json)}],"inbox":[{partition},{offset}],"outbox_seq":{outbox_seq},'
+        f'"seq":{seq},"tick":{tick},"vm":{_json_str(vm)}}}'
+    ).encode()
 
 
 # ---------------------------------------------------------------------------------------- outbox

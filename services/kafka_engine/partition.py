@@ -45,13 +45,14 @@ from services.dm_engine.decider import evolve, initial_state, process
 from services.dm_engine.events import Event
 from services.dm_engine.inputs import Tick
 from services.dm_engine.outbox import outbox_messages
-from services.dm_engine.records import event_from_dict, input_from_dict, to_dict
+from services.dm_engine.records import event_from_dict, event_json, input_from_dict, to_dict
 from services.dm_engine.state import VmState
 from services.dm_protocol import encode as encode_message
 from services.kafka_engine.envelope import (
     ALL_VMS,
     EventsRecord,
     OutboxMessage,
+    events_value,
     outbox_value,
     snapshot_value,
 )
@@ -96,11 +97,38 @@ class Decision:
     """What one inbox record did to one VM: the records to write and the events behind them."""
 
     vm: str
+    partition: int
     offset: int
     tick: int
     events: list[Event]
-    events_record: EventsRecord
+    #: Sequence number of the first event, and the VM's last outbox seq after these events.
+    seq: int
+    outbox_seq: int
     outbox: dict[str, Any] | None
+
+    @property
+    def events_record(self) -> EventsRecord:
+        return EventsRecord(
+            vm=self.vm,
+            partition=self.partition,
+            offset=self.offset,
+            seq=self.seq,
+            tick=self.tick,
+            outbox_seq=self.outbox_seq,
+            events=tuple(to_dict(e) for e in self.events),
+        )
+
+    def events_value(self) -> bytes:
+        """The events record as written to the topic (``envelope.events_value``)."""
+        return events_value(
+            self.vm,
+            self.partition,
+            self.offset,
+            self.seq,
+            self.tick,
+            self.outbox_seq,
+            [event_json(e) for e in self.events],
+        )
 
 
 @dataclass(slots=True)
@@ -205,26 +233,18 @@ class PartitionEngine:
         cursor.seq = first + len(events) - 1
         cursor.applied = offset
         self.dirty.add(vm)
-        events_record = EventsRecord(
-            vm=vm,
-            partition=self.partition,
-            offset=offset,
-            seq=first,
-            tick=tick,
-            outbox_seq=cursor.outbox_seq,
-            events=tuple(to_dict(e) for e in events),
-        )
         outbox = outbox_value(vm, self.partition, offset, messages) if messages else None
-        return Decision(vm, offset, tick, events, events_record, outbox)
+        return Decision(vm, self.partition, offset, tick, events, first, cursor.outbox_seq, outbox)
 
     # ------------------------------------------------------------------ checkpoints
-    def take_snapshots(self) -> list[dict[str, Any]]:
-        """Snapshot records for every VM changed since the last call."""
+    def take_snapshots(self, vms: list[str] | None = None) -> list[dict[str, Any]]:
+        """Snapshot records for ``vms`` (default: every VM changed since its last snapshot); each
+        VM snapshotted is clean again until its next decision."""
         out = []
-        for vm in sorted(self.dirty):
+        for vm in sorted(self.dirty) if vms is None else vms:
             c = self.vms[vm]
             out.append(snapshot_value(vm, c.seq, c.outbox_seq, c.applied, c.state.to_snapshot()))
-        self.dirty.clear()
+            self.dirty.discard(vm)
         return out
 
     def fingerprint(self) -> dict[str, Any]:

@@ -96,3 +96,36 @@ async def test_gateway_restart_mid_scenario_changes_nothing(
     result = await driver.run_demo(on_tick=restart)
     assert len(restarts) == 2
     assert_same(result, embedded, tmp_path)
+
+
+async def test_a_worker_joining_mid_scenario_changes_nothing(
+    broker: LocalBroker, prefix: str, embedded: RunResult, tmp_path: Path
+) -> None:
+    """Scale-out: the rebalance revokes every partition of the running worker; it keeps the ones it
+    gets back (no recovery, Faust re-reads them from the committed offsets and the engine skips
+    what it decided), the newcomer recovers the others. Every settle waits for the group's
+    commits to reach the inbox's end, so a re-read that was never acknowledged would hang it."""
+    settings = lockstep_settings(broker.url, prefix)
+    engines = Engines(settings.url, tmp_path)
+    driver = KafkaLockstep(settings, tmp_path, GUESTS)
+    joined: list[int] = []
+
+    async def join_during_ballooning(d: KafkaLockstep) -> None:
+        if not joined and any(s.target_pages is not None for s in d.projection.states.values()):
+            engines.start(1)
+            joined.append(d.tick)
+
+    try:
+        engines.start(1)
+        await driver.start()
+        result = await driver.run_demo(on_tick=join_during_ballooning)
+        alive = engines.alive()
+    finally:
+        await driver.close()
+        engines.stop_all()
+    assert joined, "the scenario never reached the join point"
+    assert alive == [0, 1]
+    assert_same(result, embedded, tmp_path)
+    # The first worker kept two partitions through the rebalance: it recovered only at start-up.
+    first = (tmp_path / "engine0.log").read_text()
+    assert first.count("event=partition_ready") == 4, describe_logs(tmp_path)

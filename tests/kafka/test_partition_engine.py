@@ -139,3 +139,17 @@ def test_duplicates_and_orphans_are_ignored_by_replay(seed: int) -> None:
     for _ in range(5):
         noisy.insert(rng.randrange(len(noisy) + 1), rng.choice(ref))
     assert recover(noisy).fingerprint() == recover(ref).fingerprint()
+
+
+@pytest.mark.parametrize("vm", ["a", 'v"m\\é\u2603'])
+def test_the_fast_events_encoding_is_the_canonical_one(vm: str) -> None:
+    """The worker writes ``Decision.events_value`` (event_json spliced into the envelope); it must
+    be byte for byte what the generic canonical encoder makes of the same record."""
+    records = [{"vm": vm if r["vm"] == "a" else r["vm"], "record": r["record"]} for r in inbox()]
+    engine = PartitionEngine(3, CONFIG)
+    engine.set_clock(None)
+    decisions = [d for offset, value in enumerate(records) for d in engine.decide(offset, value)]
+    assert len(decisions) > 20
+    for d in decisions:
+        assert d.events_value() == envelope.encode(d.events_record.to_value())
+        assert EventsRecord.from_value(envelope.decode(d.events_value())) == d.events_record
