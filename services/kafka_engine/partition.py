@@ -190,13 +190,19 @@ class PartitionEngine:
         if offset <= self.position:
             return []  # the stream went back (re-delivery within one process): already seen
         self.position = offset
-        vm = value["vm"]
-        record = value["record"]
+        vm = value.get("vm")
+        record = value.get("record")
+        if not isinstance(vm, str) or not isinstance(record, dict):
+            self.ignored_records += 1  # an envelope of another kind (a meta record?): not an input
+            return []
         if vm == ALL_VMS:
-            if record.get("type") != "Tick":
-                self.ignored_records += 1
+            try:
+                if record.get("type") != "Tick":
+                    raise ValueError("not a Tick")
+                number = int(record["tick"])
+            except (KeyError, TypeError, ValueError):
+                self.ignored_records += 1  # the audit reader (``audit_reader.LogCut``) skips it too
                 return []
-            number = int(record["tick"])
             if not clock.on_tick(number):
                 return []
             tick = Tick(tick=number)
