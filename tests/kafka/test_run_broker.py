@@ -39,12 +39,12 @@ def test_run_broker_demo_completes_with_the_embedded_accounting(
             "--progress-interval",
             "0",
             "--duration",
-            "120",
+            "300",
         ],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=180,
+        timeout=400,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     last = result.stdout.strip().splitlines()[-1]
