@@ -47,7 +47,12 @@ def _fail(command: str, message: object) -> int:
 def _open(args: argparse.Namespace) -> LogReader:
     broker = getattr(args, "broker", None)
     if broker:
-        return open_broker_reader(broker)
+        try:
+            return open_broker_reader(broker)
+        except (LogError, BrokerReaderUnavailable):
+            raise
+        except Exception as exc:  # the broker is unreachable or refused us: infrastructure, not a bug
+            raise LogError(f"{broker}: {type(exc).__name__}: {exc}") from None
     if not args.db:
         raise LogError("give --db PATH or --broker URL")
     return open_reader(args.db)
