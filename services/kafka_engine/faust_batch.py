@@ -57,6 +57,24 @@ def sinks_of(app: Any) -> dict[str, BatchSink]:
     return getattr(app, _SINKS_ATTR, None) or {}
 
 
+#: What the drain loop and ``ack_range`` use of Faust's ``Consumer`` beyond its public API (checked
+#: when the loop starts; written against faust-streaming 0.15).
+FAUST_INTERNALS = (
+    "_wait_next_records",
+    "_read_offset",
+    "_committed_offset",
+    "_acked",
+    "_acked_index",
+    "_n_acked",
+    "_waiting_for_ack",
+    "_buffered_partitions",
+    "_commit_every",
+    "consumer_stopped_errors",
+    "perform_seek",
+    "flow_active",
+)
+
+
 def batching_consumer(base: type[Any]) -> type[Any]:
     """A subclass of Faust's aiokafka ``Consumer`` class ``base`` with the batch drain loop.
 
@@ -95,6 +113,10 @@ def batching_consumer(base: type[Any]) -> type[Any]:
             if not sinks:
                 await super()._drain_messages(fetcher)
                 return
+            missing = [name for name in FAUST_INTERNALS if not hasattr(self, name)]
+            if missing:
+                # A Faust release that renamed what this loop relies on: refuse, never guess.
+                raise RuntimeError(f"faust_batch does not support this Faust version (no {', '.join(missing)})")
             callback = self.callback
             consumer_stopped = self._stopped.is_set
             fetcher_stopped = fetcher._stopped.is_set
