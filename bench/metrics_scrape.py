@@ -50,7 +50,7 @@ _STATES = list(ProtocolState)
 
 
 class _Runner:
-    """Just what the collector reads: states, a consumed position and a lag."""
+    """Just what the collector reads: states, a consumed position, a lag and the snapshot age."""
 
     def __init__(self, states: dict[str, VmState]) -> None:
         self.states = states
@@ -59,6 +59,9 @@ class _Runner:
 
     def lag(self) -> int:
         return 0
+
+    def events_since_snapshot(self) -> int:
+        return sum(self._events_since_snapshot.values())
 
 
 def build_states(n: int) -> dict[str, VmState]:

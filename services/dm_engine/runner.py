@@ -89,6 +89,10 @@ class EngineRunner:
     def consumed(self) -> int:
         return self.log.consumed_position()
 
+    def events_since_snapshot(self) -> int:
+        """Events a restart would fold on top of the snapshots: the recovery cost."""
+        return sum(self._events_since_snapshot.values())
+
     def lag(self) -> int:
         """Inbox records appended but not yet processed."""
         return self.log.inbox_high_watermark() - self.consumed

@@ -40,7 +40,6 @@ class EmbeddedService:
         self._processed = asyncio.Condition()
         self._tasks: list[asyncio.Task[None]] = []
         self._last_tick = int(log_.get_meta("last_tick") or -1)
-        self.batch_seconds: list[float] = []  # recent batch durations, read by the metrics exporter
         self.on_batch: list[Callable[[int, float], None]] = []  # (records, seconds) per batch
 
     @classmethod

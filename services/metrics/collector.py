@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -61,6 +61,8 @@ class EngineView(Protocol):
     def consumed(self) -> int: ...
 
     def lag(self) -> int: ...
+
+    def events_since_snapshot(self) -> int: ...
 
 
 #: (help, type) of every metric family; ``describe`` and the docs are generated from it.
@@ -127,16 +129,6 @@ def info_labels(vm: str, version: int | None, caps: Capabilities | None) -> dict
     }
 
 
-def _events_since_snapshot(runner: EngineView) -> int:
-    """Recovery cost in events. Reads the runner's own counter; an engine hook
-    (``events_since_snapshot() -> int``) is preferred when the runner offers one."""
-    hook = getattr(runner, "events_since_snapshot", None)
-    if callable(hook):
-        return int(hook())
-    counts: Mapping[str, int] = getattr(runner, "_events_since_snapshot", {})
-    return sum(counts.values())
-
-
 class HvdmCollector(Collector):
     """Yields every hvdm metric family from the runner's states at scrape time.
 
@@ -182,7 +174,7 @@ class HvdmCollector(Collector):
                     s.caps,
                 )
             )
-        return Snapshot(rows, runner.consumed, runner.lag(), _events_since_snapshot(runner))
+        return Snapshot(rows, runner.consumed, runner.lag(), runner.events_since_snapshot())
 
     def snapshot(self) -> Snapshot:
         """A consistent copy of the states, read on the engine's loop when called from elsewhere."""

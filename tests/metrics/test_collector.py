@@ -274,3 +274,6 @@ class _EmptyRunner:
 
     def lag(self) -> int:
         return 0
+
+    def events_since_snapshot(self) -> int:
+        return 0
