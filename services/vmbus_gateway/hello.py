@@ -4,6 +4,12 @@ A real VMBus channel belongs to a VM by construction; a byte stream does not, so
 says which VM this is and how its memory is laid out. ``resume_after`` lets a guest whose channel
 survived a gateway restart continue from the last host message it received (the descriptor's
 trans_id carries the outbox sequence number), so no host message is lost or repeated.
+
+Where RAM is: ``"machine": "q35" | "pc"`` (QEMU's x86 split around the PCI hole, q35 when absent)
+or an explicit ``"ram": [[start_page, page_count], ...]``. What the guest went through: a hello
+without ``resume_after`` opens a new channel, which QEMU only allows after a VMBus device reset
+(``"reset": "vmbus"``, the default); ``"reset": "system"`` says the guest rebooted, which also
+takes back hot-added memory (QEMU's ``hv_balloon_system_reset``).
 """
 
 from __future__ import annotations
@@ -11,7 +17,16 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
+
+from services.vdimm_allocator.ram_layout import (
+    MACHINES,
+    RamLayoutError,
+    RamRanges,
+    check_ram_ranges,
+    ram_end_page,
+    x86_ram_ranges,
+)
 
 MAX_HELLO_BYTES = 4096
 _VM_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -29,6 +44,16 @@ class Hello:
     hot_add_base_page: int | None = None
     status_reports: bool = True
     resume_after: int | None = None
+    machine: str = "q35"
+    #: Explicit guest RAM in pages; overrides ``machine``.
+    ram: RamRanges | None = None
+    reset: Literal["vmbus", "system"] = "vmbus"
+
+    def ram_ranges(self) -> RamRanges:
+        """Guest RAM as page ranges: the explicit list, or the machine's split of ``boot_bytes``."""
+        if self.ram is not None:
+            return self.ram
+        return x86_ram_ranges("pc" if self.machine == "pc" else "q35", self.boot_bytes >> 12)
 
     def to_line(self) -> bytes:
         data: dict[str, Any] = {
@@ -39,8 +64,14 @@ class Hello:
             "hot_add_base_page": self.hot_add_base_page,
             "status_reports": self.status_reports,
         }
+        if self.ram is not None:
+            data["ram"] = [list(r) for r in self.ram]
+        else:
+            data["machine"] = self.machine
         if self.resume_after is not None:
             data["resume_after"] = self.resume_after
+        else:
+            data["reset"] = self.reset
         return (json.dumps(data, separators=(",", ":")) + "\n").encode()
 
 
@@ -74,11 +105,42 @@ def parse_hello(line: bytes) -> Hello:
     status = data.get("status_reports", True)
     if not isinstance(status, bool):
         raise HelloError("status_reports must be a boolean")
+    machine, ram, reset = _layout_and_reset(data, boot >> 12)
+    hot_add_base_page = _int("hot_add_base_page", optional=True)
+    if hot_add_base_page is not None and hot_add_base_page < ram_end_page(ram or x86_ram_ranges(machine, boot >> 12)):
+        raise HelloError("hot_add_base_page must lie above guest RAM")
     return Hello(
         vm=vm,
         boot_bytes=boot,
         maxmem_bytes=maxmem,
-        hot_add_base_page=_int("hot_add_base_page", optional=True),
+        hot_add_base_page=hot_add_base_page,
         status_reports=status,
         resume_after=_int("resume_after", optional=True),
+        machine=machine,
+        ram=ram,
+        reset=reset,
     )
+
+
+def _layout_and_reset(data: dict[str, Any], boot_pages: int) -> tuple[Any, RamRanges | None, Any]:
+    """The RAM description (``machine`` or ``ram``, not both) and the reset kind of a hello."""
+    machine = data.get("machine", "q35")
+    ram_list = data.get("ram")
+    if "machine" in data and ram_list is not None:
+        raise HelloError("give either machine or ram, not both")
+    if machine not in MACHINES:
+        raise HelloError(f"machine must be one of {', '.join(MACHINES)}")
+    ram: RamRanges | None = None
+    if ram_list is not None:
+        if not isinstance(ram_list, list) or not all(isinstance(r, list) for r in ram_list):
+            raise HelloError("ram must be a list of [start_page, page_count] pairs")
+        try:
+            ram = check_ram_ranges(ram_list, boot_pages)
+        except RamLayoutError as e:
+            raise HelloError(str(e)) from None
+    reset = data.get("reset", "vmbus")
+    if reset not in ("vmbus", "system"):
+        raise HelloError('reset must be "vmbus" or "system"')
+    if "reset" in data and data.get("resume_after") is not None:
+        raise HelloError("a resumed channel was not reset: reset cannot go with resume_after")
+    return machine, ram, reset
