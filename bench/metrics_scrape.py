@@ -125,6 +125,8 @@ def build_baseline(states: dict[str, VmState]) -> CollectorRegistry:
     reports = Counter("hvdm_vm_status_reports", "reports", ["vm"], registry=reg)
     pages = Counter("hvdm_vm_balloon_pages", "pages", ["vm", "direction"], registry=reg)
     viol = Counter("hvdm_vm_guest_violations", "violations", ["vm", "reason"], registry=reg)
+    rejected = Counter("hvdm_vm_inputs_rejected", "rejected", ["vm"], registry=reg)
+    attention = Gauge("hvdm_vm_needs_attention", "attention", ["vm"], registry=reg)
     info_names = ["vm", "protocol_version", "balloon", "hot_add", "hot_remove", "hot_add_alignment"]
     info = Gauge("hvdm_vm_info", "info", info_names, registry=reg)
     for vm, s in states.items():
@@ -143,6 +145,8 @@ def build_baseline(states: dict[str, VmState]) -> CollectorRegistry:
         pages.labels(vm, "in").inc(s.balloon_in_pages_total)
         for reason, count in s.violations.items():
             viol.labels(vm, reason).inc(count)
+        rejected.labels(vm).inc(s.inputs_rejected_total)
+        attention.labels(vm).set(1 if s.needs_attention else 0)
         labels = info_labels(vm, s.version, s.caps)
         info.labels(*(labels[k] for k in info_names)).set(1)
     return reg

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from types import SimpleNamespace
 
-from services.dm_engine.runner import EngineRunner
+from services.embedded.runner import EngineRunner
 from services.event_log.sqlite_log import SqliteLog
 
 

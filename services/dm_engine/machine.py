@@ -105,6 +105,7 @@ TABLE: Final[tuple[Transition, ...]] = (
     _t(ev.VdimmUnplugged, ANY),
     _t(ev.GuestViolation, ANY),
     _t(ev.CommandRejected, ANY),
+    _t(ev.InputRejected, ANY),
 )
 
 TRANSITIONS: Final[Mapping[type[ev.EventBase], Transition]] = MappingProxyType({t.event: t for t in TABLE})

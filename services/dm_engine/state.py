@@ -104,6 +104,9 @@ class VmState:
     hot_removed_pages_total: int = 0
     violations: dict[str, int] = field(default_factory=dict)
     commands_rejected_total: int = 0
+    #: An input for this VM made the engine raise (``InputRejected``): an operator should look.
+    needs_attention: bool = False
+    inputs_rejected_total: int = 0
 
     # ----------------------------------------------------------------- derived accounting
     @property
@@ -185,6 +188,8 @@ class VmState:
             "hot_removed_pages_total": self.hot_removed_pages_total,
             "violations": dict(sorted(self.violations.items())),
             "commands_rejected_total": self.commands_rejected_total,
+            "needs_attention": self.needs_attention,
+            "inputs_rejected_total": self.inputs_rejected_total,
         }
 
     @classmethod
@@ -226,6 +231,9 @@ class VmState:
             hot_removed_pages_total=data["hot_removed_pages_total"],
             violations=dict(data["violations"]),
             commands_rejected_total=data["commands_rejected_total"],
+            # Absent from snapshots written before rejections were recorded.
+            needs_attention=data.get("needs_attention", False),
+            inputs_rejected_total=data.get("inputs_rejected_total", 0),
         )
 
 

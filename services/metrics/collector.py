@@ -79,6 +79,11 @@ METRICS: dict[str, tuple[str, str]] = {
     "hvdm_vm_status_reports": ("Guest memory status reports accepted.", "counter"),
     "hvdm_vm_balloon_pages": ("4 KiB pages ballooned out of (out) or returned to (in) the guest.", "counter"),
     "hvdm_vm_guest_violations": ("Guest protocol violations, by reason code.", "counter"),
+    "hvdm_vm_inputs_rejected": (
+        "Inputs the engine rejected for this VM because processing them raised (InputRejected events).",
+        "counter",
+    ),
+    "hvdm_vm_needs_attention": ("1 once an input for this VM was rejected: an operator should look.", "gauge"),
     "hvdm_vm_info": ("Negotiated protocol version and guest capabilities (value 1).", "gauge"),
     "hvdm_engine_inbox_records_processed": ("Inbox records the engine has consumed.", "counter"),
     "hvdm_engine_consumer_lag_records": ("Inbox records appended but not yet processed.", "gauge"),
@@ -172,6 +177,8 @@ class HvdmCollector(Collector):
                     tuple(s.violations.items()) if s.violations else (),
                     s.version,
                     s.caps,
+                    s.inputs_rejected_total,
+                    s.needs_attention,
                 )
             )
         return Snapshot(rows, runner.consumed, runner.lag(), runner.events_since_snapshot())
@@ -225,6 +232,8 @@ class HvdmCollector(Collector):
         pages = fam["hvdm_vm_balloon_pages"].samples
         violations = fam["hvdm_vm_guest_violations"].samples
         info = fam["hvdm_vm_info"].samples
+        rejected = fam["hvdm_vm_inputs_rejected"].samples
+        attention = fam["hvdm_vm_needs_attention"].samples
         # 10,000 VMs x ~17 series: Sample tuples are built directly (add_metric re-zips the
         # label names for every call) and one label dict per VM is shared by its series.
         page = PAGE_SIZE
@@ -244,6 +253,8 @@ class HvdmCollector(Collector):
             viol,
             version,
             caps,
+            n_rejected,
+            needs_attention,
         ) in snap.rows:
             lv = {"vm": vm}
             boot.append(Sample("hvdm_vm_boot_bytes", lv, float(boot_p * page), None, None, None))
@@ -279,6 +290,8 @@ class HvdmCollector(Collector):
                     )
                 )
             info.append(Sample("hvdm_vm_info", info_labels(vm, version, caps), 1.0, None, None, None))
+            rejected.append(Sample("hvdm_vm_inputs_rejected_total", lv, float(n_rejected), None, None, None))
+            attention.append(Sample("hvdm_vm_needs_attention", lv, 1.0 if needs_attention else 0.0, None, None, None))
         for name, value in (
             ("hvdm_engine_inbox_records_processed_total", snap.consumed),
             ("hvdm_engine_consumer_lag_records", snap.lag),

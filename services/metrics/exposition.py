@@ -64,6 +64,8 @@ def render_snapshot(snap: Snapshot) -> str:
     pages: list[str] = []
     violations: list[str] = []
     info: list[str] = []
+    rejected: list[str] = []
+    attention: list[str] = []
     for (
         vm,
         boot_p,
@@ -80,6 +82,8 @@ def render_snapshot(snap: Snapshot) -> str:
         viol,
         version,
         caps,
+        n_rejected,
+        needs_attention,
     ) in snap.rows:
         v = escape_label_value(vm)
         lv = f'{{vm="{v}"}} '
@@ -106,6 +110,8 @@ def render_snapshot(snap: Snapshot) -> str:
             f'{k}="{escape_label_value(val)}"' for k, val in sorted(info_labels(vm, version, caps).items())
         )
         info.append(f"hvdm_vm_info{{{labels}}} 1\n")
+        rejected.append(f"hvdm_vm_inputs_rejected_total{lv}{n_rejected}\n")
+        attention.append(f"hvdm_vm_needs_attention{lv}{1 if needs_attention else 0}\n")
     engine = {
         "hvdm_engine_inbox_records_processed": [f"hvdm_engine_inbox_records_processed_total {snap.consumed}\n"],
         "hvdm_engine_consumer_lag_records": [f"hvdm_engine_consumer_lag_records {snap.lag}\n"],
@@ -125,6 +131,8 @@ def render_snapshot(snap: Snapshot) -> str:
         "hvdm_vm_status_reports": reports,
         "hvdm_vm_balloon_pages": pages,
         "hvdm_vm_guest_violations": violations,
+        "hvdm_vm_inputs_rejected": rejected,
+        "hvdm_vm_needs_attention": attention,
         "hvdm_vm_info": info,
         **engine,
     }
