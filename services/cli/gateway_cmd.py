@@ -7,6 +7,8 @@ import asyncio
 import logging
 import sys
 
+from services.cli.metrics_args import add_metrics_arguments, metrics_labels_of
+
 
 def _hostport(text: str) -> tuple[str, int]:
     host, _, port = text.rpartition(":")
@@ -30,7 +32,13 @@ def _run(args: argparse.Namespace) -> int:
         return 1
     try:
         return asyncio.run(
-            serve(settings, unix_path=args.socket or None, tcp=_hostport(args.tcp) if args.tcp else None)
+            serve(
+                settings,
+                unix_path=args.socket or None,
+                tcp=_hostport(args.tcp) if args.tcp else None,
+                metrics=(args.metrics_host, args.metrics_port) if args.metrics_port is not None else None,
+                metrics_labels=metrics_labels_of(args),
+            )
         )
     except KeyboardInterrupt:
         return 130
@@ -41,5 +49,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--broker", required=True, help="kafka://HOST:PORT[?prefix=...&partitions=N] (see docs)")
     p.add_argument("--socket", default="hvdm.sock", help="UNIX socket for guests ('' to disable)")
     p.add_argument("--tcp", help="also listen on HOST:PORT for guests")
+    add_metrics_arguments(p, what="gateway")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=_run)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
+from services.cli.metrics_args import add_metrics_arguments, metrics_labels_of
 from services.cli.units import size_arg
 from services.embedded.run import RunConfig, main_run
 
@@ -37,6 +38,7 @@ def _run(args: argparse.Namespace) -> int:
         seed=args.seed,
         metrics_port=args.metrics_port,
         metrics_host=args.metrics_host,
+        metrics_labels=metrics_labels_of(args),
         qmp_dir=args.qmp_dir,
         progress_interval=args.progress_interval,
         json_summary=args.json,
@@ -59,8 +61,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--scenario", choices=["none", "demo"], default="none", help="scripted story per VM")
     p.add_argument("--duration", type=float, help="exit after SECONDS of wall time")
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port")
-    p.add_argument("--metrics-host", default="127.0.0.1", help="address for /metrics (0.0.0.0 in containers)")
+    add_metrics_arguments(p, what="service")
     p.add_argument("--qmp-dir", help="directory for per-VM QMP sockets (DIR/<vm>.sock)")
     p.add_argument("--progress-interval", type=float, default=2.0, help="seconds between progress tables (0: off)")
     p.add_argument("--json", action="store_true", help="print the final summary as JSON")
