@@ -119,7 +119,6 @@ async def test_hostile_hello_numbers_are_refused_and_other_vms_carry_on(
             await wait_until(lambda: "good" in states and states["good"].protocol is ProtocolState.IDLE, "negotiated")
             service.submit("good", SetTarget(target_bytes=2 * GIB))
             await wait_until(lambda: service.runner.states["good"].current_pages == (2 * GIB) >> 12, "target reached")
-            assert service.runner.lag() == 0
         finally:
             await link.stop()
     finally:
