@@ -12,8 +12,8 @@ three facts:
 * Stored records are JSON read back by orjson, which keeps integers exact only up to 64 bits and
   returns anything larger as a float; SQLite integers are signed 64-bit. ``MAX_RECORD_INT`` is the
   largest integer any record field may hold.
-* The engine places a hot-add window with no explicit base at the first 32 GiB boundary at or
-  above boot RAM, as QEMU does (``decider.WINDOW_ALIGN_PAGES``; a test keeps the two equal).
+* The engine places a hot-add window with no explicit base at a 32 GiB boundary above guest RAM,
+  as QEMU does (``default_window_start``; a test keeps it in step with the engine).
 
 >>> check_layout(4 << 30, 8 << 30, None)
 >>> check_layout(4 << 30, 8 << 30, (1 << 40) - 1)  # doctest: +ELLIPSIS
@@ -29,6 +29,7 @@ import re
 from typing import Final
 
 from services.dm_protocol.messages import PAGE_COUNT_LIMIT, START_PAGE_LIMIT
+from services.vdimm_allocator.ram_layout import RamRanges, hot_add_window_start_page, legacy_ram_ranges
 
 PAGE_SHIFT: Final = 12
 PAGE_SIZE: Final = 1 << PAGE_SHIFT
@@ -45,7 +46,7 @@ MAX_BACKEND_BYTES: Final = MAX_MEMORY_BYTES
 #: Integers a stored input may carry (signed 64-bit: SQLite and orjson keep them exact).
 MAX_RECORD_INT: Final = (1 << 63) - 1
 MIN_RECORD_INT: Final = -(1 << 63)
-#: Default hot-add window alignment in pages (32 GiB), the same as ``decider.WINDOW_ALIGN_PAGES``.
+#: Default hot-add window alignment in pages (32 GiB), the same as the engine's ``WINDOW_ALIGN_PAGES``.
 WINDOW_ALIGN_PAGES: Final = (32 << 30) >> PAGE_SHIFT
 #: Deepest JSON nesting hvdm accepts from a peer. Its messages need fewer than 10 levels; QEMU allows
 #: 1024, but Python's recursive decoder must stay far below the interpreter's recursion limit.
@@ -103,27 +104,30 @@ def _short(value: int) -> str:
     return text or f"an integer of {value.bit_length()} bits"
 
 
-def default_window_start(boot_pages: int) -> int:
-    """First page of the hot-add window when the hello gives none: boot RAM rounded up to 32 GiB.
+def default_window_start(boot_pages: int, ram: RamRanges = ()) -> int:
+    """First page of the hot-add window when the hello gives none. The engine has placed it at
+    boot RAM rounded up to 32 GiB, and QEMU places it above the RAM the PCI hole relocated
+    (``ram_layout``); the later of the two, so a bound checked here holds for either placement.
 
-    >>> default_window_start(1 << 20)
-    8388608
+    >>> default_window_start(1 << 20) == default_window_start(1 << 20, ((0, 1 << 19), (1 << 20, 1 << 19)))
+    True
     """
-    return -(-boot_pages // WINDOW_ALIGN_PAGES) * WINDOW_ALIGN_PAGES
+    legacy = -(-boot_pages // WINDOW_ALIGN_PAGES) * WINDOW_ALIGN_PAGES
+    return max(legacy, hot_add_window_start_page(ram or legacy_ram_ranges(boot_pages)))
 
 
-def check_layout(boot_bytes: int, maxmem_bytes: int, hot_add_base_page: int | None) -> None:
-    """Refuse a VM memory layout whose pages the wire format cannot name.
+def check_layout(boot_bytes: int, maxmem_bytes: int, hot_add_base_page: int | None, ram: RamRanges = ()) -> None:
+    """Refuse a VM memory layout whose pages the wire format cannot name (a hello's rule).
 
-    Boot RAM is pages ``[0, boot)``; the hot-add window has ``maxmem - boot`` pages from
+    Boot RAM is ``boot_bytes``; the hot-add window has ``maxmem - boot`` pages from
     ``hot_add_base_page`` (or the default start), and its last page must be below 2**40.
     """
     check_int("boot_bytes", boot_bytes, PAGE_SIZE, MAX_MEMORY_BYTES)
     check_int("maxmem_bytes", maxmem_bytes, boot_bytes, MAX_MEMORY_BYTES)
-    check_window(boot_bytes, maxmem_bytes, hot_add_base_page)
+    check_window(boot_bytes, maxmem_bytes, hot_add_base_page, ram)
 
 
-def check_window(boot_bytes: int, maxmem_bytes: int, hot_add_base_page: int | None) -> None:
+def check_window(boot_bytes: int, maxmem_bytes: int, hot_add_base_page: int | None, ram: RamRanges = ()) -> None:
     """The part of :func:`check_layout` the engine itself depends on, for any ``ChannelOpened``:
     sizes it can name and a hot-add window whose pages the wire format can name. (The engine
     tolerates a maxmem below boot, reading it as "no hot-add", as it always has.)"""
@@ -132,7 +136,7 @@ def check_window(boot_bytes: int, maxmem_bytes: int, hot_add_base_page: int | No
     boot_pages = boot_bytes >> PAGE_SHIFT
     window = max(maxmem_bytes >> PAGE_SHIFT, boot_pages) - boot_pages
     if hot_add_base_page is None:
-        start = default_window_start(boot_pages)
+        start = default_window_start(boot_pages, ram)
         name = "maxmem_bytes"
     else:
         start = check_int("hot_add_base_page", hot_add_base_page, 0, MAX_PAGE_NUMBER)

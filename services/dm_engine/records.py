@@ -126,7 +126,22 @@ def _input_checks(cls: type) -> tuple[tuple[str, str, bool], ...]:
     return checks
 
 
+def _check_ranges(cls: type, data: dict[str, Any]) -> None:
+    """``[[start, count], ...]`` of integers that fit a record; ``_from_dict`` would otherwise
+    turn ``1e30`` into an integer silently."""
+    for name, kind in _field_kinds(cls):
+        if kind != "ranges" or name not in data:
+            continue
+        value = data[name]
+        if not isinstance(value, list) or not all(
+            type(pair) is list and len(pair) == 2 and all(type(v) is int and 0 <= v <= MAX_RECORD_INT for v in pair)
+            for pair in value
+        ):
+            raise RecordError(f"{cls.__name__}.{name} must be a list of [start_page, page_count] integer pairs")
+
+
 def _check_input(cls: type, data: dict[str, Any]) -> None:
+    _check_ranges(cls, data)
     for name, kind, optional in _input_checks(cls):
         value = data.get(name)
         if name not in data or (value is None and optional):
@@ -158,7 +173,7 @@ def input_from_dict(data: dict[str, Any]) -> inp.Input:
         raise RecordError(f"not a {cls.__name__} record: {e}") from None
     if type(record) is inp.ChannelOpened:
         try:
-            check_window(record.boot_bytes, record.maxmem_bytes, record.hot_add_base_page)
+            check_window(record.boot_bytes, record.maxmem_bytes, record.hot_add_base_page, record.ram)
         except BoundsError as e:
             raise RecordError(f"ChannelOpened: {e}") from None
     return record

@@ -9,7 +9,10 @@ import importlib
 import pytest
 
 from services.dm_engine import decider, limits
+from services.dm_engine import events as ev
+from services.dm_engine import inputs as inp
 from services.dm_protocol import EncodeError, HotAddRequest, encode
+from services.vdimm_allocator.ram_layout import x86_ram_ranges
 
 MODULES = [
     "services.dm_engine.limits",
@@ -26,9 +29,20 @@ def test_docstring_examples(name: str) -> None:
     assert result.failed == 0
 
 
-def test_the_bounds_are_the_engines_and_the_wire_formats() -> None:
-    assert limits.WINDOW_ALIGN_PAGES == decider.WINDOW_ALIGN_PAGES
+@pytest.mark.parametrize("boot_gib", [1, 4, 31, 32, 33, 1000])
+@pytest.mark.parametrize("machine", ["q35", "pc"])
+def test_the_engine_places_a_default_window_no_later_than_the_bound_assumes(boot_gib: int, machine: str) -> None:
+    """``check_window`` is conservative only if the engine's window starts at or before
+    ``default_window_start``: then a window the bound accepts ends below page 2**40."""
+    boot = boot_gib << 30
+    ram = x86_ram_ranges(machine, boot >> limits.PAGE_SHIFT)  # type: ignore[arg-type]
+    opened = inp.ChannelOpened(boot_bytes=boot, maxmem_bytes=2 * boot, ram=ram)
+    [described] = [e for e in decider.process(decider.initial_state("vm"), opened) if isinstance(e, ev.VmDescribed)]
+    assert described.window_start_page <= limits.default_window_start(boot >> limits.PAGE_SHIFT, ram)
     assert limits.PAGE_SHIFT == decider.PAGE_SHIFT
+
+
+def test_the_bounds_are_the_wire_formats() -> None:
     # The last page a hot-add range can start at encodes; one more does not.
     last = limits.MAX_PAGE_NUMBER
     assert encode(HotAddRequest(range=(last, 1)))
