@@ -21,10 +21,11 @@ from services.dm_engine.state import ProtocolState, VmState
 from services.embedded.scenario import DemoScript, advance_demo
 from services.embedded.service import EmbeddedService
 from services.metrics import ServedMetrics, serve_for_service
+from services.metrics.rejections import RejectionCollector
 from services.qmp import QmpServers, start_qmp_servers
 from services.vmbus_gateway.backend import EmbeddedBackend
 from services.vmbus_gateway.client import GuestLink
-from services.vmbus_gateway.hello import Hello
+from services.vmbus_gateway.hello import HELLO_REASONS, Hello
 from services.vmbus_gateway.server import GatewayServer
 
 MIB = 1 << 20
@@ -109,6 +110,8 @@ async def run_service(cfg: RunConfig, out: TextIO = sys.stdout) -> int:
         served = serve_for_service(service, cfg.metrics_host, cfg.metrics_port)
     if cfg.qmp_dir:
         qmp = await start_qmp_servers(service, cfg.qmp_dir)
+    if served is not None:
+        served.metrics.add_collector(RejectionCollector(gateway, qmp, HELLO_REASONS))
     links: dict[str, GuestLink] = {}
     scripts: dict[str, DemoScript] = {}
     endpoint: dict[str, Any] = {"unix_path": cfg.socket} if cfg.socket else {"tcp": ("127.0.0.1", gateway.tcp_port)}
