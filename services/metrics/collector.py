@@ -528,7 +528,8 @@ class EngineMetrics:
         self.registry.register(_Forward(self.extra))
 
     def add_collector(self, collector: Collector) -> None:
-        """Export another source from this process (gateway, QMP) beside the engine's series."""
+        """Export another source from this process (gateway, QMP, ``rejections``) beside the engine's
+        series: in ``registry`` and in the scrape ``start_metrics_server`` serves."""
         self.extra.register(collector)
 
     def observe_batch(self, records: int, seconds: float) -> None:

@@ -101,6 +101,11 @@ def serve_for_service(
         extra.append(GatewayCollector(gateway, loop=loop, labels=metrics.labels))
     if qmp is not None:
         extra.append(QmpCollector(qmp, loop=loop, labels=metrics.labels))
+    if gateway is not None or qmp is not None:
+        from services.metrics.rejections import RejectionCollector
+        from services.vmbus_gateway.hello import HELLO_REASONS
+
+        extra.append(RejectionCollector(gateway, qmp, HELLO_REASONS))  # type: ignore[arg-type]
     for collector in extra:
         metrics.add_collector(collector)
     service.on_batch.append(metrics.observe_batch)
@@ -135,5 +140,9 @@ def serve_gateway(
     loop = _running_loop()
     registry = process_registry(labels)
     registry.register(GatewayCollector(gateway, loop=loop, labels=labels))
+    from services.metrics.rejections import RejectionCollector
+    from services.vmbus_gateway.hello import HELLO_REASONS
+
+    registry.register(RejectionCollector(gateway, None, HELLO_REASONS))  # type: ignore[arg-type]
     healthy = lambda: read_on_loop(loop, lambda: True, 2.0)  # noqa: E731
     return ServedGateway(start_metrics_server(registry, host, port, healthy=healthy))

@@ -8,7 +8,7 @@ reason or command), so prometheus-client's formatter serves them.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -40,6 +40,9 @@ class GatewayView(Protocol):
     @property
     def connections(self) -> dict[str, Any]: ...
 
+    @property
+    def hello_rejected(self) -> Mapping[str, int]: ...
+
 
 def _family(name: str, table: dict[str, tuple[str, str]]) -> CounterMetricFamily | GaugeMetricFamily:
     doc, typ = table[name]
@@ -64,7 +67,9 @@ class GatewayCollector(Collector):
         conns = list(gw.connections.values())
         frames_in = c.frames_in_closed + sum(int(x.frames_in) for x in conns)
         frames_out = c.frames_out_closed + sum(int(x.frames_out) for x in conns)
-        return len(conns), c.accepted, dict(c.refused), dict(c.disconnects), frames_in, frames_out
+        # Every refusal: the hello's own reason codes, then the gateway's (a VM already connected).
+        refused = {**dict(gw.hello_rejected), **c.refused}
+        return len(conns), c.accepted, refused, dict(c.disconnects), frames_in, frames_out
 
     def describe(self) -> Iterable[Metric]:
         return [_family(name, GATEWAY_METRICS) for name in GATEWAY_METRICS]

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-#: Refusal codes: the hello did not arrive in time, could not be parsed, or named a VM that is
-#: already connected.
-HELLO_TIMEOUT = "hello_timeout"
-BAD_HELLO = "bad_hello"
+#: Refusal of a well-formed hello naming a VM that is already connected (refused hellos have their
+#: own codes, ``hello.HELLO_REASONS``, counted in ``GatewayServer.hello_rejected``).
 VM_CONNECTED = "vm_connected"
 
 #: Disconnect codes by the start of the reason the gateway logs (``server._receive_loop``).

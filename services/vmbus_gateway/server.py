@@ -16,12 +16,13 @@ import json
 import logging
 import os
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 
 from services.dm_engine.inputs import ChannelClosed, ChannelOpened, GuestMessage, MalformedFrame
 from services.dm_protocol import DecodeError, FrameReader, dm_message_bytes, frame
 from services.vmbus_gateway.backend import GatewayBackend
-from services.vmbus_gateway.counters import BAD_HELLO, HELLO_TIMEOUT, VM_CONNECTED, GatewayCounters
+from services.vmbus_gateway.counters import VM_CONNECTED, GatewayCounters
 from services.vmbus_gateway.hello import MAX_HELLO_BYTES, Hello, HelloError, parse_hello
 
 log = logging.getLogger("hvdm.gateway")
@@ -59,6 +60,9 @@ class GatewayServer:
         self._servers: list[asyncio.Server] = []
         self._handlers: set[asyncio.Task[None]] = set()
         self.closed_reasons: list[tuple[str, str]] = []
+        #: Refused hellos by reason code (``hello.HELLO_REASONS``): ``hvdm_gateway_hello_rejected_total``.
+        self.hello_rejected: Counter[str] = Counter()
+        #: Accepted connections, other refusals, disconnects, frames: ``hvdm_gateway_*`` (metrics.sources).
         self.counters = GatewayCounters()
         backend.on_outbox(self._outbox_changed)
 
@@ -129,9 +133,11 @@ class GatewayServer:
             line = await asyncio.wait_for(reader.readline(), self.limits.hello_timeout_s)
             hello = parse_hello(line)
         except (TimeoutError, HelloError, ValueError) as e:
+            # A ValueError that is not a HelloError is readline's length limit.
+            code = e.reason if isinstance(e, HelloError) else "timeout" if isinstance(e, TimeoutError) else "too_long"
             reason = str(e) or "hello timed out"
-            self.counters.refuse(HELLO_TIMEOUT if isinstance(e, TimeoutError) else BAD_HELLO)
-            log.warning("event=hello_rejected reason=%r", reason)
+            self.hello_rejected[code] += 1
+            log.warning("event=hello_rejected code=%s reason=%r", code, reason)
             await self._reply(writer, {"ok": False, "error": reason})
             return
         vm = hello.vm
@@ -149,6 +155,8 @@ class GatewayServer:
                     maxmem_bytes=hello.maxmem_bytes,
                     hot_add_base_page=hello.hot_add_base_page,
                     status_reports=hello.status_reports,
+                    ram=hello.ram_ranges(),
+                    reset=hello.reset,
                 ),
             )
             delivered = backend.outbox_high_watermark(vm)
