@@ -7,10 +7,7 @@ import asyncio
 import logging
 import sys
 
-
-def _hostport(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    return host or "127.0.0.1", int(port)
+from services.cli.arg_types import BROKER, HOST_PORT
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -29,17 +26,17 @@ def _run(args: argparse.Namespace) -> int:
         print("hvdm: gateway error: give --socket PATH and/or --tcp HOST:PORT", file=sys.stderr)
         return 1
     try:
-        return asyncio.run(
-            serve(settings, unix_path=args.socket or None, tcp=_hostport(args.tcp) if args.tcp else None)
-        )
+        return asyncio.run(serve(settings, unix_path=args.socket or None, tcp=args.tcp))
     except KeyboardInterrupt:
         return 130
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser("gateway", help="run the VMBus gateway against Kafka (distributed deployment)")
-    p.add_argument("--broker", required=True, help="kafka://HOST:PORT[?prefix=...&partitions=N] (see docs)")
+    p.add_argument(
+        "--broker", type=BROKER, required=True, help="kafka://HOST:PORT[?prefix=...&partitions=N] (see docs)"
+    )
     p.add_argument("--socket", default="hvdm.sock", help="UNIX socket for guests ('' to disable)")
-    p.add_argument("--tcp", help="also listen on HOST:PORT for guests")
+    p.add_argument("--tcp", type=HOST_PORT, help="also listen on HOST:PORT for guests")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=_run)
