@@ -20,6 +20,7 @@ from typing import Any
 
 from services.dm_engine import events as ev
 from services.dm_engine import inputs as inp
+from services.dm_engine import qemu_vm
 from services.dm_engine.config import MAX_RANGE_PAGES, EngineConfig
 from services.dm_engine.state import (
     NEGOTIATED_STATES,
@@ -75,6 +76,8 @@ def initial_state(vm_id: str) -> VmState:
 # ====================================================================================== decide
 def decide(state: VmState, input: inp.Input, config: EngineConfig = DEFAULT_CONFIG) -> list[ev.Event]:
     """The events one inbox input causes. Reads ``state``, never changes it."""
+    if state.qemu is not None or type(input) in inp.QEMU_INPUTS:
+        return qemu_vm.decide(state, input, config)
     handler = _INPUT_HANDLERS[type(input)]
     return handler(state, input, config)
 
@@ -1065,6 +1068,7 @@ _EVOLVERS: dict[type, Callable[[VmState, Any], None]] = {
     ev.TransactionTimedOut: _ev_timed_out,
     ev.GuestViolation: _ev_violation,
     ev.CommandRejected: _ev_command_rejected,
+    **qemu_vm.EVENT_HANDLERS,
 }
 
 
@@ -1079,6 +1083,14 @@ def process(state: VmState, input: inp.Input, config: EngineConfig = DEFAULT_CON
 
     Replaying an inbox through ``process`` from ``initial_state`` reproduces its event log.
     """
+    if state.qemu is not None or type(input) in inp.QEMU_INPUTS:
+        # QEMU-managed: QEMU runs the protocol, so there is no IDLE handler to advance.
+        if type(input) is inp.Tick and not qemu_vm.wants_tick(state):
+            return []
+        qemu_events = qemu_vm.decide(state, input, config)
+        for event in qemu_events:
+            evolve(state, event)
+        return qemu_events
     if (
         type(input) is inp.Tick
         and state.txn is None
