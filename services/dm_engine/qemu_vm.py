@@ -24,7 +24,7 @@ from services.dm_engine import events as ev
 from services.dm_engine import inputs as inp
 from services.dm_engine.config import EngineConfig
 from services.dm_engine.qemu_state import QemuVm
-from services.dm_engine.state import ProtocolState, VmState
+from services.dm_engine.state import VmState
 from services.range_store import coalesce
 
 PAGE_SHIFT = 12
@@ -44,22 +44,17 @@ def _bad_size(value: object, *, allow_zero: bool = True) -> bool:
 
 
 # ====================================================================================== decide
-def decide(state: VmState, input: inp.Input, config: EngineConfig) -> list[ev.Event]:
-    """The events one input causes for a QEMU-managed VM (or a QEMU input for any VM)."""
+def decide_steps(state: VmState, input: inp.Input, config: EngineConfig) -> list[list[ev.Event]]:
+    """The events one input causes for a QEMU-managed VM (or a QEMU input for any VM), cut into
+    state-machine steps: a re-attach over a lost detach is two (detach, then attach)."""
     handler = _HANDLERS.get(type(input))
     if handler is None:
         if isinstance(input, inp.Tick):
-            return []
-        return _reject(input.KIND, "VM is QEMU-managed: the DM protocol runs inside QEMU")
-    return handler(state, input, config)
-
-
-def _direction_state(q: QemuVm, target: int, boot_pages: int) -> ProtocolState:
-    if target < q.actual_pages:
-        return ProtocolState.BALLOON_REPLY_WAIT
-    if target > max(q.actual_pages, boot_pages):
-        return ProtocolState.HOT_ADD_REPLY_WAIT
-    return ProtocolState.UNBALLOON_REPLY_WAIT
+            return [[]]
+        return [_reject(input.KIND, "VM is QEMU-managed: the DM protocol runs inside QEMU")]
+    if isinstance(input, inp.QemuAttached) and state.qemu is not None and state.qemu.attached:
+        return [[ev.QemuDetached(reason="reattached", tick=input.tick)], _on_attached(state, input, config)]
+    return [handler(state, input, config)]
 
 
 def _command(state: VmState, q_actual: int, target: int, tick: int) -> list[ev.Event]:
@@ -80,10 +75,7 @@ def _on_attached(state: VmState, i: inp.QemuAttached, config: EngineConfig) -> l
     boot = i.boot_bytes >> PAGE_SHIFT
     maxmem = max(i.maxmem_bytes >> PAGE_SHIFT, boot)
     actual = i.actual_bytes >> PAGE_SHIFT
-    out: list[ev.Event] = []
-    if state.qemu is not None and state.qemu.attached:
-        out.append(ev.QemuDetached(reason="reattached", tick=i.tick))
-    out.append(
+    out: list[ev.Event] = [
         ev.QemuAttached(
             device=i.device,
             boot_pages=boot,
@@ -93,7 +85,7 @@ def _on_attached(state: VmState, i: inp.QemuAttached, config: EngineConfig) -> l
             address=i.address[:256],
             tick=i.tick,
         )
-    )
+    ]
     # A standing target survives detaches and QEMU restarts: deliver it again.
     if state.target_pages is not None and i.device != "none":
         out.extend(_command(state, actual, min(state.target_pages, maxmem), i.tick))
@@ -126,6 +118,8 @@ def _on_status(state: VmState, i: inp.QemuStatusReport, config: EngineConfig) ->
     q = _qemu_of(state, "qemu-status")
     if isinstance(q, list):
         return q
+    if not q.attached:
+        return []  # a late report from a monitor already gone: nothing to show it against
     if _bad_size(i.available_bytes) or _bad_size(i.committed_bytes):
         return _reject("qemu-status", "status sizes must be integers between 0 and 2^52 bytes")
     return [
@@ -222,6 +216,8 @@ def wants_tick(state: VmState) -> bool:
 
 
 # ====================================================================================== evolve
+# The protocol state (IDLE while attached, CLOSED otherwise) comes from machine.TABLE, as for
+# every event; these handlers move only the QEMU part of the state.
 def _ev_attached(s: VmState, e: ev.QemuAttached) -> None:
     q = s.qemu
     if q is None:
@@ -236,7 +232,6 @@ def _ev_attached(s: VmState, e: ev.QemuAttached) -> None:
     s.described = True
     s.boot_pages = e.boot_pages
     s.maxmem_pages = e.maxmem_pages
-    s.protocol = ProtocolState.IDLE
 
 
 def _ev_actual(s: VmState, e: ev.QemuActualChanged) -> None:
@@ -259,7 +254,6 @@ def _ev_commanded(s: VmState, e: ev.QemuBalloonCommanded) -> None:
     q.best_distance = abs(e.target_pages - q.actual_pages)
     q.stalled = False
     q.commands_total += 1
-    s.protocol = _direction_state(q, e.target_pages, s.boot_pages)
 
 
 def _ev_reached(s: VmState, e: ev.QemuTargetReached) -> None:
@@ -269,7 +263,6 @@ def _ev_reached(s: VmState, e: ev.QemuTargetReached) -> None:
     q.stalled = False
     q.reached_total += 1
     s.target_pending = False
-    s.protocol = ProtocolState.IDLE
 
 
 def _ev_stalled(s: VmState, e: ev.QemuTargetStalled) -> None:
@@ -288,8 +281,6 @@ def _ev_failed(s: VmState, e: ev.QemuCommandFailed) -> None:
         q.commanded_pages = None
         q.stalled = False
         s.target_pending = False
-        if q.attached:
-            s.protocol = ProtocolState.IDLE
 
 
 def _ev_detached(s: VmState, e: ev.QemuDetached) -> None:
@@ -297,7 +288,6 @@ def _ev_detached(s: VmState, e: ev.QemuDetached) -> None:
     assert q is not None
     q.attached = False
     q.detaches_total += 1
-    s.protocol = ProtocolState.CLOSED
 
 
 def _ev_traced(s: VmState, e: ev.QemuPagesTraced) -> None:

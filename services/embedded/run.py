@@ -21,11 +21,12 @@ from services.dm_engine.state import ProtocolState, VmState
 from services.embedded.scenario import DemoScript, advance_demo
 from services.embedded.service import EmbeddedService
 from services.metrics import ServedMetrics, serve_for_service
+from services.metrics.rejections import RejectionCollector
 from services.qemu_agent import QemuAgent, attach_to_service
 from services.qmp import QmpServers, start_qmp_servers
 from services.vmbus_gateway.backend import EmbeddedBackend
 from services.vmbus_gateway.client import GuestLink
-from services.vmbus_gateway.hello import Hello
+from services.vmbus_gateway.hello import HELLO_REASONS, Hello
 from services.vmbus_gateway.server import GatewayServer
 
 MIB = 1 << 20
@@ -116,6 +117,8 @@ async def run_service(cfg: RunConfig, out: TextIO = sys.stdout) -> int:
         served = serve_for_service(service, cfg.metrics_host, cfg.metrics_port)
     if cfg.qmp_dir:
         qmp = await start_qmp_servers(service, cfg.qmp_dir)
+    if served is not None:
+        served.metrics.add_collector(RejectionCollector(gateway, qmp, HELLO_REASONS))
     agent: QemuAgent | None = None
     if cfg.qemu or cfg.qemu_dir:
         agent = await attach_to_service(

@@ -54,7 +54,7 @@ def test_target_commands_qemu_and_is_reached_when_actual_arrives() -> None:
     assert kinds(events) == ["TargetSet", "QemuBalloonCommanded"]
     records = qemu_outbox_records(events)
     assert records == [(1, b'{"arguments":{"value":1073741824},"execute":"balloon"}')]
-    assert s.protocol is ProtocolState.BALLOON_REPLY_WAIT
+    assert s.protocol is ProtocolState.IDLE and s.qemu is not None and s.qemu.commanded_pages == GIB >> 12
     assert process(s, inp.QemuActualChanged(actual_bytes=int(1.5 * GIB), tick=4), CONFIG)[0].KIND == "QemuActualChanged"
     events = process(s, inp.QemuActualChanged(actual_bytes=GIB, tick=6), CONFIG)
     assert kinds(events) == ["QemuActualChanged", "QemuTargetReached"]
@@ -120,8 +120,8 @@ def test_targets_are_clamped_to_what_the_device_can_reach() -> None:
     assert isinstance(commanded, ev.QemuBalloonCommanded) and commanded.value_bytes == 2 * GIB
     assert kinds(events) == ["TargetSet", "QemuBalloonCommanded", "QemuTargetReached"]
     hv = attached("hv-balloon", boot=GIB, maxmem=3 * GIB)
-    events = process(hv, inp.SetTarget(target_bytes=3 * GIB, tick=1), CONFIG)
-    assert hv.protocol is ProtocolState.HOT_ADD_REPLY_WAIT
+    events = process(hv, inp.SetTarget(target_bytes=8 * GIB, tick=1), CONFIG)
+    assert hv.qemu is not None and hv.qemu.commanded_pages == (3 * GIB) >> 12
 
 
 def test_bad_commands_and_foreign_inputs_are_rejected_not_raised() -> None:
