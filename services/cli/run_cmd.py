@@ -16,6 +16,17 @@ from services.guest_sim.workload import WORKLOADS
 GUEST_MEMORY = SizeArg(2 << 20, 1 << 50, align=2 << 20)
 
 
+def _qemu_address(text: str) -> str:
+    """``argparse`` type for ``--qemu``: a UNIX socket path or ``tcp:HOST:PORT``."""
+    from services.qemu_agent.address import parse_address
+
+    try:
+        parse_address(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def _run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.WARNING if not args.verbose else logging.INFO, format="%(asctime)s %(name)s %(message)s"
@@ -46,6 +57,10 @@ def _run(args: argparse.Namespace) -> int:
         progress_interval=args.progress_interval,
         json_summary=args.json,
         broker=args.broker,
+        qemu=tuple(args.qemu or ()),
+        qemu_dir=args.qemu_dir,
+        qemu_poll=args.qemu_poll,
+        qemu_trace=args.qemu_trace,
     )
     return main_run(cfg)
 
@@ -81,5 +96,17 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument(
         "--broker", type=BROKER, help="run on Kafka instead: kafka://HOST:PORT (gateway, engine worker, guests)"
     )
+    p.add_argument(
+        "--qemu",
+        action="append",
+        type=_qemu_address,
+        metavar="SOCKET",
+        help="attach a real QEMU VM through its QMP monitor (UNIX path or tcp:HOST:PORT; repeatable)",
+    )
+    p.add_argument("--qemu-dir", help="attach every QMP monitor socket appearing in DIR (detach when it goes)")
+    p.add_argument(
+        "--qemu-poll", type=FloatArg(0.05, 3600.0), default=1.0, help="seconds between QEMU polls (default 1)"
+    )
+    p.add_argument("--qemu-trace", help="follow QEMU's hv_balloon_* trace file for page-level accounting")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=_run)
