@@ -13,17 +13,8 @@ import socket
 from pathlib import Path
 from typing import Any
 
+from services.cli.arg_types import PORT
 from services.metrics.collector import LabelError, MetricsLabels, parse_vm_labels
-
-
-def port_arg(text: str) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"port out of range 0..65535: {port}")
-    return port
 
 
 def vm_labels_arg(text: str) -> tuple[str, ...]:
@@ -49,7 +40,7 @@ def uuid_file_arg(text: str) -> dict[str, str]:
 
 
 def add_metrics_arguments(p: argparse.ArgumentParser, *, what: str = "engine") -> None:
-    p.add_argument("--metrics-port", type=port_arg, help=f"serve the {what}'s Prometheus /metrics on this port")
+    p.add_argument("--metrics-port", type=PORT, help=f"serve the {what}'s Prometheus /metrics on this port")
     p.add_argument("--metrics-host", default="127.0.0.1", help="address for /metrics (0.0.0.0 in containers)")
     p.add_argument(
         "--metrics-host-label", help="value of the 'host' label of every series (default: this machine's hostname)"

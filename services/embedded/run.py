@@ -22,6 +22,7 @@ from services.embedded.scenario import DemoScript, advance_demo
 from services.embedded.service import EmbeddedService
 from services.metrics import MetricsLabels, ServedMetrics, serve_for_service
 from services.metrics.collector import demand_pages
+from services.qemu_agent import QemuAgent, attach_to_service
 from services.qmp import QmpServers, start_qmp_servers
 from services.vmbus_gateway.backend import EmbeddedBackend
 from services.vmbus_gateway.client import GuestLink
@@ -54,6 +55,12 @@ class RunConfig:
     json_summary: bool = False
     #: Distributed deployment (``kafka://HOST:PORT``): see ``services.kafka_engine.run``.
     broker: str | None = None
+    #: Real QEMU VMs (see ``services.qemu_agent``): monitor addresses, a directory of them, the
+    #: poll interval and an hv-balloon trace file.
+    qemu: tuple[str, ...] = ()
+    qemu_dir: str | None = None
+    qemu_poll: float = 1.0
+    qemu_trace: str | None = None
 
 
 def _fmt_mib(pages: int | None) -> str:
@@ -120,6 +127,11 @@ async def run_service(cfg: RunConfig, out: TextIO = sys.stdout) -> int:
             gateway=gateway,
             qmp=qmp,
         )
+    agent: QemuAgent | None = None
+    if cfg.qemu or cfg.qemu_dir:
+        agent = await attach_to_service(
+            service, cfg.qemu, directory=cfg.qemu_dir, poll_seconds=cfg.qemu_poll, trace_file=cfg.qemu_trace
+        )
     links: dict[str, GuestLink] = {}
     scripts: dict[str, DemoScript] = {}
     endpoint: dict[str, Any] = {"unix_path": cfg.socket} if cfg.socket else {"tcp": ("127.0.0.1", gateway.tcp_port)}
@@ -168,6 +180,8 @@ async def run_service(cfg: RunConfig, out: TextIO = sys.stdout) -> int:
         report = summary(service, scripts)
         for link in links.values():
             await link.stop()
+        if agent is not None:
+            await agent.close()
         await gateway.close()
         if served is not None:
             served.close()
