@@ -8,6 +8,7 @@ Live, on an embedded log (the service keeps running; this is a separate process)
 Simulation (no log, no guests: the light model of ``services.rebalancer.model``)::
 
     $ hvdm rebalance --simulate --vms 1000 --hours 8 --policy all --json --plot fleet.png
+    $ hvdm rebalance --simulate --vms 150 --hours 2 --host-capacity 128G --hot-host leak --migrate
 
 Exit status: 0, or 1 on errors (one line on stderr).
 """
@@ -21,8 +22,8 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-from services.cli.units import size_arg
-from services.rebalancer.policies import POLICIES, make_policy
+from services.cli.arg_types import OUTPUT_PATH, POSITIVE, SEED, FloatArg, IntArg, SizeArg
+from services.rebalancer.policies import LIVE_POLICIES, POLICIES, SIMULATION_ONLY, make_policy
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -71,6 +72,8 @@ def _simulate(args: argparse.Namespace) -> int:
             seed=args.seed,
             host_capacity_bytes=args.host_capacity or SimConfig().host_capacity_bytes,
             interval_s=int(args.interval or SimConfig().interval_s),
+            hot_host_workload=args.hot_host,
+            migrate=args.migrate,
         )
     except ValueError as exc:
         return _fail(exc)
@@ -92,19 +95,45 @@ def _simulate(args: argparse.Namespace) -> int:
 
 def _sim_text(doc: dict[str, Any]) -> str:
     fleet = doc["fleet"]
+    oracle = "oracle" in doc["policies"]
     lines = [
         f"{fleet['vms']} VMs on {fleet['hosts']} hosts of {fleet['host_capacity_bytes'] / 2**30:g} GiB, "
         f"{doc['config']['hours']:g} h simulated in {doc['wall_seconds']:.1f} s "
         f"(static allocation at max: {fleet['static_max_bytes'] / 2**30:,.0f} GiB)",
         "",
-        f"{'POLICY':8} {'RECLAIMED':>9} {'PRESSURE VM-MIN':>15} {'OPERATIONS':>10} {'OVERCOMMIT EVENTS':>17}",
+        f"{'POLICY':8} {'RECLAIMED':>9} {'PRESSURE VM-MIN':>15} {'OPERATIONS':>10} {'OVERCOMMIT EVENTS':>17}"
+        + (f" {'RECLAIM/ORACLE':>14} {'PRESSURE/ORACLE':>15}" if oracle else ""),
     ]
     for name, p in doc["policies"].items():
-        lines.append(
+        line = (
             f"{name:8} {p['reclaimed_ratio']:>9.1%} {p['pressure_vm_minutes']:>15,.1f} "
             f"{p['operations']:>10,} {p['overcommit_events']:>17,}"
         )
+        if oracle:
+            line += f" {_fraction(p['reclaimed_fraction_of_oracle']):>14} {_pressure_vs_oracle(p):>15}"
+        lines.append(line)
+    if fleet["hosts"] > 1:
+        verb = "applied" if doc["config"]["migrate"] else "recommended (not applied; --migrate applies them)"
+        lines += ["", f"migrations {verb}:"]
+        for name, p in doc["policies"].items():
+            lines.append(
+                f"  {name:8} {p['migration_recommendations']:>4} recommended, {p['migrations_applied']:>4} applied; "
+                f"pressure VM-min by host {', '.join(f'{x:,.0f}' for x in p['pressure_vm_minutes_by_host'])}"
+            )
     return "\n".join(lines)
+
+
+def _fraction(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def _pressure_vs_oracle(p: dict[str, Any]) -> str:
+    """The oracle often has no pressure at all: then the excess in VM-minutes, not a fraction."""
+    fraction = p["pressure_fraction_of_oracle"]
+    if fraction is not None:
+        return f"x{fraction:,.2f}"
+    above = p["pressure_vm_minutes_above_oracle"]
+    return "=" if above == 0 else f"+{above:,.1f} min"
 
 
 def _live(args: argparse.Namespace) -> int:
@@ -116,6 +145,8 @@ def _live(args: argparse.Namespace) -> int:
 
     if args.policy == "all":
         return _fail("live mode runs one policy; --policy all is for --simulate")
+    if args.policy in SIMULATION_ONLY:
+        return _fail(f"policy {args.policy} needs the future traces of --simulate; live: {', '.join(LIVE_POLICIES)}")
     try:
         policy = make_policy(args.policy, _params(args.param))
     except ValueError as exc:
@@ -154,20 +185,6 @@ def _run(args: argparse.Namespace) -> int:
     return _live(args)
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
-    return value
-
-
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
         "rebalance",
@@ -176,20 +193,31 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     p.add_argument("--policy", default="hvdm", choices=[*POLICIES, "all"], help="policy (default hvdm)")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="policy parameter (repeatable)")
-    p.add_argument("--interval", type=_positive_float, metavar="S", help="seconds between decisions (default 5)")
-    p.add_argument("--host-capacity", type=size_arg, metavar="SIZE", help="RAM the host gives to VMs (e.g. 256G)")
+    p.add_argument(
+        "--interval",
+        type=FloatArg(0.0, 86400.0, low_open=True),
+        metavar="S",
+        help="seconds between decisions (default 5)",
+    )
+    p.add_argument("--host-capacity", type=SizeArg(1), metavar="SIZE", help="RAM the host gives to VMs (e.g. 256G)")
     p.add_argument("--json", action="store_true", help="JSON output")
     live = p.add_argument_group("live mode")
     live.add_argument("--db", metavar="PATH", help="the embedded SQLite log of a running service")
     live.add_argument("--once", action="store_true", help="one decision round, then exit")
-    live.add_argument("--rounds", type=_positive_int, metavar="N", help="stop after N rounds")
-    live.add_argument("--min-size", type=size_arg, default=512 << 20, metavar="SIZE", help="VM minimum (512M)")
+    live.add_argument("--rounds", type=POSITIVE, metavar="N", help="stop after N rounds")
+    live.add_argument("--min-size", type=SizeArg(), default=512 << 20, metavar="SIZE", help="VM minimum (512M)")
     sim = p.add_argument_group("simulation")
     sim.add_argument("--simulate", action="store_true", help="run the fleet simulation instead of a live loop")
-    sim.add_argument("--vms", type=_positive_int, default=100, help="fleet size (default 100)")
-    sim.add_argument("--hours", type=_positive_float, default=2.0, help="simulated hours (default 2)")
-    sim.add_argument("--seed", type=int, default=1, help="fleet and trace seed (default 1)")
-    sim.add_argument("--plot", metavar="FILE.png", help="write a PNG of fleet memory over time (matplotlib)")
-    sim.add_argument("--report", metavar="FILE.json", help="also write the JSON report to this file")
+    sim.add_argument("--vms", type=IntArg(1, 1_000_000), default=100, help="fleet size (default 100)")
+    sim.add_argument(
+        "--hours", type=FloatArg(0.0, 10_000.0, low_open=True), default=2.0, help="simulated hours (default 2)"
+    )
+    sim.add_argument("--seed", type=SEED, default=1, help="fleet and trace seed (default 1)")
+    sim.add_argument(
+        "--plot", metavar="FILE.png", type=OUTPUT_PATH, help="write a PNG of fleet memory over time (matplotlib)"
+    )
+    sim.add_argument("--report", metavar="FILE.json", type=OUTPUT_PATH, help="also write the JSON report to this file")
     sim.add_argument("--progress", action="store_true", help="progress bar on stderr even when not a TTY")
+    sim.add_argument("--hot-host", metavar="WORKLOAD", help="the first host's VMs all run WORKLOAD (e.g. leak)")
+    sim.add_argument("--migrate", action="store_true", help="apply migration recommendations (the VM moves at once)")
     p.set_defaults(func=_run)

@@ -7,8 +7,9 @@ written once, and a replay reproduces what a runner recorded byte for byte.
 * **Delivery.** A record keyed by a VM goes to that VM (a VM appears at its first record, in
   ``initial_state``). A record keyed ``ALL_VMS`` (a clock tick) goes to every VM in ``states``,
   in sorted order.
-* **Per VM**: ``process`` (decide, fold, advance; each step checked against the state machine),
-  then each event's canonical JSON and the host messages to send, encoded. A result carries all
+* **Per VM**: ``process`` (decide, fold, advance; each step checked against the state machine;
+  QEMU-managed VMs go to ``qemu_vm`` from there), then each event's canonical JSON and the host
+  messages to send, encoded (DM messages, or QMP commands for a QEMU-managed VM). A result carries all
   three, so no adapter encodes anything itself.
 * **The safety net.** If any of that raises for one VM -- a bug in a handler, a number the codec
   cannot encode, a record that is not an input -- the input is *rejected* for that VM: its state
@@ -30,6 +31,7 @@ from services.dm_engine.config import EngineConfig
 from services.dm_engine.decider import evolve, initial_state, process
 from services.dm_engine.inputs import ALL_VMS
 from services.dm_engine.outbox import outbox_messages
+from services.dm_engine.qemu_vm import qemu_outbox_records
 from services.dm_engine.records import event_json, input_from_dict
 from services.dm_engine.state import VmState
 from services.dm_protocol import encode
@@ -137,6 +139,9 @@ def step_vm(
             return Processed(vm, inbox_pos, record.tick, events, (), (), state)
         records = [event_json(e) for e in events]
         outbox = [(i, encode(m)) for i, e in enumerate(events) for m in outbox_messages(e)]
+        if state.qemu is not None:
+            # A QEMU-managed VM: its outbox holds QMP commands for the QEMU agent, not DM messages.
+            outbox.extend(qemu_outbox_records(events))
     except Exception as exc:
         return _reject(vm, rebuild(vm), record.KIND, record.tick, exc, inbox_pos)
     return Processed(vm, inbox_pos, record.tick, events, records, outbox, state)

@@ -16,11 +16,13 @@ import json
 import logging
 import os
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 
 from services.dm_engine.inputs import ChannelClosed, ChannelOpened, GuestMessage, MalformedFrame
 from services.dm_protocol import DecodeError, FrameReader, dm_message_bytes, frame
 from services.vmbus_gateway.backend import GatewayBackend
+from services.vmbus_gateway.counters import VM_CONNECTED, GatewayCounters
 from services.vmbus_gateway.hello import MAX_HELLO_BYTES, Hello, HelloError, parse_hello
 
 log = logging.getLogger("hvdm.gateway")
@@ -58,6 +60,10 @@ class GatewayServer:
         self._servers: list[asyncio.Server] = []
         self._handlers: set[asyncio.Task[None]] = set()
         self.closed_reasons: list[tuple[str, str]] = []
+        #: Refused hellos by reason code (``hello.HELLO_REASONS``): ``hvdm_gateway_hello_rejected_total``.
+        self.hello_rejected: Counter[str] = Counter()
+        #: Accepted connections, other refusals, disconnects, frames: ``hvdm_gateway_*`` (metrics.sources).
+        self.counters = GatewayCounters()
         backend.on_outbox(self._outbox_changed)
 
     # ------------------------------------------------------------------ lifecycle
@@ -127,12 +133,16 @@ class GatewayServer:
             line = await asyncio.wait_for(reader.readline(), self.limits.hello_timeout_s)
             hello = parse_hello(line)
         except (TimeoutError, HelloError, ValueError) as e:
+            # A ValueError that is not a HelloError is readline's length limit.
+            code = e.reason if isinstance(e, HelloError) else "timeout" if isinstance(e, TimeoutError) else "too_long"
             reason = str(e) or "hello timed out"
-            log.warning("event=hello_rejected reason=%r", reason)
+            self.hello_rejected[code] += 1
+            log.warning("event=hello_rejected code=%s reason=%r", code, reason)
             await self._reply(writer, {"ok": False, "error": reason})
             return
         vm = hello.vm
         if vm in self.connections:
+            self.counters.refuse(VM_CONNECTED)
             await self._reply(writer, {"ok": False, "error": f"vm {vm} is already connected"})
             return
         backend = self.backend
@@ -155,6 +165,7 @@ class GatewayServer:
             delivered = min(hello.resume_after, backend.outbox_high_watermark(vm))
         conn = Connection(hello=hello, writer=writer, delivered=delivered)
         self.connections[vm] = conn
+        self.counters.accepted += 1
         log.info("event=connected vm=%s resume=%s delivered=%d", vm, hello.resume_after is not None, delivered)
         await self._reply(writer, {"ok": True, "vm": vm, "delivered": delivered})
         sender = asyncio.create_task(self._send_loop(conn), name=f"gateway-send-{vm}")
@@ -167,9 +178,12 @@ class GatewayServer:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await sender
             self.connections.pop(vm, None)
+            self.counters.frames_in_closed += conn.frames_in
+            self.counters.frames_out_closed += conn.frames_out
             if not conn.closing:
                 backend.submit(vm, ChannelClosed(reason=reason))
                 self.closed_reasons.append((vm, reason))
+                self.counters.disconnect(reason)
                 log.info("event=disconnected vm=%s reason=%r", vm, reason)
 
     async def _receive_loop(self, reader: asyncio.StreamReader, conn: Connection) -> str:

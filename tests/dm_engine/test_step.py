@@ -128,7 +128,7 @@ def test_an_unreadable_inbox_record_is_rejected_for_its_vm(tmp_path: Path) -> No
     fleet.settle()
     [(at, rejected)] = [(p, e) for p, e in _events(fleet, "vm3") if isinstance(e, ev.InputRejected)]
     assert at == pos
-    assert rejected.input_type == "NoSuchInput" and rejected.error_class == "KeyError"
+    assert rejected.input_type == "NoSuchInput" and rejected.error_class == "RecordError"
     assert fleet.runner.consumed == fleet.log.inbox_high_watermark()
 
 
