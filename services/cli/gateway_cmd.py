@@ -8,6 +8,7 @@ import logging
 import sys
 
 from services.cli.arg_types import BROKER, HOST_PORT
+from services.cli.metrics_args import add_metrics_arguments, metrics_labels_of
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -26,7 +27,15 @@ def _run(args: argparse.Namespace) -> int:
         print("hvdm: gateway error: give --socket PATH and/or --tcp HOST:PORT", file=sys.stderr)
         return 1
     try:
-        return asyncio.run(serve(settings, unix_path=args.socket or None, tcp=args.tcp))
+        return asyncio.run(
+            serve(
+                settings,
+                unix_path=args.socket or None,
+                tcp=args.tcp,
+                metrics=(args.metrics_host, args.metrics_port) if args.metrics_port is not None else None,
+                metrics_labels=metrics_labels_of(args),
+            )
+        )
     except KeyboardInterrupt:
         return 130
 
@@ -38,5 +47,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     p.add_argument("--socket", default="hvdm.sock", help="UNIX socket for guests ('' to disable)")
     p.add_argument("--tcp", type=HOST_PORT, help="also listen on HOST:PORT for guests")
+    add_metrics_arguments(p, what="gateway")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=_run)
