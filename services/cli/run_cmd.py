@@ -64,6 +64,11 @@ def _run(args: argparse.Namespace) -> int:
         qemu_poll=args.qemu_poll,
         qemu_trace=args.qemu_trace,
     )
+    if cfg.broker:
+        # The Kafka deployment (gateway + engine workers + guests on the topics).
+        from services.kafka_engine.run import run_on_broker
+
+        return main_run(cfg, run_on_broker)
     return main_run(cfg)
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from services.dm_engine.config import EngineConfig
 from services.dm_engine.inputs import ALL_VMS, GuestMessage, Input, Tick
 from services.dm_engine.records import to_dict
+from services.dm_engine.state import VmState
 from services.dm_protocol import DecodeError, decode, to_json_dict
 from services.embedded.clock import TickClock
 from services.embedded.runner import EngineRunner, Processed
@@ -58,6 +59,16 @@ class EmbeddedService:
         return cls(sqlite_log, runner, clock)
 
     # ------------------------------------------------------------------ the interface
+    @property
+    def states(self) -> dict[str, VmState]:
+        """Every VM's state, live (the runner's)."""
+        return self.runner.states
+
+    @property
+    def consumed(self) -> int:
+        """Inbox position of the last input processed: ``submit``'s return value reaches it."""
+        return self.runner.consumed
+
     def now_tick(self) -> int:
         return max(self.clock.now_tick(), self._last_tick)
 
