@@ -61,7 +61,7 @@ def test_broker_mode_argument_errors_are_one_line() -> None:
     oracle = hvdm("rebalance", "--broker", "kafka://127.0.0.1:1", "--policy", "oracle")
     assert oracle.returncode == 1 and "needs the future traces" in oracle.stderr
     bad_url = hvdm("rebalance", "--broker", "http://nope")
-    assert bad_url.returncode == 1 and bad_url.stderr.startswith("hvdm: rebalance error:")
+    assert bad_url.returncode == 2 and "kafka://" in bad_url.stderr
     bad_capacity = hvdm("rebalance", "--broker", "kafka://127.0.0.1:1", "--host-capacity", "=5G")
     assert bad_capacity.returncode == 2
     gateway = hvdm("gateway", "--broker", "kafka://127.0.0.1:1", "--host-name", "")

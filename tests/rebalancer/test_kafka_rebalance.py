@@ -210,7 +210,7 @@ async def scenario(broker: LocalBroker, prefix: str, workdir: Path) -> None:
             text=True,
             timeout=60,
         )
-        assert audit.returncode in (0, 2), audit.stderr  # 2: a diverging replay is another test's business
+        assert audit.returncode in (0, 2, 3), audit.stderr  # 2 diverged, 3 behind: other tests' business
         section = json.loads(audit.stdout)["rebalancer"]
         assert section["hosts"]["h2"]["vms"] == ["vm4", "vm5"] and section["hosts"]["h2"]["capacity_bytes"] == 6 * GIB
         claims = [c["instance"] for c in section["lease_claims"]]
