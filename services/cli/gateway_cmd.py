@@ -14,9 +14,9 @@ from services.cli.units import size_arg
 
 
 def _run(args: argparse.Namespace) -> int:
-    from services.kafka_engine.gateway import HostSpec, serve
+    from services.kafka_engine.gateway import serve
     from services.kafka_engine.settings import KafkaSettings, SettingsError
-    from services.rebalancer.kafka_hosts import valid_host_name
+    from services.rebalancer.kafka_hosts import HostSpec, valid_host_name
 
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s %(message)s"
@@ -43,7 +43,7 @@ def _run(args: argparse.Namespace) -> int:
                 tcp=args.tcp,
                 metrics=(args.metrics_host, args.metrics_port) if args.metrics_port is not None else None,
                 metrics_labels=metrics_labels_of(args),
-                host=host,
+                backend=host.backend(settings),
             )
         )
     except KeyboardInterrupt:
