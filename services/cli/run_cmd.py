@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
+from services.cli.gateway_args import add_gateway_arguments, gateway_auth, gateway_limits
 from services.cli.units import size_arg
 from services.embedded.run import RunConfig, main_run
 
@@ -22,6 +24,13 @@ def _run(args: argparse.Namespace) -> int:
     if speed is None:
         # The demo story spans minutes of guest time (45 s status delay, 50 s post-init wait).
         speed = 25.0 if args.scenario == "demo" else 1.0
+    from services.vmbus_gateway.auth import AuthConfigError
+
+    try:
+        auth = gateway_auth(args)
+    except AuthConfigError as e:
+        print(f"hvdm: run error: {e}", file=sys.stderr)
+        return 2
     cfg = RunConfig(
         db=args.db,
         socket=args.socket or None,
@@ -41,6 +50,8 @@ def _run(args: argparse.Namespace) -> int:
         progress_interval=args.progress_interval,
         json_summary=args.json,
         broker=args.broker,
+        auth=auth,
+        gateway_limits=gateway_limits(args),
     )
     return main_run(cfg)
 
@@ -66,4 +77,5 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--json", action="store_true", help="print the final summary as JSON")
     p.add_argument("--broker", help="run on Kafka instead: kafka://HOST:PORT (gateway, engine worker, guests)")
     p.add_argument("-v", "--verbose", action="store_true")
+    add_gateway_arguments(p)
     p.set_defaults(func=_run)

@@ -15,17 +15,29 @@ import sys
 
 from services.kafka_engine.gateway_backend import KafkaBackend
 from services.kafka_engine.settings import KafkaSettings
-from services.vmbus_gateway.server import GatewayServer
+from services.vmbus_gateway.auth import GatewayAuth
+from services.vmbus_gateway.server import GatewayLimits, GatewayServer
 
 
 async def start_gateway(
-    settings: KafkaSettings, *, unix_path: str | None, tcp: tuple[str, int] | None
+    settings: KafkaSettings,
+    *,
+    unix_path: str | None,
+    tcp: tuple[str, int] | None,
+    auth: GatewayAuth | None = None,
+    limits: GatewayLimits | None = None,
 ) -> tuple[GatewayServer, KafkaBackend]:
     """Load the outbox, then accept guests. The caller stops both with ``stop_gateway``."""
+    if tcp:
+        (auth or GatewayAuth()).check_tcp()  # before connecting to anything
     backend = KafkaBackend(settings)
     await backend.start()
-    server = GatewayServer(backend)
-    await server.start(unix_path=unix_path, tcp=tcp)
+    server = GatewayServer(backend, limits, auth)
+    try:
+        await server.start(unix_path=unix_path, tcp=tcp)
+    except BaseException:
+        await backend.close()
+        raise
     return server, backend
 
 
@@ -34,8 +46,15 @@ async def stop_gateway(server: GatewayServer, backend: KafkaBackend) -> None:
     await backend.close()
 
 
-async def serve(settings: KafkaSettings, *, unix_path: str | None, tcp: tuple[str, int] | None) -> int:
-    server, backend = await start_gateway(settings, unix_path=unix_path, tcp=tcp)
+async def serve(
+    settings: KafkaSettings,
+    *,
+    unix_path: str | None,
+    tcp: tuple[str, int] | None,
+    auth: GatewayAuth | None = None,
+    limits: GatewayLimits | None = None,
+) -> int:
+    server, backend = await start_gateway(settings, unix_path=unix_path, tcp=tcp, auth=auth, limits=limits)
     where = [p for p in (unix_path, f"tcp://{tcp[0]}:{server.tcp_port}" if tcp else None) if p]
     print(
         f"hvdm gateway: {', '.join(where)} -> {settings.bootstrap} ({settings.prefix}.*)", file=sys.stderr, flush=True

@@ -211,6 +211,10 @@ class KafkaBackend:
     def on_outbox(self, cb: Callable[[set[str]], None]) -> None:
         self._callbacks.append(cb)
 
+    def known_vm(self, vm: str) -> bool:
+        """A VM with outbox records (every channel gets a version response) is known."""
+        return vm in self.vms
+
     # ------------------------------------------------------------------ pausing and progress
     def pause_delivery(self) -> None:
         """Hold host-to-guest delivery (guest-to-host keeps flowing). The lockstep test driver uses it

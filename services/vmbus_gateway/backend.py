@@ -23,6 +23,9 @@ class GatewayBackend(Protocol):
     def delivered(self, vm: str) -> int: ...
     def set_delivered(self, vm: str, seq: int) -> None: ...
     def on_outbox(self, cb: Callable[[set[str]], None]) -> None: ...
+    def known_vm(self, vm: str) -> bool:
+        """Whether the log already has this VM (a hello for an unknown id creates a VM: limited)."""
+        ...
 
 
 class EmbeddedBackend:
@@ -45,6 +48,9 @@ class EmbeddedBackend:
 
     def set_delivered(self, vm: str, seq: int) -> None:
         self.service.log.set_position(f"delivered:{vm}", seq)
+
+    def known_vm(self, vm: str) -> bool:
+        return vm in self.service.runner.states
 
     def on_outbox(self, cb: Callable[[set[str]], None]) -> None:
         def listener(batch: Sequence[Processed]) -> None:

@@ -2,15 +2,17 @@
 
 A real VMBus channel belongs to a VM by construction; a byte stream does not, so the first line
 says which VM this is and how its memory is laid out. ``resume_after`` lets a guest whose channel
-survived a gateway restart continue from the last host message it received (the descriptor's
-trans_id carries the outbox sequence number), so no host message is lost or repeated.
+survived a gateway restart continue from the last host message it received, so no host message is
+lost or repeated: host messages on a channel have consecutive outbox sequence numbers, the
+gateway's answer says the one the connection starts after (``"delivered"``), and the guest counts
+the frames it receives from there. ``token`` authenticates a TCP guest (see ``auth``).
 """
 
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 MAX_HELLO_BYTES = 4096
@@ -29,6 +31,7 @@ class Hello:
     hot_add_base_page: int | None = None
     status_reports: bool = True
     resume_after: int | None = None
+    token: str | None = field(default=None, repr=False)
 
     def to_line(self) -> bytes:
         data: dict[str, Any] = {
@@ -41,6 +44,8 @@ class Hello:
         }
         if self.resume_after is not None:
             data["resume_after"] = self.resume_after
+        if self.token is not None:
+            data["token"] = self.token
         return (json.dumps(data, separators=(",", ":")) + "\n").encode()
 
 
@@ -53,7 +58,7 @@ def parse_hello(line: bytes) -> Hello:
     if not isinstance(data, dict) or data.get("hello") != "hvdm/1":
         raise HelloError('hello must be a JSON object with "hello": "hvdm/1"')
     vm = data.get("vm")
-    if not isinstance(vm, str) or not _VM_ID.match(vm):
+    if not isinstance(vm, str) or not _VM_ID.fullmatch(vm):
         raise HelloError("vm must match [A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
     def _int(name: str, *, optional: bool = False) -> int | None:
@@ -74,6 +79,9 @@ def parse_hello(line: bytes) -> Hello:
     status = data.get("status_reports", True)
     if not isinstance(status, bool):
         raise HelloError("status_reports must be a boolean")
+    token = data.get("token")
+    if token is not None and (not isinstance(token, str) or len(token) > 128):
+        raise HelloError("token must be a string of at most 128 characters")
     return Hello(
         vm=vm,
         boot_bytes=boot,
@@ -81,4 +89,5 @@ def parse_hello(line: bytes) -> Hello:
         hot_add_base_page=_int("hot_add_base_page", optional=True),
         status_reports=status,
         resume_after=_int("resume_after", optional=True),
+        token=token,
     )
