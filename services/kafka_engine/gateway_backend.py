@@ -71,6 +71,7 @@ class KafkaBackend:
         self.delivery_paused = False
         #: Per inbox partition, the offset after the last input this gateway published (acked).
         self.published_ends: dict[int, int] = {}
+        self._owners: dict[str, int] = {}
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -214,6 +215,13 @@ class KafkaBackend:
     def known_vm(self, vm: str) -> bool:
         """A VM with outbox records (every channel gets a version response) is known."""
         return vm in self.vms
+
+    def owner(self, vm: str) -> int:
+        """Channel owners live in this gateway's memory only (see README, Security)."""
+        return self._owners.get(vm, 0)
+
+    def set_owner(self, vm: str, digest: int) -> None:
+        self._owners[vm] = digest
 
     # ------------------------------------------------------------------ pausing and progress
     def pause_delivery(self) -> None:

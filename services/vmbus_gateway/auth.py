@@ -42,8 +42,8 @@ class PeerIdentity:
 
     name: str
     vms: frozenset[str] | None = None
-    #: A token peer proves its entitlement in the hello, not at accept time.
-    needs_token: bool = False
+    #: Set for a peer refused whatever its hello says (the refusal's reason).
+    refusal: str | None = None
 
     def entitled(self, vm: str) -> bool:
         return self.vms is None or vm in self.vms

@@ -218,15 +218,17 @@ class GatewayServer:
                 uid = peer_uid(sock)
                 peer = f"uid:{uid}"
                 reader, writer = await asyncio.open_unix_connection(sock=sock, limit=MAX_HELLO_BYTES)
-                if uid is None or uid not in self.auth.allowed_uids:
-                    raise Refused("uid_not_allowed", f"uid {uid} is not allowed on this socket")
                 identity = PeerIdentity(peer)
+                if uid is None or uid not in self.auth.allowed_uids:
+                    # Refused whatever it says; its hello is read (bounded) only to log the VM it
+                    # claimed and so that closing does not reset the connection before the answer.
+                    identity = PeerIdentity(peer, frozenset(), refusal="uid_not_allowed")
             else:
                 host = _host_of(sock)
                 peer = f"tcp:{host}"
                 self._keepalive(sock)
-                reader, writer = await asyncio.open_connection(sock=sock, limit=MAX_HELLO_BYTES)
-                identity = await self._tcp_identity(writer, host)
+                reader, writer = await self._tcp_streams(sock)
+                identity = self._tcp_identity(writer, host)
                 peer = identity.name
             await self._serve(reader, writer, identity)
         except Refused as r:
@@ -253,13 +255,26 @@ class GatewayServer:
             if opt is not None:
                 sock.setsockopt(socket.IPPROTO_TCP, opt, value)
 
-    async def _tcp_identity(self, writer: asyncio.StreamWriter, host: str) -> PeerIdentity:
+    async def _tcp_streams(self, sock: socket.socket) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """Streams over an accepted TCP socket, after the server-side TLS handshake if configured
+        (done here rather than by the listener so that a failed handshake is counted)."""
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=MAX_HELLO_BYTES, loop=loop)
+        protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+        tls = self.auth.tls
+        try:
+            transport, _ = await loop.connect_accepted_socket(
+                lambda: protocol,
+                sock,
+                ssl=tls,
+                ssl_handshake_timeout=self.auth.tls_handshake_timeout_s if tls is not None else None,
+            )
+        except (ssl.SSLError, ConnectionError, TimeoutError, OSError) as e:
+            raise Refused("tls_handshake", f"TLS handshake failed: {e}") from None
+        return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
+
+    def _tcp_identity(self, writer: asyncio.StreamWriter, host: str) -> PeerIdentity:
         auth = self.auth
-        if auth.tls is not None:
-            try:
-                await writer.start_tls(auth.tls, ssl_handshake_timeout=auth.tls_handshake_timeout_s)
-            except (ssl.SSLError, ConnectionError, TimeoutError, OSError) as e:
-                raise Refused("tls_handshake", f"TLS handshake failed: {e}") from None
         if auth.client_certs:
             ssl_object = writer.get_extra_info("ssl_object")
             der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
@@ -298,7 +313,8 @@ class GatewayServer:
         known = vm in self._seen_vms or self.backend.known_vm(vm)
         if hello.resume_after is not None:
             owner = self.owners.get(vm)
-            if owner is not None and owner != holder:
+            stored = self.backend.owner(vm)
+            if (owner is not None and owner != holder) or (stored and stored != identity_digest(holder)):
                 raise Refused("resume_other_peer", f"vm {vm}'s channel belongs to another peer")
             if not known:
                 raise Refused("resume_unknown_vm", f"vm {vm} has no channel to resume")
@@ -334,6 +350,11 @@ class GatewayServer:
         except HelloError as e:
             raise Refused("hello_invalid", str(e)) from None
         vm = hello.vm
+        if identity.refusal is not None:
+            detail = f"{identity.name.replace(':', ' ')} is not allowed on this socket"
+            self._refuse(identity.refusal, detail, vm=vm, peer=identity.name)
+            await self._reply(writer, {"ok": False, "error": detail, "reason": identity.refusal})
+            return
         try:
             holder = self._authorize(identity, hello)
         except Refused as r:
@@ -358,6 +379,7 @@ class GatewayServer:
             delivered = min(hello.resume_after, backend.outbox_high_watermark(vm))
         self._seen_vms.add(vm)
         self.owners[vm] = holder
+        backend.set_owner(vm, identity_digest(holder))
         conn = Connection(hello=hello, writer=writer, delivered=delivered, peer=holder)
         self.connections[vm] = conn
         log.info(
@@ -473,6 +495,11 @@ class GatewayServer:
                 conn.delivered = rows[-1].seq
                 conn.frames_out += len(rows)
                 backend.set_delivered(vm, conn.delivered)
+
+
+def identity_digest(identity: str) -> int:
+    """A peer identity as a positive 56-bit integer, to store where the log keeps positions."""
+    return int.from_bytes(hashlib.sha256(identity.encode()).digest()[:7], "big") | 1
 
 
 def _host_of(sock: socket.socket) -> str:
