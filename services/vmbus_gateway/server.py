@@ -429,6 +429,8 @@ class GatewayServer:
                 if fr.error is not None:
                     conn.violations += 1
                     backend.submit(vm, MalformedFrame(reason=str(fr.error), raw=fr.payload[:64]))
+                    if conn.violations > limits.violation_budget:
+                        break  # what follows in this read is not stored: the peer is cut off
                     continue
                 raw = dm_message_bytes(fr.payload)
                 try:
@@ -438,16 +440,18 @@ class GatewayServer:
                     conn.violations += 1
                     self.undecodable_messages += 1
                     backend.submit(vm, GuestMessage(raw=raw))
+                    if conn.violations > limits.violation_budget:
+                        break
                     continue
                 if isinstance(message, StatusReport):
                     self._status_report(conn, raw)
                 else:
                     backend.submit(vm, GuestMessage(raw=raw))
+            if conn.violations > limits.violation_budget:
+                return f"violation budget of {limits.violation_budget} exceeded"
             if broken is not None:
                 backend.submit(vm, MalformedFrame(reason=str(broken.reason)))
                 return f"unrecoverable framing error: {broken}"
-            if conn.violations > limits.violation_budget:
-                return f"violation budget of {limits.violation_budget} exceeded"
             now = time.monotonic()
             if now - conn.window_start >= 1.0:
                 conn.window_start, conn.window_frames = now, 0
