@@ -9,7 +9,14 @@ an old log faithfully.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
+
+from services.dm_engine.events import PageRanges
+
+#: What a fresh channel says about the guest's past (the hello's ``reset``): "" in logs written
+#: before hellos carried it (no reset implied), "vmbus" for a new channel (QEMU can only reopen a
+#: channel after a VMBus device reset), "system" for a reboot that also drops hot-added memory.
+ResetKind = Literal["", "vmbus", "system"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -28,6 +35,10 @@ class ChannelOpened(InputBase):
     #: First page of the hot-add window; None places it as QEMU does (32 GiB aligned, above RAM).
     hot_add_base_page: int | None = None
     status_reports: bool = True
+    #: Guest RAM as ``(start_page, page_count)`` ranges (the x86 PCI hole moves RAM above 4 GiB);
+    #: empty in logs written before hellos described it, meaning ``[0, boot)``.
+    ram: PageRanges = ()
+    reset: ResetKind = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

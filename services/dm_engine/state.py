@@ -1,44 +1,27 @@
 """The state of one VM: what the fold of its events yields.
 
-States are named after what the host is waiting for, as in QEMU's hv-balloon; the ring-buffer
-reservation states (``*_RB_WAIT``, ``*_POSTING``) disappear because host messages go to an outbox
-log instead of a ring.
+The protocol states and the transitions between them are in ``machine``; ``ProtocolState`` and
+``NEGOTIATED_STATES`` are re-exported here for the code that reads states.
 """
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.dm_engine.events import TransactionKind
+from services.dm_engine.machine import NEGOTIATED_STATES, ProtocolState, TxnKind
 from services.range_store import PageRangeSet
 from services.vdimm_allocator import VdimmLayout, new_layout
 
-
-class ProtocolState(enum.StrEnum):
-    CLOSED = "CLOSED"  # no channel; nothing is read
-    VERSION = "VERSION"  # waiting for DM_VERSION_REQUEST
-    CAPS = "CAPS"  # waiting for DM_CAPABILITIES_REPORT
-    POST_INIT_WAIT = "POST_INIT_WAIT"  # caps accepted; no request before the post-init delay
-    IDLE = "IDLE"  # acts when the target differs from the current size
-    BALLOON_REPLY_WAIT = "BALLOON_REPLY_WAIT"
-    UNBALLOON_REPLY_WAIT = "UNBALLOON_REPLY_WAIT"
-    HOT_ADD_REPLY_WAIT = "HOT_ADD_REPLY_WAIT"
-    HOT_REMOVE_REPLY_WAIT = "HOT_REMOVE_REPLY_WAIT"
-
-
-#: Protocol states in which the guest's handshake is complete.
-NEGOTIATED_STATES = frozenset(
-    {
-        ProtocolState.POST_INIT_WAIT,
-        ProtocolState.IDLE,
-        ProtocolState.BALLOON_REPLY_WAIT,
-        ProtocolState.UNBALLOON_REPLY_WAIT,
-        ProtocolState.HOT_ADD_REPLY_WAIT,
-        ProtocolState.HOT_REMOVE_REPLY_WAIT,
-    }
-)
+__all__ = [
+    "NEGOTIATED_STATES",
+    "Capabilities",
+    "GuestStatus",
+    "ProtocolState",
+    "Transaction",
+    "VmState",
+    "hot_added_part",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +39,7 @@ class Transaction:
     """The host request in flight. ``last_activity_tick`` moves with every accepted answer, so a
     slow but progressing guest is not timed out."""
 
-    kind: TransactionKind
+    kind: TxnKind
     trans_id: int
     requested_pages: int
     received_pages: int
@@ -226,7 +209,7 @@ class VmState:
             target_pending=data["target_pending"],
             target_generation=data["target_generation"],
             hot_remove_tried=data["hot_remove_tried"],
-            txn=None if txn is None else Transaction(**txn),
+            txn=None if txn is None else Transaction(**{**txn, "kind": TxnKind(txn["kind"])}),
             retry_at_tick=data["retry_at_tick"],
             consecutive_timeouts=data["consecutive_timeouts"],
             late_balloon_ok=data["late_balloon_ok"],
@@ -244,3 +227,10 @@ class VmState:
             violations=dict(data["violations"]),
             commands_rejected_total=data["commands_rejected_total"],
         )
+
+
+def hot_added_part(state: VmState) -> PageRangeSet:
+    """Owned pages that are hot-added (not boot RAM) and not ballooned: what hot-remove may take."""
+    part = PageRangeSet(state.owned.irange(state.boot_pages, state.layout.window_end_page))
+    part.remove_many(state.ballooned.irange(state.boot_pages, state.layout.window_end_page))
+    return part

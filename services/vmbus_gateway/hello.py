@@ -6,6 +6,12 @@ survived a gateway restart continue from the last host message it received, so n
 lost or repeated: host messages on a channel have consecutive outbox sequence numbers, the
 gateway's answer says the one the connection starts after (``"delivered"``), and the guest counts
 the frames it receives from there. ``token`` authenticates a TCP guest (see ``auth``).
+
+Where RAM is: ``"machine": "q35" | "pc"`` (QEMU's x86 split around the PCI hole, q35 when absent)
+or an explicit ``"ram": [[start_page, page_count], ...]``. What the guest went through: a hello
+without ``resume_after`` opens a new channel, which QEMU only allows after a VMBus device reset
+(``"reset": "vmbus"``, the default); ``"reset": "system"`` says the guest rebooted, which also
+takes back hot-added memory (QEMU's ``hv_balloon_system_reset``).
 """
 
 from __future__ import annotations
@@ -13,7 +19,16 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
+
+from services.vdimm_allocator.ram_layout import (
+    MACHINES,
+    RamLayoutError,
+    RamRanges,
+    check_ram_ranges,
+    ram_end_page,
+    x86_ram_ranges,
+)
 
 MAX_HELLO_BYTES = 4096
 _VM_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -32,6 +47,16 @@ class Hello:
     status_reports: bool = True
     resume_after: int | None = None
     token: str | None = field(default=None, repr=False)
+    machine: str = "q35"
+    #: Explicit guest RAM in pages; overrides ``machine``.
+    ram: RamRanges | None = None
+    reset: Literal["vmbus", "system"] = "vmbus"
+
+    def ram_ranges(self) -> RamRanges:
+        """Guest RAM as page ranges: the explicit list, or the machine's split of ``boot_bytes``."""
+        if self.ram is not None:
+            return self.ram
+        return x86_ram_ranges("pc" if self.machine == "pc" else "q35", self.boot_bytes >> 12)
 
     def to_line(self) -> bytes:
         data: dict[str, Any] = {
@@ -42,8 +67,14 @@ class Hello:
             "hot_add_base_page": self.hot_add_base_page,
             "status_reports": self.status_reports,
         }
+        if self.ram is not None:
+            data["ram"] = [list(r) for r in self.ram]
+        else:
+            data["machine"] = self.machine
         if self.resume_after is not None:
             data["resume_after"] = self.resume_after
+        else:
+            data["reset"] = self.reset
         if self.token is not None:
             data["token"] = self.token
         return (json.dumps(data, separators=(",", ":")) + "\n").encode()
@@ -82,12 +113,43 @@ def parse_hello(line: bytes) -> Hello:
     token = data.get("token")
     if token is not None and (not isinstance(token, str) or len(token) > 128):
         raise HelloError("token must be a string of at most 128 characters")
+    machine, ram, reset = _layout_and_reset(data, boot >> 12)
+    hot_add_base_page = _int("hot_add_base_page", optional=True)
+    if hot_add_base_page is not None and hot_add_base_page < ram_end_page(ram or x86_ram_ranges(machine, boot >> 12)):
+        raise HelloError("hot_add_base_page must lie above guest RAM")
     return Hello(
         vm=vm,
         boot_bytes=boot,
         maxmem_bytes=maxmem,
-        hot_add_base_page=_int("hot_add_base_page", optional=True),
+        hot_add_base_page=hot_add_base_page,
         status_reports=status,
         resume_after=_int("resume_after", optional=True),
         token=token,
+        machine=machine,
+        ram=ram,
+        reset=reset,
     )
+
+
+def _layout_and_reset(data: dict[str, Any], boot_pages: int) -> tuple[Any, RamRanges | None, Any]:
+    """The RAM description (``machine`` or ``ram``, not both) and the reset kind of a hello."""
+    machine = data.get("machine", "q35")
+    ram_list = data.get("ram")
+    if "machine" in data and ram_list is not None:
+        raise HelloError("give either machine or ram, not both")
+    if machine not in MACHINES:
+        raise HelloError(f"machine must be one of {', '.join(MACHINES)}")
+    ram: RamRanges | None = None
+    if ram_list is not None:
+        if not isinstance(ram_list, list) or not all(isinstance(r, list) for r in ram_list):
+            raise HelloError("ram must be a list of [start_page, page_count] pairs")
+        try:
+            ram = check_ram_ranges(ram_list, boot_pages)
+        except RamLayoutError as e:
+            raise HelloError(str(e)) from None
+    reset = data.get("reset", "vmbus")
+    if reset not in ("vmbus", "system"):
+        raise HelloError('reset must be "vmbus" or "system"')
+    if "reset" in data and data.get("resume_after") is not None:
+        raise HelloError("a resumed channel was not reset: reset cannot go with resume_after")
+    return machine, ram, reset

@@ -371,6 +371,8 @@ class GatewayServer:
                     maxmem_bytes=hello.maxmem_bytes,
                     hot_add_base_page=hello.hot_add_base_page,
                     status_reports=hello.status_reports,
+                    ram=hello.ram_ranges(),
+                    reset=hello.reset,
                 ),
             )
             delivered = backend.outbox_high_watermark(vm)

@@ -112,7 +112,7 @@ async def test_status_report_flood_is_coalesced_and_the_latest_report_reaches_th
     sock = str(tmp_path / "gw.sock")
     gateway = GatewayServer(EmbeddedBackend(service), GatewayLimits(status_interval_s=0.3))
     await gateway.start(unix_path=sock)
-    reader, writer = await handshake(sock, "vm1")
+    _reader, writer = await handshake(sock, "vm1")
     await wait_for(lambda: state(service, "vm1") is ProtocolState.IDLE)
     flood = [StatusReport(trans_id=3 + i, num_avail=100_000 + i, num_committed=200_000) for i in range(300)]
     writer.write(b"".join(frame(encode(m)) for m in flood))
@@ -137,7 +137,7 @@ async def test_a_report_waiting_for_its_interval_is_stored_when_the_channel_clos
     sock = str(tmp_path / "gw.sock")
     gateway = GatewayServer(EmbeddedBackend(service), GatewayLimits(status_interval_s=3600))
     await gateway.start(unix_path=sock)
-    reader, writer = await handshake(sock, "vm1")
+    _reader, writer = await handshake(sock, "vm1")
     await wait_for(lambda: state(service, "vm1") is ProtocolState.IDLE)
     for i in range(3):
         writer.write(frame(encode(StatusReport(trans_id=3 + i, num_avail=5_000 + i, num_committed=9_000))))
