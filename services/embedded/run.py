@@ -248,7 +248,7 @@ def main_run(cfg: RunConfig) -> int:
 
             return asyncio.run(run_on_broker(cfg))
         return asyncio.run(run_service(cfg))
-    except AuthConfigError as e:
+    except (AuthConfigError, FileExistsError) as e:
         print(f"hvdm: run error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -12,8 +12,8 @@ Why it looks like this:
   its outbox record again with the same seqs; the index keeps the first copy, and
   ``read_outbox`` returns only an unbroken run of seqs after the one asked for, so a message
   can be neither repeated nor overtaken by a later one.
-* **Resuming** is carried by the guest: its hello says the last outbox seq it received (the
-  VMBus descriptor's trans_id), and the server asks for what follows. ``start`` reads the outbox
+* **Resuming** is carried by the guest: its hello says the last outbox seq it received (counted
+  from the position the gateway's answer named), and the server asks for what follows. ``start`` reads the outbox
   to its fetch high-watermark before the server accepts connections, so a restarted gateway knows
   every VM's messages (and a new channel's starting point) before the first hello.
 * **Memory** is bounded per VM: delivered messages are kept only up to ``retain`` behind the

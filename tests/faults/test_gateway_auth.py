@@ -152,6 +152,21 @@ async def test_tokens_wrong_missing_and_for_another_vm_are_refused(service: Embe
     await gateway.close()
 
 
+async def test_tokens_over_tls_without_client_certificates(service: EmbeddedService, pki: Pki, tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_bytes(SECRET)
+    auth = build_auth(tls_cert=pki.path("server.pem"), tls_key=pki.path("server.key"), token_secret_file=str(secret))
+    gateway = await start(service, auth, tcp=("127.0.0.1", 0))
+    tcp = ("127.0.0.1", gateway.tcp_port or 0)
+    peer = await raw_peer(hello("vm1"), tcp=tcp, tls=pki.client(""))  # encrypted, but no token
+    assert peer.answer["reason"] == "not_entitled"
+    await peer.close()
+    peer = await raw_peer(hello("vm1", token=vm_token(SECRET, "vm1")), tcp=tcp, tls=pki.client(""))
+    assert peer.answer["ok"] is True
+    await peer.close()
+    await gateway.close()
+
+
 def test_token_command_prints_the_hmac(tmp_path: Path) -> None:
     secret = tmp_path / "secret"
     secret.write_bytes(SECRET + b"\n")
