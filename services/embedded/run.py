@@ -21,12 +21,13 @@ from services.dm_engine.state import ProtocolState, VmState
 from services.embedded.scenario import DemoScript, advance_demo
 from services.embedded.service import EmbeddedService
 from services.metrics import ServedMetrics, serve_for_service
+from services.metrics.rejections import RejectionCollector
 from services.qmp import QmpServers, start_qmp_servers
 from services.vmbus_gateway.auth import AuthConfigError, GatewayAuth, vm_token
 from services.vmbus_gateway.backend import EmbeddedBackend
 from services.vmbus_gateway.client import GuestLink
 from services.vmbus_gateway.collector import GatewayCollector
-from services.vmbus_gateway.hello import Hello
+from services.vmbus_gateway.hello import HELLO_REASONS, Hello
 from services.vmbus_gateway.server import GatewayLimits, GatewayServer
 
 MIB = 1 << 20
@@ -140,9 +141,11 @@ async def run_service(cfg: RunConfig, out: TextIO = sys.stdout) -> int:
     qmp: QmpServers | None = None
     if cfg.metrics_port is not None:
         served = serve_for_service(service, cfg.metrics_host, cfg.metrics_port)
-        served.metrics.histograms.register(GatewayCollector(gateway))
     if cfg.qmp_dir:
         qmp = await start_qmp_servers(service, cfg.qmp_dir)
+    if served is not None:
+        served.metrics.add_collector(RejectionCollector(gateway, qmp, HELLO_REASONS))
+        served.metrics.add_collector(GatewayCollector(gateway))
     links: dict[str, GuestLink] = {}
     scripts: dict[str, DemoScript] = {}
     endpoint = sim_endpoint(cfg, gateway.tcp_port) if cfg.guests else {}

@@ -317,6 +317,13 @@ class EngineMetrics:
         self.latency = Histogram(LATENCY_METRIC, LATENCY_HELP, registry=self.histograms, buckets=LATENCY_BUCKETS)
         self.registry.register(self.latency)
 
+    def add_collector(self, collector: Collector) -> None:
+        """Export another collector (e.g. ``rejections.RejectionCollector``) in both ``registry``
+        and the scrape served by ``start_metrics_server`` (which renders ``histograms`` after the
+        fast path)."""
+        self.registry.register(collector)
+        self.histograms.register(collector)
+
     def observe_batch(self, records: int, seconds: float) -> None:
         """The service's per-batch hook: (records processed, wall seconds the batch took)."""
         self.latency.observe(seconds)

@@ -124,6 +124,8 @@ class GatewayServer:
         self._listeners: list[socket.socket] = []
         self._acceptors: list[asyncio.Task[None]] = []
         self._handlers: set[asyncio.Task[None]] = set()
+        #: Refused hellos by reason code (``hello.HELLO_REASONS``): ``hvdm_gateway_hello_rejected_total``.
+        self.hello_rejected: collections.Counter[str] = collections.Counter()
         backend.on_outbox(self._outbox_changed)
 
     # ------------------------------------------------------------------ lifecycle
@@ -342,12 +344,15 @@ class GatewayServer:
         try:
             line = await asyncio.wait_for(reader.readline(), self.limits.hello_timeout_s)
         except TimeoutError:
+            self.hello_rejected["timeout"] += 1
             raise Refused("hello_timeout", "hello timed out") from None
         except ValueError as e:  # a line longer than the hello limit
+            self.hello_rejected["too_long"] += 1
             raise Refused("hello_invalid", str(e)) from None
         try:
             hello = parse_hello(line)
         except HelloError as e:
+            self.hello_rejected[e.reason] += 1
             raise Refused("hello_invalid", str(e)) from None
         vm = hello.vm
         if identity.refusal is not None:

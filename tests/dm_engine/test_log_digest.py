@@ -34,9 +34,9 @@ STORY_PROFILES = ("linux", "windows", "malicious")
 
 FUZZ_DIGEST = "2155eef23393bf07a017e0bf76431526cc0d28151bd875b7f4e201dd241c45e2"
 STORY_DIGESTS = {
-    "linux": "cf7c914d6232959388657f9e3f0dd175e449ae67ef042c8cc2ba1b42cd27e578",
+    "linux": "48106f7797375b5e5d0826a36f20e681d0772875b7d5e21a700757941bf402ff",
     "windows": "30c76011a46a7ced429eaf1de11ce9d445e744a55144c3ee4141c787ba016f63",
-    "malicious": "d2ba7fa954cc5354deb123ce2ec2099ee728b71173e29bfd0d3fda1da62b3e7f",
+    "malicious": "020813de4b4f2a0cd44849ac9fe288494f0f0106b94bd999851bfad009171747",
 }
 
 

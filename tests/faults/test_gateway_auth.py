@@ -257,7 +257,7 @@ async def test_wrong_certificate_is_refused_and_counted(service: EmbeddedService
 async def test_refusals_are_exported_on_the_metrics_endpoint(service: EmbeddedService) -> None:
     gateway = await start(service, GatewayAuth(token_secret=SECRET), tcp=("127.0.0.1", 0))
     served = serve_for_service(service, "127.0.0.1", 0)
-    served.metrics.histograms.register(GatewayCollector(gateway))
+    served.metrics.add_collector(GatewayCollector(gateway))
     try:
         peer = await raw_peer(hello("vm1", token="f" * 64), tcp=("127.0.0.1", gateway.tcp_port or 0))
         await peer.close()
