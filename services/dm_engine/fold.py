@@ -13,6 +13,7 @@ from dataclasses import replace
 from typing import Any
 
 from services.dm_engine import events as ev
+from services.dm_engine import qemu_vm
 from services.dm_engine.machine import TxnKind, next_state
 from services.dm_engine.state import Capabilities, GuestStatus, Transaction, VmState
 from services.range_store import PageRangeSet
@@ -286,4 +287,5 @@ _EVOLVERS: dict[type, Callable[[VmState, Any], None]] = {
     ev.TransactionTimedOut: _ev_timed_out,
     ev.GuestViolation: _ev_violation,
     ev.CommandRejected: _ev_command_rejected,
+    **qemu_vm.EVENT_HANDLERS,
 }

@@ -22,6 +22,7 @@ from services.embedded.scenario import DemoScript, advance_demo
 from services.embedded.service import EmbeddedService
 from services.metrics import ServedMetrics, serve_for_service
 from services.metrics.rejections import RejectionCollector
+from services.qemu_agent import QemuAgent, attach_to_service
 from services.qmp import QmpServers, start_qmp_servers
 from services.vmbus_gateway.auth import AuthConfigError, GatewayAuth, vm_token
 from services.vmbus_gateway.backend import EmbeddedBackend
@@ -57,6 +58,12 @@ class RunConfig:
     #: Who may connect to the gateway (None: the UNIX socket for this uid and root, TCP refused).
     auth: GatewayAuth | None = None
     gateway_limits: GatewayLimits | None = None
+    #: Real QEMU VMs (see ``services.qemu_agent``): monitor addresses, a directory of them, the
+    #: poll interval and an hv-balloon trace file.
+    qemu: tuple[str, ...] = ()
+    qemu_dir: str | None = None
+    qemu_poll: float = 1.0
+    qemu_trace: str | None = None
 
 
 def run_gateway_limits(cfg: RunConfig) -> GatewayLimits:
@@ -146,6 +153,11 @@ async def run_service(cfg: RunConfig, out: TextIO = sys.stdout) -> int:
     if served is not None:
         served.metrics.add_collector(RejectionCollector(gateway, qmp, HELLO_REASONS))
         served.metrics.add_collector(GatewayCollector(gateway))
+    agent: QemuAgent | None = None
+    if cfg.qemu or cfg.qemu_dir:
+        agent = await attach_to_service(
+            service, cfg.qemu, directory=cfg.qemu_dir, poll_seconds=cfg.qemu_poll, trace_file=cfg.qemu_trace
+        )
     links: dict[str, GuestLink] = {}
     scripts: dict[str, DemoScript] = {}
     endpoint = sim_endpoint(cfg, gateway.tcp_port) if cfg.guests else {}
@@ -193,6 +205,8 @@ async def run_service(cfg: RunConfig, out: TextIO = sys.stdout) -> int:
         report = summary(service, scripts)
         for link in links.values():
             await link.stop()
+        if agent is not None:
+            await agent.close()
         await gateway.close()
         if served is not None:
             served.close()
