@@ -8,45 +8,16 @@ from __future__ import annotations
 
 import argparse
 
+from services.cli.arg_types import FloatArg, IntArg
 from services.vmbus_gateway.auth import GatewayAuth, build_auth
 from services.vmbus_gateway.server import GatewayLimits
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 < value < 1e6:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1e6 seconds, got {text}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if not 0 < value <= 10_000_000:
-        raise argparse.ArgumentTypeError(f"must be between 1 and 10000000, got {text}")
-    return value
-
-
-def _uid(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a uid: {text!r}") from None
-    if not 0 <= value < 1 << 32:
-        raise argparse.ArgumentTypeError(f"uid out of range: {text}")
-    return value
 
 
 def add_gateway_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("guest authentication and limits (see README, Security)")
     g.add_argument(
         "--allow-uid",
-        type=_uid,
+        type=IntArg(0, (1 << 32) - 1),
         action="append",
         metavar="UID",
         help="uid allowed on the UNIX socket (repeatable; default: this service's uid and root)",
@@ -61,13 +32,19 @@ def add_gateway_arguments(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--insecure", action="store_true", help="allow plain, unauthenticated TCP (any peer, any VM)")
     g.add_argument(
-        "--keepalive", type=_positive_float, metavar="SECONDS", help="TCP keepalive after SECONDS idle (default off)"
+        "--keepalive",
+        type=FloatArg(0.0, 86400.0, low_open=True),
+        metavar="SECONDS",
+        help="TCP keepalive after SECONDS idle (default off)",
     )
     g.add_argument(
-        "--max-new-vms-per-peer", type=_positive_int, default=GatewayLimits().max_new_vms_per_peer, metavar="N"
+        "--max-new-vms-per-peer", type=IntArg(1, 10_000_000), default=GatewayLimits().max_new_vms_per_peer, metavar="N"
     )
     g.add_argument(
-        "--max-new-vms-per-minute", type=_positive_int, default=GatewayLimits().max_new_vms_per_window, metavar="N"
+        "--max-new-vms-per-minute",
+        type=IntArg(1, 10_000_000),
+        default=GatewayLimits().max_new_vms_per_window,
+        metavar="N",
     )
 
 

@@ -4,33 +4,27 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import sys
 
+from services.cli.arg_types import BROKER, HOST_PORT, VM_ID
 from services.cli.gateway_args import add_gateway_arguments, gateway_auth, gateway_limits
-
-
-def _hostport(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    return host or "127.0.0.1", int(port)
+from services.cli.main import EXIT_USAGE, error_line
 
 
 def _token(args: argparse.Namespace) -> int:
     """Print a VM's token, for the guest side's hello (``"token"``)."""
     from services.vmbus_gateway.auth import AuthConfigError, read_secret, vm_token
-    from services.vmbus_gateway.hello import HelloError, parse_hello
 
     path = args.secret_file or args.token_secret_file
     if not path:
-        print("hvdm: gateway error: give --token-secret-file FILE", file=sys.stderr)
-        return 2
+        print(error_line("gateway token", "give --token-secret-file FILE"), file=sys.stderr)
+        return EXIT_USAGE
     try:
-        parse_hello(f'{{"hello":"hvdm/1","vm":{json.dumps(args.vm)},"boot_bytes":4096,"maxmem_bytes":4096}}'.encode())
         print(vm_token(read_secret(path), args.vm))
-    except (AuthConfigError, HelloError) as e:
-        print(f"hvdm: gateway error: {e}", file=sys.stderr)
-        return 2
+    except AuthConfigError as e:
+        print(error_line("gateway token", e), file=sys.stderr)
+        return EXIT_USAGE
     return 0
 
 
@@ -42,8 +36,8 @@ def _run(args: argparse.Namespace) -> int:
     if getattr(args, "gateway_command", None) == "token":
         return _token(args)
     if not args.broker:
-        print("hvdm: gateway error: give --broker kafka://HOST:PORT", file=sys.stderr)
-        return 2
+        print(error_line("gateway", "give --broker kafka://HOST:PORT"), file=sys.stderr)
+        return EXIT_USAGE
 
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s %(message)s"
@@ -59,17 +53,11 @@ def _run(args: argparse.Namespace) -> int:
     try:
         auth = gateway_auth(args)
     except AuthConfigError as e:
-        print(f"hvdm: gateway error: {e}", file=sys.stderr)
-        return 2
+        print(error_line("gateway", e), file=sys.stderr)
+        return EXIT_USAGE
     try:
         return asyncio.run(
-            serve(
-                settings,
-                unix_path=args.socket or None,
-                tcp=_hostport(args.tcp) if args.tcp else None,
-                auth=auth,
-                limits=gateway_limits(args),
-            )
+            serve(settings, unix_path=args.socket or None, tcp=args.tcp, auth=auth, limits=gateway_limits(args))
         )
     except KeyboardInterrupt:
         return 130
@@ -77,13 +65,15 @@ def _run(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser("gateway", help="run the VMBus gateway against Kafka (distributed deployment)")
-    p.add_argument("--broker", help="kafka://HOST:PORT[?prefix=...&partitions=N] (see docs); required to serve")
+    p.add_argument(
+        "--broker", type=BROKER, help="kafka://HOST:PORT[?prefix=...&partitions=N] (see docs); required to serve"
+    )
     p.add_argument("--socket", default="hvdm.sock", help="UNIX socket for guests ('' to disable)")
-    p.add_argument("--tcp", help="also listen on HOST:PORT for guests")
+    p.add_argument("--tcp", type=HOST_PORT, help="also listen on HOST:PORT for guests")
     p.add_argument("-v", "--verbose", action="store_true")
     add_gateway_arguments(p)
     sub = p.add_subparsers(dest="gateway_command", metavar="{token}")
     t = sub.add_parser("token", help="print a VM's token: HMAC-SHA256(host secret, VM id), hex")
-    t.add_argument("vm", help="the VM id")
+    t.add_argument("vm", type=VM_ID, help="the VM id")
     t.add_argument("--token-secret-file", dest="secret_file", metavar="FILE", help="the host secret")
     p.set_defaults(func=_run)
