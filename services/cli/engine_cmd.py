@@ -10,7 +10,8 @@ import time
 from collections.abc import Callable
 from types import SimpleNamespace
 
-from services.cli.arg_types import BROKER, PORT, FloatArg, IntArg
+from services.cli.arg_types import BROKER, FloatArg, IntArg
+from services.cli.metrics_args import add_metrics_arguments, metrics_labels_of
 from services.dm_engine.runner import EngineRunner
 from services.event_log.sqlite_log import SqliteLog
 
@@ -32,7 +33,10 @@ def _run_sqlite(args: argparse.Namespace) -> int:
                 from services.metrics import serve_for_service
 
                 served = serve_for_service(
-                    SimpleNamespace(runner=runner, on_batch=on_batch), args.metrics_host, args.metrics_port
+                    SimpleNamespace(runner=runner, on_batch=on_batch),
+                    args.metrics_host,
+                    args.metrics_port,
+                    labels=metrics_labels_of(args),
                 )
             try:
                 while True:
@@ -78,7 +82,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=0.05,
         help="seconds between inbox polls when idle",
     )
-    p.add_argument("--metrics-port", type=PORT, help="serve Prometheus /metrics on this port")
-    p.add_argument("--metrics-host", default="127.0.0.1", help="address for /metrics (0.0.0.0 in containers)")
+    add_metrics_arguments(p)
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=_run)

@@ -10,6 +10,7 @@ import sys
 from services.cli.arg_types import BROKER, HOST_PORT, VM_ID
 from services.cli.gateway_args import add_gateway_arguments, gateway_auth, gateway_limits
 from services.cli.main import EXIT_USAGE, error_line
+from services.cli.metrics_args import add_metrics_arguments, metrics_labels_of
 
 
 def _token(args: argparse.Namespace) -> int:
@@ -57,7 +58,15 @@ def _run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     try:
         return asyncio.run(
-            serve(settings, unix_path=args.socket or None, tcp=args.tcp, auth=auth, limits=gateway_limits(args))
+            serve(
+                settings,
+                unix_path=args.socket or None,
+                tcp=args.tcp,
+                metrics=(args.metrics_host, args.metrics_port) if args.metrics_port is not None else None,
+                metrics_labels=metrics_labels_of(args),
+                auth=auth,
+                limits=gateway_limits(args),
+            )
         )
     except KeyboardInterrupt:
         return 130
@@ -70,6 +79,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     p.add_argument("--socket", default="hvdm.sock", help="UNIX socket for guests ('' to disable)")
     p.add_argument("--tcp", type=HOST_PORT, help="also listen on HOST:PORT for guests")
+    add_metrics_arguments(p, what="gateway")
     p.add_argument("-v", "--verbose", action="store_true")
     add_gateway_arguments(p)
     sub = p.add_subparsers(dest="gateway_command", metavar="{token}")

@@ -6,9 +6,10 @@ import argparse
 import logging
 import sys
 
-from services.cli.arg_types import BROKER, HOST_PORT, PORT, SEED, FloatArg, IntArg, SizeArg
+from services.cli.arg_types import BROKER, HOST_PORT, SEED, FloatArg, IntArg, SizeArg
 from services.cli.gateway_args import add_gateway_arguments, gateway_auth, gateway_limits
 from services.cli.main import EXIT_USAGE, error_line
+from services.cli.metrics_args import add_metrics_arguments, metrics_labels_of
 from services.embedded.run import RunConfig, main_run
 from services.guest_sim.profiles import PROFILES
 from services.guest_sim.workload import WORKLOADS
@@ -61,6 +62,7 @@ def _run(args: argparse.Namespace) -> int:
         seed=args.seed,
         metrics_port=args.metrics_port,
         metrics_host=args.metrics_host,
+        metrics_labels=metrics_labels_of(args),
         qmp_dir=args.qmp_dir,
         progress_interval=args.progress_interval,
         json_summary=args.json,
@@ -93,8 +95,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--scenario", choices=["none", "demo"], default="none", help="scripted story per VM")
     p.add_argument("--duration", type=FloatArg(0.0, 1e9), help="exit after SECONDS of wall time")
     p.add_argument("--seed", type=SEED, default=1)
-    p.add_argument("--metrics-port", type=PORT, help="serve Prometheus /metrics on this port")
-    p.add_argument("--metrics-host", default="127.0.0.1", help="address for /metrics (0.0.0.0 in containers)")
+    add_metrics_arguments(p, what="service")
     p.add_argument("--qmp-dir", help="directory for per-VM QMP sockets (DIR/<vm>.sock)")
     p.add_argument(
         "--progress-interval",

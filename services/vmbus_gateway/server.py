@@ -40,10 +40,13 @@ from services.dm_engine.inputs import ChannelClosed, ChannelOpened, GuestMessage
 from services.dm_protocol import DecodeError, FrameReader, StatusReport, decode, dm_message_bytes, dm_trans_id, frame
 from services.vmbus_gateway.auth import GatewayAuth, PeerIdentity, certificate_names, peer_uid, token_matches
 from services.vmbus_gateway.backend import GatewayBackend
+from services.vmbus_gateway.counters import VM_CONNECTED, GatewayCounters
 from services.vmbus_gateway.hello import MAX_HELLO_BYTES, Hello, HelloError, parse_hello
 
 log = logging.getLogger("hvdm.gateway")
 
+#: Refusals of a hello that does not parse: counted by code in ``hello_rejected``.
+_HELLO_REFUSALS = frozenset({"hello_invalid", "hello_timeout"})
 #: accept() failures that mean "out of descriptors or memory": back off, the server keeps going.
 _RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
@@ -110,8 +113,6 @@ class GatewayServer:
         self.clock = clock
         self.connections: dict[str, Connection] = {}
         self.closed_reasons: list[tuple[str, str]] = []
-        #: Refused connections and hellos, by reason (``hvdm_gateway_refusals_total{reason}``).
-        self.refusals: collections.Counter[str] = collections.Counter()
         #: accept() failures by errno name (``hvdm_gateway_accept_errors_total{errno}``).
         self.accept_errors: collections.Counter[str] = collections.Counter()
         self.status_coalesced = 0
@@ -126,6 +127,8 @@ class GatewayServer:
         self._handlers: set[asyncio.Task[None]] = set()
         #: Refused hellos by reason code (``hello.HELLO_REASONS``): ``hvdm_gateway_hello_rejected_total``.
         self.hello_rejected: collections.Counter[str] = collections.Counter()
+        #: Accepted connections, refusals, disconnects, frames: ``hvdm_gateway_*`` (metrics.sources).
+        self.counters = GatewayCounters()
         backend.on_outbox(self._outbox_changed)
 
     # ------------------------------------------------------------------ lifecycle
@@ -289,8 +292,15 @@ class GatewayServer:
             return PeerIdentity(f"tcp:{host}", frozenset())
         return PeerIdentity(f"tcp:{host}", None)  # --insecure
 
+    @property
+    def refusals(self) -> dict[str, int]:
+        """Refusals by reason, except invalid hellos (``hello_rejected`` counts those by code);
+        both are ``hvdm_gateway_refusals_total{reason}``."""
+        return self.counters.refused
+
     def _refuse(self, reason: str, detail: str, *, vm: str | None, peer: str) -> None:
-        self.refusals[reason] += 1
+        if reason not in _HELLO_REFUSALS:
+            self.counters.refuse(reason)
         log.warning("event=refused reason=%s vm=%s peer=%s detail=%r", reason, vm or "-", peer, detail)
 
     async def _reply(self, writer: asyncio.StreamWriter, data: dict[str, object]) -> None:
@@ -311,7 +321,7 @@ class GatewayServer:
                 raise Refused("token_invalid", f"wrong token for {vm}")
             holder = f"token:{vm}"
         if vm in self.connections:
-            raise Refused("already_connected", f"vm {vm} is already connected")
+            raise Refused(VM_CONNECTED, f"vm {vm} is already connected")
         known = vm in self._seen_vms or self.backend.known_vm(vm)
         if hello.resume_after is not None:
             owner = self.owners.get(vm)
@@ -396,6 +406,7 @@ class GatewayServer:
             hello.resume_after is not None,
             delivered,
         )
+        self.counters.accepted += 1
         await self._reply(writer, {"ok": True, "vm": vm, "delivered": delivered})
         sender = asyncio.create_task(self._send_loop(conn), name=f"gateway-send-{vm}")
         conn.wake.set()
@@ -408,9 +419,12 @@ class GatewayServer:
                 await sender
             self._flush_status(conn)
             self.connections.pop(vm, None)
+            self.counters.frames_in_closed += conn.frames_in
+            self.counters.frames_out_closed += conn.frames_out
             if not conn.closing:
                 backend.submit(vm, ChannelClosed(reason=reason))
                 self.closed_reasons.append((vm, reason))
+                self.counters.disconnect(reason)
                 log.info("event=disconnected vm=%s peer=%s reason=%r", vm, holder, reason)
 
     async def _receive_loop(self, reader: asyncio.StreamReader, conn: Connection) -> str:

@@ -27,7 +27,6 @@ from services.metrics import serve_for_service
 from services.vmbus_gateway.auth import AuthConfigError, GatewayAuth, build_auth, vm_token
 from services.vmbus_gateway.backend import EmbeddedBackend
 from services.vmbus_gateway.client import GatewayRefused, GuestLink
-from services.vmbus_gateway.collector import GatewayCollector
 from services.vmbus_gateway.server import GatewayServer
 from tests.vmbus_gateway.peers import GIB, EchoGuest, Pki, hello, make_pki, raw_peer, running_service, wait_for
 
@@ -198,7 +197,7 @@ async def test_attacker_cannot_claim_a_vm_before_its_guest_nor_take_it_over(serv
     base = link.last_host_seq - link.host_messages  # the outbox position the channel started after
     # While connected: even another certificate entitled to vm1 cannot take it over.
     peer = await raw_peer(hello("vm1"), tcp=tcp, tls=pki.client("vm1b"))
-    assert peer.answer["reason"] == "already_connected"
+    assert peer.answer["reason"] == "vm_connected"
     await peer.close()
     # Reconnect window: the gateway restarts, the channel survives, the host queues a request.
     await gateway.close()
@@ -223,7 +222,7 @@ async def test_attacker_cannot_claim_a_vm_before_its_guest_nor_take_it_over(serv
     assert link.host_messages == service.log.outbox_high_watermark("vm1") - base == len(guest.received)
     assert any(type(m).__name__ == "BalloonRequest" for m in guest.received)
     assert gateway2.refusals == {"resume_other_peer": 1, "not_entitled": 1}
-    assert gateway.refusals == {"not_entitled": 2, "already_connected": 1}
+    assert gateway.refusals == {"not_entitled": 2, "vm_connected": 1}
     await link.stop()
     await gateway2.close()
 
@@ -256,8 +255,7 @@ async def test_wrong_certificate_is_refused_and_counted(service: EmbeddedService
 
 async def test_refusals_are_exported_on_the_metrics_endpoint(service: EmbeddedService) -> None:
     gateway = await start(service, GatewayAuth(token_secret=SECRET), tcp=("127.0.0.1", 0))
-    served = serve_for_service(service, "127.0.0.1", 0)
-    served.metrics.add_collector(GatewayCollector(gateway))
+    served = serve_for_service(service, "127.0.0.1", 0, gateway=gateway)
     try:
         peer = await raw_peer(hello("vm1", token="f" * 64), tcp=("127.0.0.1", gateway.tcp_port or 0))
         await peer.close()
@@ -265,8 +263,12 @@ async def test_refusals_are_exported_on_the_metrics_endpoint(service: EmbeddedSe
     finally:
         served.close()
         await gateway.close()
-    assert 'hvdm_gateway_refusals_total{reason="token_invalid"} 1.0' in body
-    assert "hvdm_gateway_connections 0.0" in body
+    samples = [line for line in body.splitlines() if line.startswith("hvdm_gateway_")]
+    assert any(
+        line.startswith("hvdm_gateway_refusals_total{") and 'reason="token_invalid"' in line and line.endswith(" 1.0")
+        for line in samples
+    ), samples
+    assert any(line.startswith("hvdm_gateway_status_reports_coalesced_total") for line in samples), samples
 
 
 async def test_guest_link_reports_a_refusal(service: EmbeddedService, tmp_path: Path) -> None:
