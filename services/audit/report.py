@@ -172,6 +172,18 @@ class AuditReport:
         return self.first_divergence is None
 
     @property
+    def unconsumed_inputs(self) -> int:
+        """Inbox records after the engine's consumed position. The replay stops at that position,
+        so it can match while the engine is stuck on a record it cannot process: a stopped service
+        has drained its inbox (``EmbeddedService.stop``), so anything left means the engine stopped
+        early or is still running."""
+        return max(0, self.inbox_high_watermark - self.consumed_position)
+
+    @property
+    def consumed_behind_inbox(self) -> bool:
+        return self.unconsumed_inputs > 0
+
+    @property
     def events(self) -> int:
         return sum(r.fold.events for r in self.vms.values())
 
@@ -188,6 +200,8 @@ class AuditReport:
             "decided_events": self.decided_events,
             "consumed_position": self.consumed_position,
             "inbox_high_watermark": self.inbox_high_watermark,
+            "consumed_behind_inbox": self.consumed_behind_inbox,
+            "unconsumed_inputs": self.unconsumed_inputs,
             "db": self.db,
             "engine_config": self.config.to_dict(),
             "engine_config_source": self.config_source,
