@@ -139,6 +139,16 @@ def audit_text(report: AuditReport) -> str:
     for vm, v in vms.items():
         if v["fold_error"]:
             lines += ["", f"{vm}: recorded events could not all be folded: {v['fold_error']}"]
+        if v["inputs_rejected"]:
+            rows = [
+                [str(r["inbox_pos"]), str(r["tick"]), r["input_type"], f"{r['error_class']}: {r['error']}"]
+                for r in v["inputs_rejected"]
+            ]
+            lines += [
+                "",
+                f"{vm} NEEDS ATTENTION: inputs the engine rejected",
+                *table(["INBOX POS", "TICK", "INPUT", "ERROR"], rows, "  "),
+            ]
         if v["violations"]:
             rows = [
                 [

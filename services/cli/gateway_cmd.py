@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import socket
 import sys
 
 from services.cli.arg_types import BROKER, HOST_PORT, VM_ID
 from services.cli.gateway_args import add_gateway_arguments, gateway_auth, gateway_limits
 from services.cli.main import EXIT_USAGE, error_line
 from services.cli.metrics_args import add_metrics_arguments, metrics_labels_of
+from services.cli.units import size_arg
 
 
 def _token(args: argparse.Namespace) -> int:
@@ -30,8 +32,9 @@ def _token(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from services.kafka_engine.gateway import serve
+    from services.kafka_engine.gateway import HostSpec, serve
     from services.kafka_engine.settings import KafkaSettings, SettingsError
+    from services.rebalancer.kafka_hosts import valid_host_name
     from services.vmbus_gateway.auth import AuthConfigError
 
     if getattr(args, "gateway_command", None) == "token":
@@ -48,6 +51,11 @@ def _run(args: argparse.Namespace) -> int:
     except SettingsError as exc:
         print(f"hvdm: gateway error: {exc}", file=sys.stderr)
         return 1
+    if not valid_host_name(args.host_name):
+        print(
+            f"hvdm: gateway error: --host-name must be 1..253 printable characters: {args.host_name!r}", file=sys.stderr
+        )
+        return 1
     if not args.socket and not args.tcp:
         print("hvdm: gateway error: give --socket PATH and/or --tcp HOST:PORT", file=sys.stderr)
         return 1
@@ -57,6 +65,7 @@ def _run(args: argparse.Namespace) -> int:
         print(error_line("gateway", e), file=sys.stderr)
         return EXIT_USAGE
     try:
+        host = HostSpec(args.host_name, args.host_capacity, args.host_reserve)
         return asyncio.run(
             serve(
                 settings,
@@ -66,6 +75,7 @@ def _run(args: argparse.Namespace) -> int:
                 metrics_labels=metrics_labels_of(args),
                 auth=auth,
                 limits=gateway_limits(args),
+                host=host,
             )
         )
     except KeyboardInterrupt:
@@ -80,6 +90,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--socket", default="hvdm.sock", help="UNIX socket for guests ('' to disable)")
     p.add_argument("--tcp", type=HOST_PORT, help="also listen on HOST:PORT for guests")
     add_metrics_arguments(p, what="gateway")
+    p.add_argument(
+        "--host-name", default=socket.gethostname(), help="the host this gateway serves (default: this machine's name)"
+    )
+    p.add_argument("--host-capacity", type=size_arg, metavar="SIZE", help="RAM for VMs (default: RAM - reserve)")
+    p.add_argument("--host-reserve", type=size_arg, default=2 << 30, metavar="SIZE", help="RAM kept for the host (2G)")
     p.add_argument("-v", "--verbose", action="store_true")
     add_gateway_arguments(p)
     sub = p.add_subparsers(dest="gateway_command", metavar="{token}")
