@@ -4,8 +4,10 @@ Why on the command line: after an incident the log is what is left, and the ques
 this log be trusted?" (audit: replay the inbox and compare byte for byte) and "what did the
 service believe at that moment?" (replay --until). Both only read the log.
 
-Exit status of ``audit``: 0 when the replay matches the recorded events, 2 when it diverges, 1 on
-errors (one line on stderr, never a traceback). ``replay`` exits 0 or 1.
+Exit status of ``audit``: 0 when the replay matches the recorded events, 2 when it diverges, 3 when
+it matches but the engine's consumed position is behind its inbox (``consumed_behind_inbox``: the
+engine stopped on a record, or is still running), 1 on errors (one line on stderr, never a
+traceback). ``replay`` exits 0 or 1.
 
     $ hvdm audit --db /var/lib/hvdm/log.db --json
     {"replay_matches": true, "inbox_records": 1200, "events": 431, ..., "first_divergence": null}
@@ -28,6 +30,7 @@ import time
 from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 from services.audit import LogError, ReplayError, audit, audit_text, point_text, state_at
 from services.audit.logfile import open_reader
@@ -37,6 +40,7 @@ from services.cli.arg_types import NON_NEGATIVE, OUTPUT_PATH, VM_ID
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_DIVERGED = 2
+EXIT_BEHIND = 3
 
 
 def _fail(command: str, message: object) -> int:
@@ -112,10 +116,37 @@ def _run_audit(args: argparse.Namespace) -> int:
             from services.audit.html import audit_html
 
             Path(args.html).write_text(audit_html(report), encoding="utf-8")
-        output = json.dumps(report.to_dict()) if args.json else audit_text(report)
-        return output, EXIT_OK if report.replay_matches else EXIT_DIVERGED
+        rebalancer = _rebalancer_section(args)
+        if args.json:
+            doc = report.to_dict()
+            if rebalancer is not None:
+                doc["rebalancer"] = rebalancer
+            output = json.dumps(doc)
+        else:
+            output = audit_text(report) + _rebalancer_text(rebalancer)
+        if not report.replay_matches:
+            return output, EXIT_DIVERGED
+        return output, EXIT_BEHIND if report.consumed_behind_inbox else EXIT_OK
 
     return _with_log("audit", args, body)
+
+
+def _rebalancer_section(args: argparse.Namespace) -> dict[str, Any] | None:
+    """On Kafka, the rebalancer's hosts, lease claims and migration recommendations (issue 15)."""
+    if not getattr(args, "broker", None):
+        return None
+    from services.kafka_engine.settings import KafkaSettings
+    from services.rebalancer.kafka_live import audit_section
+
+    return audit_section(KafkaSettings.from_url(args.broker))
+
+
+def _rebalancer_text(section: dict[str, Any] | None) -> str:
+    if section is None:
+        return ""
+    from services.rebalancer.kafka_live import audit_section_text
+
+    return audit_section_text(section)
 
 
 def _run_replay(args: argparse.Namespace) -> int:
@@ -130,7 +161,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     audit_parser = subparsers.add_parser(
         "audit",
         help="replay a log's inbox, compare with its events byte for byte, report accounting",
-        description="Exit status: 0 replay matches, 2 replay diverges, 1 error.",
+        description="Exit status: 0 replay matches, 2 replay diverges, 3 inbox not fully consumed, 1 error.",
     )
     source = audit_parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--db", metavar="PATH", help="the SQLite log file (opened read-only)")

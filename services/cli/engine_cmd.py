@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 from services.cli.arg_types import BROKER, FloatArg, IntArg
 from services.cli.metrics_args import add_metrics_arguments, metrics_labels_of
-from services.dm_engine.runner import EngineRunner
+from services.embedded.runner import EngineRunner
 from services.event_log.sqlite_log import SqliteLog
 
 
