@@ -31,6 +31,15 @@ class EmbeddedBackend:
     def set_delivered(self, vm: str, seq: int) -> None:
         self.service.log.set_position(f"delivered:{vm}", seq)
 
+    def known_vm(self, vm: str) -> bool:
+        return vm in self.service.runner.states
+
+    def owner(self, vm: str) -> int:
+        return self.service.log.get_position(f"owner:{vm}")
+
+    def set_owner(self, vm: str, digest: int) -> None:
+        self.service.log.set_position(f"owner:{vm}", digest)
+
     def on_outbox(self, cb: Callable[[set[str]], None]) -> None:
         def listener(batch: Sequence[Processed]) -> None:
             cb({p.vm for p in batch})

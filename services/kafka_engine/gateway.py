@@ -16,7 +16,8 @@ import sys
 from services.kafka_engine.gateway_backend import KafkaBackend
 from services.kafka_engine.settings import KafkaSettings
 from services.metrics import MetricsLabels, serve_gateway
-from services.vmbus_gateway.server import GatewayServer
+from services.vmbus_gateway.auth import GatewayAuth
+from services.vmbus_gateway.server import GatewayLimits, GatewayServer
 
 
 async def start_gateway(
@@ -25,6 +26,8 @@ async def start_gateway(
     unix_path: str | None,
     tcp: tuple[str, int] | None,
     backend: KafkaBackend | None = None,
+    auth: GatewayAuth | None = None,
+    limits: GatewayLimits | None = None,
 ) -> tuple[GatewayServer, KafkaBackend]:
     """Load the outbox, then accept guests. The caller stops both with ``stop_gateway``.
 
@@ -32,11 +35,17 @@ async def start_gateway(
     (``services.rebalancer.kafka_hosts.HostSpec.backend``), which also says which host the gateway
     serves and which VMs open channels here; nothing the engine reads.
     """
+    if tcp:
+        (auth or GatewayAuth()).check_tcp()  # before connecting to anything
     if backend is None:
         backend = KafkaBackend(settings)
     await backend.start()
-    server = GatewayServer(backend)
-    await server.start(unix_path=unix_path, tcp=tcp)
+    server = GatewayServer(backend, limits, auth)
+    try:
+        await server.start(unix_path=unix_path, tcp=tcp)
+    except BaseException:
+        await backend.close()
+        raise
     return server, backend
 
 
@@ -53,9 +62,13 @@ async def serve(
     metrics: tuple[str, int] | None = None,
     metrics_labels: MetricsLabels | None = None,
     backend: KafkaBackend | None = None,
+    auth: GatewayAuth | None = None,
+    limits: GatewayLimits | None = None,
 ) -> int:
     """Run until SIGINT/SIGTERM; ``metrics`` = (host, port) serves the gateway's /metrics."""
-    server, backend = await start_gateway(settings, unix_path=unix_path, tcp=tcp, backend=backend)
+    server, backend = await start_gateway(
+        settings, unix_path=unix_path, tcp=tcp, backend=backend, auth=auth, limits=limits
+    )
     served = serve_gateway(server, metrics[0], metrics[1], labels=metrics_labels) if metrics is not None else None
     where = [p for p in (unix_path, f"tcp://{tcp[0]}:{server.tcp_port}" if tcp else None) if p]
     if served is not None:

@@ -3,7 +3,8 @@
 Why it matters: a cycle between deployments (embedded <-> Kafka) or from an adapter back into the
 core makes every layer depend on every other, so none can change or be read alone. Imports are
 read with ``ast`` from the source, including those inside functions (a lazy import is still a
-dependency). ``from package import module`` depends on that module, not on the whole package.
+dependency) but not those under ``if TYPE_CHECKING:`` (they never run). ``from package import
+module`` depends on that module, not on the whole package.
 """
 
 from __future__ import annotations
@@ -25,8 +26,19 @@ def _modules() -> dict[str, Path]:
     return out
 
 
+def _nodes(node: ast.AST) -> Iterator[ast.AST]:
+    """Every node, except the bodies of ``if TYPE_CHECKING:`` (annotations only, never run)."""
+    yield node
+    for child in ast.iter_child_nodes(node):
+        if isinstance(child, ast.If) and isinstance(child.test, ast.Name) and child.test.id == "TYPE_CHECKING":
+            for other in child.orelse:
+                yield from _nodes(other)
+            continue
+        yield from _nodes(child)
+
+
 def _imports(path: Path, modules: Mapping[str, Path]) -> Iterator[str]:
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    for node in _nodes(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
             yield from (a.name for a in node.names if a.name in modules)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
