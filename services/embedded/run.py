@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, TextIO
 
+from services.dm_engine.config import EngineConfig
 from services.dm_engine.state import ProtocolState, VmState
 from services.embedded.scenario import DemoScript, advance_demo
 from services.embedded.service import EmbeddedService
@@ -65,6 +66,8 @@ class RunConfig:
     qemu_dir: str | None = None
     qemu_poll: float = 1.0
     qemu_trace: str | None = None
+    #: The engine config a new log is created with (None: the defaults); a log keeps its own.
+    engine_config: EngineConfig | None = None
 
 
 def run_gateway_limits(cfg: RunConfig) -> GatewayLimits:
@@ -142,7 +145,7 @@ def summary(service: EmbeddedService, scripts: dict[str, DemoScript]) -> dict[st
 
 async def run_service(cfg: RunConfig, out: TextIO = sys.stdout) -> int:
     check_gateway_config(cfg)
-    service = EmbeddedService.open(cfg.db, speed=cfg.speed)
+    service = EmbeddedService.open(cfg.db, speed=cfg.speed, config=cfg.engine_config)
     await service.start()
     gateway = GatewayServer(EmbeddedBackend(service), run_gateway_limits(cfg), cfg.auth)
     await gateway.start(unix_path=cfg.socket, tcp=cfg.tcp)

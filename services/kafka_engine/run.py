@@ -98,7 +98,7 @@ async def run_on_broker(cfg: Any, out: TextIO = sys.stdout, *, engines: int = 1)
     check_gateway_config(cfg)
     settings = replace(KafkaSettings.from_url(cfg.broker), speed=cfg.speed)
     counts = await asyncio.to_thread(ensure_topics, settings)
-    config = await asyncio.to_thread(engine_config_of, settings)
+    config = await asyncio.to_thread(engine_config_of, settings, cfg.engine_config)
     clock = TickClock(tick_seconds=config.tick_seconds, speed=cfg.speed)
     children = [
         subprocess.Popen([sys.executable, "-m", "services", "engine", "--broker", settings.url]) for _ in range(engines)
