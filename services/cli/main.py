@@ -70,6 +70,16 @@ class CliParser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, error_line(command, message) + "\n")
 
 
+def _version() -> str:
+    """The installed distribution's version (``pyproject.toml``), without importing any command."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("hvdm")
+    except PackageNotFoundError:  # a source tree that was never installed
+        return "unknown (not installed)"
+
+
 def build_parser(only: str | None = None, config: LoadedConfig | None = None) -> argparse.ArgumentParser:
     """The parser with every command, or only with the commands of ``only``'s module; a config
     file's values become the defaults of the flags it names (``config_file``)."""
@@ -77,6 +87,7 @@ def build_parser(only: str | None = None, config: LoadedConfig | None = None) ->
         prog="hvdm",
         description="Host side of the Hyper-V Dynamic Memory protocol, as an event-sourced service.",
     )
+    parser.add_argument("--version", action="version", version=f"hvdm {_version()}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
     modules = (COMMANDS[only],) if only in COMMANDS else COMMAND_MODULES

@@ -170,10 +170,18 @@ async def run_service(cfg: RunConfig, out: TextIO = sys.stdout) -> int:
     links: dict[str, GuestLink] = {}
     scripts: dict[str, DemoScript] = {}
     endpoint = sim_endpoint(cfg, gateway.tcp_port) if cfg.guests else {}
+    # With --json, stdout carries the JSON summary only; everything for humans goes to stderr.
+    human = sys.stderr if cfg.json_summary else out
+    extras = "".join(
+        [
+            f"; metrics {served.url}" if served is not None else "",
+            f"; QMP sockets in {cfg.qmp_dir}" if cfg.qmp_dir else "",
+        ]
+    )
     print(
         f"hvdm: embedded service on {cfg.db}; gateway "
-        f"{cfg.socket or f'tcp://127.0.0.1:{gateway.tcp_port}'}; speed x{cfg.speed:g}",
-        file=out,
+        f"{cfg.socket or f'tcp://127.0.0.1:{gateway.tcp_port}'}; speed x{cfg.speed:g}{extras}",
+        file=human,
         flush=True,
     )
     try:
@@ -203,7 +211,7 @@ async def run_service(cfg: RunConfig, out: TextIO = sys.stdout) -> int:
                 await advance_demo(script, service)
             now = time.monotonic()
             if cfg.progress_interval > 0 and now >= next_progress and (links or service.runner.states):
-                print(progress_table(service.runner.states, scripts, service.now_tick()), file=out, flush=True)
+                print(progress_table(service.runner.states, scripts, service.now_tick()), file=human, flush=True)
                 next_progress = now + cfg.progress_interval
             if scripts and all(s.done for s in scripts.values()):
                 break
