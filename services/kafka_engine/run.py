@@ -99,7 +99,7 @@ async def run_on_broker(cfg: Any, out: TextIO = sys.stdout, *, engines: int = 1)
     check_gateway_config(cfg)
     settings = replace(KafkaSettings.from_url(cfg.broker), speed=cfg.speed)
     counts = await asyncio.to_thread(ensure_topics, settings)
-    config = await asyncio.to_thread(engine_config_of, settings)
+    config = await asyncio.to_thread(engine_config_of, settings, cfg.engine_config)
     clock = TickClock(tick_seconds=config.tick_seconds, speed=cfg.speed)
     children = [
         subprocess.Popen([sys.executable, "-m", "services", "engine", "--broker", settings.url]) for _ in range(engines)
@@ -109,10 +109,11 @@ async def run_on_broker(cfg: Any, out: TextIO = sys.stdout, *, engines: int = 1)
     )
     service = BrokerService(settings, counts[settings.inbox], clock)
     endpoint = sim_endpoint(cfg, server.tcp_port)
+    human = sys.stderr if cfg.json_summary else out  # --json: stdout carries the JSON only
     print(
         f"hvdm: Kafka deployment on {settings.bootstrap} ({settings.prefix}.*), {engines} engine worker(s); "
         f"gateway {cfg.socket or f'tcp://127.0.0.1:{server.tcp_port}'}; speed x{cfg.speed:g}",
-        file=out,
+        file=human,
         flush=True,
     )
     links: dict[str, GuestLink] = {}
@@ -149,7 +150,7 @@ async def run_on_broker(cfg: Any, out: TextIO = sys.stdout, *, engines: int = 1)
         await run_scripts(
             service,
             scripts,
-            out,
+            human,
             progress_interval=cfg.progress_interval,
             duration=cfg.duration,
             poll_seconds=0.1,
