@@ -49,6 +49,9 @@ class EngineConfig:
     #: without bound. 2**18 ranges hold 1 GiB of isolated 4 KiB pages; a real guest returns 2 MiB
     #: blocks and runs of pages, far fewer ranges.
     max_ballooned_ranges: int = 1 << 18
+    #: A QEMU-managed VM whose actual size has not moved toward its target for this many ticks
+    #: has a stalled target (recorded once per target; the target stays in force).
+    qemu_stall_ticks: int = 30
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

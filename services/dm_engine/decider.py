@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 from services.dm_engine import events as ev
 from services.dm_engine import inputs as inp
+from services.dm_engine import qemu_vm
 from services.dm_engine.config import EngineConfig
 from services.dm_engine.decisions import DEFAULT_CONFIG, PAGE_SHIFT, PAGE_SIZE, decide, decide_steps
 from services.dm_engine.fold import evolve
@@ -57,6 +58,15 @@ def process(state: VmState, input: inp.Input, config: EngineConfig = DEFAULT_CON
 
     Replaying an inbox through ``process`` from ``initial_state`` reproduces its event log.
     """
+    if state.qemu is not None or type(input) in inp.QEMU_INPUTS:
+        # QEMU-managed (``qemu_vm``): QEMU runs the protocol, so there is no IDLE handler to advance.
+        if type(input) is inp.Tick and not qemu_vm.wants_tick(state):
+            return []
+        qemu_events: list[ev.Event] = []
+        for step in qemu_vm.decide_steps(state, input, config):
+            fold_step(state, step)
+            qemu_events.extend(step)
+        return qemu_events
     if (
         type(input) is inp.Tick
         and state.txn is None

@@ -17,6 +17,7 @@ from typing import Any
 
 from services.dm_engine import events as ev
 from services.dm_engine import inputs as inp
+from services.dm_engine import qemu_vm
 from services.dm_engine.config import EngineConfig
 from services.dm_engine.machine import NEGOTIATED_STATES, ProtocolState, TxnKind
 from services.dm_engine.state import VmState, hot_added_part
@@ -56,6 +57,8 @@ DEFAULT_CONFIG = EngineConfig()
 
 def decide(state: VmState, input: inp.Input, config: EngineConfig = DEFAULT_CONFIG) -> list[ev.Event]:
     """The events one inbox input causes. Reads ``state``, never changes it."""
+    if state.qemu is not None or type(input) in inp.QEMU_INPUTS:
+        return [e for step in qemu_vm.decide_steps(state, input, config) for e in step]
     if type(input) is inp.ChannelOpened and (state.protocol is not ProtocolState.CLOSED or input.reset):
         return [e for step in decide_steps(state, input, config) for e in step]
     handler = _INPUT_HANDLERS[type(input)]
@@ -64,6 +67,8 @@ def decide(state: VmState, input: inp.Input, config: EngineConfig = DEFAULT_CONF
 
 def decide_steps(state: VmState, input: inp.Input, config: EngineConfig = DEFAULT_CONFIG) -> list[list[ev.Event]]:
     """``decide``, cut into the state machine's steps (each at most one protocol transition)."""
+    if state.qemu is not None or type(input) in inp.QEMU_INPUTS:
+        return qemu_vm.decide_steps(state, input, config)
     if type(input) is inp.ChannelOpened and input.reset and state.described:
         # A new channel comes after a VMBus device reset (QEMU only accepts an open in
         # S_POST_RESET_CLOSED, reached through hv_balloon_vmdev_reset); "system" is a reboot

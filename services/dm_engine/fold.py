@@ -13,6 +13,7 @@ from dataclasses import replace
 from typing import Any
 
 from services.dm_engine import events as ev
+from services.dm_engine import qemu_vm
 from services.dm_engine.machine import TxnKind, next_state
 from services.dm_engine.state import Capabilities, GuestStatus, Transaction, VmState
 from services.range_store import PageRangeSet
@@ -257,6 +258,11 @@ def _ev_command_rejected(s: VmState, e: ev.CommandRejected) -> None:
     s.commands_rejected_total += 1
 
 
+def _ev_input_rejected(s: VmState, e: ev.InputRejected) -> None:
+    s.needs_attention = True
+    s.inputs_rejected_total += 1
+
+
 _EVOLVERS: dict[type, Callable[[VmState, Any], None]] = {
     ev.VmDescribed: _ev_vm_described,
     ev.ChannelOpened: _ev_channel_opened,
@@ -288,4 +294,6 @@ _EVOLVERS: dict[type, Callable[[VmState, Any], None]] = {
     ev.TransactionTimedOut: _ev_timed_out,
     ev.GuestViolation: _ev_violation,
     ev.CommandRejected: _ev_command_rejected,
+    ev.InputRejected: _ev_input_rejected,
+    **qemu_vm.EVENT_HANDLERS,
 }

@@ -105,6 +105,17 @@ TABLE: Final[tuple[Transition, ...]] = (
     _t(ev.VdimmUnplugged, ANY),
     _t(ev.GuestViolation, ANY),
     _t(ev.CommandRejected, ANY),
+    _t(ev.InputRejected, ANY),
+    # QEMU-managed VMs (qemu_vm): the protocol runs inside QEMU, so hvdm's state is only whether
+    # QEMU's monitor is attached (IDLE) or not (CLOSED); targets in flight are QEMU's business.
+    _t(ev.QemuAttached, {S.CLOSED}, S.IDLE),
+    _t(ev.QemuDetached, OPEN, S.CLOSED),
+    _t(ev.QemuActualChanged, ANY),
+    _t(ev.QemuBalloonCommanded, {S.IDLE}),
+    _t(ev.QemuTargetReached, ANY),
+    _t(ev.QemuTargetStalled, {S.IDLE}),
+    _t(ev.QemuCommandFailed, ANY),
+    _t(ev.QemuPagesTraced, ANY),
 )
 
 TRANSITIONS: Final[Mapping[type[ev.EventBase], Transition]] = MappingProxyType({t.event: t for t in TABLE})

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from services.dm_engine.machine import NEGOTIATED_STATES, ProtocolState, TxnKind
+from services.dm_engine.qemu_state import QemuVm
 from services.range_store import PageRangeSet
 from services.vdimm_allocator import VdimmLayout, new_layout
 
@@ -106,27 +107,46 @@ class VmState:
     hot_removed_pages_total: int = 0
     violations: dict[str, int] = field(default_factory=dict)
     commands_rejected_total: int = 0
+    #: An input for this VM made the engine raise (``InputRejected``): an operator should look.
+    needs_attention: bool = False
+    inputs_rejected_total: int = 0
+    #: Set when the VM is QEMU-managed (attached through its QMP monitor, not the DM gateway).
+    qemu: QemuVm | None = None
 
     # ----------------------------------------------------------------- derived accounting
     @property
     def ballooned_pages(self) -> int:
+        q = self.qemu
+        if q is not None:
+            # QEMU reports one number; the trace, when followed, gives the exact pages.
+            if q.traced:
+                return q.traced_ballooned.page_count
+            return max(0, self.boot_pages - q.actual_pages)
         return self.ballooned.page_count
 
     @property
     def hot_added_pages(self) -> int:
         """Hot-added pages still in the guest (boot RAM is always owned)."""
+        q = self.qemu
+        if q is not None:
+            if q.traced:
+                return q.traced_hot_added.page_count
+            return max(0, q.actual_pages - self.boot_pages)
         return self.owned.page_count - self.boot_pages
 
     @property
     def current_pages(self) -> int:
-        """Boot + hot-added - ballooned: what the guest can use now."""
+        """Boot + hot-added - ballooned: what the guest can use now (QEMU's actual when QEMU-managed)."""
+        q = self.qemu
+        if q is not None:
+            return q.actual_pages
         return self.owned.page_count - self.ballooned.page_count
 
     # ----------------------------------------------------------------- snapshots
     def to_snapshot(self) -> dict[str, Any]:
         """A JSON-able image of the state, so start-up need not fold every event again."""
         txn = self.txn
-        return {
+        data = {
             "vm_id": self.vm_id,
             "described": self.described,
             "boot_pages": self.boot_pages,
@@ -188,7 +208,13 @@ class VmState:
             "hot_removed_pages_total": self.hot_removed_pages_total,
             "violations": dict(sorted(self.violations.items())),
             "commands_rejected_total": self.commands_rejected_total,
+            "needs_attention": self.needs_attention,
+            "inputs_rejected_total": self.inputs_rejected_total,
         }
+        if self.qemu is not None:
+            # Only QEMU-managed VMs carry the key, so protocol VMs' snapshots keep their bytes.
+            data["qemu"] = self.qemu.to_dict()
+        return data
 
     @classmethod
     def from_snapshot(cls, data: dict[str, Any]) -> VmState:
@@ -233,6 +259,10 @@ class VmState:
             hot_removed_pages_total=data["hot_removed_pages_total"],
             violations=dict(data["violations"]),
             commands_rejected_total=data["commands_rejected_total"],
+            # Absent from snapshots written before rejections were recorded.
+            needs_attention=data.get("needs_attention", False),
+            inputs_rejected_total=data.get("inputs_rejected_total", 0),
+            qemu=None if data.get("qemu") is None else QemuVm.from_dict(data["qemu"]),
         )
 
 

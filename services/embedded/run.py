@@ -20,12 +20,13 @@ from typing import Any, TextIO
 from services.dm_engine.state import ProtocolState, VmState
 from services.embedded.scenario import DemoScript, advance_demo
 from services.embedded.service import EmbeddedService
-from services.metrics import ServedMetrics, serve_for_service
-from services.metrics.rejections import RejectionCollector
+from services.metrics import MetricsLabels, ServedMetrics, serve_for_service
+from services.metrics.collector import demand_pages
+from services.qemu_agent import QemuAgent, attach_to_service
 from services.qmp import QmpServers, start_qmp_servers
 from services.vmbus_gateway.backend import EmbeddedBackend
 from services.vmbus_gateway.client import GuestLink
-from services.vmbus_gateway.hello import HELLO_REASONS, Hello
+from services.vmbus_gateway.hello import Hello
 from services.vmbus_gateway.server import GatewayServer
 
 MIB = 1 << 20
@@ -47,11 +48,19 @@ class RunConfig:
     seed: int = 1
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
+    #: host / VM / UUID labels of the exported series (None: the machine's hostname, label ``vm``).
+    metrics_labels: MetricsLabels | None = None
     qmp_dir: str | None = None
     progress_interval: float = 2.0
     json_summary: bool = False
     #: Distributed deployment (``kafka://HOST:PORT``): see ``services.kafka_engine.run``.
     broker: str | None = None
+    #: Real QEMU VMs (see ``services.qemu_agent``): monitor addresses, a directory of them, the
+    #: poll interval and an hv-balloon trace file.
+    qemu: tuple[str, ...] = ()
+    qemu_dir: str | None = None
+    qemu_poll: float = 1.0
+    qemu_trace: str | None = None
 
 
 def _fmt_mib(pages: int | None) -> str:
@@ -65,7 +74,8 @@ def progress_table(states: dict[str, VmState], scripts: dict[str, DemoScript], n
         s = states[vm]
         pressure = "-"
         if s.status is not None and s.current_pages:
-            pressure = f"{100 * s.status.committed_pages / s.current_pages:.0f}"
+            # Demand (committed minus ballooned), as hvdm_vm_pressure_ratio and the rebalancer count it.
+            pressure = f"{100 * demand_pages(s.status.committed_pages, s.ballooned_pages) / s.current_pages:.0f}"
         step = scripts[vm].describe() if vm in scripts else ""
         lines.append(
             f"{vm:<10} {s.protocol.value:<22} {_fmt_mib(s.target_pages):>8} {_fmt_mib(s.current_pages):>8} "
@@ -106,12 +116,22 @@ async def run_service(cfg: RunConfig, out: TextIO = sys.stdout) -> int:
     await gateway.start(unix_path=cfg.socket, tcp=cfg.tcp)
     served: ServedMetrics | None = None
     qmp: QmpServers | None = None
-    if cfg.metrics_port is not None:
-        served = serve_for_service(service, cfg.metrics_host, cfg.metrics_port)
     if cfg.qmp_dir:
         qmp = await start_qmp_servers(service, cfg.qmp_dir)
-    if served is not None:
-        served.metrics.add_collector(RejectionCollector(gateway, qmp, HELLO_REASONS))
+    if cfg.metrics_port is not None:
+        served = serve_for_service(
+            service,
+            cfg.metrics_host,
+            cfg.metrics_port,
+            labels=cfg.metrics_labels or MetricsLabels.default(),
+            gateway=gateway,
+            qmp=qmp,
+        )
+    agent: QemuAgent | None = None
+    if cfg.qemu or cfg.qemu_dir:
+        agent = await attach_to_service(
+            service, cfg.qemu, directory=cfg.qemu_dir, poll_seconds=cfg.qemu_poll, trace_file=cfg.qemu_trace
+        )
     links: dict[str, GuestLink] = {}
     scripts: dict[str, DemoScript] = {}
     endpoint: dict[str, Any] = {"unix_path": cfg.socket} if cfg.socket else {"tcp": ("127.0.0.1", gateway.tcp_port)}
@@ -160,6 +180,8 @@ async def run_service(cfg: RunConfig, out: TextIO = sys.stdout) -> int:
         report = summary(service, scripts)
         for link in links.values():
             await link.stop()
+        if agent is not None:
+            await agent.close()
         await gateway.close()
         if served is not None:
             served.close()

@@ -18,12 +18,12 @@ from dataclasses import replace
 from pathlib import Path
 
 from services.dm_engine.config import EngineConfig
-from services.dm_engine.inputs import GuestMessage, Input, Tick
+from services.dm_engine.inputs import ALL_VMS, GuestMessage, Input, Tick
 from services.dm_engine.records import to_dict
-from services.dm_engine.runner import EngineRunner, Processed
 from services.dm_protocol import DecodeError, decode, to_json_dict
 from services.embedded.clock import TickClock
-from services.event_log.sqlite_log import ALL_VMS, SqliteLog
+from services.embedded.runner import EngineRunner, Processed
+from services.event_log.sqlite_log import SqliteLog
 
 log = logging.getLogger("hvdm.service")
 

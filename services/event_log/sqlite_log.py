@@ -17,12 +17,11 @@ from typing import Any
 
 import orjson
 
+from services.dm_engine.inputs import ALL_VMS
+
 #: Records are parsed with orjson (about four times faster than json.loads, same values).
 _loads = orjson.loads
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
-
-#: The inbox's VM id for records that concern every VM (clock ticks).
-ALL_VMS = "*"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from services.dm_engine.inputs import ChannelClosed, ChannelOpened, GuestMessage, MalformedFrame
 from services.dm_protocol import DecodeError, FrameReader, dm_message_bytes, frame
 from services.vmbus_gateway.backend import GatewayBackend
+from services.vmbus_gateway.counters import VM_CONNECTED, GatewayCounters
 from services.vmbus_gateway.hello import MAX_HELLO_BYTES, Hello, HelloError, parse_hello
 
 log = logging.getLogger("hvdm.gateway")
@@ -61,6 +62,8 @@ class GatewayServer:
         self.closed_reasons: list[tuple[str, str]] = []
         #: Refused hellos by reason code (``hello.HELLO_REASONS``): ``hvdm_gateway_hello_rejected_total``.
         self.hello_rejected: Counter[str] = Counter()
+        #: Accepted connections, other refusals, disconnects, frames: ``hvdm_gateway_*`` (metrics.sources).
+        self.counters = GatewayCounters()
         backend.on_outbox(self._outbox_changed)
 
     # ------------------------------------------------------------------ lifecycle
@@ -139,6 +142,7 @@ class GatewayServer:
             return
         vm = hello.vm
         if vm in self.connections:
+            self.counters.refuse(VM_CONNECTED)
             await self._reply(writer, {"ok": False, "error": f"vm {vm} is already connected"})
             return
         backend = self.backend
@@ -161,6 +165,7 @@ class GatewayServer:
             delivered = min(hello.resume_after, backend.outbox_high_watermark(vm))
         conn = Connection(hello=hello, writer=writer, delivered=delivered)
         self.connections[vm] = conn
+        self.counters.accepted += 1
         log.info("event=connected vm=%s resume=%s delivered=%d", vm, hello.resume_after is not None, delivered)
         await self._reply(writer, {"ok": True, "vm": vm, "delivered": delivered})
         sender = asyncio.create_task(self._send_loop(conn), name=f"gateway-send-{vm}")
@@ -173,9 +178,12 @@ class GatewayServer:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await sender
             self.connections.pop(vm, None)
+            self.counters.frames_in_closed += conn.frames_in
+            self.counters.frames_out_closed += conn.frames_out
             if not conn.closing:
                 backend.submit(vm, ChannelClosed(reason=reason))
                 self.closed_reasons.append((vm, reason))
+                self.counters.disconnect(reason)
                 log.info("event=disconnected vm=%s reason=%r", vm, reason)
 
     async def _receive_loop(self, reader: asyncio.StreamReader, conn: Connection) -> str:
