@@ -14,7 +14,7 @@ from typing import Protocol
 
 from services.dm_engine.config import EngineConfig
 from services.dm_engine.decider import evolve, initial_state
-from services.dm_engine.records import event_from_dict, loads
+from services.dm_engine.records import compact_event, event_from_dict, loads, stored_event_json
 from services.dm_engine.state import VmState
 from services.dm_engine.step import Processed, read_input, step
 from services.event_log.sqlite_log import InboxRow, SqliteLog, StepWrite
@@ -128,7 +128,7 @@ class EngineRunner:
                 if not events:
                     continue
                 vm = result.vm
-                encoded = [(e.KIND, j) for e, j in zip(events, result.records, strict=True)]
+                encoded = [(e.KIND, compact_event(e) or j) for e, j in zip(events, result.records, strict=True)]
                 writes.append(StepWrite(vm, row.pos, encoded, result.outbox))
                 self._last_seq[vm] = self._last_seq.get(vm, 0) + len(events)
                 count = self._events_since_snapshot.get(vm, 0) + len(events)
@@ -159,5 +159,5 @@ class EngineRunner:
         for write in pending:
             if write.vm == vm:
                 for _, record in write.events:
-                    evolve(state, event_from_dict(loads(record)))
+                    evolve(state, event_from_dict(loads(stored_event_json(record))))
         return state

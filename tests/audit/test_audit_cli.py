@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from services.dm_engine.records import stored_event_json
 from services.event_log.sqlite_log import SqliteLog
 from tests.audit.cli import hvdm, hvdm_json
 from tests.audit.scripted_log import PAGE, ScriptedLog, honest, malicious, stalled_hot_add
@@ -33,7 +34,7 @@ def honest_db(tmp_path: Path, honest_fleet: ScriptedLog) -> Path:
 def recorded_events(db: Path, vm: str) -> list[tuple[int, int, str, str]]:
     with sqlite3.connect(db) as con:
         rows = con.execute("SELECT seq, inbox_pos, kind, record FROM events WHERE vm = ? ORDER BY seq", (vm,))
-        return [(int(s), int(p), str(k), str(r)) for s, p, k, r in rows]
+        return [(int(s), int(p), str(k), stored_event_json(r)) for s, p, k, r in rows]
 
 
 def test_the_runner_recorded_what_the_scripted_harness_decided(honest_fleet: ScriptedLog, tmp_path: Path) -> None:
