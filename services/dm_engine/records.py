@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import operator
 import typing
 from collections.abc import Callable
 from dataclasses import fields
@@ -164,6 +165,14 @@ def input_from_dict(data: dict[str, Any]) -> inp.Input:
     ...
     services.dm_engine.records.RecordError: SetTarget.target_bytes must be a 64-bit integer, got float
     """
+    if type(data) is dict and data.get("type") == "GuestMessage" and len(data) == 3:
+        # The hottest input: checked and built directly (anything unusual takes the general path).
+        tick, raw = data.get("tick"), data.get("raw")
+        if type(tick) is int and MIN_RECORD_INT <= tick <= MAX_RECORD_INT and type(raw) is str:
+            try:
+                return inp.GuestMessage(tick=tick, raw=bytes.fromhex(raw))
+            except ValueError:
+                pass
     cls = inp.INPUT_TYPES.get(data.get("type")) if isinstance(data, dict) else None  # type: ignore[arg-type]
     if cls is None:
         raise RecordError("not an input record")
@@ -223,12 +232,38 @@ def _scalar(value: Any) -> str:
     return _CANONICAL.encode(value)
 
 
+#: Per class whose fields are all declared ``int``: (``%``-template of its canonical JSON, getter of
+#: its values in key order); None for the other classes.
+_INT_TEMPLATES: dict[type, tuple[str, Callable[[Any], tuple[Any, ...]]] | None] = {}
+_INT_ONLY = {int}
+
+
+def _int_template(cls: type) -> tuple[str, Callable[[Any], tuple[Any, ...]]] | None:
+    hints = typing.get_type_hints(cls)
+    names = [name for _, name, _ in _plan(cls) if name is not None]
+    if len(names) < 2 or not all(hints[name] is int for name in names):
+        return None  # (attrgetter of one name returns a bare value, not a tuple)
+    template = "".join(p.replace("%", "%%") + ("" if n is None else "%s") for p, n, _ in _plan(cls)) + "}"
+    getter: Callable[[Any], tuple[Any, ...]] = operator.attrgetter(*names)
+    return template, getter
+
+
 def event_json(event: ev.Event) -> str:
     """Canonical JSON of an event, byte-identical to ``dumps(to_dict(event))``.
 
     Written out field by field from a per-class plan because this is on the engine's hot path
     (one call per event) and the generic encoder sorts keys and walks a fresh dict every time.
+    Classes of integers only (status reports, targets, most of a log) fill a ``%``-template.
     """
+    cls = type(event)
+    try:
+        fast = _INT_TEMPLATES[cls]
+    except KeyError:
+        fast = _INT_TEMPLATES[cls] = _int_template(cls)
+    if fast is not None:
+        values = fast[1](event)
+        if set(map(type, values)) == _INT_ONLY:  # a bool or None would print as Python, not JSON
+            return fast[0] % values
     parts: list[str] = []
     append = parts.append
     for prefix, name, kind in _plan(type(event)):
@@ -294,15 +329,24 @@ def _compact_template(code: int) -> tuple[str, int, re.Pattern[bytes]]:
     return cached
 
 
+#: Per compacted class: (``%``-template of its blob, getter of its values in key order).
+_COMPACT_FORMATS: dict[type, tuple[bytes, Callable[[Any], tuple[Any, ...]]]] = {}
+
+
 def compact_event(event: ev.Event) -> bytes | None:
     """The compact stored form of ``event``, or None if its class is stored as JSON."""
-    code = _COMPACT_BY_CLASS.get(type(event))
-    if code is None:
-        return None
-    values = [getattr(event, name) for _, name, _ in _plan(type(event)) if name is not None]
-    if not all(type(v) is int for v in values):
+    cls = type(event)
+    fmt = _COMPACT_FORMATS.get(cls)
+    if fmt is None:
+        code = _COMPACT_BY_CLASS.get(cls)
+        if code is None:
+            return None
+        names = [name for _, name, _ in _plan(cls) if name is not None]
+        fmt = _COMPACT_FORMATS[cls] = (bytes((code,)) + b",".join([b"%d"] * len(names)), operator.attrgetter(*names))
+    values = fmt[1](event)
+    if set(map(type, values)) != _INT_ONLY:
         return None  # a bool or None where an int is declared: keep the JSON, which says so
-    return bytes((code,)) + ",".join([int.__repr__(v) for v in values]).encode()
+    return fmt[0] % values
 
 
 def stored_event_json(record: str | bytes) -> str:
