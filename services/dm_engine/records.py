@@ -8,8 +8,8 @@ events produces byte-identical records. Bytes travel as lowercase hex, page rang
 from __future__ import annotations
 
 import json
-import re
 import operator
+import re
 import typing
 from collections.abc import Callable
 from dataclasses import fields
