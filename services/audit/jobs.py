@@ -25,6 +25,7 @@ from services.audit.reader import SqliteReader
 from services.audit.report import AuditReport, VmReport, audit, position_of_tick
 from services.dm_engine.inputs import ALL_VMS
 from services.dm_engine.records import stored_event_json, stored_input_dict
+from services.event_log import segments
 from services.event_log.sqlite_log import EventRow, InboxRow
 
 #: Below this many inbox records one process is faster than starting others.
@@ -42,6 +43,7 @@ class PartReader(SqliteReader):
         super().__init__(path)
         self._consumed = consumed
         self._high = high_watermark
+        self._vms = frozenset(vms)
         self._db.execute("CREATE TEMP TABLE part (vm TEXT PRIMARY KEY)")
         self._db.executemany("INSERT INTO temp.part (vm) VALUES (?)", [(vm,) for vm in vms])
 
@@ -52,10 +54,16 @@ class PartReader(SqliteReader):
         return self._high
 
     def iter_inbox(self, after: int = 0, until: int | None = None, batch: int = 5000) -> Iterator[InboxRow]:
+        until = self._consumed if until is None else until
+        mine = self._vms
+        for p, v, t, _kind, r in segments.segment_inbox(self._db, after, until):
+            if v in mine or v == ALL_VMS:
+                yield InboxRow(p, v, t, stored_input_dict(r, t))
+        after = max(after, self._archived_until)
         cur = self._db.execute(
             "SELECT pos, vm, tick, record FROM inbox WHERE pos > ? AND pos <= ? AND (vm = ? OR vm IN temp.part)"
             " ORDER BY pos",
-            (after, self._consumed if until is None else until, ALL_VMS),
+            (after, until, ALL_VMS),
         )
         while rows := cur.fetchmany(batch):
             for p, v, t, r in rows:
@@ -65,6 +73,10 @@ class PartReader(SqliteReader):
         if vm is not None:
             yield from super().iter_events(vm, after_seq)
             return
+        mine = self._vms
+        for _id, v, sq, p, _kind, r in segments.segment_events(self._db):
+            if v in mine:
+                yield EventRow(v, sq, p, stored_event_json(r))
         cur = self._db.execute("SELECT vm, seq, inbox_pos, record FROM events WHERE vm IN temp.part ORDER BY id")
         while rows := cur.fetchmany(2000):
             for v, s, p, r in rows:
@@ -149,5 +161,11 @@ def _vms_until(reader: SqliteReader, consumed: int) -> list[str]:
 
 
 def _records_until(reader: SqliteReader, consumed: int) -> int:
-    row = reader._db.execute("SELECT COUNT(*) FROM inbox WHERE pos <= ?", (consumed,)).fetchone()
-    return int(row[0])
+    """Inbox records up to ``consumed``: what a single-process audit counts as it reads them."""
+    db = reader._db
+    archived = segments.archived_until(db)
+    live = db.execute("SELECT COUNT(*) FROM inbox WHERE pos > ? AND pos <= ?", (archived, consumed)).fetchone()
+    if not archived:
+        return int(live[0])
+    packed = db.execute("SELECT COALESCE(SUM(inbox_rows), 0) FROM segments").fetchone()
+    return int(live[0]) + int(packed[0])
