@@ -304,45 +304,63 @@ def input_json(record: inp.Input) -> str:
 #: Log format this code writes (``meta.log_format``); 1 = JSON only (no such meta key).
 LOG_FORMAT = 2
 
-#: Code byte -> event class compacted under it. Codes are never reused: a new layout gets a new code.
-COMPACT_EVENT_CODES: dict[int, type[ev.EventBase]] = {1: ev.StatusReported}
-_COMPACT_BY_CLASS = {cls: code for code, cls in COMPACT_EVENT_CODES.items()}
-_COMPACT_TEMPLATES: dict[int, tuple[str, int, re.Pattern[bytes]]] = {}
+#: Code byte -> (event kind, its integer fields in canonical key order), pinned: a blob written
+#: under a code always expands to those keys. Codes are never reused; a class whose fields change
+#: is stored as JSON until it gets a new code (``test_compact_layouts_match_the_event_classes``).
+COMPACT_LAYOUTS: dict[int, tuple[str, tuple[str, ...]]] = {
+    1: (
+        "StatusReported",
+        (
+            "available_pages",
+            "committed_pages",
+            "io_diff",
+            "page_file_size_pages",
+            "page_file_writes",
+            "tick",
+            "zero_free_pages",
+        ),
+    ),
+}
+_COMPACT_TEMPLATES: dict[int, tuple[str, re.Pattern[bytes]]] = {}
 
 
-def _compact_template(code: int) -> tuple[str, int, re.Pattern[bytes]]:
-    """(``%``-template of the canonical JSON, number of values, pattern a valid blob body matches)."""
+def _compact_template(code: int) -> tuple[str, re.Pattern[bytes]]:
+    """(``%``-template of the canonical JSON, pattern a valid blob body matches) for a code."""
     cached = _COMPACT_TEMPLATES.get(code)
     if cached is None:
-        cls = COMPACT_EVENT_CODES[code]
+        kind, names = COMPACT_LAYOUTS[code]
+        keys = sorted([*names, "type"])
         parts = []
-        count = 0
-        for prefix, name, _kind in _plan(cls):
-            if name is None:
-                parts.append(prefix.replace("%", "%%"))
-            else:
-                parts.append(prefix.replace("%", "%%") + "%s")
-                count += 1
-        template = "".join(parts) + "}"
-        pattern = re.compile(rb"-?[0-9]+(?:,-?[0-9]+){%d}" % (count - 1))
-        _COMPACT_TEMPLATES[code] = cached = (template, count, pattern)
+        for i, key in enumerate(keys):
+            prefix = ("{" if i == 0 else ",") + _encode_str(key) + ":"
+            parts.append(prefix + (_encode_str(kind) if key == "type" else "%s"))
+        template = "".join(parts).replace("%", "%%").replace("%%s", "%s") + "}"
+        pattern = re.compile(rb"-?[0-9]+(?:,-?[0-9]+){%d}" % (len(names) - 1))
+        _COMPACT_TEMPLATES[code] = cached = (template, pattern)
     return cached
 
 
-#: Per compacted class: (``%``-template of its blob, getter of its values in key order).
-_COMPACT_FORMATS: dict[type, tuple[bytes, Callable[[Any], tuple[Any, ...]]]] = {}
+def _compact_format(cls: type) -> tuple[bytes, Callable[[Any], tuple[Any, ...]]] | None:
+    names = tuple(name for _, name, _ in _plan(cls) if name is not None)
+    for code, (kind, pinned) in COMPACT_LAYOUTS.items():
+        if kind == getattr(cls, "KIND", None) and pinned == names:
+            return bytes((code,)) + b",".join([b"%d"] * len(names)), operator.attrgetter(*names)
+    return None
+
+
+#: Per event class: (``%``-template of its blob, getter of its values in key order), or None.
+_COMPACT_FORMATS: dict[type, tuple[bytes, Callable[[Any], tuple[Any, ...]]] | None] = {}
 
 
 def compact_event(event: ev.Event) -> bytes | None:
     """The compact stored form of ``event``, or None if its class is stored as JSON."""
     cls = type(event)
-    fmt = _COMPACT_FORMATS.get(cls)
+    try:
+        fmt = _COMPACT_FORMATS[cls]
+    except KeyError:
+        fmt = _COMPACT_FORMATS[cls] = _compact_format(cls)
     if fmt is None:
-        code = _COMPACT_BY_CLASS.get(cls)
-        if code is None:
-            return None
-        names = [name for _, name, _ in _plan(cls) if name is not None]
-        fmt = _COMPACT_FORMATS[cls] = (bytes((code,)) + b",".join([b"%d"] * len(names)), operator.attrgetter(*names))
+        return None
     values = fmt[1](event)
     if set(map(type, values)) != _INT_ONLY:
         return None  # a bool or None where an int is declared: keep the JSON, which says so
@@ -358,8 +376,8 @@ def stored_event_json(record: str | bytes) -> str:
         return record
     body = bytes(record)
     code = body[0] if body else -1
-    if code in COMPACT_EVENT_CODES:
-        template, _count, pattern = _compact_template(code)
+    if code in COMPACT_LAYOUTS:
+        template, pattern = _compact_template(code)
         if pattern.fullmatch(body, 1):
             return template % tuple(body[1:].decode().split(","))
     return "!invalid compact record " + body.hex()
