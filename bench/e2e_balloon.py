@@ -18,10 +18,10 @@ import tempfile
 import time
 from typing import Any
 
+from services.demo.scenario import settled
 from services.dm_engine.config import EngineConfig
 from services.dm_engine.inputs import SetTarget
 from services.embedded.lockstep import LockstepFleet
-from services.embedded.scenario import settled
 from services.event_log.sqlite_log import SqliteLog
 from services.guest_sim import GuestConfig, SimulatedGuest
 
@@ -34,6 +34,8 @@ class TimedGuest:
     def __init__(self, guest: SimulatedGuest) -> None:
         self.guest = guest
         self.seconds = 0.0
+        #: The lockstep fleet announces the guest's RAM layout from its configuration.
+        self.config = guest.config
 
     @property
     def closed(self) -> bool:
