@@ -104,6 +104,25 @@ def test_first_channel_of_a_new_vm_needs_no_reset() -> None:
     assert [type(e).__name__ for e in out] == ["VmDescribed", "ChannelOpened"]
 
 
+def test_after_a_reset_a_reached_target_waits_for_the_operator() -> None:
+    """QEMU keeps the target but not the request: its IDLE handler acts only on target_changed,
+    which was cleared when the old boot's balloon started. A target set while the guest was away
+    is still pending and is pursued once the new boot is idle."""
+    h = Harness()
+    boot = _grown_and_shrunk(h)
+    _reopen(h, "vmbus")
+    sent = len(h.sent)
+    h.handshake_again()
+    h.advance_ticks(5)
+    assert not any(isinstance(m, BalloonRequest) for m in h.sent[sent:])
+    assert h.state.current_pages == boot + GIB_PAGES  # the new boot has everything; nothing asked
+    h.feed(inp.ChannelClosed(tick=h.tick, reason="guest rebooted"))
+    h.set_target_pages(boot)  # the operator asks while the guest is away
+    h.open(reset="vmbus")
+    h.handshake_again()
+    assert h.last_sent() == BalloonRequest(trans_id=0, num_pages=GIB_PAGES)
+
+
 # ----------------------------------------------------------------------------- 2. the PCI hole
 def test_q35_ram_above_4_gib_is_the_guests_and_the_hole_is_not() -> None:
     h = Harness(boot_bytes=4 << 30, maxmem_bytes=64 << 30)
