@@ -22,8 +22,8 @@ import pytest
 from services.dm_engine.config import EngineConfig
 from services.dm_engine.inputs import SetTarget
 from services.dm_engine.state import ProtocolState
+from services.embedded.gateway_backend import EmbeddedBackend
 from services.embedded.service import EmbeddedService
-from services.vmbus_gateway.backend import EmbeddedBackend
 from services.vmbus_gateway.client import GuestLink
 from services.vmbus_gateway.hello import Hello, HelloError, parse_hello
 from services.vmbus_gateway.server import GatewayServer
