@@ -39,17 +39,20 @@ def line(**fields: object) -> bytes:
 
 
 def test_default_is_a_q35_split_and_a_vmbus_reset() -> None:
+    """pc_q35_init for 4 GiB; a fresh channel implies hv_balloon_vmdev_reset."""
     hello = parse_hello(line())
     assert hello.machine == "q35" and hello.ram is None and hello.reset == "vmbus"
     assert hello.ram_ranges() == ((0, 2 * GIB_PAGES), (4 * GIB_PAGES, 2 * GIB_PAGES))
 
 
 def test_pc_machine_splits_at_three_gigabytes() -> None:
+    """pc_init1: from 3.5 GiB of RAM, 3 GiB stay below 4 GiB (gigabyte_align)."""
     hello = parse_hello(line(machine="pc"))
     assert hello.ram_ranges() == ((0, 3 * GIB_PAGES), (4 * GIB_PAGES, GIB_PAGES))
 
 
 def test_explicit_ram_is_taken_as_given() -> None:
+    """An explicit map covers machines ram_layout does not model (max-ram-below-4g, SGX, AMD 1 TiB hole)."""
     ram = [[0, GIB_PAGES], [8 * GIB_PAGES, 3 * GIB_PAGES]]
     hello = parse_hello(line(ram=ram, reset="system"))
     assert hello.ram_ranges() == ((0, GIB_PAGES), (8 * GIB_PAGES, 3 * GIB_PAGES))
@@ -71,6 +74,7 @@ def test_explicit_ram_is_taken_as_given() -> None:
     ],
 )
 def test_bad_layouts_and_resets_are_refused(fields: dict[str, object], message: str) -> None:
+    """Hostile or impossible layouts never reach the inbox (a resumed channel was not reset)."""
     with pytest.raises(HelloError, match=message):
         parse_hello(line(**fields))
 
@@ -85,6 +89,7 @@ def test_bad_layouts_and_resets_are_refused(fields: dict[str, object], message: 
     ],
 )
 def test_hello_round_trips(hello: Hello) -> None:
+    """What Hello.to_line writes, parse_hello reads back unchanged."""
     assert parse_hello(hello.to_line()) == hello
 
 
@@ -107,6 +112,7 @@ async def _hello(sock: str, hello: Hello) -> dict[str, object]:
 
 
 async def test_gateway_puts_layout_and_reset_in_channel_opened(service: EmbeddedService, tmp_path: Path) -> None:
+    """The gateway copies the layout and the reset kind into the inbox record the engine decides from."""
     sock = str(tmp_path / "gw.sock")
     gateway = GatewayServer(EmbeddedBackend(service))
     await gateway.start(unix_path=sock)
