@@ -80,7 +80,7 @@ def test_bad_times_and_unstamped_logs_are_one_line(stamped_db: Path, tmp_path: P
     assert bad.returncode == 2 and bad.stderr.startswith("hvdm: error: replay: argument --until: ")
     assert len(bad.stderr.splitlines()) == 1
     early = hvdm("replay", "--db", stamped_db, "--vm", "vm1", "--until", "2000-01-01T00:00:00Z")
-    assert early.returncode == 1 and "no inbox record is that old" in early.stderr
+    assert early.returncode == 1 and "no inbox record is stamped that early" in early.stderr
     with sqlite3.connect(stamped_db) as con:
         con.execute("UPDATE inbox SET wall = NULL")  # a log written before the stamps existed
     old = hvdm("audit", "--db", stamped_db, "--from", at(1))
