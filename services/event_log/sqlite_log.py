@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +35,8 @@ CREATE TABLE IF NOT EXISTS inbox (
     tick INTEGER NOT NULL,
     kind TEXT NOT NULL,
     record TEXT NOT NULL,
-    decoded TEXT
+    decoded TEXT,
+    wall REAL
 );
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY,
@@ -112,6 +114,10 @@ class SqliteLog:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=10000")
         self._db.executescript(_SCHEMA)
+        columns = {str(r[1]) for r in self._db.execute("PRAGMA table_info(inbox)")}
+        if "wall" not in columns:
+            # A log from before wall-clock stamps: its old rows stay NULL (audits say so).
+            self._db.execute("ALTER TABLE inbox ADD COLUMN wall REAL")
         stored = self._db.execute("SELECT value FROM meta WHERE key = 'log_format'").fetchone()
         if stored is None or int(stored[0]) < LOG_FORMAT:
             # Rows say their own form (TEXT = JSON, BLOB = compact), so a format-1 log simply goes on
@@ -144,15 +150,20 @@ class SqliteLog:
         """Append (vm, tick, input record, decoded JSON or None) rows atomically; returns the last pos.
 
         The decoded copy is no longer stored (format 2): it repeated the raw guest bytes, which the
-        record keeps and today's decoder reads again. The ``decoded`` column stays for old files."""
+        record keeps and today's decoder reads again. The ``decoded`` column stays for old files.
+
+        Each row is stamped with the Unix time of the append (``wall``), so audits can be lined up
+        with other logs and cut at a wall-clock time. The stamp is beside the record, not in it: the
+        engine never sees it (ticks stay its only clock) and replays do not depend on it."""
         db = self._db
+        wall = time.time()
         db.execute("BEGIN IMMEDIATE")
         try:
             last = 0
             for vm, tick, record, _decoded in rows:
                 cur = db.execute(
-                    "INSERT INTO inbox (vm, tick, kind, record) VALUES (?, ?, ?, ?)",
-                    (vm, tick, record["type"], stored_input(record, tick)),
+                    "INSERT INTO inbox (vm, tick, kind, record, wall) VALUES (?, ?, ?, ?, ?)",
+                    (vm, tick, record["type"], stored_input(record, tick), wall),
                 )
                 last = int(cur.lastrowid or 0)
             db.execute("COMMIT")
