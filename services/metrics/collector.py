@@ -38,9 +38,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 
 from services.dm_engine.state import Capabilities, ProtocolState, VmState
-
-PAGE_SIZE = 4096
-MIB = 1 << 20
+from services.units import MIB, PAGE_SIZE
 
 #: Engine batches take from tens of microseconds (one tick) to seconds (a recovery-sized backlog).
 LATENCY_BUCKETS = (

@@ -21,7 +21,6 @@ from typing import Any, Protocol
 
 from services.dm_engine import events as ev
 from services.dm_engine import inputs as inp
-from services.dm_engine.decider import PAGE_SHIFT
 from services.dm_engine.state import VmState
 from services.dm_engine.step import Processed
 from services.qmp.commands import COMMANDS, execute
@@ -40,6 +39,7 @@ from services.qmp.protocol import (
     reply,
 )
 from services.qmp.ratelimit import RateLimiter
+from services.units import PAGE_SHIFT
 
 log = logging.getLogger("hvdm.qmp")
 
