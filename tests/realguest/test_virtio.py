@@ -152,6 +152,9 @@ def test_virtio_guest_through_hvdm(rig: Rig, tmp_path: Path) -> None:
         kinds = [json.loads(line)["type"] for line in _events(db, VM)]
         assert kinds.count("QemuAttached") == 2 and "QemuDetached" in kinds
         assert kinds.count("QemuTargetReached") >= 3
+        qemu = vm["qemu"]
+        assert qemu["device"] == "virtio-balloon" and qemu["findings"] == []
+        assert [t["outcome"] for t in qemu["targets"]][:3] == ["reached", "reached", "reached"]
     finally:
         rig.down("virtio")
 
