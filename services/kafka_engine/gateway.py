@@ -12,10 +12,21 @@ import asyncio
 import contextlib
 import signal
 import sys
+from dataclasses import dataclass
 
 from services.kafka_engine.gateway_backend import KafkaBackend
 from services.kafka_engine.settings import KafkaSettings
 from services.vmbus_gateway.server import GatewayServer
+
+
+@dataclass(frozen=True, slots=True)
+class QemuOptions:
+    """Real QEMU VMs on this host (``--qemu``, ``--qemu-dir``, ``--qemu-poll``, ``--qemu-trace``)."""
+
+    addresses: tuple[str, ...] = ()
+    directory: str | None = None
+    poll: float = 1.0
+    trace: str | None = None
 
 
 async def start_gateway(
@@ -34,8 +45,21 @@ async def stop_gateway(server: GatewayServer, backend: KafkaBackend) -> None:
     await backend.close()
 
 
-async def serve(settings: KafkaSettings, *, unix_path: str | None, tcp: tuple[str, int] | None) -> int:
+async def serve(
+    settings: KafkaSettings,
+    *,
+    unix_path: str | None,
+    tcp: tuple[str, int] | None,
+    qemu: QemuOptions | None = None,
+) -> int:
     server, backend = await start_gateway(settings, unix_path=unix_path, tcp=tcp)
+    agent = None
+    if qemu is not None and (qemu.addresses or qemu.directory):
+        from services.qemu_agent.kafka_sink import attach_to_backend
+
+        agent = await attach_to_backend(
+            backend, qemu.addresses, directory=qemu.directory, poll_seconds=qemu.poll, trace_file=qemu.trace
+        )
     where = [p for p in (unix_path, f"tcp://{tcp[0]}:{server.tcp_port}" if tcp else None) if p]
     print(
         f"hvdm gateway: {', '.join(where)} -> {settings.bootstrap} ({settings.prefix}.*)", file=sys.stderr, flush=True
@@ -48,5 +72,7 @@ async def serve(settings: KafkaSettings, *, unix_path: str | None, tcp: tuple[st
     try:
         await stop.wait()
     finally:
+        if agent is not None:
+            await agent.close()  # its QemuDetached inputs are flushed with the backend
         await stop_gateway(server, backend)
     return 0

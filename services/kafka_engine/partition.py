@@ -45,6 +45,7 @@ from services.dm_engine.decider import evolve, initial_state, process
 from services.dm_engine.events import Event
 from services.dm_engine.inputs import Tick
 from services.dm_engine.outbox import outbox_messages
+from services.dm_engine.qemu_vm import qemu_outbox_records
 from services.dm_engine.records import event_from_dict, event_json, input_from_dict, to_dict
 from services.dm_engine.state import VmState
 from services.dm_protocol import encode as encode_message
@@ -237,6 +238,11 @@ class PartitionEngine:
             for message in outbox_messages(event):
                 cursor.outbox_seq += 1
                 messages.append(OutboxMessage(cursor.outbox_seq, first + i, encode_message(message)))
+        if cursor.state.qemu is not None:
+            # A QEMU-managed VM's outbox holds QMP commands for the host's QEMU agent instead.
+            for i, payload in qemu_outbox_records(events):
+                cursor.outbox_seq += 1
+                messages.append(OutboxMessage(cursor.outbox_seq, first + i, payload))
         cursor.seq = first + len(events) - 1
         cursor.applied = offset
         self.dirty.add(vm)

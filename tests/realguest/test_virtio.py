@@ -22,7 +22,8 @@ from qemu.qmp import QMPClient
 from tests.metrics.prometheus_server import free_port, prometheus_binary, start_prometheus
 from tests.realguest.kit import Rig, hvdm, start_hvdm, wait_for
 
-pytestmark = pytest.mark.realguest
+# Boots real guests (and rig setup may apt-get install on a fresh machine): beyond the 300 s default.
+pytestmark = [pytest.mark.realguest, pytest.mark.timeout(900)]
 
 MIB = 1 << 20
 VM = "virtio-qmp"  # no -name: the socket file's name
