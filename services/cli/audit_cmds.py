@@ -4,8 +4,10 @@ Why on the command line: after an incident the log is what is left, and the ques
 this log be trusted?" (audit: replay the inbox and compare byte for byte) and "what did the
 service believe at that moment?" (replay --until). Both only read the log.
 
-Exit status of ``audit``: 0 when the replay matches the recorded events, 2 when it diverges, 1 on
-errors (one line on stderr, never a traceback). ``replay`` exits 0 or 1.
+Exit status of ``audit``: 0 when the replay matches the recorded events, 2 when it diverges, 3 when
+it matches but the engine's consumed position is behind its inbox (``consumed_behind_inbox``: the
+engine stopped on a record, or is still running), 1 on errors (one line on stderr, never a
+traceback). ``replay`` exits 0 or 1.
 
     $ hvdm audit --db /var/lib/hvdm/log.db --json
     {"replay_matches": true, "inbox_records": 1200, "events": 431, ..., "first_divergence": null}
@@ -28,14 +30,17 @@ import time
 from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 from services.audit import LogError, ReplayError, audit, audit_text, point_text, state_at
 from services.audit.logfile import open_reader
 from services.audit.reader import BrokerReaderUnavailable, LogReader, open_broker_reader
+from services.cli.arg_types import NON_NEGATIVE, OUTPUT_PATH, VM_ID
 
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_DIVERGED = 2
+EXIT_BEHIND = 3
 
 
 def _fail(command: str, message: object) -> int:
@@ -111,10 +116,37 @@ def _run_audit(args: argparse.Namespace) -> int:
             from services.audit.html import audit_html
 
             Path(args.html).write_text(audit_html(report), encoding="utf-8")
-        output = json.dumps(report.to_dict()) if args.json else audit_text(report)
-        return output, EXIT_OK if report.replay_matches else EXIT_DIVERGED
+        rebalancer = _rebalancer_section(args)
+        if args.json:
+            doc = report.to_dict()
+            if rebalancer is not None:
+                doc["rebalancer"] = rebalancer
+            output = json.dumps(doc)
+        else:
+            output = audit_text(report) + _rebalancer_text(rebalancer)
+        if not report.replay_matches:
+            return output, EXIT_DIVERGED
+        return output, EXIT_BEHIND if report.consumed_behind_inbox else EXIT_OK
 
     return _with_log("audit", args, body)
+
+
+def _rebalancer_section(args: argparse.Namespace) -> dict[str, Any] | None:
+    """On Kafka, the rebalancer's hosts, lease claims and migration recommendations (issue 15)."""
+    if not getattr(args, "broker", None):
+        return None
+    from services.kafka_engine.settings import KafkaSettings
+    from services.rebalancer.kafka_live import audit_section
+
+    return audit_section(KafkaSettings.from_url(args.broker))
+
+
+def _rebalancer_text(section: dict[str, Any] | None) -> str:
+    if section is None:
+        return ""
+    from services.rebalancer.kafka_live import audit_section_text
+
+    return audit_section_text(section)
 
 
 def _run_replay(args: argparse.Namespace) -> int:
@@ -125,32 +157,27 @@ def _run_replay(args: argparse.Namespace) -> int:
     return _with_log("replay", args, body)
 
 
-def _non_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     audit_parser = subparsers.add_parser(
         "audit",
         help="replay a log's inbox, compare with its events byte for byte, report accounting",
-        description="Exit status: 0 replay matches, 2 replay diverges, 1 error.",
+        description="Exit status: 0 replay matches, 2 replay diverges, 3 inbox not fully consumed, 1 error.",
     )
     source = audit_parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--db", metavar="PATH", help="the SQLite log file (opened read-only)")
     source.add_argument("--broker", metavar="URL", help="a Kafka deployment (kafka://host:port), if supported")
-    audit_parser.add_argument("--vm", metavar="ID", action="append", help="audit only this VM (repeatable)")
+    audit_parser.add_argument("--vm", metavar="ID", type=VM_ID, action="append", help="audit only this VM (repeatable)")
     window = audit_parser.add_mutually_exclusive_group()
     window.add_argument(
-        "--from", dest="from_pos", type=_non_negative, metavar="POS", help="judge and report inbox records after POS"
+        "--from", dest="from_pos", type=NON_NEGATIVE, metavar="POS", help="judge and report inbox records after POS"
     )
-    window.add_argument("--from-tick", type=_non_negative, metavar="N", help="judge and report from tick N on")
+    window.add_argument("--from-tick", type=NON_NEGATIVE, metavar="N", help="judge and report from tick N on")
     audit_parser.add_argument("--json", action="store_true", help="print one JSON document")
-    audit_parser.add_argument("--html", metavar="FILE", help="also write a self-contained HTML report with plots")
     audit_parser.add_argument(
-        "--gap-ticks", type=_non_negative, default=3, metavar="N", help="status-report gap threshold (default 3)"
+        "--html", metavar="FILE", type=OUTPUT_PATH, help="also write a self-contained HTML report with plots"
+    )
+    audit_parser.add_argument(
+        "--gap-ticks", type=NON_NEGATIVE, default=3, metavar="N", help="status-report gap threshold (default 3)"
     )
     audit_parser.add_argument("--progress", action="store_true", help="progress bar on stderr even if not a TTY")
     audit_parser.set_defaults(func=_run_audit)
@@ -159,16 +186,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "replay", help="rebuild one VM's state at an inbox position or tick, for incident analysis"
     )
     replay_parser.add_argument("--db", required=True, metavar="PATH", help="the SQLite log file")
-    replay_parser.add_argument("--vm", required=True, metavar="ID", help="the VM to rebuild")
+    replay_parser.add_argument("--vm", required=True, metavar="ID", type=VM_ID, help="the VM to rebuild")
     point = replay_parser.add_mutually_exclusive_group()
     point.add_argument(
         "--until",
-        type=_non_negative,
+        type=NON_NEGATIVE,
         metavar="POS",
         help="after this inbox position (default and maximum: what the engine consumed)",
     )
     point.add_argument(
-        "--until-tick", type=_non_negative, metavar="N", help="after the last inbox record at or before tick N"
+        "--until-tick", type=NON_NEGATIVE, metavar="N", help="after the last inbox record at or before tick N"
     )
     replay_parser.add_argument(
         "--from-inbox",

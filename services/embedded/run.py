@@ -14,20 +14,21 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TextIO
 
 from services.dm_engine.state import ProtocolState, VmState
 from services.embedded.scenario import DemoScript, advance_demo
 from services.embedded.service import EmbeddedService
-from services.metrics import ServedMetrics, serve_for_service
-from services.metrics.rejections import RejectionCollector
+from services.metrics import MetricsLabels, ServedMetrics, serve_for_service
+from services.metrics.collector import demand_pages
 from services.qemu_agent import QemuAgent, attach_to_service
 from services.qmp import QmpServers, start_qmp_servers
+from services.vmbus_gateway.auth import AuthConfigError, GatewayAuth, vm_token
 from services.vmbus_gateway.backend import EmbeddedBackend
 from services.vmbus_gateway.client import GuestLink
-from services.vmbus_gateway.hello import HELLO_REASONS, Hello
-from services.vmbus_gateway.server import GatewayServer
+from services.vmbus_gateway.hello import Hello
+from services.vmbus_gateway.server import GatewayLimits, GatewayServer
 
 MIB = 1 << 20
 
@@ -48,17 +49,49 @@ class RunConfig:
     seed: int = 1
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
+    #: host / VM / UUID labels of the exported series (None: the machine's hostname, label ``vm``).
+    metrics_labels: MetricsLabels | None = None
     qmp_dir: str | None = None
     progress_interval: float = 2.0
     json_summary: bool = False
     #: Distributed deployment (``kafka://HOST:PORT``): see ``services.kafka_engine.run``.
     broker: str | None = None
+    #: Who may connect to the gateway (None: the UNIX socket for this uid and root, TCP refused).
+    auth: GatewayAuth | None = None
+    gateway_limits: GatewayLimits | None = None
     #: Real QEMU VMs (see ``services.qemu_agent``): monitor addresses, a directory of them, the
     #: poll interval and an hv-balloon trace file.
     qemu: tuple[str, ...] = ()
     qemu_dir: str | None = None
     qemu_poll: float = 1.0
     qemu_trace: str | None = None
+
+
+def run_gateway_limits(cfg: RunConfig) -> GatewayLimits:
+    """The configured limits with one stored status report per simulated second (QEMU's rate)."""
+    return replace(cfg.gateway_limits or GatewayLimits(), status_interval_s=1.0 / cfg.speed)
+
+
+def check_gateway_config(cfg: RunConfig) -> None:
+    """Refuse, before anything starts, a TCP listener without authentication and simulated guests
+    that could not connect (they use the UNIX socket, or TCP with tokens or --insecure)."""
+    auth = cfg.auth or GatewayAuth()
+    if cfg.tcp:
+        auth.check_tcp()
+    if cfg.guests and not cfg.socket and auth.tls is not None:
+        raise AuthConfigError("simulated guests connect over the UNIX socket, or TCP without TLS: keep --socket")
+
+
+def sim_endpoint(cfg: RunConfig, tcp_port: int | None) -> dict[str, Any]:
+    """Where simulated guests connect: the UNIX socket (same uid), else TCP (tokens or --insecure)."""
+    return {"unix_path": cfg.socket} if cfg.socket else {"tcp": ("127.0.0.1", tcp_port)}
+
+
+def sim_hello(cfg: RunConfig, vm: str) -> Hello:
+    """A simulated guest's hello; over TCP with tokens it carries the VM's token."""
+    secret = cfg.auth.token_secret if cfg.auth is not None else None
+    token = vm_token(secret, vm) if secret is not None and not cfg.socket else None
+    return Hello(vm=vm, boot_bytes=cfg.guest_memory, maxmem_bytes=cfg.guest_maxmem, token=token)
 
 
 def _fmt_mib(pages: int | None) -> str:
@@ -72,7 +105,8 @@ def progress_table(states: dict[str, VmState], scripts: dict[str, DemoScript], n
         s = states[vm]
         pressure = "-"
         if s.status is not None and s.current_pages:
-            pressure = f"{100 * s.status.committed_pages / s.current_pages:.0f}"
+            # Demand (committed minus ballooned), as hvdm_vm_pressure_ratio and the rebalancer count it.
+            pressure = f"{100 * demand_pages(s.status.committed_pages, s.ballooned_pages) / s.current_pages:.0f}"
         step = scripts[vm].describe() if vm in scripts else ""
         lines.append(
             f"{vm:<10} {s.protocol.value:<22} {_fmt_mib(s.target_pages):>8} {_fmt_mib(s.current_pages):>8} "
@@ -107,18 +141,24 @@ def summary(service: EmbeddedService, scripts: dict[str, DemoScript]) -> dict[st
 
 
 async def run_service(cfg: RunConfig, out: TextIO = sys.stdout) -> int:
+    check_gateway_config(cfg)
     service = EmbeddedService.open(cfg.db, speed=cfg.speed)
     await service.start()
-    gateway = GatewayServer(EmbeddedBackend(service))
+    gateway = GatewayServer(EmbeddedBackend(service), run_gateway_limits(cfg), cfg.auth)
     await gateway.start(unix_path=cfg.socket, tcp=cfg.tcp)
     served: ServedMetrics | None = None
     qmp: QmpServers | None = None
-    if cfg.metrics_port is not None:
-        served = serve_for_service(service, cfg.metrics_host, cfg.metrics_port)
     if cfg.qmp_dir:
         qmp = await start_qmp_servers(service, cfg.qmp_dir)
-    if served is not None:
-        served.metrics.add_collector(RejectionCollector(gateway, qmp, HELLO_REASONS))
+    if cfg.metrics_port is not None:
+        served = serve_for_service(
+            service,
+            cfg.metrics_host,
+            cfg.metrics_port,
+            labels=cfg.metrics_labels or MetricsLabels.default(),
+            gateway=gateway,
+            qmp=qmp,
+        )
     agent: QemuAgent | None = None
     if cfg.qemu or cfg.qemu_dir:
         agent = await attach_to_service(
@@ -126,7 +166,7 @@ async def run_service(cfg: RunConfig, out: TextIO = sys.stdout) -> int:
         )
     links: dict[str, GuestLink] = {}
     scripts: dict[str, DemoScript] = {}
-    endpoint: dict[str, Any] = {"unix_path": cfg.socket} if cfg.socket else {"tcp": ("127.0.0.1", gateway.tcp_port)}
+    endpoint = sim_endpoint(cfg, gateway.tcp_port) if cfg.guests else {}
     print(
         f"hvdm: embedded service on {cfg.db}; gateway "
         f"{cfg.socket or f'tcp://127.0.0.1:{gateway.tcp_port}'}; speed x{cfg.speed:g}",
@@ -147,8 +187,7 @@ async def run_service(cfg: RunConfig, out: TextIO = sys.stdout) -> int:
                         seed=cfg.seed + i,
                     )
                 )
-                hello = Hello(vm=vm, boot_bytes=cfg.guest_memory, maxmem_bytes=cfg.guest_maxmem)
-                link = GuestLink(guest, hello, service.now_seconds)
+                link = GuestLink(guest, sim_hello(cfg, vm), service.now_seconds)
                 await link.open(**endpoint)
                 links[vm] = link
                 if cfg.scenario == "demo":
@@ -232,5 +271,8 @@ def main_run(cfg: RunConfig) -> int:
 
             return asyncio.run(run_on_broker(cfg))
         return asyncio.run(run_service(cfg))
+    except (AuthConfigError, FileExistsError) as e:
+        print(f"hvdm: run error: {e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130

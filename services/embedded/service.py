@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -18,12 +17,11 @@ from dataclasses import replace
 from pathlib import Path
 
 from services.dm_engine.config import EngineConfig
-from services.dm_engine.inputs import GuestMessage, Input, Tick
+from services.dm_engine.inputs import ALL_VMS, Input, Tick
 from services.dm_engine.records import to_dict
-from services.dm_engine.runner import EngineRunner, Processed
-from services.dm_protocol import DecodeError, decode, to_json_dict
 from services.embedded.clock import TickClock
-from services.event_log.sqlite_log import ALL_VMS, SqliteLog
+from services.embedded.runner import EngineRunner, Processed
+from services.event_log.sqlite_log import SqliteLog
 
 log = logging.getLogger("hvdm.service")
 
@@ -68,13 +66,8 @@ class EmbeddedService:
         """Append one input for ``vm`` to the inbox, stamped with the current tick."""
         tick = self.now_tick()
         record = replace(record, tick=tick)
-        decoded: str | None = None
-        if isinstance(record, GuestMessage):
-            try:
-                decoded = json.dumps(to_json_dict(decode(record.raw)), separators=(",", ":"))
-            except DecodeError:
-                decoded = None
-        pos = self.log.append_input(vm, tick, to_dict(record), decoded)
+        # The raw guest bytes are the one stored fact (no decoded copy: issue 14).
+        pos = self.log.append_input(vm, tick, to_dict(record))
         self._wake.set()
         return pos
 

@@ -17,12 +17,12 @@ from typing import Any
 
 import orjson
 
+from services.dm_engine.inputs import ALL_VMS
+from services.dm_engine.records import LOG_FORMAT, stored_event_json, stored_input, stored_input_dict
+
 #: Records are parsed with orjson (about four times faster than json.loads, same values).
 _loads = orjson.loads
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
-
-#: The inbox's VM id for records that concern every VM (clock ticks).
-ALL_VMS = "*"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -74,7 +74,7 @@ class EventRow:
     vm: str
     seq: int
     inbox_pos: int
-    record: str  # canonical JSON, compared byte for byte by audits
+    record: str  # canonical JSON (whichever form is stored), compared byte for byte by audits
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +91,7 @@ class StepWrite:
 
     vm: str
     inbox_pos: int
-    events: Sequence[tuple[str, str]]  # (event type, canonical JSON), in order
+    events: Sequence[tuple[str, str | bytes]]  # (event type, canonical JSON or compact form), in order
     outbox: Sequence[tuple[int, bytes]]  # (index into events, encoded DM message)
 
 
@@ -105,6 +105,11 @@ class SqliteLog:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=10000")
         self._db.executescript(_SCHEMA)
+        stored = self._db.execute("SELECT value FROM meta WHERE key = 'log_format'").fetchone()
+        if stored is None or int(stored[0]) < LOG_FORMAT:
+            # Rows say their own form (TEXT = JSON, BLOB = compact), so a format-1 log simply goes on
+            # as format 2; the key tells an older reader that it may meet rows it cannot read.
+            self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('log_format', ?)", (str(LOG_FORMAT),))
         self._next_event_seq: dict[str, int] = {}
         self._next_outbox_seq: dict[str, int] = {}
 
@@ -128,21 +133,18 @@ class SqliteLog:
 
     # ------------------------------------------------------------------ inbox
     def append_inputs(self, rows: Iterable[tuple[str, int, dict[str, Any], str | None]]) -> int:
-        """Append (vm, tick, input record, decoded JSON or None) rows atomically; returns the last pos."""
+        """Append (vm, tick, input record, decoded JSON or None) rows atomically; returns the last pos.
+
+        The decoded copy is no longer stored (format 2): it repeated the raw guest bytes, which the
+        record keeps and today's decoder reads again. The ``decoded`` column stays for old files."""
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
             last = 0
-            for vm, tick, record, decoded in rows:
+            for vm, tick, record, _decoded in rows:
                 cur = db.execute(
-                    "INSERT INTO inbox (vm, tick, kind, record, decoded) VALUES (?, ?, ?, ?, ?)",
-                    (
-                        vm,
-                        tick,
-                        record["type"],
-                        json.dumps(record, sort_keys=True, separators=(",", ":")),
-                        decoded,
-                    ),
+                    "INSERT INTO inbox (vm, tick, kind, record) VALUES (?, ?, ?, ?)",
+                    (vm, tick, record["type"], stored_input(record, tick)),
                 )
                 last = int(cur.lastrowid or 0)
             db.execute("COMMIT")
@@ -164,7 +166,7 @@ class SqliteLog:
                 "SELECT pos, vm, tick, record FROM inbox WHERE pos > ? AND vm IN (?, ?) ORDER BY pos LIMIT ?",
                 (after, vm, ALL_VMS, limit),
             )
-        return [InboxRow(int(p), str(v), int(t), _loads(r)) for p, v, t, r in cur]
+        return [InboxRow(p, v, t, stored_input_dict(r, t)) for p, v, t, r in cur]
 
     def inbox_high_watermark(self) -> int:
         row = self._db.execute("SELECT COALESCE(MAX(pos), 0) FROM inbox").fetchone()
@@ -204,7 +206,7 @@ class SqliteLog:
         db = self._db
         ev_seq: dict[str, int] = {}
         ob_seq: dict[str, int] = {}
-        event_rows: list[tuple[str, int, int, str, str]] = []
+        event_rows: list[tuple[str, int, int, str, str | bytes]] = []
         outbox_rows: list[tuple[str, int, int, bytes]] = []
         for w in writes:
             first = ev_seq.get(w.vm) or self._next_seq(self._next_event_seq, "events", w.vm)
@@ -254,7 +256,7 @@ class SqliteLog:
                 (vm, after_seq),
             )
         for v, s, p, r in cur:
-            yield EventRow(str(v), int(s), int(p), str(r))
+            yield EventRow(v, s, p, stored_event_json(r))
 
     def event_count(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM events").fetchone()[0])

@@ -16,7 +16,9 @@ from dataclasses import dataclass
 
 from services.kafka_engine.gateway_backend import KafkaBackend
 from services.kafka_engine.settings import KafkaSettings
-from services.vmbus_gateway.server import GatewayServer
+from services.metrics import MetricsLabels, serve_gateway
+from services.vmbus_gateway.auth import GatewayAuth
+from services.vmbus_gateway.server import GatewayLimits, GatewayServer
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,14 +32,46 @@ class QemuOptions:
 
 
 async def start_gateway(
-    settings: KafkaSettings, *, unix_path: str | None, tcp: tuple[str, int] | None
+    settings: KafkaSettings,
+    *,
+    unix_path: str | None,
+    tcp: tuple[str, int] | None,
+    host: HostSpec | None = None,
+    auth: GatewayAuth | None = None,
+    limits: GatewayLimits | None = None,
 ) -> tuple[GatewayServer, KafkaBackend]:
-    """Load the outbox, then accept guests. The caller stops both with ``stop_gateway``."""
-    backend = KafkaBackend(settings)
+    """Load the outbox, then accept guests. The caller stops both with ``stop_gateway``.
+
+    With ``host``, the gateway also says which host it serves and which VMs open channels here
+    (the rebalancer's hosts topic, ``services.rebalancer.kafka_hosts``); nothing the engine reads.
+    """
+    if tcp:
+        (auth or GatewayAuth()).check_tcp()  # before connecting to anything
+    if host is not None:
+        from services.rebalancer.kafka_hosts import HostedKafkaBackend
+
+        backend: KafkaBackend = HostedKafkaBackend(
+            settings, host_name=host.name, capacity_bytes=host.capacity_bytes, reserve_bytes=host.reserve_bytes
+        )
+    else:
+        backend = KafkaBackend(settings)
     await backend.start()
-    server = GatewayServer(backend)
-    await server.start(unix_path=unix_path, tcp=tcp)
+    server = GatewayServer(backend, limits, auth)
+    try:
+        await server.start(unix_path=unix_path, tcp=tcp)
+    except BaseException:
+        await backend.close()
+        raise
     return server, backend
+
+
+@dataclass(frozen=True, slots=True)
+class HostSpec:
+    """The host this gateway serves: its name and the RAM it gives to VMs (None: RAM - reserve)."""
+
+    name: str
+    capacity_bytes: int | None = None
+    reserve_bytes: int = 2 << 30
 
 
 async def stop_gateway(server: GatewayServer, backend: KafkaBackend) -> None:
@@ -50,9 +84,17 @@ async def serve(
     *,
     unix_path: str | None,
     tcp: tuple[str, int] | None,
+    metrics: tuple[str, int] | None = None,
+    metrics_labels: MetricsLabels | None = None,
+    host: HostSpec | None = None,
+    auth: GatewayAuth | None = None,
+    limits: GatewayLimits | None = None,
     qemu: QemuOptions | None = None,
 ) -> int:
-    server, backend = await start_gateway(settings, unix_path=unix_path, tcp=tcp)
+    """Run until SIGINT/SIGTERM; ``metrics`` = (host, port) serves the gateway's /metrics; ``qemu``
+    attaches this host's real QEMU VMs (``services.qemu_agent``)."""
+    server, backend = await start_gateway(settings, unix_path=unix_path, tcp=tcp, host=host, auth=auth, limits=limits)
+    served = serve_gateway(server, metrics[0], metrics[1], labels=metrics_labels) if metrics is not None else None
     agent = None
     if qemu is not None and (qemu.addresses or qemu.directory):
         from services.qemu_agent.kafka_sink import attach_to_backend
@@ -61,6 +103,8 @@ async def serve(
             backend, qemu.addresses, directory=qemu.directory, poll_seconds=qemu.poll, trace_file=qemu.trace
         )
     where = [p for p in (unix_path, f"tcp://{tcp[0]}:{server.tcp_port}" if tcp else None) if p]
+    if served is not None:
+        where.append(f"metrics {served.url}")
     print(
         f"hvdm gateway: {', '.join(where)} -> {settings.bootstrap} ({settings.prefix}.*)", file=sys.stderr, flush=True
     )
@@ -74,5 +118,7 @@ async def serve(
     finally:
         if agent is not None:
             await agent.close()  # its QemuDetached inputs are flushed with the backend
+        if served is not None:
+            served.close()
         await stop_gateway(server, backend)
     return 0

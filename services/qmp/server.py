@@ -22,8 +22,8 @@ from typing import Any, Protocol
 from services.dm_engine import events as ev
 from services.dm_engine import inputs as inp
 from services.dm_engine.decider import PAGE_SHIFT
-from services.dm_engine.runner import Processed
 from services.dm_engine.state import VmState
+from services.dm_engine.step import Processed
 from services.qmp.commands import COMMANDS, execute
 from services.qmp.paths import MAX_SOCKET_PATH, ensure_private_dir, remove_stale_socket, socket_path
 from services.qmp.protocol import (
@@ -133,14 +133,20 @@ class _Session:
                 request,
             )
             return
+        counts = self.monitor._servers.command_counts
+        # Only known command names become label values: a client must not create series at will.
+        name = request.command if request.command in COMMANDS else "unknown"
         try:
             result = await execute(self.monitor, request.command, request.arguments)
         except QmpError as e:
+            counts[name, e.error_class] = counts.get((name, e.error_class), 0) + 1
             self.send_error(e, request)
         except Exception as e:  # a bug must not kill the connection, and must be visible
+            counts[name, "internal"] = counts.get((name, "internal"), 0) + 1
             log.exception("qmp command failed vm=%s command=%s", self.monitor.vm, request.command)
             self.send_error(generic(f"internal error: {e}"), request)
         else:
+            counts[name, "ok"] = counts.get((name, "ok"), 0) + 1
             self.send(reply(result, request))
 
     def _negotiate(self, request: Request) -> None:
@@ -263,6 +269,8 @@ class QmpServers:
         self._watch: dict[int, list[ev.CommandRejected]] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._closed = False
+        #: (command, result) -> count, result "ok" or the QMP error class; hvdm_qmp_commands_total.
+        self.command_counts: dict[tuple[str, str], int] = {}
         #: Error replies by (error class, command): ``hvdm_qmp_errors_total``. Commands hvdm does not
         #: know are counted as "unknown" and unparsable requests as "none", so a client cannot grow
         #: the label set.

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from services.dm_engine.records import stored_event_json
 from services.event_log.sqlite_log import SqliteLog
 from tests.audit.cli import hvdm, hvdm_json
 from tests.audit.scripted_log import PAGE, ScriptedLog, honest, malicious, stalled_hot_add
@@ -33,7 +34,7 @@ def honest_db(tmp_path: Path, honest_fleet: ScriptedLog) -> Path:
 def recorded_events(db: Path, vm: str) -> list[tuple[int, int, str, str]]:
     with sqlite3.connect(db) as con:
         rows = con.execute("SELECT seq, inbox_pos, kind, record FROM events WHERE vm = ? ORDER BY seq", (vm,))
-        return [(int(s), int(p), str(k), str(r)) for s, p, k, r in rows]
+        return [(int(s), int(p), str(k), stored_event_json(r)) for s, p, k, r in rows]
 
 
 def test_the_runner_recorded_what_the_scripted_harness_decided(honest_fleet: ScriptedLog, tmp_path: Path) -> None:
@@ -199,10 +200,13 @@ def test_only_consumed_records_are_replayed(honest_db: Path, honest_fleet: Scrip
     log = SqliteLog(honest_db)
     log.append_input("vm1", 999, {"type": "SetTarget", "tick": 999, "target_bytes": GIB_PAGES * PAGE})
     log.close()
-    doc = hvdm_json("audit", "--db", honest_db)
+    # The replay matches up to the consumed position, but the audit says (exit 3) that the engine
+    # never processed the record behind it.
+    doc = hvdm_json("audit", "--db", honest_db, code=3)
     assert doc["replay_matches"] is True
     assert doc["inbox_records"] == len(honest_fleet.rows) == doc["consumed_position"]
     assert doc["inbox_high_watermark"] == len(honest_fleet.rows) + 1
+    assert doc["consumed_behind_inbox"] is True and doc["unconsumed_inputs"] == 1
 
 
 def test_missing_db_is_one_line_on_stderr(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from services.dm_engine.records import stored_event_json
 from tests.realguest.kit import Rig, hvdm, start_hvdm, wait_for
 from tests.realguest.test_virtio import qmp
 
@@ -35,7 +36,7 @@ def events(db: Path) -> list[dict[str, Any]]:
             rows = conn.execute("SELECT record FROM events WHERE vm = ? ORDER BY seq", (VM,)).fetchall()
     except sqlite3.OperationalError:
         return []  # hvdm has not created its tables yet
-    return [json.loads(r[0]) for r in rows]
+    return [json.loads(stored_event_json(r[0])) for r in rows]
 
 
 def kinds(db: Path) -> list[str]:
