@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, TextIO
 
+from services.dm_engine.config import EngineConfig
 from services.dm_engine.state import ProtocolState, VmState
 from services.embedded.scenario import DemoScript, advance_demo
 from services.embedded.service import EmbeddedService
@@ -65,6 +66,8 @@ class RunConfig:
     qemu_dir: str | None = None
     qemu_poll: float = 1.0
     qemu_trace: str | None = None
+    #: The engine config a new log is created with (None: the defaults); a log keeps its own.
+    engine_config: EngineConfig | None = None
 
 
 def run_gateway_limits(cfg: RunConfig) -> GatewayLimits:
@@ -142,7 +145,7 @@ def summary(service: EmbeddedService, scripts: dict[str, DemoScript]) -> dict[st
 
 async def run_service(cfg: RunConfig, out: TextIO = sys.stdout) -> int:
     check_gateway_config(cfg)
-    service = EmbeddedService.open(cfg.db, speed=cfg.speed)
+    service = EmbeddedService.open(cfg.db, speed=cfg.speed, config=cfg.engine_config)
     await service.start()
     gateway = GatewayServer(EmbeddedBackend(service), run_gateway_limits(cfg), cfg.auth)
     await gateway.start(unix_path=cfg.socket, tcp=cfg.tcp)
@@ -167,10 +170,18 @@ async def run_service(cfg: RunConfig, out: TextIO = sys.stdout) -> int:
     links: dict[str, GuestLink] = {}
     scripts: dict[str, DemoScript] = {}
     endpoint = sim_endpoint(cfg, gateway.tcp_port) if cfg.guests else {}
+    # With --json, stdout carries the JSON summary only; everything for humans goes to stderr.
+    human = sys.stderr if cfg.json_summary else out
+    extras = "".join(
+        [
+            f"; metrics {served.url}" if served is not None else "",
+            f"; QMP sockets in {cfg.qmp_dir}" if cfg.qmp_dir else "",
+        ]
+    )
     print(
         f"hvdm: embedded service on {cfg.db}; gateway "
-        f"{cfg.socket or f'tcp://127.0.0.1:{gateway.tcp_port}'}; speed x{cfg.speed:g}",
-        file=out,
+        f"{cfg.socket or f'tcp://127.0.0.1:{gateway.tcp_port}'}; speed x{cfg.speed:g}{extras}",
+        file=human,
         flush=True,
     )
     try:
@@ -200,7 +211,7 @@ async def run_service(cfg: RunConfig, out: TextIO = sys.stdout) -> int:
                 await advance_demo(script, service)
             now = time.monotonic()
             if cfg.progress_interval > 0 and now >= next_progress and (links or service.runner.states):
-                print(progress_table(service.runner.states, scripts, service.now_tick()), file=out, flush=True)
+                print(progress_table(service.runner.states, scripts, service.now_tick()), file=human, flush=True)
                 next_progress = now + cfg.progress_interval
             if scripts and all(s.done for s in scripts.values()):
                 break

@@ -9,6 +9,7 @@ what makes a crash-and-restart neither lose nor double-apply an input.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -38,6 +39,12 @@ class EngineRunner:
     ) -> None:
         self.log = log
         stored = log.get_meta("engine_config")
+        if stored is not None and config is not None and config != EngineConfig.from_dict(json.loads(stored)):
+            # The log's events were decided with the stored config; replays must keep using it.
+            logging.getLogger(__name__).warning(
+                "event=engine_config_kept reason=%r", "the log has its own engine config; a new log takes the given one"
+            )
+            config = None
         if config is None:
             config = EngineConfig.from_dict(json.loads(stored)) if stored else EngineConfig()
         if stored is None:
