@@ -34,8 +34,8 @@ from typing import Any
 from qemu.qmp import QMPClient
 
 from services.dm_engine import inputs as inp
+from services.embedded.qemu_sink import attach_to_service
 from services.embedded.service import EmbeddedService
-from services.qemu_agent import attach_to_service
 from services.qemu_agent.simulated_qemu import SimulatedQemu
 from services.qmp import start_qmp_servers
 

@@ -74,6 +74,11 @@ def _run(args: argparse.Namespace) -> int:
         qemu_trace=args.qemu_trace,
         engine_config=config_of(args).engine_config(),
     )
+    if cfg.broker:
+        # The Kafka deployment (gateway + engine workers + guests on the topics).
+        from services.kafka_engine.run import run_on_broker
+
+        return main_run(cfg, run_on_broker)
     return main_run(cfg)
 
 

@@ -14,9 +14,9 @@ import pytest
 
 from services.dm_engine import inputs as inp
 from services.kafka_engine.gateway import start_gateway, stop_gateway
+from services.kafka_engine.qemu_sink import attach_to_backend
 from services.kafka_engine.settings import KafkaSettings
 from services.kafka_engine.tansu import LocalBroker
-from services.qemu_agent.kafka_sink import attach_to_backend
 from services.qemu_agent.simulated_qemu import SimulatedQemu
 from tests.kafka.harness import Engines
 
