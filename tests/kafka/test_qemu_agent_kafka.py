@@ -47,10 +47,10 @@ async def test_a_target_reaches_qemu_through_the_engine_worker(
         engines.start(1)
         await until("attach", lambda: "kvm1" in agent.sessions)
         backend.submit("kvm1", inp.SetTarget(target_bytes=GIB))
-        await until("QEMU told the target by the worker's outbox", lambda: sim.target == GIB, 90)
-        await until("QEMU at the target", lambda: sim.actual == GIB)
+        await until("QEMU told the target by the worker's outbox", lambda: sim.target == GIB, 240)
+        await until("QEMU at the target", lambda: sim.actual == GIB, 120)
         backend.submit("kvm1", inp.SetTarget(target_bytes=2 * GIB))
-        await until("grown back", lambda: sim.actual == 2 * GIB, 60)
+        await until("grown back", lambda: sim.actual == 2 * GIB, 120)
         assert sim.commands.count("balloon") == 2
     finally:
         await agent.close()
