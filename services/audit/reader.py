@@ -26,6 +26,7 @@ from urllib.parse import quote
 
 from services.dm_engine.inputs import ALL_VMS
 from services.dm_engine.records import loads, stored_event_json, stored_input_dict
+from services.event_log import segments
 from services.event_log.sqlite_log import EventRow, InboxRow
 
 
@@ -55,6 +56,9 @@ class SqliteReader:
         self._db = sqlite3.connect(uri, uri=True, check_same_thread=False)
         self._db.execute("PRAGMA busy_timeout=10000")
         self._tables = {str(r[0]) for r in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        self._has_wall = "wall" in {str(r[1]) for r in self._db.execute("PRAGMA table_info(inbox)")}
+        #: History up to this inbox position is in compressed segments (``services.event_log.segments``).
+        self._archived_until = segments.archived_until(self._db)
 
     @property
     def path(self) -> str:
@@ -80,9 +84,15 @@ class SqliteReader:
 
     def vms(self) -> list[str]:
         cur = self._db.execute("SELECT DISTINCT vm FROM inbox WHERE vm != ? ORDER BY vm", (ALL_VMS,))
-        return [str(r[0]) for r in cur]
+        live = [str(r[0]) for r in cur]
+        if not self._archived_until:
+            return live
+        return sorted(set(live) | set(segments.archived_vms(self._db)) - {ALL_VMS})
 
     def read_inbox(self, after: int, limit: int = 1000, vm: str | None = None) -> list[InboxRow]:
+        if after < self._archived_until:
+            rows = (r for r in self.iter_inbox(after) if vm is None or r.vm in (vm, ALL_VMS))
+            return [r for _, r in zip(range(limit), rows, strict=False)]
         if vm is None:
             cur = self._db.execute(
                 "SELECT pos, vm, tick, record FROM inbox WHERE pos > ? ORDER BY pos LIMIT ?", (after, limit)
@@ -95,7 +105,9 @@ class SqliteReader:
         return [InboxRow(int(p), str(v), int(t), stored_input_dict(r, t)) for p, v, t, r in cur]
 
     def iter_inbox(self, after: int = 0, until: int | None = None, batch: int = 5000) -> Iterator[InboxRow]:
-        pos = after
+        for p, v, t, _kind, r in segments.segment_inbox(self._db, after, until):
+            yield InboxRow(p, v, t, stored_input_dict(r, t))
+        pos = max(after, self._archived_until)
         while True:
             rows = self.read_inbox(pos, batch)
             for row in rows:
@@ -107,6 +119,8 @@ class SqliteReader:
             pos = rows[-1].pos
 
     def iter_events(self, vm: str | None = None, after_seq: int = 0) -> Iterator[EventRow]:
+        for _id, v, sq, p, _kind, r in segments.segment_events(self._db, vm, after_seq):
+            yield EventRow(v, sq, p, stored_event_json(r))
         if vm is None:
             cur = self._db.execute("SELECT vm, seq, inbox_pos, record FROM events ORDER BY id")
         else:
@@ -117,6 +131,51 @@ class SqliteReader:
         while rows := cur.fetchmany(2000):
             for v, s, p, r in rows:
                 yield EventRow(v, s, p, stored_event_json(r))
+
+    # ------------------------------------------------------------------ wall-clock stamps
+    # Unix times at which inbox records were appended (``SqliteLog.append_inputs``); None or
+    # absent on logs written before the stamps existed. See ``services.audit.wall_clock``.
+    def wall_of(self, pos: int) -> float | None:
+        """The wall time of the record at ``pos`` (or of the last stamped record before it)."""
+        if not self._has_wall:
+            return None
+        row = self._db.execute(
+            "SELECT wall FROM inbox WHERE pos <= ? AND wall IS NOT NULL ORDER BY pos DESC LIMIT 1", (pos,)
+        ).fetchone()
+        return None if row is None else float(row[0])
+
+    def wall_after(self, pos: int) -> float | None:
+        """The wall time of the first stamped record after ``pos``."""
+        if not self._has_wall:
+            return None
+        row = self._db.execute(
+            "SELECT wall FROM inbox WHERE pos > ? AND wall IS NOT NULL ORDER BY pos LIMIT 1", (pos,)
+        ).fetchone()
+        return None if row is None else float(row[0])
+
+    def last_pos_before_wall(self, unix: float, inclusive: bool) -> int | None:
+        """The last inbox position stamped before (or at) ``unix``; None when nothing is stamped.
+
+        Stamps are non-decreasing in position as long as the host clock is (an NTP step back
+        can break that; the answer is then the last position on either side of the step)."""
+        if not self._has_wall or self.wall_span() is None:
+            return None
+        op = "<=" if inclusive else "<"
+        row = self._db.execute(f"SELECT COALESCE(MAX(pos), 0) FROM inbox WHERE wall {op} ?", (unix,)).fetchone()
+        return int(row[0])
+
+    def wall_span(self) -> tuple[float, float] | None:
+        if not self._has_wall:
+            return None
+        row = self._db.execute("SELECT MIN(wall), MAX(wall) FROM inbox WHERE wall IS NOT NULL").fetchone()
+        return None if row[0] is None else (float(row[0]), float(row[1]))
+
+    def wall_of_ticks(self) -> dict[int, float]:
+        """The first wall time stamped at each tick (for charts against time)."""
+        if not self._has_wall:
+            return {}
+        cur = self._db.execute("SELECT tick, MIN(wall) FROM inbox WHERE wall IS NOT NULL GROUP BY tick ORDER BY tick")
+        return {int(t): float(w) for t, w in cur}
 
     def snapshots(self) -> list[tuple[str, int, int, dict[str, Any]]]:
         if "snapshots" not in self._tables:

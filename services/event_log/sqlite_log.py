@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,12 +20,14 @@ import orjson
 
 from services.dm_engine.inputs import ALL_VMS
 from services.dm_engine.records import LOG_FORMAT, stored_event_json, stored_input, stored_input_dict
+from services.event_log import segments
 
 #: Records are parsed with orjson (about four times faster than json.loads, same values).
 _loads = orjson.loads
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
 
-_SCHEMA = """
+_SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS inbox (
     pos INTEGER PRIMARY KEY,
@@ -32,7 +35,8 @@ CREATE TABLE IF NOT EXISTS inbox (
     tick INTEGER NOT NULL,
     kind TEXT NOT NULL,
     record TEXT NOT NULL,
-    decoded TEXT
+    decoded TEXT,
+    wall REAL
 );
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY,
@@ -59,6 +63,11 @@ CREATE TABLE IF NOT EXISTS snapshots (
 );
 CREATE TABLE IF NOT EXISTS positions (name TEXT PRIMARY KEY, pos INTEGER NOT NULL);
 """
+    + segments.SCHEMA
+)
+
+#: ``meta.log_format`` once history has been archived into segments (older readers would miss it).
+ARCHIVED_FORMAT = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +114,10 @@ class SqliteLog:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=10000")
         self._db.executescript(_SCHEMA)
+        columns = {str(r[1]) for r in self._db.execute("PRAGMA table_info(inbox)")}
+        if "wall" not in columns:
+            # A log from before wall-clock stamps: its old rows stay NULL (audits say so).
+            self._db.execute("ALTER TABLE inbox ADD COLUMN wall REAL")
         stored = self._db.execute("SELECT value FROM meta WHERE key = 'log_format'").fetchone()
         if stored is None or int(stored[0]) < LOG_FORMAT:
             # Rows say their own form (TEXT = JSON, BLOB = compact), so a format-1 log simply goes on
@@ -112,6 +125,7 @@ class SqliteLog:
             self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('log_format', ?)", (str(LOG_FORMAT),))
         self._next_event_seq: dict[str, int] = {}
         self._next_outbox_seq: dict[str, int] = {}
+        self._archived_until = segments.archived_until(self._db)
 
     def close(self) -> None:
         self._db.close()
@@ -136,15 +150,20 @@ class SqliteLog:
         """Append (vm, tick, input record, decoded JSON or None) rows atomically; returns the last pos.
 
         The decoded copy is no longer stored (format 2): it repeated the raw guest bytes, which the
-        record keeps and today's decoder reads again. The ``decoded`` column stays for old files."""
+        record keeps and today's decoder reads again. The ``decoded`` column stays for old files.
+
+        Each row is stamped with the Unix time of the append (``wall``), so audits can be lined up
+        with other logs and cut at a wall-clock time. The stamp is beside the record, not in it: the
+        engine never sees it (ticks stay its only clock) and replays do not depend on it."""
         db = self._db
+        wall = time.time()
         db.execute("BEGIN IMMEDIATE")
         try:
             last = 0
             for vm, tick, record, _decoded in rows:
                 cur = db.execute(
-                    "INSERT INTO inbox (vm, tick, kind, record) VALUES (?, ?, ?, ?)",
-                    (vm, tick, record["type"], stored_input(record, tick)),
+                    "INSERT INTO inbox (vm, tick, kind, record, wall) VALUES (?, ?, ?, ?, ?)",
+                    (vm, tick, record["type"], stored_input(record, tick), wall),
                 )
                 last = int(cur.lastrowid or 0)
             db.execute("COMMIT")
@@ -157,6 +176,9 @@ class SqliteLog:
         return self.append_inputs([(vm, tick, record, decoded)])
 
     def read_inbox(self, after: int, limit: int = 1000, vm: str | None = None) -> list[InboxRow]:
+        if after < self._archived_until:
+            rows = (r for r in self.iter_inbox(after) if vm is None or r.vm in (vm, ALL_VMS))
+            return [r for _, r in zip(range(limit), rows, strict=False)]
         if vm is None:
             cur = self._db.execute(
                 "SELECT pos, vm, tick, record FROM inbox WHERE pos > ? ORDER BY pos LIMIT ?", (after, limit)
@@ -173,7 +195,9 @@ class SqliteLog:
         return int(row[0])
 
     def iter_inbox(self, after: int = 0, until: int | None = None, batch: int = 5000) -> Iterator[InboxRow]:
-        pos = after
+        for p, v, t, _kind, r in segments.segment_inbox(self._db, after, until):
+            yield InboxRow(p, v, t, stored_input_dict(r, t))
+        pos = max(after, self._archived_until)
         while True:
             rows = self.read_inbox(pos, batch)
             for row in rows:
@@ -193,6 +217,9 @@ class SqliteLog:
         if seq is None:
             row = self._db.execute(f"SELECT COALESCE(MAX(seq), 0) FROM {table} WHERE vm = ?", (vm,)).fetchone()
             seq = int(row[0]) + 1
+            if table == "events" and seq == 1:
+                archived = self._db.execute("SELECT last_seq FROM archived WHERE vm = ?", (vm,)).fetchone()
+                seq = 1 if archived is None else int(archived[0]) + 1
         return seq
 
     def commit_step(
@@ -237,7 +264,10 @@ class SqliteLog:
     # ------------------------------------------------------------------ reading back
     def vms(self) -> list[str]:
         cur = self._db.execute("SELECT DISTINCT vm FROM inbox WHERE vm != ? ORDER BY vm", (ALL_VMS,))
-        return [str(r[0]) for r in cur]
+        live = [str(r[0]) for r in cur]
+        if not self._archived_until:
+            return live
+        return sorted(set(live) | set(segments.archived_vms(self._db)) - {ALL_VMS})
 
     def snapshot(self, vm: str) -> tuple[int, int, dict[str, Any]] | None:
         row = self._db.execute("SELECT seq, inbox_pos, state FROM snapshots WHERE vm = ?", (vm,)).fetchone()
@@ -248,6 +278,8 @@ class SqliteLog:
         return [(str(v), int(s), int(p), json.loads(st)) for v, s, p, st in cur]
 
     def iter_events(self, vm: str | None = None, after_seq: int = 0) -> Iterator[EventRow]:
+        for _id, v, s, p, _kind, r in segments.segment_events(self._db, vm, after_seq):
+            yield EventRow(v, s, p, stored_event_json(r))
         if vm is None:
             cur = self._db.execute("SELECT vm, seq, inbox_pos, record FROM events ORDER BY id")
         else:
@@ -259,7 +291,65 @@ class SqliteLog:
             yield EventRow(v, s, p, stored_event_json(r))
 
     def event_count(self) -> int:
-        return int(self._db.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+        live = int(self._db.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+        return live + segments.archived_event_count(self._db)
+
+    # ------------------------------------------------------------------ archiving
+    @property
+    def archived_until(self) -> int:
+        return self._archived_until
+
+    def archive(self, until: int, snapshots: Sequence[tuple[str, int, int, str]] = ()) -> int:
+        """Move consumed history up to inbox position ``until`` into one compressed segment, with
+        ``snapshots`` replaced in the same transaction; returns the inbox rows archived.
+
+        The caller passes snapshots for every VM whose archived events are newer than its snapshot,
+        so recovery never has to read a segment. The row at ``until`` stays in the live inbox too
+        (skipped by readers): SQLite numbers a new row after the largest live one, and positions
+        must never restart."""
+        until = min(until, self.consumed_position())
+        start = self._archived_until
+        if until <= start:
+            return 0
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            inbox = db.execute(
+                "SELECT pos, vm, tick, kind, record FROM inbox WHERE pos > ? AND pos <= ? ORDER BY pos", (start, until)
+            ).fetchall()
+            events = db.execute(
+                "SELECT id, vm, seq, inbox_pos, kind, record FROM events WHERE inbox_pos <= ? ORDER BY id", (until,)
+            ).fetchall()
+            if not inbox:
+                db.execute("ROLLBACK")
+                return 0
+            db.execute(
+                "INSERT INTO segments (first_pos, last_pos, inbox_rows, event_rows, inbox, events)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (start + 1, until, len(inbox), len(events), segments.pack_inbox(inbox), segments.pack_events(events)),
+            )
+            last: dict[str, int] = {str(vm): 0 for _, vm, _, _, _ in inbox if vm != ALL_VMS}
+            for _, vm, seq, _, _, _ in events:
+                last[vm] = max(last.get(vm, 0), int(seq))
+            db.executemany(
+                "INSERT INTO archived (vm, last_seq) VALUES (?, ?)"
+                " ON CONFLICT (vm) DO UPDATE SET last_seq = MAX(last_seq, excluded.last_seq)",
+                list(last.items()),
+            )
+            db.execute("DELETE FROM events WHERE inbox_pos <= ?", (until,))
+            db.execute("DELETE FROM inbox WHERE pos < ?", (until,))
+            for vm, seq, inbox_pos, state in snapshots:
+                db.execute(
+                    "INSERT OR REPLACE INTO snapshots (vm, seq, inbox_pos, state) VALUES (?, ?, ?, ?)",
+                    (vm, seq, inbox_pos, state),
+                )
+            db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('log_format', ?)", (str(ARCHIVED_FORMAT),))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        self._archived_until = until
+        return len(inbox)
 
     def read_outbox(self, vm: str, after_seq: int, limit: int = 1000) -> list[OutboxRow]:
         cur = self._db.execute(
