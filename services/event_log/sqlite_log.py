@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +35,8 @@ CREATE TABLE IF NOT EXISTS inbox (
     tick INTEGER NOT NULL,
     kind TEXT NOT NULL,
     record TEXT NOT NULL,
-    decoded TEXT
+    decoded TEXT,
+    wall REAL
 );
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY,
@@ -112,6 +114,10 @@ class SqliteLog:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=10000")
         self._db.executescript(_SCHEMA)
+        columns = {str(r[1]) for r in self._db.execute("PRAGMA table_info(inbox)")}
+        if "wall" not in columns:
+            # A log from before wall-clock stamps: its old rows stay NULL (audits say so).
+            self._db.execute("ALTER TABLE inbox ADD COLUMN wall REAL")
         stored = self._db.execute("SELECT value FROM meta WHERE key = 'log_format'").fetchone()
         if stored is None or int(stored[0]) < LOG_FORMAT:
             # Rows say their own form (TEXT = JSON, BLOB = compact), so a format-1 log simply goes on
@@ -144,15 +150,20 @@ class SqliteLog:
         """Append (vm, tick, input record, decoded JSON or None) rows atomically; returns the last pos.
 
         The decoded copy is no longer stored (format 2): it repeated the raw guest bytes, which the
-        record keeps and today's decoder reads again. The ``decoded`` column stays for old files."""
+        record keeps and today's decoder reads again. The ``decoded`` column stays for old files.
+
+        Each row is stamped with the Unix time of the append (``wall``), so audits can be lined up
+        with other logs and cut at a wall-clock time. The stamp is beside the record, not in it: the
+        engine never sees it (ticks stay its only clock) and replays do not depend on it."""
         db = self._db
+        wall = time.time()
         db.execute("BEGIN IMMEDIATE")
         try:
             last = 0
             for vm, tick, record, _decoded in rows:
                 cur = db.execute(
-                    "INSERT INTO inbox (vm, tick, kind, record) VALUES (?, ?, ?, ?)",
-                    (vm, tick, record["type"], stored_input(record, tick)),
+                    "INSERT INTO inbox (vm, tick, kind, record, wall) VALUES (?, ?, ?, ?, ?)",
+                    (vm, tick, record["type"], stored_input(record, tick), wall),
                 )
                 last = int(cur.lastrowid or 0)
             db.execute("COMMIT")
@@ -184,7 +195,7 @@ class SqliteLog:
         return int(row[0])
 
     def iter_inbox(self, after: int = 0, until: int | None = None, batch: int = 5000) -> Iterator[InboxRow]:
-        for p, v, t, _kind, r in segments.segment_inbox(self._db, after, until):
+        for p, v, t, _kind, r, _wall in segments.segment_inbox(self._db, after, until):
             yield InboxRow(p, v, t, stored_input_dict(r, t))
         pos = max(after, self._archived_until)
         while True:
@@ -304,7 +315,8 @@ class SqliteLog:
         db.execute("BEGIN IMMEDIATE")
         try:
             inbox = db.execute(
-                "SELECT pos, vm, tick, kind, record FROM inbox WHERE pos > ? AND pos <= ? ORDER BY pos", (start, until)
+                "SELECT pos, vm, tick, kind, record, wall FROM inbox WHERE pos > ? AND pos <= ? ORDER BY pos",
+                (start, until),
             ).fetchall()
             events = db.execute(
                 "SELECT id, vm, seq, inbox_pos, kind, record FROM events WHERE inbox_pos <= ? ORDER BY id", (until,)
@@ -317,7 +329,7 @@ class SqliteLog:
                 " VALUES (?, ?, ?, ?, ?, ?)",
                 (start + 1, until, len(inbox), len(events), segments.pack_inbox(inbox), segments.pack_events(events)),
             )
-            last: dict[str, int] = {str(vm): 0 for _, vm, _, _, _ in inbox if vm != ALL_VMS}
+            last: dict[str, int] = {str(row[1]): 0 for row in inbox if row[1] != ALL_VMS}
             for _, vm, seq, _, _, _ in events:
                 last[vm] = max(last.get(vm, 0), int(seq))
             db.executemany(

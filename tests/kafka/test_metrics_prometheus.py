@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import socket
 import subprocess
 import sys
@@ -307,4 +308,11 @@ def test_run_broker_serves_the_gateways_and_the_engines_metrics(
         assert status == 200 and 'hvdm_gateway_connections{host="h1"} 1.0' in text
         assert "hvdm_vm_" not in text  # the gateway exports no VM state: the engines do
     finally:
+        # SIGINT, as an operator's ^C: hvdm run stops its engine children on the way out.
+        if run.proc.poll() is None:
+            run.proc.send_signal(signal.SIGINT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                run.proc.wait(30)
         run.stop()
+    # Nothing left listening: the engine child was stopped with its parent.
+    assert fetch(f"http://127.0.0.1:{base + 1}/-/healthy")[0] == 0
