@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -119,6 +121,19 @@ async def test_a_guest_at_its_floor_is_recorded_stalled(
         for tick in range(1, 5):
             service.append_tick(tick)
         await until("stall recorded", lambda: "QemuTargetStalled" in kinds_of(service, "floor"))
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "services", "audit", "--db", service.log.path, "--json"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        report = json.loads(done.stdout)["vms"]["floor"]
+        assert report["replay_matches"] is True
+        (finding,) = report["qemu"]["findings"]
+        assert finding["finding"] == "TARGET_STALLED" and finding["target_bytes"] == GIB
+        assert finding["actual_bytes"] == int(1.5 * GIB)
+        assert report["qemu"]["targets"][0]["outcome"] == "stalled"
     finally:
         await agent.close()
 
@@ -196,5 +211,35 @@ async def test_hostile_answers_are_dropped_and_counted(
         assert service.runner.states["evil"].current_pages == (2 * GIB) >> 12
         sim.actual = sim.target = GIB
         await until("good answers flow again", lambda: service.runner.states["evil"].current_pages == GIB >> 12)
+    finally:
+        await agent.close()
+
+
+async def test_the_live_rebalancer_resizes_a_real_vm(
+    service: EmbeddedService, sockets: Callable[..., SimulatedQemu]
+) -> None:
+    """``hvdm rebalance --db`` (a separate process) sees the QEMU-managed VM in the fleet view and
+    its target reaches QEMU as a QMP ``balloon``."""
+    sim = sockets("rb", device="hv-balloon", version=(10, 0, 13))
+    await sim.start()
+    agent = await attach_to_service(service, [sim.path], poll_seconds=0.05)
+    try:
+        await until("status", lambda: "rb" in service.runner.states and service.runner.states["rb"].status is not None)
+        db = service.log.path
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "services", "rebalance", "--db", db, "--once", "--json", "--policy", "hyperv"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+        written = [json.loads(line) for line in done.stdout.splitlines()]
+        assert [w["vm"] for w in written] == ["rb"]
+        target = int(written[0]["target_bytes"])
+        assert 0 < target < 2 * GIB
+        service.append_tick(service.now_tick() + 1)  # wakes the engine, which reads the new inbox rows
+        await until("QEMU told the rebalancer's target", lambda: sim.target == target // 4096 * 4096)
+        await until("reached", lambda: service.runner.states["rb"].current_pages == target // 4096)
     finally:
         await agent.close()
