@@ -7,6 +7,7 @@ polling runs in real time at 50 ms. Real QEMU is covered by tests/realguest.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -243,3 +244,41 @@ async def test_the_live_rebalancer_resizes_a_real_vm(
         await until("reached", lambda: service.runner.states["rb"].current_pages == target // 4096)
     finally:
         await agent.close()
+
+
+async def test_a_hostile_monitor_never_stops_the_service(service: EmbeddedService, tmp_path: Path) -> None:
+    """Whatever listens at a monitor path (garbage, a 1 MiB line, a greeting then nonsense answers)
+    costs the agent a retry, never the service; a real monitor at another path is attached meanwhile."""
+    answers = [
+        b"not json at all\r\n",
+        b'{"QMP": ' + b"[" * 100_000 + b"\r\n",
+        b"x" * (1 << 20) + b"\r\n",
+        b'{"QMP": {"version": {"qemu": {"major": 7, "minor": 2, "micro": 0}, "package": ""}, "capabilities": []}}\r\n'
+        b'{"return": {}}\r\n{"return": {"qemu": "seven"}}\r\n{"return": 5}\r\n',
+    ]
+    served = 0
+
+    async def hostile(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal served
+        writer.write(answers[served % len(answers)])
+        served += 1
+        with contextlib.suppress(ConnectionError):
+            await writer.drain()
+            await asyncio.sleep(0.2)
+        writer.close()
+
+    bad_path = str(tmp_path / "evil.sock")
+    server = await asyncio.start_unix_server(hostile, path=bad_path)
+    good = SimulatedQemu(str(tmp_path / "good.sock"))
+    await good.start()
+    agent = await attach_to_service(service, [bad_path, good.path], poll_seconds=0.05)
+    try:
+        await until("every hostile answer tried", lambda: served >= len(answers) + 1, timeout=60)
+        await until("the real monitor attached", lambda: "good" in agent.sessions)
+        assert "evil" not in service.runner.states
+        service.submit("good", inp.SetTarget(target_bytes=GIB))
+        await until("the good VM still served", lambda: good.actual == GIB)
+    finally:
+        await agent.close()
+        server.close()
+        await good.kill()
