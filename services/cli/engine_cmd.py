@@ -11,15 +11,24 @@ from collections.abc import Callable
 from types import SimpleNamespace
 
 from services.dm_engine.runner import EngineRunner
-from services.event_log.sqlite_log import SqliteLog
+from services.event_log.retry import Backoff
+from services.event_log.sqlite_log import LogWriteError, NotAnHvdmLog, SqliteLog
 
 
 def _run_sqlite(args: argparse.Namespace) -> int:
-    log = SqliteLog(args.db)
+    try:
+        log = SqliteLog(args.db)
+    except NotAnHvdmLog as exc:
+        print(f"hvdm engine: error: {exc}", file=sys.stderr)
+        return 2
     runner = EngineRunner(log, snapshot_every=args.snapshot_every)
     try:
         if args.exit_when_idle:
-            n = runner.run_until_idle(args.batch)
+            try:
+                n = runner.run_until_idle(args.batch)
+            except LogWriteError as exc:
+                print(f"hvdm engine: error: {exc}; processed up to {runner.consumed}", file=sys.stderr)
+                return 1
             print(f"hvdm engine: processed {n} inbox records; consumed position {runner.consumed}", file=sys.stderr)
             return 0
 
@@ -33,10 +42,17 @@ def _run_sqlite(args: argparse.Namespace) -> int:
                 served = serve_for_service(
                     SimpleNamespace(runner=runner, on_batch=on_batch), args.metrics_host, args.metrics_port
                 )
+            backoff = Backoff()
             try:
                 while True:
                     started = time.perf_counter()
-                    n = runner.run_batch(args.batch)
+                    try:
+                        n = runner.run_batch(args.batch)
+                        backoff.reset()
+                    except LogWriteError:
+                        # A full disk: logged and counted by the log; retried from the committed state.
+                        await asyncio.sleep(backoff.next_delay())
+                        continue
                     if not n:
                         await asyncio.sleep(args.poll_interval)
                         continue

@@ -40,6 +40,7 @@ def _run(args: argparse.Namespace) -> int:
         qmp_dir=args.qmp_dir,
         progress_interval=args.progress_interval,
         json_summary=args.json,
+        fresh=args.fresh,
         broker=args.broker,
     )
     return main_run(cfg)
@@ -64,6 +65,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--qmp-dir", help="directory for per-VM QMP sockets (DIR/<vm>.sock)")
     p.add_argument("--progress-interval", type=float, default=2.0, help="seconds between progress tables (0: off)")
     p.add_argument("--json", action="store_true", help="print the final summary as JSON")
+    p.add_argument(
+        "--fresh", action="store_true", help="move an existing --db aside (PATH.<timestamp>.bak) and start a new log"
+    )
     p.add_argument("--broker", help="run on Kafka instead: kafka://HOST:PORT (gateway, engine worker, guests)")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=_run)

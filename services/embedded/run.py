@@ -3,23 +3,32 @@
 Everything a single host needs in one process: the SQLite log, the engine loop, the gateway
 socket, and (when asked) metrics, QMP sockets, simulated guests connected over the real gateway
 socket, and a scripted demo per VM with a live progress table.
+
+It runs until the scenario or ``--duration`` ends, or until SIGINT or SIGTERM (either one: the
+same clean stop, exit 0). A stop closes every guest channel still open in the log (reason "host
+shutdown"), processes the inbox to its end, removes the gateway and QMP sockets and prints the
+summary. Refused before anything starts, with one line on stderr and exit 2: a ``--db`` that is
+not an hvdm log, and a ``--socket`` path holding anything but a stale socket.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TextIO
 
 from services.dm_engine.state import ProtocolState, VmState
+from services.embedded.log_file import describe_log, move_aside
 from services.embedded.scenario import DemoScript, advance_demo
 from services.embedded.service import EmbeddedService
+from services.embedded.socket_files import SocketPathInUse, remove_stale_socket
+from services.embedded.stop_signals import StopSignals
+from services.event_log.sqlite_log import NotAnHvdmLog, check_log_file
 from services.metrics import ServedMetrics, serve_for_service
 from services.qmp import QmpServers, start_qmp_servers
 from services.vmbus_gateway.backend import EmbeddedBackend
@@ -49,6 +58,8 @@ class RunConfig:
     qmp_dir: str | None = None
     progress_interval: float = 2.0
     json_summary: bool = False
+    #: Move an existing log aside (``PATH.<timestamp>.bak``) and start a new one.
+    fresh: bool = False
     #: Distributed deployment (``kafka://HOST:PORT``): see ``services.kafka_engine.run``.
     broker: str | None = None
 
@@ -99,26 +110,29 @@ def summary(service: EmbeddedService, scripts: dict[str, DemoScript]) -> dict[st
 
 
 async def run_service(cfg: RunConfig, out: TextIO = sys.stdout) -> int:
+    existed = check_log_file(cfg.db)
     service = EmbeddedService.open(cfg.db, speed=cfg.speed)
+    stop = StopSignals().install()
     await service.start()
     gateway = GatewayServer(EmbeddedBackend(service))
-    await gateway.start(unix_path=cfg.socket, tcp=cfg.tcp)
     served: ServedMetrics | None = None
     qmp: QmpServers | None = None
-    if cfg.metrics_port is not None:
-        served = serve_for_service(service, cfg.metrics_host, cfg.metrics_port)
-    if cfg.qmp_dir:
-        qmp = await start_qmp_servers(service, cfg.qmp_dir)
     links: dict[str, GuestLink] = {}
     scripts: dict[str, DemoScript] = {}
-    endpoint: dict[str, Any] = {"unix_path": cfg.socket} if cfg.socket else {"tcp": ("127.0.0.1", gateway.tcp_port)}
-    print(
-        f"hvdm: embedded service on {cfg.db}; gateway "
-        f"{cfg.socket or f'tcp://127.0.0.1:{gateway.tcp_port}'}; speed x{cfg.speed:g}",
-        file=out,
-        flush=True,
-    )
     try:
+        await gateway.start(unix_path=cfg.socket, tcp=cfg.tcp)
+        if cfg.metrics_port is not None:
+            served = serve_for_service(service, cfg.metrics_host, cfg.metrics_port)
+        if cfg.qmp_dir:
+            qmp = await start_qmp_servers(service, cfg.qmp_dir)
+        endpoint: dict[str, Any] = {"unix_path": cfg.socket} if cfg.socket else {"tcp": ("127.0.0.1", gateway.tcp_port)}
+        print(
+            f"hvdm: embedded service on {cfg.db}; gateway "
+            f"{cfg.socket or f'tcp://127.0.0.1:{gateway.tcp_port}'}; speed x{cfg.speed:g}\n"
+            f"hvdm: {describe_log(service.log, existed)}",
+            file=out,
+            flush=True,
+        )
         if cfg.guests:
             from services.guest_sim import GuestConfig, SimulatedGuest
 
@@ -140,8 +154,7 @@ async def run_service(cfg: RunConfig, out: TextIO = sys.stdout) -> int:
                     scripts[vm] = DemoScript(vm, cfg.guest_memory, _rebooter(link, guest, service, endpoint))
         started = time.monotonic()
         next_progress = started
-        while True:
-            await asyncio.sleep(0.02)
+        while not await stop.wait(0.02) and service.failure is None:
             for script in scripts.values():
                 await advance_demo(script, service)
             now = time.monotonic()
@@ -155,19 +168,36 @@ async def run_service(cfg: RunConfig, out: TextIO = sys.stdout) -> int:
     finally:
         # The summary describes the run, not its teardown (closing links closes channels).
         report = summary(service, scripts)
+        report["stopped_by"] = stop.received
+        # The gateway goes first, so every channel still open is closed as one host shutdown
+        # (by ``service.stop`` below), the in-process guests' included.
+        await gateway.close()
         for link in links.values():
             await link.stop()
-        await gateway.close()
         if served is not None:
             served.close()
         if qmp is not None:
             await qmp.close()
-        await service.stop()
+        clean = await service.stop(close_channels=True)
+        stop.uninstall()
     if cfg.json_summary:
         print(json.dumps(report, sort_keys=True), file=out)
     else:
         print(progress_table_from_summary(report), file=out)
-    if scripts and not report["scenario_completed"]:
+    return _exit_code(service, clean, stop, scripts, report)
+
+
+def _exit_code(
+    service: EmbeddedService, clean: bool, stop: StopSignals, scripts: dict[str, DemoScript], report: dict[str, Any]
+) -> int:
+    """0, 3 for an unfinished scenario, 1 when the service failed or could not stop cleanly."""
+    if service.failure is not None:
+        print(f"hvdm run: error: the service stopped on an error: {service.failure!r}", file=sys.stderr)
+        return 1
+    if not clean:
+        print("hvdm run: error: the log could not be written at shutdown (see the log lines above)", file=sys.stderr)
+        return 1
+    if stop.received is None and scripts and not report["scenario_completed"]:
         return 3
     return 0
 
@@ -203,10 +233,24 @@ def _rebooter(link: GuestLink, guest: Any, service: EmbeddedService, endpoint: d
     return reboot
 
 
+def check_paths(cfg: RunConfig) -> None:
+    """Refuse, before anything starts, paths a run must not touch: a ``--socket`` that is not a
+    stale socket (removing it then) and a ``--db`` that is not an hvdm log."""
+    if cfg.socket and Path(cfg.socket).resolve() == Path(cfg.db).resolve():
+        raise SocketPathInUse(f"--socket and --db name the same file ({cfg.db})")
+    if cfg.socket:
+        remove_stale_socket(cfg.socket)
+    check_log_file(cfg.db)
+
+
+def start_fresh(cfg: RunConfig, out: TextIO = sys.stdout) -> None:
+    """``--fresh``: the old log (if any) is moved aside, never deleted."""
+    moved = move_aside(cfg.db)
+    if moved is not None:
+        print(f"hvdm: --fresh: moved the old log {cfg.db} to {moved}", file=out, flush=True)
+
+
 def main_run(cfg: RunConfig) -> int:
-    with contextlib.suppress(FileNotFoundError):
-        if cfg.socket and os.path.exists(cfg.socket):
-            os.unlink(cfg.socket)
     try:
         if cfg.broker:
             # The Kafka deployment (gateway + engine workers + guests on the topics); the embedded
@@ -214,6 +258,12 @@ def main_run(cfg: RunConfig) -> int:
             from services.kafka_engine.run import run_on_broker
 
             return asyncio.run(run_on_broker(cfg))
+        check_paths(cfg)
+        if cfg.fresh:
+            start_fresh(cfg)
         return asyncio.run(run_service(cfg))
+    except (NotAnHvdmLog, SocketPathInUse) as exc:
+        print(f"hvdm run: error: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130

@@ -27,6 +27,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 
 from services.dm_engine.state import Capabilities, VmState
+from services.metrics.log_health import WRITABLE, WRITE_ERRORS, LogHealthCollector, log_health_of
 
 PAGE_SIZE = 4096
 MIB = 1 << 20
@@ -316,6 +317,12 @@ class EngineMetrics:
         self.histograms = CollectorRegistry()
         self.latency = Histogram(LATENCY_METRIC, LATENCY_HELP, registry=self.histograms, buckets=LATENCY_BUCKETS)
         self.registry.register(self.latency)
+        log_health = log_health_of(runner)
+        if log_health is not None:
+            # Served next to the histogram (prometheus-client formats both).
+            health = LogHealthCollector(log_health)
+            self.histograms.register(health)
+            self.registry.register(health)
 
     def observe_batch(self, records: int, seconds: float) -> None:
         """The service's per-batch hook: (records processed, wall seconds the batch took)."""
@@ -326,4 +333,5 @@ def metric_names() -> list[str]:
     """Every sample name hvdm exports (counters with ``_total``, the histogram's series)."""
     names = [f"{n}_total" if typ == "counter" else n for n, (_, typ) in METRICS.items()]
     names += [f"{LATENCY_METRIC}_bucket", f"{LATENCY_METRIC}_sum", f"{LATENCY_METRIC}_count"]
+    names += [WRITABLE, f"{WRITE_ERRORS}_total"]  # log_health.py
     return names

@@ -18,8 +18,11 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from services.dm_engine.inputs import ChannelClosed, ChannelOpened, GuestMessage, MalformedFrame
+from services.dm_engine.inputs import ChannelClosed, ChannelOpened, GuestMessage, Input, MalformedFrame
 from services.dm_protocol import DecodeError, FrameReader, dm_message_bytes, frame
+from services.embedded.socket_files import remove_own_socket, remove_stale_socket, socket_identity
+from services.event_log.retry import retry_write
+from services.event_log.sqlite_log import LogWriteError
 from services.vmbus_gateway.backend import GatewayBackend
 from services.vmbus_gateway.hello import MAX_HELLO_BYTES, Hello, HelloError, parse_hello
 
@@ -57,17 +60,18 @@ class GatewayServer:
         self.connections: dict[str, Connection] = {}
         self._servers: list[asyncio.Server] = []
         self._handlers: set[asyncio.Task[None]] = set()
+        self._unix_sockets: list[tuple[str, tuple[int, int] | None]] = []
         self.closed_reasons: list[tuple[str, str]] = []
         backend.on_outbox(self._outbox_changed)
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self, *, unix_path: str | None = None, tcp: tuple[str, int] | None = None) -> None:
         if unix_path:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(unix_path)
+            remove_stale_socket(unix_path)  # refuses anything but a socket nobody listens on
             server = await asyncio.start_unix_server(self._handle, path=unix_path, limit=MAX_HELLO_BYTES)
             os.chmod(unix_path, 0o600)
             self._servers.append(server)
+            self._unix_sockets.append((unix_path, socket_identity(unix_path)))
         if tcp:
             server = await asyncio.start_server(self._handle, tcp[0], tcp[1], limit=MAX_HELLO_BYTES)
             self._servers.append(server)
@@ -98,6 +102,9 @@ class GatewayServer:
             with contextlib.suppress(Exception):
                 await server.wait_closed()
         self._servers = []
+        for path, identity in self._unix_sockets:
+            remove_own_socket(path, identity)
+        self._unix_sockets = []
 
     def _outbox_changed(self, vms: set[str]) -> None:
         for vm in vms:
@@ -113,6 +120,10 @@ class GatewayServer:
         try:
             await self._serve(reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        except asyncio.CancelledError:
+            # Only close() cancels a connection; ending normally keeps asyncio's stream callback
+            # from logging the cancellation as an error.
             pass
         finally:
             self._handlers.discard(task)
@@ -138,17 +149,23 @@ class GatewayServer:
         backend = self.backend
         if hello.resume_after is None:
             # A new channel: anything still in the outbox belongs to the old one.
-            backend.submit(
-                vm,
-                ChannelOpened(
-                    boot_bytes=hello.boot_bytes,
-                    maxmem_bytes=hello.maxmem_bytes,
-                    hot_add_base_page=hello.hot_add_base_page,
-                    status_reports=hello.status_reports,
-                ),
-            )
+            try:
+                backend.submit(
+                    vm,
+                    ChannelOpened(
+                        boot_bytes=hello.boot_bytes,
+                        maxmem_bytes=hello.maxmem_bytes,
+                        hot_add_base_page=hello.hot_add_base_page,
+                        status_reports=hello.status_reports,
+                    ),
+                )
+            except LogWriteError as exc:
+                # Nothing was recorded: refuse the channel and let the guest retry later.
+                log.warning("event=hello_refused vm=%s reason=log_unwritable kind=%s", vm, exc.kind)
+                await self._reply(writer, {"ok": False, "error": f"event log not writable ({exc.kind}); retry later"})
+                return
             delivered = backend.outbox_high_watermark(vm)
-            backend.set_delivered(vm, delivered)
+            self._save_delivered(vm, delivered)
         else:
             delivered = min(hello.resume_after, backend.outbox_high_watermark(vm))
         conn = Connection(hello=hello, writer=writer, delivered=delivered)
@@ -166,7 +183,7 @@ class GatewayServer:
                 await sender
             self.connections.pop(vm, None)
             if not conn.closing:
-                backend.submit(vm, ChannelClosed(reason=reason))
+                await self._submit(vm, ChannelClosed(reason=reason))
                 self.closed_reasons.append((vm, reason))
                 log.info("event=disconnected vm=%s reason=%r", vm, reason)
 
@@ -174,7 +191,6 @@ class GatewayServer:
         vm = conn.hello.vm
         frames = FrameReader(max_payload=self.limits.max_payload)
         limits = self.limits
-        backend = self.backend
         while True:
             try:
                 data = await asyncio.wait_for(reader.read(65536), limits.idle_timeout_s)
@@ -192,11 +208,11 @@ class GatewayServer:
                 conn.frames_in += 1
                 if fr.error is not None:
                     conn.violations += 1
-                    backend.submit(vm, MalformedFrame(reason=str(fr.error), raw=fr.payload[:64]))
+                    await self._submit(vm, MalformedFrame(reason=str(fr.error), raw=fr.payload[:64]))
                 else:
-                    backend.submit(vm, GuestMessage(raw=dm_message_bytes(fr.payload)))
+                    await self._submit(vm, GuestMessage(raw=dm_message_bytes(fr.payload)))
             if broken is not None:
-                backend.submit(vm, MalformedFrame(reason=str(broken.reason)))
+                await self._submit(vm, MalformedFrame(reason=str(broken.reason)))
                 return f"unrecoverable framing error: {broken}"
             if conn.violations > limits.violation_budget:
                 return f"violation budget of {limits.violation_budget} exceeded"
@@ -219,4 +235,19 @@ class GatewayServer:
                 await conn.writer.drain()
                 conn.delivered = rows[-1].seq
                 conn.frames_out += len(rows)
-                backend.set_delivered(vm, conn.delivered)
+                self._save_delivered(vm, conn.delivered)
+
+    async def _submit(self, vm: str, record: Input) -> None:
+        """Hand a guest's input to the log, waiting out a log outage (a full disk) rather than
+        dropping it: the guest is not read from meanwhile, so it is held back, not lost."""
+        backend = self.backend
+        try:
+            backend.submit(vm, record)
+        except LogWriteError:
+            await retry_write(lambda: backend.submit(vm, record), what=f"gateway input vm={vm}")
+
+    def _save_delivered(self, vm: str, seq: int) -> None:
+        """Persist the delivery position; during a log outage the connection's own position
+        stays authoritative and the next successful save catches up."""
+        with contextlib.suppress(LogWriteError):  # counted and logged by the log
+            self.backend.set_delivered(vm, seq)

@@ -80,7 +80,7 @@ def check_prometheus(prom: PrometheusServer) -> None:
         return []
 
     rules = prom.wait_until("the rules to be evaluated", rules_evaluated)
-    assert len(rules) == 12
+    assert len(rules) == 13
     recorded = prom.api("query", query="hvdm:fleet_current_bytes:sum")["result"]
     assert recorded, "recording rules produce series"
 
