@@ -26,7 +26,7 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -213,7 +213,8 @@ def check_log_file(path: str | Path) -> bool:
 class SqliteLog:
     """All three logs in one file. Not thread-safe: one instance per thread (asyncio: one loop)."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, connect: Callable[..., sqlite3.Connection] = sqlite3.connect) -> None:
+        """``connect`` opens the connection (``sqlite3.connect``; fault-injection tests wrap it)."""
         self.path = str(path)
         #: False from a failed write until the next successful one (``hvdm_log_writable``).
         self.writable = True
@@ -223,7 +224,7 @@ class SqliteLog:
         self._failed_since_writable = 0
         if Path(path).exists() and not Path(path).is_file():
             raise NotAnHvdmLog(f"{path}: not a regular file; refusing to use it as the log")
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._db = connect(self.path, isolation_level=None, check_same_thread=False)
         try:
             self._db.execute("PRAGMA busy_timeout=10000")
             self._adopt()
