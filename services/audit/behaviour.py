@@ -25,6 +25,7 @@ from typing import Any, Final
 
 from services.audit.transactions import GB, PAGE_SIZE
 from services.dm_engine import events as ev
+from services.dm_engine.machine import TxnKind
 from services.range_store import PageRangeSet
 
 #: A status-report interval longer than this many ticks (and seconds, below) is a gap.
@@ -195,37 +196,37 @@ class BehaviourFold:
                 record.last = occurrence
                 record.ranges.add_many(r for r in (event.ranges or occurrence.accounted_ranges) if r[1] > 0)
             case ev.BalloonRequested():
-                self._start("balloon", tick)
+                self._start(TxnKind.BALLOON, tick)
             case ev.PagesBallooned():
-                self._answer("balloon", tick)
+                self._answer(TxnKind.BALLOON, tick)
                 self._accounted_pos, self._accounted = inbox_pos, event.ranges
             case ev.BalloonTransactionEnded():
                 if event.outcome != "timeout":
-                    self._answer("balloon", tick)
+                    self._answer(TxnKind.BALLOON, tick)
                 self._close(event.outcome, tick, pages=event.received_pages)
             case ev.UnballoonRequested():
                 txn = self._open
-                if txn is None or txn.kind != "unballoon":
-                    self._start("unballoon", tick)
-                self.pages_moved["unballoon"] = self.pages_moved.get("unballoon", 0) + event.pages
+                if txn is None or txn.kind != TxnKind.UNBALLOON:
+                    self._start(TxnKind.UNBALLOON, tick)
+                self.pages_moved[TxnKind.UNBALLOON] = self.pages_moved.get(TxnKind.UNBALLOON, 0) + event.pages
             case ev.UnballoonCompleted():
-                self._answer("unballoon", tick)
+                self._answer(TxnKind.UNBALLOON, tick)
                 self._close("complete", tick)
             case ev.HotAddRequested():
-                self._start("hot_add", tick)
+                self._start(TxnKind.HOT_ADD, tick)
             case ev.HotAddCompleted():
-                self._answer("hot_add", tick)
+                self._answer(TxnKind.HOT_ADD, tick)
                 outcome = "complete" if event.result and event.accepted_pages >= event.requested_pages else "partial"
                 self._close(outcome, tick, pages=event.accepted_pages)
             case ev.HotAddAbandoned():
                 self._close("timeout", tick)
             case ev.HotRemoveRequested():
-                self._start("hot_remove", tick)
+                self._start(TxnKind.HOT_REMOVE, tick)
             case ev.PagesHotRemoved():
-                self._answer("hot_remove", tick)
+                self._answer(TxnKind.HOT_REMOVE, tick)
             case ev.HotRemoveTransactionEnded():
                 if event.outcome != "timeout":
-                    self._answer("hot_remove", tick)
+                    self._answer(TxnKind.HOT_REMOVE, tick)
                 self._close(event.outcome, tick, pages=event.received_pages)
             case ev.TransactionTimedOut():
                 if self._open is not None and self._open.kind == event.kind:
@@ -311,7 +312,8 @@ class BehaviourFold:
     def to_dict(self) -> dict[str, Any]:
         ts = self.tick_seconds
         latencies: dict[str, Any] = {}
-        for kind in ("balloon", "unballoon", "hot_add", "hot_remove"):
+        for txn_kind in TxnKind:
+            kind = txn_kind.value
             if kind in self.outcomes or kind in self.first_answer:
                 latencies[kind] = {
                     "first_answer": latency_summary(self.first_answer.get(kind, []), ts),

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from services.dm_engine import events as ev
+from services.dm_engine.machine import TxnKind
 
 PAGE_SIZE: Final = 4096
 GB: Final = 10**9
@@ -85,32 +86,32 @@ class TransactionLog:
     def _start(self, txn: Transaction) -> None:
         self._close(ABANDONED, None)  # the engine never overlaps transactions; be safe if it did
         self._open = txn
-        (self.balloon if txn.kind == "balloon" else self.unballoon).append(txn)
+        (self.balloon if txn.kind == TxnKind.BALLOON else self.unballoon).append(txn)
 
     def apply(self, event: ev.Event) -> None:
         txn = self._open
         match event:
             case ev.BalloonRequested():
-                self._start(Transaction("balloon", event.trans_id, event.tick, event.num_pages))
+                self._start(Transaction(TxnKind.BALLOON, event.trans_id, event.tick, event.num_pages))
             case ev.PagesBallooned():
-                if txn is not None and txn.kind == "balloon":
+                if txn is not None and txn.kind == TxnKind.BALLOON:
                     txn.pages += event.pages
                     txn.messages += 1
             case ev.BalloonTransactionEnded():
-                if txn is not None and txn.kind == "balloon":
+                if txn is not None and txn.kind == TxnKind.BALLOON:
                     txn.pages = event.received_pages
                     self._close(event.outcome, event.tick)
             case ev.UnballoonRequested():
-                if txn is not None and txn.kind == "unballoon" and txn.trans_id == event.trans_id:
+                if txn is not None and txn.kind == TxnKind.UNBALLOON and txn.trans_id == event.trans_id:
                     txn.requested_pages += event.pages
                 else:
-                    self._start(Transaction("unballoon", event.trans_id, event.tick, event.pages))
+                    self._start(Transaction(TxnKind.UNBALLOON, event.trans_id, event.tick, event.pages))
                     txn = self._open
                 assert txn is not None
                 txn.pages += event.pages
                 txn.messages += 1
             case ev.UnballoonCompleted():
-                if txn is not None and txn.kind == "unballoon":
+                if txn is not None and txn.kind == TxnKind.UNBALLOON:
                     txn.pages = event.pages
                     self._close("complete", event.tick)
             case ev.TransactionTimedOut():

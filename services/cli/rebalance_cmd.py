@@ -8,6 +8,7 @@ Live, on an embedded log (the service keeps running; this is a separate process)
 Simulation (no log, no guests: the light model of ``services.rebalancer.model``)::
 
     $ hvdm rebalance --simulate --vms 1000 --hours 8 --policy all --json --plot fleet.png
+    $ hvdm rebalance --simulate --vms 150 --hours 2 --host-capacity 128G --hot-host leak --migrate
 
 Exit status: 0, or 1 on errors (one line on stderr).
 """
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from services.cli.units import size_arg
-from services.rebalancer.policies import POLICIES, make_policy
+from services.rebalancer.policies import LIVE_POLICIES, POLICIES, SIMULATION_ONLY, make_policy
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -71,6 +72,8 @@ def _simulate(args: argparse.Namespace) -> int:
             seed=args.seed,
             host_capacity_bytes=args.host_capacity or SimConfig().host_capacity_bytes,
             interval_s=int(args.interval or SimConfig().interval_s),
+            hot_host_workload=args.hot_host,
+            migrate=args.migrate,
         )
     except ValueError as exc:
         return _fail(exc)
@@ -92,19 +95,45 @@ def _simulate(args: argparse.Namespace) -> int:
 
 def _sim_text(doc: dict[str, Any]) -> str:
     fleet = doc["fleet"]
+    oracle = "oracle" in doc["policies"]
     lines = [
         f"{fleet['vms']} VMs on {fleet['hosts']} hosts of {fleet['host_capacity_bytes'] / 2**30:g} GiB, "
         f"{doc['config']['hours']:g} h simulated in {doc['wall_seconds']:.1f} s "
         f"(static allocation at max: {fleet['static_max_bytes'] / 2**30:,.0f} GiB)",
         "",
-        f"{'POLICY':8} {'RECLAIMED':>9} {'PRESSURE VM-MIN':>15} {'OPERATIONS':>10} {'OVERCOMMIT EVENTS':>17}",
+        f"{'POLICY':8} {'RECLAIMED':>9} {'PRESSURE VM-MIN':>15} {'OPERATIONS':>10} {'OVERCOMMIT EVENTS':>17}"
+        + (f" {'RECLAIM/ORACLE':>14} {'PRESSURE/ORACLE':>15}" if oracle else ""),
     ]
     for name, p in doc["policies"].items():
-        lines.append(
+        line = (
             f"{name:8} {p['reclaimed_ratio']:>9.1%} {p['pressure_vm_minutes']:>15,.1f} "
             f"{p['operations']:>10,} {p['overcommit_events']:>17,}"
         )
+        if oracle:
+            line += f" {_fraction(p['reclaimed_fraction_of_oracle']):>14} {_pressure_vs_oracle(p):>15}"
+        lines.append(line)
+    if fleet["hosts"] > 1:
+        verb = "applied" if doc["config"]["migrate"] else "recommended (not applied; --migrate applies them)"
+        lines += ["", f"migrations {verb}:"]
+        for name, p in doc["policies"].items():
+            lines.append(
+                f"  {name:8} {p['migration_recommendations']:>4} recommended, {p['migrations_applied']:>4} applied; "
+                f"pressure VM-min by host {', '.join(f'{x:,.0f}' for x in p['pressure_vm_minutes_by_host'])}"
+            )
     return "\n".join(lines)
+
+
+def _fraction(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def _pressure_vs_oracle(p: dict[str, Any]) -> str:
+    """The oracle often has no pressure at all: then the excess in VM-minutes, not a fraction."""
+    fraction = p["pressure_fraction_of_oracle"]
+    if fraction is not None:
+        return f"x{fraction:,.2f}"
+    above = p["pressure_vm_minutes_above_oracle"]
+    return "=" if above == 0 else f"+{above:,.1f} min"
 
 
 def _live(args: argparse.Namespace) -> int:
@@ -116,6 +145,8 @@ def _live(args: argparse.Namespace) -> int:
 
     if args.policy == "all":
         return _fail("live mode runs one policy; --policy all is for --simulate")
+    if args.policy in SIMULATION_ONLY:
+        return _fail(f"policy {args.policy} needs the future traces of --simulate; live: {', '.join(LIVE_POLICIES)}")
     try:
         policy = make_policy(args.policy, _params(args.param))
     except ValueError as exc:
@@ -192,4 +223,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     sim.add_argument("--plot", metavar="FILE.png", help="write a PNG of fleet memory over time (matplotlib)")
     sim.add_argument("--report", metavar="FILE.json", help="also write the JSON report to this file")
     sim.add_argument("--progress", action="store_true", help="progress bar on stderr even when not a TTY")
+    sim.add_argument("--hot-host", metavar="WORKLOAD", help="the first host's VMs all run WORKLOAD (e.g. leak)")
+    sim.add_argument("--migrate", action="store_true", help="apply migration recommendations (the VM moves at once)")
     p.set_defaults(func=_run)

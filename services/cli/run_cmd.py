@@ -14,6 +14,27 @@ def _hostport(text: str) -> tuple[str, int]:
     return host or "127.0.0.1", int(port)
 
 
+def _qemu_address(text: str) -> str:
+    """``argparse`` type for ``--qemu``: a UNIX socket path or ``tcp:HOST:PORT``."""
+    from services.qemu_agent.address import parse_address
+
+    try:
+        parse_address(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _poll_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0.05 <= value <= 3600:
+        raise argparse.ArgumentTypeError("--qemu-poll must be between 0.05 and 3600 seconds")
+    return value
+
+
 def _run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.WARNING if not args.verbose else logging.INFO, format="%(asctime)s %(name)s %(message)s"
@@ -42,6 +63,10 @@ def _run(args: argparse.Namespace) -> int:
         json_summary=args.json,
         fresh=args.fresh,
         broker=args.broker,
+        qemu=tuple(args.qemu or ()),
+        qemu_dir=args.qemu_dir,
+        qemu_poll=args.qemu_poll,
+        qemu_trace=args.qemu_trace,
     )
     return main_run(cfg)
 
@@ -69,5 +94,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--fresh", action="store_true", help="move an existing --db aside (PATH.<timestamp>.bak) and start a new log"
     )
     p.add_argument("--broker", help="run on Kafka instead: kafka://HOST:PORT (gateway, engine worker, guests)")
+    p.add_argument(
+        "--qemu",
+        action="append",
+        type=_qemu_address,
+        metavar="SOCKET",
+        help="attach a real QEMU VM through its QMP monitor (UNIX path or tcp:HOST:PORT; repeatable)",
+    )
+    p.add_argument("--qemu-dir", help="attach every QMP monitor socket appearing in DIR (detach when it goes)")
+    p.add_argument("--qemu-poll", type=_poll_seconds, default=1.0, help="seconds between QEMU polls (default 1)")
+    p.add_argument("--qemu-trace", help="follow QEMU's hv_balloon_* trace file for page-level accounting")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=_run)

@@ -44,6 +44,9 @@ class EngineConfig:
     suppress_status_reports: bool = False
     #: Use protocol 2.0 hot-remove for hot-added memory when the guest advertises it.
     use_hot_remove: bool = True
+    #: A QEMU-managed VM whose actual size has not moved toward its target for this many ticks
+    #: has a stalled target (recorded once per target; the target stays in force).
+    qemu_stall_ticks: int = 30
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -344,6 +344,85 @@ class CommandRejected(EventBase):
     desc: str
 
 
+# ----------------------------------------------------------------------------- QEMU-managed VMs
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QemuAttached(EventBase):
+    """A real QEMU VM's monitor is attached: the VM is QEMU-managed from now on."""
+
+    KIND: ClassVar[str] = "QemuAttached"
+    device: str
+    boot_pages: int
+    maxmem_pages: int
+    actual_pages: int
+    qemu_version: str
+    address: str
+    tick: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QemuActualChanged(EventBase):
+    KIND: ClassVar[str] = "QemuActualChanged"
+    actual_pages: int
+    tick: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QemuBalloonCommanded(EventBase):
+    """hvdm asks QEMU for ``value_bytes`` (QMP ``balloon``); the outbox record is derived from it."""
+
+    KIND: ClassVar[str] = "QemuBalloonCommanded"
+    target_pages: int
+    value_bytes: int
+    tick: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QemuTargetReached(EventBase):
+    KIND: ClassVar[str] = "QemuTargetReached"
+    target_pages: int
+    waited_ticks: int
+    tick: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QemuTargetStalled(EventBase):
+    """No progress toward the target for the configured ticks: a guest at its floor, a
+    hibernation-capable guest, a missing driver. A finding in the audit; the target stays."""
+
+    KIND: ClassVar[str] = "QemuTargetStalled"
+    target_pages: int
+    actual_pages: int
+    waited_ticks: int
+    tick: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QemuCommandFailed(EventBase):
+    KIND: ClassVar[str] = "QemuCommandFailed"
+    command: str
+    error_class: str
+    desc: str
+    tick: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QemuDetached(EventBase):
+    KIND: ClassVar[str] = "QemuDetached"
+    reason: str
+    tick: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QemuPagesTraced(EventBase):
+    """Page-level shadow accounting from QEMU's hv-balloon trace: exact ranges that changed."""
+
+    KIND: ClassVar[str] = "QemuPagesTraced"
+    op: str
+    ranges: PageRanges
+    pages: int
+    tick: int
+
+
 Event = (
     VmDescribed
     | ChannelOpened
@@ -375,6 +454,14 @@ Event = (
     | TransactionTimedOut
     | GuestViolation
     | CommandRejected
+    | QemuAttached
+    | QemuActualChanged
+    | QemuBalloonCommanded
+    | QemuTargetReached
+    | QemuTargetStalled
+    | QemuCommandFailed
+    | QemuDetached
+    | QemuPagesTraced
 )
 
 EVENT_TYPES: dict[str, type[EventBase]] = {
@@ -410,5 +497,13 @@ EVENT_TYPES: dict[str, type[EventBase]] = {
         TransactionTimedOut,
         GuestViolation,
         CommandRejected,
+        QemuAttached,
+        QemuActualChanged,
+        QemuBalloonCommanded,
+        QemuTargetReached,
+        QemuTargetStalled,
+        QemuCommandFailed,
+        QemuDetached,
+        QemuPagesTraced,
     )
 }

@@ -9,7 +9,14 @@ an old log faithfully.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
+
+from services.dm_engine.events import PageRanges
+
+#: What a fresh channel says about the guest's past (the hello's ``reset``): "" in logs written
+#: before hellos carried it (no reset implied), "vmbus" for a new channel (QEMU can only reopen a
+#: channel after a VMBus device reset), "system" for a reboot that also drops hot-added memory.
+ResetKind = Literal["", "vmbus", "system"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -28,6 +35,10 @@ class ChannelOpened(InputBase):
     #: First page of the hot-add window; None places it as QEMU does (32 GiB aligned, above RAM).
     hot_add_base_page: int | None = None
     status_reports: bool = True
+    #: Guest RAM as ``(start_page, page_count)`` ranges (the x86 PCI hole moves RAM above 4 GiB);
+    #: empty in logs written before hellos described it, meaning ``[0, boot)``.
+    ram: PageRanges = ()
+    reset: ResetKind = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -107,6 +118,74 @@ class Tick(InputBase):
     KIND: ClassVar[str] = "Tick"
 
 
+# ----------------------------------------------------------------------------- QEMU-managed VMs
+# The Dynamic Memory protocol of these VMs runs inside QEMU (hv-balloon) or is virtio-balloon: the
+# QEMU agent reports what QEMU says, and the engine decides targets and records facts.
+
+#: Balloon device kinds the QEMU agent recognises; "none" is a VM without a balloon (left alone).
+QEMU_DEVICES = ("hv-balloon", "virtio-balloon", "none")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QemuAttached(InputBase):
+    """The QEMU agent reached the VM's QMP monitor and read its memory layout."""
+
+    KIND: ClassVar[str] = "QemuAttached"
+    device: str
+    boot_bytes: int
+    #: Boot memory plus the hv-balloon memory backend (the most QEMU can hot-add); boot for virtio.
+    maxmem_bytes: int
+    actual_bytes: int
+    qemu_version: str
+    address: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QemuActualChanged(InputBase):
+    """QEMU's ``query-balloon`` actual (or a ``BALLOON_CHANGE``) differs from the last one reported."""
+
+    KIND: ClassVar[str] = "QemuActualChanged"
+    actual_bytes: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QemuStatusReport(InputBase):
+    """Guest memory status: hv-balloon's report, or virtio guest-stats mapped (see qemu_agent)."""
+
+    KIND: ClassVar[str] = "QemuStatusReport"
+    available_bytes: int
+    committed_bytes: int
+    source: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QemuCommandFailed(InputBase):
+    """QEMU answered a command hvdm sent with an error."""
+
+    KIND: ClassVar[str] = "QemuCommandFailed"
+    command: str
+    error_class: str
+    desc: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QemuDetached(InputBase):
+    """The monitor went away (QEMU exited, socket removed, connection lost)."""
+
+    KIND: ClassVar[str] = "QemuDetached"
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QemuTracePages(InputBase):
+    """Pages named by one hv-balloon trace line: ``ballooned`` (a remove-response run),
+    ``unballooned`` (an unballoon post), ``hot_added`` (an accepted hot-add) or ``reset``."""
+
+    KIND: ClassVar[str] = "QemuTracePages"
+    op: str
+    ranges: tuple[tuple[int, int], ...]
+
+
 Input = (
     ChannelOpened
     | ChannelClosed
@@ -119,6 +198,12 @@ Input = (
     | RemoveBackend
     | PlugBackend
     | Tick
+    | QemuAttached
+    | QemuActualChanged
+    | QemuStatusReport
+    | QemuCommandFailed
+    | QemuDetached
+    | QemuTracePages
 )
 
 INPUT_TYPES: dict[str, type[InputBase]] = {
@@ -135,5 +220,16 @@ INPUT_TYPES: dict[str, type[InputBase]] = {
         RemoveBackend,
         PlugBackend,
         Tick,
+        QemuAttached,
+        QemuActualChanged,
+        QemuStatusReport,
+        QemuCommandFailed,
+        QemuDetached,
+        QemuTracePages,
     )
 }
+
+#: Inputs only a QEMU-managed VM takes.
+QEMU_INPUTS: frozenset[type[InputBase]] = frozenset(
+    {QemuAttached, QemuActualChanged, QemuStatusReport, QemuCommandFailed, QemuDetached, QemuTracePages}
+)

@@ -2,14 +2,8 @@
 
 from __future__ import annotations
 
-from services.dm_engine.state import ProtocolState, VmState
-
-_WAITING = {
-    ProtocolState.BALLOON_REPLY_WAIT: "balloon",
-    ProtocolState.UNBALLOON_REPLY_WAIT: "unballoon",
-    ProtocolState.HOT_ADD_REPLY_WAIT: "hot_add",
-    ProtocolState.HOT_REMOVE_REPLY_WAIT: "hot_remove",
-}
+from services.dm_engine.machine import WAITING
+from services.dm_engine.state import VmState
 
 
 def check_invariants(state: VmState) -> list[str]:
@@ -38,7 +32,7 @@ def check_invariants(state: VmState) -> list[str]:
         problems.append("current != boot + hot-added - ballooned")
     if state.current_pages < 0:
         problems.append("negative current size")
-    expected_kind = _WAITING.get(state.protocol)
+    expected_kind = WAITING.get(state.protocol)
     actual_kind = state.txn.kind if state.txn is not None else None
     if expected_kind != actual_kind:
         problems.append(f"state {state.protocol.value} with transaction {actual_kind}")

@@ -17,6 +17,7 @@ import orjson
 
 from services.dm_engine import events as ev
 from services.dm_engine import inputs as inp
+from services.dm_engine.limits import MAX_RECORD_INT, MIN_RECORD_INT, BoundsError, check_window
 
 #: Parses a stored record. orjson is about four times faster than ``json.loads`` here and returns
 #: the same Python values, which matters when folding or replaying millions of records; writing
@@ -99,8 +100,82 @@ def event_from_dict(data: dict[str, Any]) -> ev.Event:
     return event
 
 
+class RecordError(ValueError):
+    """A stored inbox record this engine cannot hold: unknown type, missing or unknown field, a
+    field of the wrong JSON type, or a number beyond the bounds in ``dm_engine.limits`` (an integer
+    above 2**64 comes back from orjson as a float). Raised instead of whatever the constructor or
+    the decider would have raised later, so the caller can skip and count one input."""
+
+
+#: Per input class: (field, "int" | "bool" | "str", None allowed) for its scalar fields.
+_INPUT_CHECKS: dict[type, tuple[tuple[str, str, bool], ...]] = {}
+_SCALAR_KINDS = {int: "int", bool: "bool", str: "str"}
+
+
+def _input_checks(cls: type) -> tuple[tuple[str, str, bool], ...]:
+    checks = _INPUT_CHECKS.get(cls)
+    if checks is None:
+        hints = typing.get_type_hints(cls)
+        out = []
+        for f in fields(cls):
+            args = typing.get_args(hints[f.name]) or (hints[f.name],)
+            kinds = [_SCALAR_KINDS[a] for a in args if a in _SCALAR_KINDS]
+            if len(kinds) == 1:
+                out.append((f.name, kinds[0], type(None) in args))
+        _INPUT_CHECKS[cls] = checks = tuple(out)
+    return checks
+
+
+def _check_ranges(cls: type, data: dict[str, Any]) -> None:
+    """``[[start, count], ...]`` of integers that fit a record; ``_from_dict`` would otherwise
+    turn ``1e30`` into an integer silently."""
+    for name, kind in _field_kinds(cls):
+        if kind != "ranges" or name not in data:
+            continue
+        value = data[name]
+        if not isinstance(value, list) or not all(
+            type(pair) is list and len(pair) == 2 and all(type(v) is int and 0 <= v <= MAX_RECORD_INT for v in pair)
+            for pair in value
+        ):
+            raise RecordError(f"{cls.__name__}.{name} must be a list of [start_page, page_count] integer pairs")
+
+
+def _check_input(cls: type, data: dict[str, Any]) -> None:
+    _check_ranges(cls, data)
+    for name, kind, optional in _input_checks(cls):
+        value = data.get(name)
+        if name not in data or (value is None and optional):
+            continue
+        if kind == "int":
+            if type(value) is not int or not MIN_RECORD_INT <= value <= MAX_RECORD_INT:
+                raise RecordError(f"{cls.__name__}.{name} must be a 64-bit integer, got {type(value).__name__}")
+        elif type(value) is not (bool if kind == "bool" else str):
+            raise RecordError(f"{cls.__name__}.{name} must be a {kind}, got {type(value).__name__}")
+
+
 def input_from_dict(data: dict[str, Any]) -> inp.Input:
-    record: inp.Input = _from_dict(inp.INPUT_TYPES, data)
+    """The input a stored record holds; ``RecordError`` for anything else (never another exception).
+
+    >>> input_from_dict({"type": "SetTarget", "tick": 3, "target_bytes": 4096})
+    SetTarget(tick=3, target_bytes=4096)
+    >>> input_from_dict({"type": "SetTarget", "tick": 3, "target_bytes": 1e23})
+    Traceback (most recent call last):
+    ...
+    services.dm_engine.records.RecordError: SetTarget.target_bytes must be a 64-bit integer, got float
+    """
+    cls = inp.INPUT_TYPES.get(data.get("type")) if isinstance(data, dict) else None  # type: ignore[arg-type]
+    if cls is None:
+        raise RecordError("not an input record")
+    _check_input(cls, data)
+    try:
+        record: inp.Input = _from_dict(inp.INPUT_TYPES, data)
+    except (KeyError, TypeError, ValueError) as e:
+        raise RecordError(f"not a {cls.__name__} record: {e}") from None
+    if type(record) is inp.ChannelOpened:
+        try:
+            check_window(record.boot_bytes, record.maxmem_bytes, record.hot_add_base_page, record.ram)
+        except BoundsError as e:
+            raise RecordError(f"ChannelOpened: {e}") from None
     return record
 
 

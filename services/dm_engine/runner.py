@@ -17,6 +17,7 @@ from services.dm_engine.config import EngineConfig
 from services.dm_engine.decider import evolve, initial_state, process
 from services.dm_engine.events import Event
 from services.dm_engine.outbox import outbox_messages
+from services.dm_engine.qemu_vm import qemu_outbox_records
 from services.dm_engine.records import event_from_dict, event_json, input_from_dict, loads
 from services.dm_engine.state import VmState
 from services.dm_protocol import encode
@@ -140,6 +141,8 @@ class EngineRunner:
                     continue
                 encoded = [(e.KIND, event_json(e)) for e in events]
                 outbox = [(i, encode(m)) for i, e in enumerate(events) for m in outbox_messages(e)]
+                if state.qemu is not None:
+                    outbox.extend(qemu_outbox_records(events))
                 writes.append(StepWrite(vm, row.pos, encoded, outbox))
                 self._last_seq[vm] = self._last_seq.get(vm, 0) + len(events)
                 count = self._events_since_snapshot.get(vm, 0) + len(events)

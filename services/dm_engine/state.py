@@ -1,44 +1,28 @@
 """The state of one VM: what the fold of its events yields.
 
-States are named after what the host is waiting for, as in QEMU's hv-balloon; the ring-buffer
-reservation states (``*_RB_WAIT``, ``*_POSTING``) disappear because host messages go to an outbox
-log instead of a ring.
+The protocol states and the transitions between them are in ``machine``; ``ProtocolState`` and
+``NEGOTIATED_STATES`` are re-exported here for the code that reads states.
 """
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.dm_engine.events import TransactionKind
+from services.dm_engine.machine import NEGOTIATED_STATES, ProtocolState, TxnKind
+from services.dm_engine.qemu_state import QemuVm
 from services.range_store import PageRangeSet
 from services.vdimm_allocator import VdimmLayout, new_layout
 
-
-class ProtocolState(enum.StrEnum):
-    CLOSED = "CLOSED"  # no channel; nothing is read
-    VERSION = "VERSION"  # waiting for DM_VERSION_REQUEST
-    CAPS = "CAPS"  # waiting for DM_CAPABILITIES_REPORT
-    POST_INIT_WAIT = "POST_INIT_WAIT"  # caps accepted; no request before the post-init delay
-    IDLE = "IDLE"  # acts when the target differs from the current size
-    BALLOON_REPLY_WAIT = "BALLOON_REPLY_WAIT"
-    UNBALLOON_REPLY_WAIT = "UNBALLOON_REPLY_WAIT"
-    HOT_ADD_REPLY_WAIT = "HOT_ADD_REPLY_WAIT"
-    HOT_REMOVE_REPLY_WAIT = "HOT_REMOVE_REPLY_WAIT"
-
-
-#: Protocol states in which the guest's handshake is complete.
-NEGOTIATED_STATES = frozenset(
-    {
-        ProtocolState.POST_INIT_WAIT,
-        ProtocolState.IDLE,
-        ProtocolState.BALLOON_REPLY_WAIT,
-        ProtocolState.UNBALLOON_REPLY_WAIT,
-        ProtocolState.HOT_ADD_REPLY_WAIT,
-        ProtocolState.HOT_REMOVE_REPLY_WAIT,
-    }
-)
+__all__ = [
+    "NEGOTIATED_STATES",
+    "Capabilities",
+    "GuestStatus",
+    "ProtocolState",
+    "Transaction",
+    "VmState",
+    "hot_added_part",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +40,7 @@ class Transaction:
     """The host request in flight. ``last_activity_tick`` moves with every accepted answer, so a
     slow but progressing guest is not timed out."""
 
-    kind: TransactionKind
+    kind: TxnKind
     trans_id: int
     requested_pages: int
     received_pages: int
@@ -121,27 +105,43 @@ class VmState:
     hot_removed_pages_total: int = 0
     violations: dict[str, int] = field(default_factory=dict)
     commands_rejected_total: int = 0
+    #: Set when the VM is QEMU-managed (attached through its QMP monitor, not the DM gateway).
+    qemu: QemuVm | None = None
 
     # ----------------------------------------------------------------- derived accounting
     @property
     def ballooned_pages(self) -> int:
+        q = self.qemu
+        if q is not None:
+            # QEMU reports one number; the trace, when followed, gives the exact pages.
+            if q.traced:
+                return q.traced_ballooned.page_count
+            return max(0, self.boot_pages - q.actual_pages)
         return self.ballooned.page_count
 
     @property
     def hot_added_pages(self) -> int:
         """Hot-added pages still in the guest (boot RAM is always owned)."""
+        q = self.qemu
+        if q is not None:
+            if q.traced:
+                return q.traced_hot_added.page_count
+            return max(0, q.actual_pages - self.boot_pages)
         return self.owned.page_count - self.boot_pages
 
     @property
     def current_pages(self) -> int:
-        """Boot + hot-added - ballooned: what the guest can use now."""
+        """Boot + hot-added - ballooned: what the guest can use now (QEMU's actual when QEMU-managed)."""
+        q = self.qemu
+        if q is not None:
+            return q.actual_pages
         return self.owned.page_count - self.ballooned.page_count
 
     # ----------------------------------------------------------------- snapshots
     def to_snapshot(self) -> dict[str, Any]:
         """A JSON-able image of the state, so start-up need not fold every event again."""
         txn = self.txn
-        return {
+        data = {
             "vm_id": self.vm_id,
             "described": self.described,
             "boot_pages": self.boot_pages,
@@ -203,6 +203,10 @@ class VmState:
             "violations": dict(sorted(self.violations.items())),
             "commands_rejected_total": self.commands_rejected_total,
         }
+        if self.qemu is not None:
+            # Only QEMU-managed VMs carry the key, so protocol VMs' snapshots keep their bytes.
+            data["qemu"] = self.qemu.to_dict()
+        return data
 
     @classmethod
     def from_snapshot(cls, data: dict[str, Any]) -> VmState:
@@ -226,7 +230,7 @@ class VmState:
             target_pending=data["target_pending"],
             target_generation=data["target_generation"],
             hot_remove_tried=data["hot_remove_tried"],
-            txn=None if txn is None else Transaction(**txn),
+            txn=None if txn is None else Transaction(**{**txn, "kind": TxnKind(txn["kind"])}),
             retry_at_tick=data["retry_at_tick"],
             consecutive_timeouts=data["consecutive_timeouts"],
             late_balloon_ok=data["late_balloon_ok"],
@@ -243,4 +247,12 @@ class VmState:
             hot_removed_pages_total=data["hot_removed_pages_total"],
             violations=dict(data["violations"]),
             commands_rejected_total=data["commands_rejected_total"],
+            qemu=None if data.get("qemu") is None else QemuVm.from_dict(data["qemu"]),
         )
+
+
+def hot_added_part(state: VmState) -> PageRangeSet:
+    """Owned pages that are hot-added (not boot RAM) and not ballooned: what hot-remove may take."""
+    part = PageRangeSet(state.owned.irange(state.boot_pages, state.layout.window_end_page))
+    part.remove_many(state.ballooned.irange(state.boot_pages, state.layout.window_end_page))
+    return part

@@ -30,10 +30,12 @@ from services.embedded.socket_files import SocketPathInUse, remove_stale_socket
 from services.embedded.stop_signals import StopSignals
 from services.event_log.sqlite_log import NotAnHvdmLog, check_log_file
 from services.metrics import ServedMetrics, serve_for_service
+from services.metrics.rejections import RejectionCollector
+from services.qemu_agent import QemuAgent, attach_to_service
 from services.qmp import QmpServers, start_qmp_servers
 from services.vmbus_gateway.backend import EmbeddedBackend
 from services.vmbus_gateway.client import GuestLink
-from services.vmbus_gateway.hello import Hello
+from services.vmbus_gateway.hello import HELLO_REASONS, Hello
 from services.vmbus_gateway.server import GatewayServer
 
 MIB = 1 << 20
@@ -62,6 +64,12 @@ class RunConfig:
     fresh: bool = False
     #: Distributed deployment (``kafka://HOST:PORT``): see ``services.kafka_engine.run``.
     broker: str | None = None
+    #: Real QEMU VMs (see ``services.qemu_agent``): monitor addresses, a directory of them, the
+    #: poll interval and an hv-balloon trace file.
+    qemu: tuple[str, ...] = ()
+    qemu_dir: str | None = None
+    qemu_poll: float = 1.0
+    qemu_trace: str | None = None
 
 
 def _fmt_mib(pages: int | None) -> str:
@@ -117,6 +125,7 @@ async def run_service(cfg: RunConfig, out: TextIO = sys.stdout) -> int:
     gateway = GatewayServer(EmbeddedBackend(service))
     served: ServedMetrics | None = None
     qmp: QmpServers | None = None
+    agent: QemuAgent | None = None
     links: dict[str, GuestLink] = {}
     scripts: dict[str, DemoScript] = {}
     try:
@@ -125,6 +134,12 @@ async def run_service(cfg: RunConfig, out: TextIO = sys.stdout) -> int:
             served = serve_for_service(service, cfg.metrics_host, cfg.metrics_port)
         if cfg.qmp_dir:
             qmp = await start_qmp_servers(service, cfg.qmp_dir)
+        if served is not None:
+            served.metrics.add_collector(RejectionCollector(gateway, qmp, HELLO_REASONS))
+        if cfg.qemu or cfg.qemu_dir:
+            agent = await attach_to_service(
+                service, cfg.qemu, directory=cfg.qemu_dir, poll_seconds=cfg.qemu_poll, trace_file=cfg.qemu_trace
+            )
         endpoint: dict[str, Any] = {"unix_path": cfg.socket} if cfg.socket else {"tcp": ("127.0.0.1", gateway.tcp_port)}
         print(
             f"hvdm: embedded service on {cfg.db}; gateway "
@@ -174,6 +189,8 @@ async def run_service(cfg: RunConfig, out: TextIO = sys.stdout) -> int:
         await gateway.close()
         for link in links.values():
             await link.stop()
+        if agent is not None:
+            await agent.close()
         if served is not None:
             served.close()
         if qmp is not None:

@@ -167,7 +167,12 @@ class EmbeddedService:
         )
 
     async def _close_open_channels(self, deadline: float) -> None:
-        open_vms = [vm for vm, s in sorted(self.runner.states.items()) if s.protocol is not ProtocolState.CLOSED]
+        # DM-gateway VMs only: a QEMU-managed VM's channel is QEMU's, and its agent detaches it.
+        open_vms = [
+            vm
+            for vm, s in sorted(self.runner.states.items())
+            if s.protocol is not ProtocolState.CLOSED and s.qemu is None
+        ]
         if not open_vms:
             return
         tick = self.now_tick()

@@ -5,7 +5,8 @@ allocates the next one (guest-behaviour.md 4, "Message loop"). Yielding one mess
 the guest interleave status reports and spread the passes over simulated time, while the
 allocation of each pass still happens at its own moment.
 
-Linux (section 4): clamp against the floor, allocate naturally aligned 512-page units, drop to
+Linux (section 4): clamp against the floor, allocate naturally aligned 512-page units (lowest free
+memory first, ascending, as the real guest of ``../shared/realguest`` does), drop to
 single pages for the rest of the transaction as soon as a 2 MiB pass gets nothing, at most 510
 ranges per message, ``more_pages`` on all but the last, single pages never merged. The worked
 sequences of section 4 are reproduced by ``tests/guest_sim/test_balloon.py``.
@@ -49,9 +50,9 @@ def linux_balloon_up(memory: GuestMemory, num_pages: int, *, clamp: bool = True)
     while True:
         num_pages -= num_ballooned
         if unit == 1:
-            ranges = memory.take_single_pages(min(num_pages, MAX_RANGES_PER_MESSAGE))
+            ranges = memory.take_lowest_single_pages(min(num_pages, MAX_RANGES_PER_MESSAGE))
         else:
-            ranges = memory.take_aligned_units(min(num_pages // unit, MAX_RANGES_PER_MESSAGE), unit)
+            ranges = memory.take_lowest_aligned_units(min(num_pages // unit, MAX_RANGES_PER_MESSAGE), unit)
         num_ballooned = len(ranges) * unit
         if unit != 1 and num_ballooned == 0:
             unit = 1  # permanently, for the rest of this transaction; nothing is sent

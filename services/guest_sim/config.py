@@ -43,6 +43,8 @@ class GuestConfig:
       next ``add_memory`` of that block fail once (-EAGAIN-like or -EEXIST).
     * ``max_phys_page``: ``add_memory`` beyond this fails transiently (46-bit physical addresses).
     * ``flood_reports_per_second``: status rate of the ``status_flood`` misbehaviour.
+    * ``vcpus``: with 1 (the real guest of ``../shared/realguest`` has one) the status thread does
+      not run while the balloon worker is allocating; it runs when the worker sends.
     """
 
     boot_bytes: int = 4 << 30
@@ -61,6 +63,7 @@ class GuestConfig:
     add_memory_faults: tuple[tuple[int, AddMemoryFault], ...] = ()
     max_phys_page: int = 1 << 34
     flood_reports_per_second: int = 50
+    vcpus: int = 1
 
     def __post_init__(self) -> None:
         # Invalid configuration is a programmer error: fail at construction, not mid-run.
@@ -76,6 +79,8 @@ class GuestConfig:
             raise ValueError("page_cache_fraction must be in [0, 1)")
         if self.hz <= 0 or self.balloon_bytes_per_minute <= 0 or self.hot_add_seconds_per_block < 0:
             raise ValueError("hz and balloon_bytes_per_minute must be positive, hot-add time >= 0")
+        if self.vcpus < 1:
+            raise ValueError("vcpus must be at least 1")
         if self.flood_reports_per_second <= 1:
             raise ValueError("flood_reports_per_second must be above 1 to be a flood")
         for _, kind in self.add_memory_faults:

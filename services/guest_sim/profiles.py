@@ -44,6 +44,8 @@ class Profile:
     description: str
     flavour: Literal["linux", "windows"]
     misbehaviours: tuple[str, ...] = ()
+    #: The VM offers ACPI S4 (hibernation): Linux then ignores balloon requests (section 4).
+    hibernation_capable: bool = False
 
     @property
     def is_windows(self) -> bool:
@@ -82,6 +84,13 @@ _SPECS: Final = (
         "Windows-like: status at 1 Hz right after caps, honours suppress_pressure_reports, 2 MiB "
         "balloon units returned coalesced, advertises and answers hot-remove (hot-added memory first)",
         "windows",
+    ),
+    Profile(
+        "linux_hibernate",
+        "Linux in a VM that can hibernate (ACPI S4): ignores balloon and unballoon requests without "
+        "an answer, answers hot-add with nothing added, keeps reporting status (honest, not malicious)",
+        "linux",
+        hibernation_capable=True,
     ),
     Profile(
         "not_owned",

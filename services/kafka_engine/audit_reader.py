@@ -162,21 +162,14 @@ class LogCut:
             self._order[partition] = []
         rows = self._rows
         try:
-            value = envelope.decode(raw)
-            vm = value["vm"]
-            record = value["record"]
-            if not isinstance(vm, str) or not isinstance(record, dict):
-                raise EnvelopeError("no vm or record")
-        except (EnvelopeError, KeyError):
+            vm, record = envelope.inbox_entry(envelope.decode(raw))
+        except EnvelopeError:
             self._ignore(partition, offset, clock, NOT_AN_ENVELOPE)
             return
         if vm == ALL_VMS:
-            if record.get("type") != "Tick":
-                self._ignore(partition, offset, clock, NOT_A_TICK)
-                return
             try:
-                number = int(record["tick"])
-            except (KeyError, TypeError, ValueError):
+                number = envelope.tick_number(record)
+            except EnvelopeError:
                 self._ignore(partition, offset, clock, NOT_A_TICK)
                 return
             if clock.on_tick(number):

@@ -47,6 +47,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from services.dm_engine.limits import MAX_RECORD_INT, valid_vm_id
 from services.dm_engine.records import dumps, loads
 
 _json_str = json.encoder.encode_basestring_ascii  # the str encoder ``dumps`` uses
@@ -57,6 +58,15 @@ ALL_VMS = "*"
 
 class EnvelopeError(ValueError):
     """A topic record that is not an hvdm envelope (never raised for a record we wrote)."""
+
+
+def _count(name: str, value: Any) -> int:
+    """A position, offset, sequence number or tick: an integer in [0, 2**63). Anything else
+    (a float, which is how orjson returns an integer above 2**64, a bool, a string) is refused
+    rather than converted, so one hostile record cannot move a clock or a position."""
+    if type(value) is not int or not 0 <= value <= MAX_RECORD_INT:
+        raise EnvelopeError(f"{name} must be an integer in [0, 2**63), got {type(value).__name__}")
+    return value
 
 
 def encode(value: dict[str, Any]) -> bytes:
@@ -88,6 +98,41 @@ def is_tick(value: dict[str, Any]) -> bool:
     return value.get("vm") == ALL_VMS and value["record"].get("type") == "Tick"
 
 
+def inbox_entry(value: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The VM (or ``ALL_VMS``) and the record of an inbox envelope; ``EnvelopeError`` when the VM
+    id is not one hvdm accepts or there is no record object. The worker and the audit reader apply
+    this same rule, so both skip the same records.
+
+    >>> inbox_entry({"vm": "vm1", "record": {"type": "Tick"}})
+    ('vm1', {'type': 'Tick'})
+    >>> inbox_entry({"vm": "vm1\\n", "record": {}})
+    Traceback (most recent call last):
+    ...
+    services.kafka_engine.envelope.EnvelopeError: inbox envelope without a valid vm id and record
+    """
+    vm = value.get("vm")
+    record = value.get("record")
+    if not (vm == ALL_VMS or valid_vm_id(vm)) or not isinstance(record, dict):
+        raise EnvelopeError("inbox envelope without a valid vm id and record")
+    assert isinstance(vm, str)
+    return vm, record
+
+
+def tick_number(record: dict[str, Any]) -> int:
+    """The tick of a partition-wide ``Tick`` record; ``EnvelopeError`` for anything else.
+
+    >>> tick_number({"type": "Tick", "tick": 12})
+    12
+    >>> tick_number({"type": "Tick", "tick": 1e30})
+    Traceback (most recent call last):
+    ...
+    services.kafka_engine.envelope.EnvelopeError: tick must be an integer in [0, 2**63), got float
+    """
+    if record.get("type") != "Tick":
+        raise EnvelopeError("not a Tick")
+    return _count("tick", record.get("tick"))
+
+
 # ---------------------------------------------------------------------------------------- events
 @dataclass(frozen=True, slots=True)
 class EventsRecord:
@@ -117,14 +162,18 @@ class EventsRecord:
     def from_value(cls, value: dict[str, Any]) -> EventsRecord:
         try:
             partition, offset = value["inbox"]
+            vm = value["vm"]
+            events = value["events"]
+            if not valid_vm_id(vm) or not isinstance(events, list):
+                raise ValueError("vm or events")
             return cls(
-                vm=value["vm"],
-                partition=int(partition),
-                offset=int(offset),
-                seq=int(value["seq"]),
-                tick=int(value["tick"]),
-                outbox_seq=int(value["outbox_seq"]),
-                events=tuple(value["events"]),
+                vm=vm,
+                partition=_count("partition", partition),
+                offset=_count("offset", offset),
+                seq=_count("seq", value["seq"]),
+                tick=_count("tick", value["tick"]),
+                outbox_seq=_count("outbox_seq", value["outbox_seq"]),
+                events=tuple(events),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise EnvelopeError(f"not an events record: {exc!r}") from None
@@ -160,7 +209,9 @@ def outbox_value(vm: str, partition: int, offset: int, messages: list[OutboxMess
 
 def outbox_messages_of(value: dict[str, Any]) -> list[OutboxMessage]:
     try:
-        return [OutboxMessage(int(s), int(e), bytes.fromhex(h)) for s, e, h in value["messages"]]
+        return [
+            OutboxMessage(_count("seq", s), _count("event seq", e), bytes.fromhex(h)) for s, e, h in value["messages"]
+        ]
     except (KeyError, TypeError, ValueError) as exc:
         raise EnvelopeError(f"not an outbox record: {exc!r}") from None
 

@@ -50,11 +50,14 @@ from services.dm_engine.state import VmState
 from services.dm_protocol import encode as encode_message
 from services.kafka_engine.envelope import (
     ALL_VMS,
+    EnvelopeError,
     EventsRecord,
     OutboxMessage,
     events_value,
+    inbox_entry,
     outbox_value,
     snapshot_value,
+    tick_number,
 )
 
 
@@ -190,17 +193,15 @@ class PartitionEngine:
         if offset <= self.position:
             return []  # the stream went back (re-delivery within one process): already seen
         self.position = offset
-        vm = value.get("vm")
-        record = value.get("record")
-        if not isinstance(vm, str) or not isinstance(record, dict):
+        try:
+            vm, record = inbox_entry(value)
+        except EnvelopeError:
             self.ignored_records += 1  # an envelope of another kind (a meta record?): not an input
             return []
         if vm == ALL_VMS:
             try:
-                if record.get("type") != "Tick":
-                    raise ValueError("not a Tick")
-                number = int(record["tick"])
-            except (KeyError, TypeError, ValueError):
+                number = tick_number(record)
+            except EnvelopeError:
                 self.ignored_records += 1  # the audit reader (``audit_reader.LogCut``) skips it too
                 return []
             if not clock.on_tick(number):

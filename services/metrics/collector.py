@@ -319,10 +319,14 @@ class EngineMetrics:
         self.registry.register(self.latency)
         log_health = log_health_of(runner)
         if log_health is not None:
-            # Served next to the histogram (prometheus-client formats both).
-            health = LogHealthCollector(log_health)
-            self.histograms.register(health)
-            self.registry.register(health)
+            self.add_collector(LogHealthCollector(log_health))
+
+    def add_collector(self, collector: Collector) -> None:
+        """Export another collector (e.g. ``rejections.RejectionCollector``) in both ``registry``
+        and the scrape served by ``start_metrics_server`` (which renders ``histograms`` after the
+        fast path)."""
+        self.registry.register(collector)
+        self.histograms.register(collector)
 
     def observe_batch(self, records: int, seconds: float) -> None:
         """The service's per-batch hook: (records processed, wall seconds the batch took)."""

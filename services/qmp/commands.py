@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from services.dm_engine import inputs as inp
 from services.dm_engine.decider import PAGE_SHIFT
+from services.dm_engine.limits import MAX_BACKEND_BYTES, MAX_MEMORY_BYTES, MAX_RECORD_INT
 from services.dm_engine.state import NEGOTIATED_STATES, VmState
 from services.qmp import hmp
 from services.qmp.protocol import (
@@ -32,7 +33,7 @@ from services.qmp.protocol import (
 HV_BALLOON_ID = "hvb"
 MEMORY_BACKEND_RAM = "memory-backend-ram"
 
-_ID_RE = re.compile(r"^[A-Za-z][A-Za-z0-9._-]*$")
+_ID_RE = re.compile(r"[A-Za-z][A-Za-z0-9._-]{0,127}")
 
 
 class CommandContext(Protocol):
@@ -58,6 +59,8 @@ class Command:
     handler: Handler
 
 
+INT64_MIN = -(1 << 63)
+
 _KIND_NAMES = {"int": "integer", "size": "size", "str": "string", "bool": "boolean"}
 
 
@@ -72,9 +75,11 @@ def check_arguments(command: Command, args: Mapping[str, Any]) -> None:
                 raise generic(f"Parameter '{key}' is missing")
             continue
         value = args[key]
+        # QAPI's int is int64 and size uint64 (a bigger JSON number is a float to QEMU, hence a type
+        # error); a size must also fit a stored record, which is signed 64-bit.
         ok = (
-            (kind == "int" and type(value) is int)
-            or (kind == "size" and type(value) is int and 0 <= value < 1 << 64)
+            (kind == "int" and type(value) is int and INT64_MIN <= value <= MAX_RECORD_INT)
+            or (kind == "size" and type(value) is int and 0 <= value <= MAX_RECORD_INT)
             or (kind == "str" and isinstance(value, str))
             or (kind == "bool" and isinstance(value, bool))
         )
@@ -111,6 +116,8 @@ async def _balloon(ctx: CommandContext, args: dict[str, Any]) -> Any:
     value = args["value"]
     if value <= 0:
         raise generic("Parameter 'value' expects a size greater than zero")
+    if value > MAX_MEMORY_BYTES:
+        raise generic(f"Parameter 'value' expects a size of at most {MAX_MEMORY_BYTES} (4 PiB, 2**40 pages)")
     await ctx.submit(inp.SetTarget(target_bytes=value))
     return {}
 
@@ -127,13 +134,15 @@ async def _object_add(ctx: CommandContext, args: dict[str, Any]) -> Any:
             f"Invalid parameter 'qom-type': hvdm creates only '{MEMORY_BACKEND_RAM}' objects, not '{qom_type}'"
         )
     backend_id = args["id"]
-    if not _ID_RE.match(backend_id):
+    if not _ID_RE.fullmatch(backend_id):
         raise generic("Parameter 'id' expects an identifier")
     size = args.get("size", 0)
     if size == 0:
         raise generic("can't create backend with size 0")
     if size % (1 << PAGE_SHIFT):
         raise generic(f"memory backend '{backend_id}': size must be a positive multiple of 4096")
+    if size > MAX_BACKEND_BYTES:
+        raise generic(f"Parameter 'size' expects a size of at most {MAX_BACKEND_BYTES} (4 PiB, 2**40 pages)")
     state = _state(ctx)
     if backend_id in state.backends:
         raise generic(f"attempt to add duplicate property '{backend_id}' to object (type 'container')")

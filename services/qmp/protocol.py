@@ -13,6 +13,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from services.dm_engine.limits import MAX_JSON_DEPTH, json_too_deep
+
 #: The QEMU version hvdm's behaviour follows (hv-balloon as merged in QEMU 8.2, read in 10.0).
 QEMU_VERSION = {"major": 10, "minor": 0, "micro": 0}
 PACKAGE = "hvdm"
@@ -62,11 +64,19 @@ def parse_request(line: bytes | str) -> Request:
     Traceback (most recent call last):
     ...
     services.qmp.protocol.QmpError: GenericError: QMP input must be a JSON object
+    >>> parse_request(b'{"execute": "balloon", "arguments": {"value": ' + b'[' * 100_000 + b']' * 100_000 + b'}}')
+    Traceback (most recent call last):
+    ...
+    services.qmp.protocol.QmpError: GenericError: JSON parse error, nesting deeper than 256 levels
 
     Runtime complexity: O(len(line))
     """
+    if json_too_deep(line):
+        raise generic(f"JSON parse error, nesting deeper than {MAX_JSON_DEPTH} levels")
     try:
         msg = json.loads(line)
+    except RecursionError:
+        raise generic(f"JSON parse error, nesting deeper than {MAX_JSON_DEPTH} levels") from None
     except (ValueError, UnicodeDecodeError) as e:
         raise generic(f"JSON parse error, {e}") from None
     if not isinstance(msg, dict):

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import os
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -24,7 +25,7 @@ from services.dm_engine.decider import PAGE_SHIFT
 from services.dm_engine.runner import Processed
 from services.dm_engine.state import VmState
 from services.event_log.sqlite_log import LogWriteError
-from services.qmp.commands import execute
+from services.qmp.commands import COMMANDS, execute
 from services.qmp.paths import MAX_SOCKET_PATH, ensure_private_dir, remove_stale_socket, socket_path
 from services.qmp.protocol import (
     COMMAND_NOT_FOUND,
@@ -81,6 +82,11 @@ class _Session:
         self.writer = writer
         self.negotiated = False
 
+    def send_error(self, error: QmpError, request: Request | None = None) -> None:
+        """An error reply, counted (``hvdm_qmp_errors_total``) so hostile or broken clients show."""
+        self.monitor.count_error(error, None if request is None else request.command)
+        self.send(error_reply(error, request))
+
     def send(self, message: dict[str, Any]) -> None:
         if self.writer.is_closing():
             return
@@ -101,7 +107,7 @@ class _Session:
                 try:
                     texts = splitter.feed(data)
                 except OverflowError:
-                    self.send(error_reply(generic("JSON parse error, request too large")))
+                    self.send_error(generic("JSON parse error, request too large"))
                     break
                 for text in texts:
                     await self._handle(text)
@@ -117,46 +123,42 @@ class _Session:
         try:
             request = parse_request(line)
         except QmpError as e:
-            self.send(error_reply(e))
+            self.send_error(e)
             return
         if not self.negotiated:
             self._negotiate(request)
             return
         if request.command == "qmp_capabilities":
-            self.send(
-                error_reply(
-                    QmpError(COMMAND_NOT_FOUND, "Capabilities negotiation is already complete, command ignored"),
-                    request,
-                )
+            self.send_error(
+                QmpError(COMMAND_NOT_FOUND, "Capabilities negotiation is already complete, command ignored"),
+                request,
             )
             return
         try:
             result = await execute(self.monitor, request.command, request.arguments)
         except QmpError as e:
-            self.send(error_reply(e, request))
+            self.send_error(e, request)
         except Exception as e:  # a bug must not kill the connection, and must be visible
             log.exception("qmp command failed vm=%s command=%s", self.monitor.vm, request.command)
-            self.send(error_reply(generic(f"internal error: {e}"), request))
+            self.send_error(generic(f"internal error: {e}"), request)
         else:
             self.send(reply(result, request))
 
     def _negotiate(self, request: Request) -> None:
         if request.command != "qmp_capabilities":
-            self.send(
-                error_reply(
-                    QmpError(COMMAND_NOT_FOUND, "Expecting capabilities negotiation with 'qmp_capabilities'"),
-                    request,
-                )
+            self.send_error(
+                QmpError(COMMAND_NOT_FOUND, "Expecting capabilities negotiation with 'qmp_capabilities'"),
+                request,
             )
             return
         extra = [k for k in request.arguments if k != "enable"]
         enable = request.arguments.get("enable", [])
         if extra:
-            self.send(error_reply(generic(f"Parameter '{extra[0]}' is unexpected"), request))
+            self.send_error(generic(f"Parameter '{extra[0]}' is unexpected"), request)
         elif not isinstance(enable, list):
-            self.send(error_reply(generic("Invalid parameter type for 'enable', expected: array"), request))
+            self.send_error(generic("Invalid parameter type for 'enable', expected: array"), request)
         elif enable:
-            self.send(error_reply(generic(f"Capability '{enable[0]}' not available"), request))
+            self.send_error(generic(f"Capability '{enable[0]}' not available"), request)
         else:
             self.negotiated = True
             self.send(reply({}, request))
@@ -175,6 +177,9 @@ class VmMonitor:
         self.last_actual = actual
         self.balloon_change: RateLimiter[dict[str, Any]] = RateLimiter(servers.rate_limit_seconds)
         self.status_report: RateLimiter[dict[str, Any]] = RateLimiter(servers.rate_limit_seconds)
+
+    def count_error(self, error: QmpError, command: str | None) -> None:
+        self._servers.count_error(error, command)
 
     # CommandContext
     def state(self) -> VmState | None:
@@ -259,6 +264,19 @@ class QmpServers:
         self._watch: dict[int, list[ev.CommandRejected]] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._closed = False
+        #: Error replies by (error class, command): ``hvdm_qmp_errors_total``. Commands hvdm does not
+        #: know are counted as "unknown" and unparsable requests as "none", so a client cannot grow
+        #: the label set.
+        self.errors: Counter[tuple[str, str]] = Counter()
+
+    def count_error(self, error: QmpError, command: str | None) -> None:
+        if command is None:
+            label = "none"
+        elif command in COMMANDS or command == "qmp_capabilities":
+            label = command
+        else:
+            label = "unknown"
+        self.errors[(error.error_class, label)] += 1
 
     async def start(self) -> None:
         ensure_private_dir(self.qmp_dir)

@@ -3,6 +3,8 @@
 * ``fleet_view``  -- ``FleetView``: what a policy may know (arrays, one entry per VM)
 * ``policy``      -- the interface and shared mechanics (guest floor, host fitting, hysteresis)
 * ``hyperv`` / ``mom`` / ``forecast`` -- the three policies (``hyperv``, ``mom``, ``hvdm``)
+* ``oracle``      -- perfect foresight of the simulation's traces: the yardstick (simulation only)
+* ``migration``   -- recommendations to move VMs off hosts short even after reclaiming everything
 * ``policies``    -- the registry of names
 * ``history``     -- per-VM sample histories for policies that look back
 * ``traces`` / ``model`` / ``simulation`` / ``plot`` -- ``hvdm rebalance --simulate``

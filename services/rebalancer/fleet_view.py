@@ -80,6 +80,8 @@ class FleetView:
     available: Pages
     controllable: Flags
     weight: Floats
+    #: Names of the hosts (``host`` indexes them); empty where hosts have no names (``hostN``).
+    host_names: tuple[str, ...] = ()
 
     @property
     def size(self) -> int:

@@ -54,7 +54,7 @@ class HvdmParams:
     window_s: float = 1800.0
     #: Which of the per-minute peaks in the window the target covers: 1.0 the highest, 0.8 the
     #: one 80 % of the minutes stay under.
-    burst_quantile: float = 0.8
+    burst_quantile: float = 0.9
     #: The span over which the trend of use is measured.
     trend_s: float = 300.0
     #: How far ahead along the trend the target is sized.

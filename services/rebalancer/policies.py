@@ -9,12 +9,21 @@ from typing import Final
 from services.rebalancer.forecast import HvdmPolicy
 from services.rebalancer.hyperv import HyperVPolicy
 from services.rebalancer.mom import MomPolicy
+from services.rebalancer.oracle import OraclePolicy
 from services.rebalancer.policy import Policy
 
-#: Report order: the two references first, ours last.
+#: Report order: the two references first, ours, then the yardstick.
 POLICIES: Final[Mapping[str, Callable[[Mapping[str, str]], Policy]]] = MappingProxyType(
-    {"hyperv": HyperVPolicy.from_strings, "mom": MomPolicy.from_strings, "hvdm": HvdmPolicy.from_strings}
+    {
+        "hyperv": HyperVPolicy.from_strings,
+        "mom": MomPolicy.from_strings,
+        "hvdm": HvdmPolicy.from_strings,
+        "oracle": OraclePolicy.from_strings,
+    }
 )
+#: Policies that need the simulation (the oracle reads the future traces).
+SIMULATION_ONLY: Final = frozenset({"oracle"})
+LIVE_POLICIES: Final = tuple(name for name in POLICIES if name not in SIMULATION_ONLY)
 
 
 def make_policy(name: str, params: Mapping[str, str] | None = None) -> Policy:

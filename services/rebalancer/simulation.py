@@ -21,7 +21,10 @@ Metrics per policy:
   also by workload;
 * ``operations``: DM requests (balloon + unballoon + hot-add chunks), and each kind;
 * ``overcommit_events``: times a host crossed into assigning more than its capacity, and
-  ``overcommit_host_minutes``.
+  ``overcommit_host_minutes``;
+* with the ``oracle`` in the run (perfect foresight, ``oracle.py``): ``reclaimed_fraction_of_oracle``,
+  ``pressure_fraction_of_oracle`` (None when the oracle has no pressure) and
+  ``pressure_vm_minutes_above_oracle``.
 """
 
 from __future__ import annotations
@@ -36,7 +39,9 @@ import numpy as np
 
 from services.guest_sim.workload import WORKLOADS, make_workload
 from services.rebalancer.fleet_view import GIB_PAGES, PAGE_SIZE, balloon_floor_pages
+from services.rebalancer.migration import host_name, recommend
 from services.rebalancer.model import LightFleet, ModelTiming
+from services.rebalancer.oracle import OraclePolicy
 from services.rebalancer.policy import Policy
 from services.rebalancer.traces import fleet_trace
 
@@ -59,6 +64,14 @@ class SimConfig:
     #: Seconds between the points of the fleet-memory time series (the plot).
     sample_s: int = 60
     chunk_s: int = 3600
+    #: Every VM on the first host runs this workload (e.g. ``leak``): one host oversubscribed by
+    #: demand, the case migrations are for. None: the mix everywhere.
+    hot_host_workload: str | None = None
+    #: Apply migration recommendations (the VM moves to the recommended host at once).
+    migrate: bool = False
+    #: Seconds between migration checks, and how long a moved VM stays where it was put.
+    migration_interval_s: int = 60
+    migration_cooldown_s: int = 1800
 
     def __post_init__(self) -> None:
         if self.vms < 1 or self.hours <= 0 or self.interval_s < 1:
@@ -68,6 +81,10 @@ class SimConfig:
             raise ValueError(f"unknown workloads in the mix: {', '.join(sorted(unknown))}")
         if not any(w > 0 for w in self.mix.values()):
             raise ValueError("the workload mix needs a positive weight")
+        if self.hot_host_workload is not None and self.hot_host_workload not in WORKLOADS:
+            raise ValueError(f"unknown workload for the hot host: {self.hot_host_workload}")
+        if self.migration_interval_s < 1:
+            raise ValueError("the migration interval is at least 1 s")
 
     @property
     def seconds(self) -> int:
@@ -126,7 +143,8 @@ def build_fleet(config: SimConfig) -> FleetSpec:
             used.append(0)
         used[host] += boot
         ids.append(f"vm{i:04d}")
-        workloads.append(rng.choices(names, weights)[0])
+        workload = rng.choices(names, weights)[0]
+        workloads.append(config.hot_host_workload if host == 0 and config.hot_host_workload else workload)
         seeds.append(rng.randrange(1 << 30))
         boots.append(boot)
         maxes.append(int(boot * config.max_ratio))
@@ -156,12 +174,46 @@ class Series:
 
 
 @dataclass(slots=True)
+class MigrationCounts:
+    #: Distinct (VM, from, to) recommendations made.
+    recommended: int = 0
+    applied: int = 0
+    moved_bytes: int = 0
+    expected_pressure_saved_bytes: int = 0
+    seen: set[tuple[str, str, str]] = field(default_factory=set)
+
+
+@dataclass(slots=True)
 class PolicyRun:
     policy: Policy
     fleet: LightFleet
     series: Series = field(default_factory=Series)
     cpu_seconds: float = 0.0
+    migrations: MigrationCounts = field(default_factory=MigrationCounts)
     _pressure_mark: int = 0
+    _moved_at: dict[int, int] = field(default_factory=dict)
+
+    def check_migrations(self, t: int, config: SimConfig) -> None:
+        """Recommend (and with ``config.migrate`` apply) moves off hosts short after reclaiming."""
+        fleet, m = self.fleet, self.migrations
+        view = fleet.view(float(t))
+        movable = np.ones(view.size, dtype=bool)
+        for i, when in self._moved_at.items():
+            movable[i] = t - when >= config.migration_cooldown_s
+        index = {vm: i for i, vm in enumerate(view.vm_ids)}
+        hosts = {host_name(view, h): h for h in range(view.hosts)}
+        for rec in recommend(view, movable=movable & view.controllable):
+            key = (rec.vm, rec.from_host, rec.to_host)
+            if key not in m.seen:
+                m.seen.add(key)
+                m.recommended += 1
+                m.expected_pressure_saved_bytes += rec.expected_pressure_saved_bytes
+            if config.migrate:
+                i = index[rec.vm]
+                fleet.host[i] = hosts[rec.to_host]
+                self._moved_at[i] = t
+                m.applied += 1
+                m.moved_bytes += int(fleet.current[i]) * PAGE_SIZE
 
     def advance(self, t0: int, committed: np.ndarray[Any, np.dtype[np.int64]], config: SimConfig) -> None:
         started = time.perf_counter()
@@ -172,6 +224,8 @@ class PolicyRun:
             t = t0 + k
             column = committed[:, k]
             if t % interval == 0 and t >= fleet.timing.post_init_s:
+                if t % config.migration_interval_s == 0 and len(fleet.host_capacity) > 1:
+                    self.check_migrations(t, config)
                 fleet.set_targets(policy.decide(fleet.view(float(t))))
             fleet.step(t, column)
             if t % sample == 0:
@@ -211,6 +265,11 @@ class PolicyRun:
             "mean_assigned_bytes": int(mean_assigned) * PAGE_SIZE,
             "static_max_bytes": static * PAGE_SIZE,
             "peak_assigned_bytes": max(self.series.assigned, default=0),
+            "migration_recommendations": self.migrations.recommended,
+            "migrations_applied": self.migrations.applied,
+            "migrated_bytes": self.migrations.moved_bytes,
+            "migration_expected_pressure_saved_bytes": self.migrations.expected_pressure_saved_bytes,
+            "pressure_vm_minutes_by_host": _by_host(c.pressure_seconds, self.fleet.host, len(spec.host_capacity)),
             "parameters": self.policy.parameters(),
             "cpu_seconds": round(self.cpu_seconds, 3),
         }
@@ -231,8 +290,13 @@ class SimResult:
         counts: dict[str, int] = {}
         for name in self.spec.workloads:
             counts[name] = counts.get(name, 0) + 1
+        policies = {name: run.report(self.spec) for name, run in self.runs.items()}
+        oracle = policies.get("oracle")
+        if oracle is not None:
+            for report in policies.values():
+                report.update(versus_oracle(report, oracle))
         return {
-            "policies": {name: run.report(self.spec) for name, run in self.runs.items()},
+            "policies": policies,
             "fleet": {
                 "vms": len(self.spec.vm_ids),
                 "hosts": len(self.spec.host_capacity),
@@ -250,6 +314,27 @@ class SimResult:
         return {name: run.series for name, run in self.runs.items()}
 
 
+def _by_host(pressure_seconds: Any, host: Any, hosts: int) -> list[float]:
+    """VM-minutes of pressure per host, charged to the host each VM is on at the end."""
+    totals = np.bincount(host, weights=pressure_seconds, minlength=hosts) / 60.0
+    return [round(float(x), 3) for x in totals]
+
+
+def versus_oracle(report: Mapping[str, Any], oracle: Mapping[str, Any]) -> dict[str, Any]:
+    """A policy's reclaim and pressure as fractions of the oracle's (JSON keys: a contract).
+
+    The oracle usually has no pressure at all (it sees bursts coming); a fraction of zero is
+    undefined, so ``pressure_fraction_of_oracle`` is then None and the difference,
+    ``pressure_vm_minutes_above_oracle``, says how far the policy is from it.
+    """
+    reclaimed, pressure = oracle["reclaimed_ratio"], oracle["pressure_vm_minutes"]
+    return {
+        "reclaimed_fraction_of_oracle": report["reclaimed_ratio"] / reclaimed if reclaimed > 0 else None,
+        "pressure_fraction_of_oracle": report["pressure_vm_minutes"] / pressure if pressure > 0 else None,
+        "pressure_vm_minutes_above_oracle": report["pressure_vm_minutes"] - pressure,
+    }
+
+
 Progress = Callable[[float], None]
 
 
@@ -262,12 +347,21 @@ def simulate(
     workloads = [make_workload(w, b, s) for w, b, s in zip(spec.workloads, spec.boot, spec.seeds, strict=True)]
     runs = {p.name: PolicyRun(p, spec.light_fleet(timing)) for p in policies}
     trace_seconds = 0.0
+    oracles = [run.policy for run in runs.values() if isinstance(run.policy, OraclePolicy)]
+    for run in runs.values():
+        if isinstance(run.policy, OraclePolicy):
+            run.policy.attach(run.fleet, config.interval_s)
+    ahead = max((o.lookahead_s for o in oracles), default=0)
     total = config.seconds
     for t0 in range(0, total, config.chunk_s):
         t1 = min(total, t0 + config.chunk_s)
         before = time.perf_counter()
-        committed = fleet_trace(workloads, t0, t1)
+        # The oracle reads ahead; the others get exactly the chunk (the same seconds either way).
+        future = fleet_trace(workloads, t0, t1 + ahead)
+        committed = future[:, : t1 - t0]
         trace_seconds += time.perf_counter() - before
+        for oracle in oracles:
+            oracle.foresee(t0, future)
         for run in runs.values():
             run.advance(t0, committed, config)
         if progress is not None:

@@ -208,6 +208,33 @@ def outbox_schema(message_type: MessageType) -> Schema:
     return _object(OUTBOX, message_type.name, cls, properties)
 
 
+#: The outbox record of a QEMU-managed VM: a QMP command the QEMU agent sends (dm_engine.qemu_vm).
+QMP_BALLOON: Final = "qmp_balloon"
+
+
+def qmp_balloon_schema() -> Schema:
+    """QMP ``balloon`` as the outbox stores it for a QEMU-managed VM (canonical JSON bytes)."""
+    return {
+        "$schema": DRAFT,
+        "$id": schema_id(OUTBOX, QMP_BALLOON),
+        "title": QMP_BALLOON,
+        "description": "A QMP command for a QEMU-managed VM's monitor, derived from QemuBalloonCommanded; "
+        "the QEMU agent sends it verbatim. value is the target guest size in bytes, a multiple of 4096.",
+        "type": "object",
+        "properties": {
+            "execute": {"const": "balloon"},
+            "arguments": {
+                "type": "object",
+                "properties": {"value": {**_integer(4096), "multipleOf": 4096}},
+                "required": ["value"],
+                "additionalProperties": False,
+            },
+        },
+        "required": ["execute", "arguments"],
+        "additionalProperties": False,
+    }
+
+
 def _record_union(family: str, kinds: list[str]) -> Schema:
     """A record of any kind in ``family``, checked against that kind's own schema.
 
@@ -275,6 +302,7 @@ def generate() -> dict[str, Schema]:
         out[relative_path(EVENTS, kind)] = record_schema(EVENTS, ecls)
     for message_type in HOST_TO_GUEST:
         out[relative_path(OUTBOX, message_type.name)] = outbox_schema(message_type)
+    out[relative_path(OUTBOX, QMP_BALLOON)] = qmp_balloon_schema()
     for kind, schema in envelope_schemas().items():
         out[relative_path(ENVELOPES, kind)] = schema
     return dict(sorted(out.items()))

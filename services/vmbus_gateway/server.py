@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 
 from services.dm_engine.inputs import ChannelClosed, ChannelOpened, GuestMessage, Input, MalformedFrame
@@ -62,6 +63,8 @@ class GatewayServer:
         self._handlers: set[asyncio.Task[None]] = set()
         self._unix_sockets: list[tuple[str, tuple[int, int] | None]] = []
         self.closed_reasons: list[tuple[str, str]] = []
+        #: Refused hellos by reason code (``hello.HELLO_REASONS``): ``hvdm_gateway_hello_rejected_total``.
+        self.hello_rejected: Counter[str] = Counter()
         backend.on_outbox(self._outbox_changed)
 
     # ------------------------------------------------------------------ lifecycle
@@ -138,8 +141,11 @@ class GatewayServer:
             line = await asyncio.wait_for(reader.readline(), self.limits.hello_timeout_s)
             hello = parse_hello(line)
         except (TimeoutError, HelloError, ValueError) as e:
+            # A ValueError that is not a HelloError is readline's length limit.
+            code = e.reason if isinstance(e, HelloError) else "timeout" if isinstance(e, TimeoutError) else "too_long"
             reason = str(e) or "hello timed out"
-            log.warning("event=hello_rejected reason=%r", reason)
+            self.hello_rejected[code] += 1
+            log.warning("event=hello_rejected code=%s reason=%r", code, reason)
             await self._reply(writer, {"ok": False, "error": reason})
             return
         vm = hello.vm
@@ -157,6 +163,8 @@ class GatewayServer:
                         maxmem_bytes=hello.maxmem_bytes,
                         hot_add_base_page=hello.hot_add_base_page,
                         status_reports=hello.status_reports,
+                        ram=hello.ram_ranges(),
+                        reset=hello.reset,
                     ),
                 )
             except LogWriteError as exc:

@@ -34,9 +34,10 @@ def _report_times(g: SimulatedGuest, start: float, end: float, step: float = 0.0
 
 def test_first_report_after_45_swallowed_calls_of_the_1_s_thread() -> None:
     g = ready_guest(now=10.0)
-    # Thread calls at 10 s + k * 251 jiffies; calls 1..45 are swallowed; call 46 is at 56.184 s.
-    assert only(dec(g.poll(56.18)), StatusReport) == []
-    reports = only(dec(g.poll(56.19)), StatusReport)
+    # Thread calls at 10 s + k * 251 jiffies from k = 0 (its start); calls k = 0..44 are swallowed;
+    # call k = 45 is at 55.18 s: about 45 s after binding, as the real guest of realguest/.
+    assert only(dec(g.poll(55.17)), StatusReport) == []
+    reports = only(dec(g.poll(55.19)), StatusReport)
     assert len(reports) == 1
     assert reports[0].trans_id == 3  # version 1, caps 2, nothing in between
 
@@ -54,9 +55,9 @@ def test_balloon_activity_shortens_the_initial_delay() -> None:
     """Each balloon-response send attempts a status report and so consumes one delay call."""
     g = ready_guest()
     assert len(balloon(g, 300_000, now=0.5)) == 3
-    # 3 calls consumed by the worker, so the thread's 43rd call (at 43 * 1.004 s) reports.
-    assert only(dec(g.poll(43 * 1.004 - 0.001)), StatusReport) == []
-    assert len(only(dec(g.poll(43 * 1.004 + 0.001)), StatusReport)) == 1
+    # 3 calls consumed by the worker, so the thread's call k = 42 (at 42 * 1.004 s) reports.
+    assert only(dec(g.poll(42 * 1.004 - 0.001)), StatusReport) == []
+    assert len(only(dec(g.poll(42 * 1.004 + 0.001)), StatusReport)) == 1
 
 
 def test_fields_follow_the_formula_and_the_rest_is_zero() -> None:
@@ -140,13 +141,13 @@ def test_spec_vector_v3_bytes() -> None:
 def test_unballoon_wakes_the_thread_so_a_report_follows_at_once() -> None:
     g = ready_guest()
     responses = balloon(g, 1024, now=1.0)  # one send: one delay call consumed
-    assert only(dec(g.poll(45.0)), StatusReport) == []  # tick 44 at 44.176 s used the last delay call
-    out = send(g, UnballoonRequest(more_pages=False, ranges=responses[0].ranges), 45.1)
-    # The next tick would be at 45.18 s; the report at 45.1 s comes from the wake-up.
+    assert only(dec(g.poll(44.0)), StatusReport) == []  # tick 43 at 43.172 s used the last delay call
+    out = send(g, UnballoonRequest(more_pages=False, ranges=responses[0].ranges), 44.1)
+    # The next tick would be at 44.176 s; the report at 44.1 s comes from the wake-up.
     assert len(only(out, StatusReport)) == 1
-    # The thread sleeps a full period from the wake-up: nothing at 45.18 s, the next at 46.104 s.
-    assert only(dec(g.poll(46.1)), StatusReport) == []
-    assert len(only(dec(g.poll(46.11)), StatusReport)) == 1
+    # The thread sleeps a full period from the wake-up: nothing at 44.176 s, the next at 45.104 s.
+    assert only(dec(g.poll(45.1)), StatusReport) == []
+    assert len(only(dec(g.poll(45.11)), StatusReport)) == 1
 
 
 def test_reports_continue_while_hibernation_capable() -> None:

@@ -27,6 +27,7 @@ def test_profile_list_names_every_profile() -> None:
     assert set(PROFILES) == {
         "linux",
         "windows",
+        "linux_hibernate",
         "not_owned",
         "double_free",
         "beyond_request",

@@ -141,7 +141,9 @@ def test_duplicates_and_orphans_are_ignored_by_replay(seed: int) -> None:
     assert recover(noisy).fingerprint() == recover(ref).fingerprint()
 
 
-@pytest.mark.parametrize("vm", ["a", 'v"m\\é\u2603'])
+# VM ids are matched against ``limits.VM_ID`` (an envelope with any other id is skipped), so
+# the second id uses every punctuation character an id may hold.
+@pytest.mark.parametrize("vm", ["a", "V.m_1-x"])
 def test_the_fast_events_encoding_is_the_canonical_one(vm: str) -> None:
     """The worker writes ``Decision.events_value`` (event_json spliced into the envelope); it must
     be byte for byte what the generic canonical encoder makes of the same record."""

@@ -10,14 +10,20 @@ import pytest
 from tests.audit.cli import hvdm, hvdm_json
 
 KEYS = {"reclaimed_ratio", "pressure_vm_minutes", "operations", "overcommit_events"}
+ORACLE_KEYS = {"reclaimed_fraction_of_oracle", "pressure_fraction_of_oracle", "pressure_vm_minutes_above_oracle"}
 
 
 def test_simulate_all_policies_json_contract(tmp_path: Path) -> None:
     report = tmp_path / "report.json"
     doc = hvdm_json("rebalance", "--simulate", "--vms", "20", "--hours", "0.25", "--policy", "all", "--report", report)
-    assert list(doc["policies"]) == ["hyperv", "mom", "hvdm"]
+    assert list(doc["policies"]) == ["hyperv", "mom", "hvdm", "oracle"]
+    oracle = doc["policies"]["oracle"]
     for name, p in doc["policies"].items():
-        assert set(p) >= KEYS, name
+        assert set(p) >= KEYS | ORACLE_KEYS, name
+        assert p["reclaimed_fraction_of_oracle"] == pytest.approx(p["reclaimed_ratio"] / oracle["reclaimed_ratio"])
+        assert p["pressure_vm_minutes_above_oracle"] == pytest.approx(
+            p["pressure_vm_minutes"] - oracle["pressure_vm_minutes"]
+        )
         assert 0.0 < p["reclaimed_ratio"] < 1.0
         assert p["pressure_vm_minutes"] >= 0.0
         assert p["operations"] == p["balloon_operations"] + p["unballoon_operations"] + p["hot_add_operations"]
@@ -56,7 +62,12 @@ def test_plot_is_a_png(tmp_path: Path) -> None:
     result = hvdm("rebalance", "--simulate", "--vms", "10", "--hours", "0.2", "--policy", "all", "--plot", png)
     assert result.returncode == 0, result.stderr
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "hvdm" in result.stdout and "RECLAIMED" in result.stdout
+    assert "hvdm" in result.stdout and "RECLAIMED" in result.stdout and "RECLAIM/ORACLE" in result.stdout
+
+
+def test_oracle_is_simulation_only(tmp_path: Path) -> None:
+    bad = hvdm("rebalance", "--db", tmp_path / "log.db", "--policy", "oracle", "--once")
+    assert bad.returncode == 1 and "needs the future traces" in bad.stderr
 
 
 def test_bad_arguments_are_one_line_errors() -> None:

@@ -82,8 +82,11 @@ def test_nullable_and_signed_fields() -> None:
         "maxmem_bytes": 1 << 32,
         "hot_add_base_page": None,
         "status_reports": True,
+        "ram": [[0, 1 << 18]],
+        "reset": "vmbus",
     }
     assert errors("ChannelOpened", "inbox", opened) == []
+    assert errors("ChannelOpened", "inbox", {**opened, "reset": "warm"})
     assert errors("ChannelOpened", "inbox", {**opened, "hot_add_base_page": 1 << 23}) == []
     assert errors("ChannelOpened", "inbox", {**opened, "hot_add_base_page": "x"})
     # A negative target is the operator's mistake, recorded and rejected by the engine itself.

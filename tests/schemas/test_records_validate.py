@@ -27,6 +27,7 @@ from services.schemas import generate
 from tests.audit.scripted_log import ScriptedLog, every_scenario
 from tests.dm_engine import test_fuzz_properties as fuzz
 from tests.dm_engine.harness import FAST, Harness
+from tests.dm_engine.test_qemu_vm import qemu_scenario
 from tests.schemas.records import assert_valid, validate_event, validate_input, validate_message
 
 #: Short timeouts keep the scripted stalls (and the logs they produce) small.
@@ -94,12 +95,29 @@ def test_scenarios_cover_every_record_kind(monkeypatch: pytest.MonkeyPatch) -> N
             seen |= validate_harness(h)
     for h in every_scenario(ScriptedLog(config=QUICK)):
         seen |= validate_harness(h)
+    seen |= validate_qemu_scenario()
     assert {k for k in inp.INPUT_TYPES if f"inbox/{k}" not in seen} == set()
     assert {k for k in ev.EVENT_TYPES if f"events/{k}" not in seen} == set()
     # DM_INFO_MESSAGE has a schema (it is a host-to-guest type) but the engine never sends one.
     assert {p.removesuffix(".v1.json") for p in generate() if p.startswith("outbox/")} - seen == {
         "outbox/DM_INFO_MESSAGE"
     }
+
+
+def validate_qemu_scenario() -> set[str]:
+    """A QEMU-managed VM's whole life (tests/dm_engine/test_qemu_vm.py), records validated."""
+    kinds: set[str] = set()
+    inputs, events, outbox = qemu_scenario()
+    for record in inputs:
+        validate_input(record)
+        kinds.add(f"inbox/{record.KIND}")
+    for event in events:
+        validate_event(event)
+        kinds.add(f"events/{event.KIND}")
+    for payload in outbox:
+        assert_valid("outbox", "qmp_balloon", json.loads(payload))
+        kinds.add("outbox/qmp_balloon")
+    return kinds
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

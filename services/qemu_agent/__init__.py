@@ -1,0 +1,12 @@
+"""Real QEMU VMs as a source of VMs: attach QEMU processes through their QMP monitors.
+
+One job: turn what QEMU says (balloon device, memory layout, actual size, guest status, command
+failures, monitor gone) into engine inbox inputs, and deliver the engine's targets as QMP
+``balloon``. The engine keeps these VMs as QEMU-managed state (``services.dm_engine.qemu_vm``).
+"""
+
+from services.qemu_agent.address import QmpAddress, parse_address
+from services.qemu_agent.agent import QemuAgent
+from services.qemu_agent.embedded_sink import EmbeddedSink, attach_to_service
+
+__all__ = ["EmbeddedSink", "QemuAgent", "QmpAddress", "attach_to_service", "parse_address"]

@@ -1,0 +1,92 @@
+"""The real-guest kit (``../shared/realguest``): find it, set it up, boot and stop guests.
+
+The kit boots real Linux guests behind Debian's QEMU (virtio-balloon) and a nested QEMU 10
+(hv-balloon); see its README. Tests find it next to the repository (``../shared/realguest``, or
+two levels up for a git worktree) or at ``$HVDM_REALGUEST_KIT``, and skip with that reason only
+when it is absent. ``rig setup`` is idempotent (apt-get installs what is missing, as root).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def find_kit() -> Path | None:
+    env = os.environ.get("HVDM_REALGUEST_KIT")
+    candidates = [Path(env)] if env else []
+    candidates += [REPO.parent / "shared" / "realguest", REPO.parent.parent / "shared" / "realguest"]
+    for path in candidates:
+        if (path / "rig").is_file():
+            return path
+    return None
+
+
+class Rig:
+    def __init__(self, kit: Path) -> None:
+        self.kit = kit
+        # Short: UNIX socket paths under it must fit 107 bytes.
+        self.work = Path(tempfile.mkdtemp(prefix="rg", dir="/tmp"))
+        self.env = dict(os.environ, RIG_WORK=str(self.work))
+
+    def run(self, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, str(self.kit / "rig"), *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def setup(self) -> None:
+        done = self.run("setup")
+        if done.returncode != 0:
+            raise AssertionError(f"rig setup failed:\n{done.stderr[-3000:]}")
+
+    def up(self, kind: str, *args: str, timeout: float = 600) -> dict[str, Any]:
+        done = self.run(f"{kind}-up", *args, timeout=timeout)
+        if done.returncode != 0:
+            raise AssertionError(f"rig {kind}-up failed:\n{done.stderr[-3000:]}")
+        info: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+        return info
+
+    def down(self, kind: str | None = None) -> None:
+        self.run("down", *([kind] if kind else []), timeout=120)
+
+    def exec(self, kind: str, command: str) -> str:
+        done = self.run("exec", kind, command, timeout=120)
+        return done.stdout
+
+
+def hvdm(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "services", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def start_hvdm(*args: str, log: Path) -> subprocess.Popen[bytes]:
+    out = log.open("wb")
+    return subprocess.Popen(
+        [sys.executable, "-m", "services", *args, "-v"], cwd=REPO, stdout=out, stderr=subprocess.STDOUT
+    )
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 60.0, log: Path | None = None) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            tail = log.read_text()[-3000:] if log is not None and log.exists() else ""
+            raise AssertionError(f"timed out waiting for {what}\n{tail}")
+        time.sleep(0.1)
