@@ -32,6 +32,7 @@ from pathlib import Path
 from services.audit import LogError, ReplayError, audit, audit_text, point_text, state_at
 from services.audit.logfile import open_reader
 from services.audit.reader import BrokerReaderUnavailable, LogReader, open_broker_reader
+from services.cli.arg_types import NON_NEGATIVE, OUTPUT_PATH, VM_ID
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -125,13 +126,6 @@ def _run_replay(args: argparse.Namespace) -> int:
     return _with_log("replay", args, body)
 
 
-def _non_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     audit_parser = subparsers.add_parser(
         "audit",
@@ -141,16 +135,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     source = audit_parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--db", metavar="PATH", help="the SQLite log file (opened read-only)")
     source.add_argument("--broker", metavar="URL", help="a Kafka deployment (kafka://host:port), if supported")
-    audit_parser.add_argument("--vm", metavar="ID", action="append", help="audit only this VM (repeatable)")
+    audit_parser.add_argument("--vm", metavar="ID", type=VM_ID, action="append", help="audit only this VM (repeatable)")
     window = audit_parser.add_mutually_exclusive_group()
     window.add_argument(
-        "--from", dest="from_pos", type=_non_negative, metavar="POS", help="judge and report inbox records after POS"
+        "--from", dest="from_pos", type=NON_NEGATIVE, metavar="POS", help="judge and report inbox records after POS"
     )
-    window.add_argument("--from-tick", type=_non_negative, metavar="N", help="judge and report from tick N on")
+    window.add_argument("--from-tick", type=NON_NEGATIVE, metavar="N", help="judge and report from tick N on")
     audit_parser.add_argument("--json", action="store_true", help="print one JSON document")
-    audit_parser.add_argument("--html", metavar="FILE", help="also write a self-contained HTML report with plots")
     audit_parser.add_argument(
-        "--gap-ticks", type=_non_negative, default=3, metavar="N", help="status-report gap threshold (default 3)"
+        "--html", metavar="FILE", type=OUTPUT_PATH, help="also write a self-contained HTML report with plots"
+    )
+    audit_parser.add_argument(
+        "--gap-ticks", type=NON_NEGATIVE, default=3, metavar="N", help="status-report gap threshold (default 3)"
     )
     audit_parser.add_argument("--progress", action="store_true", help="progress bar on stderr even if not a TTY")
     audit_parser.set_defaults(func=_run_audit)
@@ -159,16 +155,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "replay", help="rebuild one VM's state at an inbox position or tick, for incident analysis"
     )
     replay_parser.add_argument("--db", required=True, metavar="PATH", help="the SQLite log file")
-    replay_parser.add_argument("--vm", required=True, metavar="ID", help="the VM to rebuild")
+    replay_parser.add_argument("--vm", required=True, metavar="ID", type=VM_ID, help="the VM to rebuild")
     point = replay_parser.add_mutually_exclusive_group()
     point.add_argument(
         "--until",
-        type=_non_negative,
+        type=NON_NEGATIVE,
         metavar="POS",
         help="after this inbox position (default and maximum: what the engine consumed)",
     )
     point.add_argument(
-        "--until-tick", type=_non_negative, metavar="N", help="after the last inbox record at or before tick N"
+        "--until-tick", type=NON_NEGATIVE, metavar="N", help="after the last inbox record at or before tick N"
     )
     replay_parser.add_argument(
         "--from-inbox",

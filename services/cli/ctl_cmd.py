@@ -28,6 +28,8 @@ from typing import Any
 
 from qemu.qmp import ConnectError, ExecuteError, QMPClient
 
+from services.cli.arg_types import SECONDS, VM_ID, IntArg
+from services.cli.main import CliParser
 from services.qmp import hmp
 from services.qmp.paths import default_qmp_dir, socket_path
 
@@ -68,8 +70,8 @@ def _run_async(args: argparse.Namespace, sock: Path) -> int:
     words: list[str] = args.words
     timeout: float = args.timeout
     if words[0] == "events":
-        ev = argparse.ArgumentParser(prog="hvdm ctl VM events")
-        ev.add_argument("--count", type=int, default=None, help="stop after N events")
+        ev = CliParser(prog="hvdm ctl VM events")
+        ev.add_argument("--count", type=IntArg(1, 1 << 62), default=None, help="stop after N events")
         opts = ev.parse_args(words[1:])
         return asyncio.run(_follow_events(sock, opts.count, timeout))
     if words[0] == "qmp":
@@ -125,8 +127,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--qmp-dir", type=Path, default=default_qmp_dir(), help="directory of the per-VM QMP sockets")
-    parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the service")
+    parser.add_argument("--timeout", type=SECONDS, default=10.0, help="seconds to wait for the service")
     parser.add_argument("-v", "--verbose", action="store_true", help="log the QMP conversation")
-    parser.add_argument("vm", help="VM id")
+    parser.add_argument("vm", type=VM_ID, help="VM id")
     parser.add_argument("words", nargs=argparse.REMAINDER, help="HMP command, 'events' or 'qmp CMD [JSON]'")
     parser.set_defaults(func=_run)

@@ -10,6 +10,8 @@ import time
 from collections.abc import Callable
 from types import SimpleNamespace
 
+from services.cli.arg_types import BROKER, FloatArg, IntArg
+from services.cli.metrics_args import add_metrics_arguments, metrics_labels_of
 from services.dm_engine.runner import EngineRunner
 from services.event_log.retry import Backoff
 from services.event_log.sqlite_log import LogWriteError, NotAnHvdmLog, SqliteLog
@@ -40,7 +42,10 @@ def _run_sqlite(args: argparse.Namespace) -> int:
                 from services.metrics import serve_for_service
 
                 served = serve_for_service(
-                    SimpleNamespace(runner=runner, on_batch=on_batch), args.metrics_host, args.metrics_port
+                    SimpleNamespace(runner=runner, on_batch=on_batch),
+                    args.metrics_host,
+                    args.metrics_port,
+                    labels=metrics_labels_of(args),
                 )
             backoff = Backoff()
             try:
@@ -83,12 +88,16 @@ def _run(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser("engine", help="run the DM engine on the SQLite log or on Kafka")
     p.add_argument("--db", default="hvdm.db", help="SQLite log (embedded deployment)")
-    p.add_argument("--broker", help="kafka://HOST:PORT (distributed deployment)")
-    p.add_argument("--batch", type=int, default=500, help="inbox records per transaction")
-    p.add_argument("--snapshot-every", type=int, default=2000, help="events per VM between snapshots")
+    p.add_argument("--broker", type=BROKER, help="kafka://HOST:PORT (distributed deployment)")
+    p.add_argument("--batch", type=IntArg(1, 1_000_000), default=500, help="inbox records per transaction")
+    p.add_argument("--snapshot-every", type=IntArg(1, 1 << 31), default=2000, help="events per VM between snapshots")
     p.add_argument("--exit-when-idle", action="store_true", help="process the inbox to its end, then exit")
-    p.add_argument("--poll-interval", type=float, default=0.05, help="seconds between inbox polls when idle")
-    p.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port")
-    p.add_argument("--metrics-host", default="127.0.0.1", help="address for /metrics (0.0.0.0 in containers)")
+    p.add_argument(
+        "--poll-interval",
+        type=FloatArg(0.0, 3600.0, low_open=True),
+        default=0.05,
+        help="seconds between inbox polls when idle",
+    )
+    add_metrics_arguments(p)
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=_run)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from services.cli.arg_types import SEED, FloatArg, IntArg
 from services.fuzz.engine_fuzz import fuzz
 
 
@@ -35,8 +36,8 @@ def _run(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser("fuzz", help="feed random and adversarial inputs through decode + decide")
-    p.add_argument("--cases", type=int, default=10_000)
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--max-seconds", type=float, help="stop after this much wall time")
+    p.add_argument("--cases", type=IntArg(1, 1_000_000_000), default=10_000)
+    p.add_argument("--seed", type=SEED, default=1)
+    p.add_argument("--max-seconds", type=FloatArg(0.0, 1e9, low_open=True), help="stop after this much wall time")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_run)

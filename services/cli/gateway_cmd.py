@@ -7,10 +7,8 @@ import asyncio
 import logging
 import sys
 
-
-def _hostport(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    return host or "127.0.0.1", int(port)
+from services.cli.arg_types import BROKER, HOST_PORT
+from services.cli.metrics_args import add_metrics_arguments, metrics_labels_of
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -30,7 +28,13 @@ def _run(args: argparse.Namespace) -> int:
         return 1
     try:
         return asyncio.run(
-            serve(settings, unix_path=args.socket or None, tcp=_hostport(args.tcp) if args.tcp else None)
+            serve(
+                settings,
+                unix_path=args.socket or None,
+                tcp=args.tcp,
+                metrics=(args.metrics_host, args.metrics_port) if args.metrics_port is not None else None,
+                metrics_labels=metrics_labels_of(args),
+            )
         )
     except KeyboardInterrupt:
         return 130
@@ -38,8 +42,11 @@ def _run(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser("gateway", help="run the VMBus gateway against Kafka (distributed deployment)")
-    p.add_argument("--broker", required=True, help="kafka://HOST:PORT[?prefix=...&partitions=N] (see docs)")
+    p.add_argument(
+        "--broker", type=BROKER, required=True, help="kafka://HOST:PORT[?prefix=...&partitions=N] (see docs)"
+    )
     p.add_argument("--socket", default="hvdm.sock", help="UNIX socket for guests ('' to disable)")
-    p.add_argument("--tcp", help="also listen on HOST:PORT for guests")
+    p.add_argument("--tcp", type=HOST_PORT, help="also listen on HOST:PORT for guests")
+    add_metrics_arguments(p, what="gateway")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=_run)

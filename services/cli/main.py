@@ -4,14 +4,22 @@ Each sub-command lives in its own module under ``services.cli`` and exposes
 ``register(subparsers)``; the table below is the single place that wires them in, so a command's
 flags sit next to the code that runs it. Only the module of the command being run is imported
 (``hvdm decode`` need not load numpy, Faust or the QMP server); ``hvdm --help`` imports them all.
+
+One error path (the README's promise: invalid input never gives a traceback): a bad flag is a
+usage error, one line ``hvdm: error: COMMAND: ...`` on stderr and exit status 2 (``CliParser``;
+the flag types in ``arg_types`` name every bound); anything a command raises that it did not
+handle itself is one line ``hvdm: error: COMMAND: ...`` and exit status 1. ``HVDM_TRACEBACK=1``
+shows the traceback instead, for bug reports.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 #: Command name -> the module that registers it, in the order they appear in ``hvdm --help``.
 COMMANDS: dict[str, str] = {
@@ -32,9 +40,28 @@ COMMANDS: dict[str, str] = {
 COMMAND_MODULES: tuple[str, ...] = tuple(dict.fromkeys(COMMANDS.values()))
 
 
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+
+def error_line(command: str | None, message: object) -> str:
+    """The one stderr line of every CLI failure (newlines in the message are flattened)."""
+    where = f"{command}: " if command else ""
+    return f"hvdm: error: {where}{message}".replace("\r", " ").replace("\n", " ")
+
+
+class CliParser(argparse.ArgumentParser):
+    """argparse with hvdm's usage error: one line and exit status 2 (argparse prints the usage
+    block too, which buries the error). Sub-command parsers inherit the class."""
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog.removeprefix("hvdm").strip() or None
+        self.exit(EXIT_USAGE, error_line(command, message) + "\n")
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The parser with every command, or only with the commands of ``only``'s module."""
-    parser = argparse.ArgumentParser(
+    parser = CliParser(
         prog="hvdm",
         description="Host side of the Hyper-V Dynamic Memory protocol, as an event-sourced service.",
     )
@@ -57,7 +84,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(_command_of(args_list))
     args = parser.parse_args(args_list)
-    code: int = args.func(args)
+    try:
+        code: int = args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # The reader went away (``| head``): not a failure of the command; silence the final flush.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except Exception as exc:
+        if os.environ.get("HVDM_TRACEBACK"):
+            raise
+        print(error_line(args.command, f"{type(exc).__name__}: {exc}"), file=sys.stderr)
+        return EXIT_ERROR
     return code
 
 

@@ -22,7 +22,7 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-from services.cli.units import size_arg
+from services.cli.arg_types import OUTPUT_PATH, POSITIVE, SEED, FloatArg, IntArg, SizeArg
 from services.rebalancer.policies import LIVE_POLICIES, POLICIES, SIMULATION_ONLY, make_policy
 
 EXIT_OK = 0
@@ -185,20 +185,6 @@ def _run(args: argparse.Namespace) -> int:
     return _live(args)
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
-    return value
-
-
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
         "rebalance",
@@ -207,21 +193,30 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     p.add_argument("--policy", default="hvdm", choices=[*POLICIES, "all"], help="policy (default hvdm)")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="policy parameter (repeatable)")
-    p.add_argument("--interval", type=_positive_float, metavar="S", help="seconds between decisions (default 5)")
-    p.add_argument("--host-capacity", type=size_arg, metavar="SIZE", help="RAM the host gives to VMs (e.g. 256G)")
+    p.add_argument(
+        "--interval",
+        type=FloatArg(0.0, 86400.0, low_open=True),
+        metavar="S",
+        help="seconds between decisions (default 5)",
+    )
+    p.add_argument("--host-capacity", type=SizeArg(1), metavar="SIZE", help="RAM the host gives to VMs (e.g. 256G)")
     p.add_argument("--json", action="store_true", help="JSON output")
     live = p.add_argument_group("live mode")
     live.add_argument("--db", metavar="PATH", help="the embedded SQLite log of a running service")
     live.add_argument("--once", action="store_true", help="one decision round, then exit")
-    live.add_argument("--rounds", type=_positive_int, metavar="N", help="stop after N rounds")
-    live.add_argument("--min-size", type=size_arg, default=512 << 20, metavar="SIZE", help="VM minimum (512M)")
+    live.add_argument("--rounds", type=POSITIVE, metavar="N", help="stop after N rounds")
+    live.add_argument("--min-size", type=SizeArg(), default=512 << 20, metavar="SIZE", help="VM minimum (512M)")
     sim = p.add_argument_group("simulation")
     sim.add_argument("--simulate", action="store_true", help="run the fleet simulation instead of a live loop")
-    sim.add_argument("--vms", type=_positive_int, default=100, help="fleet size (default 100)")
-    sim.add_argument("--hours", type=_positive_float, default=2.0, help="simulated hours (default 2)")
-    sim.add_argument("--seed", type=int, default=1, help="fleet and trace seed (default 1)")
-    sim.add_argument("--plot", metavar="FILE.png", help="write a PNG of fleet memory over time (matplotlib)")
-    sim.add_argument("--report", metavar="FILE.json", help="also write the JSON report to this file")
+    sim.add_argument("--vms", type=IntArg(1, 1_000_000), default=100, help="fleet size (default 100)")
+    sim.add_argument(
+        "--hours", type=FloatArg(0.0, 10_000.0, low_open=True), default=2.0, help="simulated hours (default 2)"
+    )
+    sim.add_argument("--seed", type=SEED, default=1, help="fleet and trace seed (default 1)")
+    sim.add_argument(
+        "--plot", metavar="FILE.png", type=OUTPUT_PATH, help="write a PNG of fleet memory over time (matplotlib)"
+    )
+    sim.add_argument("--report", metavar="FILE.json", type=OUTPUT_PATH, help="also write the JSON report to this file")
     sim.add_argument("--progress", action="store_true", help="progress bar on stderr even when not a TTY")
     sim.add_argument("--hot-host", metavar="WORKLOAD", help="the first host's VMs all run WORKLOAD (e.g. leak)")
     sim.add_argument("--migrate", action="store_true", help="apply migration recommendations (the VM moves at once)")

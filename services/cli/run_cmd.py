@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
-from services.cli.units import size_arg
+from services.cli.arg_types import BROKER, HOST_PORT, SEED, FloatArg, IntArg, SizeArg
+from services.cli.main import EXIT_USAGE, error_line
+from services.cli.metrics_args import add_metrics_arguments, metrics_labels_of
 from services.embedded.run import RunConfig, main_run
+from services.guest_sim.profiles import PROFILES
+from services.guest_sim.workload import WORKLOADS
 
-
-def _hostport(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    return host or "127.0.0.1", int(port)
+#: Simulated guests' RAM: what ``GuestConfig`` accepts (2 MiB granules), up to what hvdm can address.
+GUEST_MEMORY = SizeArg(2 << 20, 1 << 50, align=2 << 20)
 
 
 def _qemu_address(text: str) -> str:
@@ -25,20 +28,13 @@ def _qemu_address(text: str) -> str:
     return text
 
 
-def _poll_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not 0.05 <= value <= 3600:
-        raise argparse.ArgumentTypeError("--qemu-poll must be between 0.05 and 3600 seconds")
-    return value
-
-
 def _run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.WARNING if not args.verbose else logging.INFO, format="%(asctime)s %(name)s %(message)s"
     )
+    if args.guest_maxmem < args.guest_memory:
+        print(error_line("run", "--guest-maxmem must be at least --guest-memory"), file=sys.stderr)
+        return EXIT_USAGE
     speed = args.speed
     if speed is None:
         # The demo story spans minutes of guest time (45 s status delay, 50 s post-init wait).
@@ -46,7 +42,7 @@ def _run(args: argparse.Namespace) -> int:
     cfg = RunConfig(
         db=args.db,
         socket=args.socket or None,
-        tcp=_hostport(args.tcp) if args.tcp else None,
+        tcp=args.tcp,
         guests=args.guests,
         guest_memory=args.guest_memory,
         guest_maxmem=args.guest_maxmem,
@@ -58,6 +54,7 @@ def _run(args: argparse.Namespace) -> int:
         seed=args.seed,
         metrics_port=args.metrics_port,
         metrics_host=args.metrics_host,
+        metrics_labels=metrics_labels_of(args),
         qmp_dir=args.qmp_dir,
         progress_interval=args.progress_interval,
         json_summary=args.json,
@@ -75,25 +72,35 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p = subparsers.add_parser("run", help="run the embedded service (SQLite log, gateway, engine)")
     p.add_argument("--db", default="hvdm.db", help="SQLite log file (default ./hvdm.db)")
     p.add_argument("--socket", default="hvdm.sock", help="gateway UNIX socket ('' to disable)")
-    p.add_argument("--tcp", help="also listen on HOST:PORT for guests")
-    p.add_argument("--guests", type=int, default=0, help="start N simulated guests")
-    p.add_argument("--guest-memory", type=size_arg, default="4G", help="boot memory of each simulated guest")
-    p.add_argument("--guest-maxmem", type=size_arg, default="64G", help="maxmem of each simulated guest")
-    p.add_argument("--guest-profile", default="linux", help="simulated guest profile (linux, windows, malicious, ...)")
-    p.add_argument("--workload", default="steady", help="guest workload (idle, steady, diurnal, bursty, leak)")
-    p.add_argument("--speed", type=float, help="simulated seconds per wall second (default 1; 25 with --scenario demo)")
+    p.add_argument("--tcp", type=HOST_PORT, help="also listen on HOST:PORT for guests")
+    p.add_argument("--guests", type=IntArg(0, 10_000), default=0, help="start N simulated guests (at most 10000)")
+    p.add_argument("--guest-memory", type=GUEST_MEMORY, default="4G", help="boot memory of each simulated guest")
+    p.add_argument("--guest-maxmem", type=SizeArg(2 << 20, 1 << 50), default="64G", help="maxmem of each guest")
+    p.add_argument("--guest-profile", default="linux", choices=list(PROFILES), help="simulated guest profile")
+    p.add_argument("--workload", default="steady", choices=list(WORKLOADS), help="guest workload")
+    p.add_argument(
+        "--speed",
+        type=FloatArg(0.0, 1e6, low_open=True),
+        help="simulated seconds per wall second (default 1; 25 with --scenario demo)",
+    )
     p.add_argument("--scenario", choices=["none", "demo"], default="none", help="scripted story per VM")
-    p.add_argument("--duration", type=float, help="exit after SECONDS of wall time")
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port")
-    p.add_argument("--metrics-host", default="127.0.0.1", help="address for /metrics (0.0.0.0 in containers)")
+    p.add_argument("--duration", type=FloatArg(0.0, 1e9), help="exit after SECONDS of wall time")
+    p.add_argument("--seed", type=SEED, default=1)
+    add_metrics_arguments(p, what="service")
     p.add_argument("--qmp-dir", help="directory for per-VM QMP sockets (DIR/<vm>.sock)")
-    p.add_argument("--progress-interval", type=float, default=2.0, help="seconds between progress tables (0: off)")
+    p.add_argument(
+        "--progress-interval",
+        type=FloatArg(0.0, 86400.0),
+        default=2.0,
+        help="seconds between progress tables (0: off)",
+    )
     p.add_argument("--json", action="store_true", help="print the final summary as JSON")
     p.add_argument(
         "--fresh", action="store_true", help="move an existing --db aside (PATH.<timestamp>.bak) and start a new log"
     )
-    p.add_argument("--broker", help="run on Kafka instead: kafka://HOST:PORT (gateway, engine worker, guests)")
+    p.add_argument(
+        "--broker", type=BROKER, help="run on Kafka instead: kafka://HOST:PORT (gateway, engine worker, guests)"
+    )
     p.add_argument(
         "--qemu",
         action="append",
@@ -102,7 +109,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="attach a real QEMU VM through its QMP monitor (UNIX path or tcp:HOST:PORT; repeatable)",
     )
     p.add_argument("--qemu-dir", help="attach every QMP monitor socket appearing in DIR (detach when it goes)")
-    p.add_argument("--qemu-poll", type=_poll_seconds, default=1.0, help="seconds between QEMU polls (default 1)")
+    p.add_argument(
+        "--qemu-poll", type=FloatArg(0.05, 3600.0), default=1.0, help="seconds between QEMU polls (default 1)"
+    )
     p.add_argument("--qemu-trace", help="follow QEMU's hv_balloon_* trace file for page-level accounting")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=_run)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 _SUFFIX = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}
 
 
@@ -10,6 +12,10 @@ def parse_size(text: str, default_unit: str = "") -> int:
 
     >>> parse_size("4G"), parse_size("512M"), parse_size("1024", "M")
     (4294967296, 536870912, 1073741824)
+    >>> parse_size("inf")
+    Traceback (most recent call last):
+    ...
+    ValueError: not a size: 'inf'
     """
     raw = text.strip().upper().removesuffix("IB").removesuffix("B") if text.strip()[-1:].isalpha() else text
     raw = raw.strip().upper()
@@ -20,7 +26,7 @@ def parse_size(text: str, default_unit: str = "") -> int:
         value = float(number)
     except ValueError:
         raise ValueError(f"not a size: {text!r}") from None
-    if value < 0 or unit not in _SUFFIX:
+    if not math.isfinite(value) or value < 0 or unit not in _SUFFIX:
         raise ValueError(f"not a size: {text!r}")
     return int(value * _SUFFIX[unit])
 

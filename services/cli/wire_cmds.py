@@ -22,6 +22,7 @@ import re
 import sys
 from typing import Final
 
+from services.cli.arg_types import IntArg
 from services.dm_protocol import (
     DecodeError,
     DecodeReason,
@@ -104,11 +105,6 @@ def _run_encode(args: argparse.Namespace) -> int:
     return 0
 
 
-def _int_literal(text: str) -> int:
-    """Decimal or 0x-prefixed integers for ring offsets, which are usually written in hex."""
-    return int(text, 0)
-
-
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     decode_parser = subparsers.add_parser(
         "decode", help="decode a DM message (or VMBus packets) from hex to one JSON object per line"
@@ -127,7 +123,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     encode_parser.add_argument("--framed", action="store_true", help="wrap it in a VMBus in-band packet")
     encode_parser.add_argument(
         "--trailer-offset",
-        type=_int_literal,
+        type=IntArg(0, (1 << 32) - 1, base=0),  # a ring offset (u32), often written in hex
         metavar="OFFSET",
         help="frame it and append the ring trailer for a packet starting at this ring offset",
     )

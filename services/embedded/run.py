@@ -29,13 +29,13 @@ from services.embedded.service import EmbeddedService
 from services.embedded.socket_files import SocketPathInUse, remove_stale_socket
 from services.embedded.stop_signals import StopSignals
 from services.event_log.sqlite_log import NotAnHvdmLog, check_log_file
-from services.metrics import ServedMetrics, serve_for_service
-from services.metrics.rejections import RejectionCollector
+from services.metrics import MetricsLabels, ServedMetrics, serve_for_service
+from services.metrics.collector import demand_pages
 from services.qemu_agent import QemuAgent, attach_to_service
 from services.qmp import QmpServers, start_qmp_servers
 from services.vmbus_gateway.backend import EmbeddedBackend
 from services.vmbus_gateway.client import GuestLink
-from services.vmbus_gateway.hello import HELLO_REASONS, Hello
+from services.vmbus_gateway.hello import Hello
 from services.vmbus_gateway.server import GatewayServer
 
 MIB = 1 << 20
@@ -57,6 +57,8 @@ class RunConfig:
     seed: int = 1
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
+    #: host / VM / UUID labels of the exported series (None: the machine's hostname, label ``vm``).
+    metrics_labels: MetricsLabels | None = None
     qmp_dir: str | None = None
     progress_interval: float = 2.0
     json_summary: bool = False
@@ -83,7 +85,8 @@ def progress_table(states: dict[str, VmState], scripts: dict[str, DemoScript], n
         s = states[vm]
         pressure = "-"
         if s.status is not None and s.current_pages:
-            pressure = f"{100 * s.status.committed_pages / s.current_pages:.0f}"
+            # Demand (committed minus ballooned), as hvdm_vm_pressure_ratio and the rebalancer count it.
+            pressure = f"{100 * demand_pages(s.status.committed_pages, s.ballooned_pages) / s.current_pages:.0f}"
         step = scripts[vm].describe() if vm in scripts else ""
         lines.append(
             f"{vm:<10} {s.protocol.value:<22} {_fmt_mib(s.target_pages):>8} {_fmt_mib(s.current_pages):>8} "
@@ -130,12 +133,17 @@ async def run_service(cfg: RunConfig, out: TextIO = sys.stdout) -> int:
     scripts: dict[str, DemoScript] = {}
     try:
         await gateway.start(unix_path=cfg.socket, tcp=cfg.tcp)
-        if cfg.metrics_port is not None:
-            served = serve_for_service(service, cfg.metrics_host, cfg.metrics_port)
         if cfg.qmp_dir:
             qmp = await start_qmp_servers(service, cfg.qmp_dir)
-        if served is not None:
-            served.metrics.add_collector(RejectionCollector(gateway, qmp, HELLO_REASONS))
+        if cfg.metrics_port is not None:
+            served = serve_for_service(
+                service,
+                cfg.metrics_host,
+                cfg.metrics_port,
+                labels=cfg.metrics_labels or MetricsLabels.default(),
+                gateway=gateway,
+                qmp=qmp,
+            )
         if cfg.qemu or cfg.qemu_dir:
             agent = await attach_to_service(
                 service, cfg.qemu, directory=cfg.qemu_dir, poll_seconds=cfg.qemu_poll, trace_file=cfg.qemu_trace

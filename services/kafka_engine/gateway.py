@@ -15,6 +15,7 @@ import sys
 
 from services.kafka_engine.gateway_backend import KafkaBackend
 from services.kafka_engine.settings import KafkaSettings
+from services.metrics import MetricsLabels, serve_gateway
 from services.vmbus_gateway.server import GatewayServer
 
 
@@ -34,9 +35,20 @@ async def stop_gateway(server: GatewayServer, backend: KafkaBackend) -> None:
     await backend.close()
 
 
-async def serve(settings: KafkaSettings, *, unix_path: str | None, tcp: tuple[str, int] | None) -> int:
+async def serve(
+    settings: KafkaSettings,
+    *,
+    unix_path: str | None,
+    tcp: tuple[str, int] | None,
+    metrics: tuple[str, int] | None = None,
+    metrics_labels: MetricsLabels | None = None,
+) -> int:
+    """Run until SIGINT/SIGTERM; ``metrics`` = (host, port) serves the gateway's /metrics."""
     server, backend = await start_gateway(settings, unix_path=unix_path, tcp=tcp)
+    served = serve_gateway(server, metrics[0], metrics[1], labels=metrics_labels) if metrics is not None else None
     where = [p for p in (unix_path, f"tcp://{tcp[0]}:{server.tcp_port}" if tcp else None) if p]
+    if served is not None:
+        where.append(f"metrics {served.url}")
     print(
         f"hvdm gateway: {', '.join(where)} -> {settings.bootstrap} ({settings.prefix}.*)", file=sys.stderr, flush=True
     )
@@ -48,5 +60,7 @@ async def serve(settings: KafkaSettings, *, unix_path: str | None, tcp: tuple[st
     try:
         await stop.wait()
     finally:
+        if served is not None:
+            served.close()
         await stop_gateway(server, backend)
     return 0

@@ -1,7 +1,15 @@
 """Prometheus exporter: per-VM and engine metrics projected from the engine's state at scrape time."""
 
-from services.metrics.collector import METRICS, EngineMetrics, HvdmCollector, metric_names
-from services.metrics.exporter import ServedMetrics, serve_for_service
+from services.metrics.collector import (
+    METRICS,
+    EngineMetrics,
+    HvdmCollector,
+    LabelError,
+    MetricsLabels,
+    metric_names,
+    parse_vm_labels,
+)
+from services.metrics.exporter import ServedGateway, ServedMetrics, serve_for_service, serve_gateway
 from services.metrics.server import DEFAULT_METRICS_PORT, MetricsServer, start_metrics_server
 
 __all__ = [
@@ -9,9 +17,14 @@ __all__ = [
     "METRICS",
     "EngineMetrics",
     "HvdmCollector",
+    "LabelError",
+    "MetricsLabels",
     "MetricsServer",
+    "ServedGateway",
     "ServedMetrics",
     "metric_names",
+    "parse_vm_labels",
     "serve_for_service",
+    "serve_gateway",
     "start_metrics_server",
 ]

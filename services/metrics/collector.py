@@ -5,28 +5,39 @@ event log), so a restarted engine exports the same values, a VM that disappears 
 simply stops being exported, and 10,000 VMs cost no metric objects at all between scrapes (see
 ``bench/metrics_scrape.py`` for the comparison with labelled ``Gauge`` objects).
 
-The states belong to the asyncio loop that runs the engine, while prometheus-client's HTTP server
-scrapes from its own threads. So the collector copies what it needs into plain tuples *on the
-loop* (between two engine batches, hence a consistent cut), and formats them on the scrape thread.
+The states belong to the asyncio loop that runs the engine, while the HTTP server scrapes from
+its own threads. So the collector copies what it needs into plain tuples *on the loop* (between
+two engine batches, hence a consistent cut), and formats them on the scrape thread.
 
-The one exception to "projection of the log" is the processing-latency histogram, which measures
-this process: the service calls :meth:`EngineMetrics.observe_batch` after every batch.
+Two figures are not projections of the log: the processing-latency histogram, which measures this
+process (the service calls :meth:`EngineMetrics.observe_batch` after every batch), and the wall
+time of a VM's last status report, which maps the engine tick the report was stamped with to
+wall-clock time through the service's clock (``wall_of_tick``); the log itself holds ticks only.
+
+What a series means, in the words an operator needs (README and deploy/README.md list them):
+``demand`` is what the guest needs: its committed memory minus the pages the host has ballooned
+out of it, because Linux's ``hv_balloon`` counts ballooned pages as committed (the rebalancer's
+figure, ``services/rebalancer/fleet_view.py``). ``pressure`` is demand / current size, so a VM
+that was deliberately shrunk does not read as starving.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
-from typing import Any, Protocol
+import platform
+import re
+import socket
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
 
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 
-from services.dm_engine.state import Capabilities, VmState
+from services.dm_engine.state import Capabilities, ProtocolState, VmState
 from services.metrics.log_health import WRITABLE, WRITE_ERRORS, LogHealthCollector, log_health_of
 
 PAGE_SIZE = 4096
@@ -52,11 +63,20 @@ LATENCY_BUCKETS = (
     10.0,
 )
 
+#: Every protocol state, in the order ``hvdm_vm_protocol_state`` lists them (a state set).
+PROTOCOL_STATES: tuple[str, ...] = tuple(s.value for s in ProtocolState)
+
+#: Label names that may carry the VM id (``--metrics-vm-label``): hvdm's own, and libvirt's.
+VM_LABEL_NAMES = ("vm", "domain")
+
+T = TypeVar("T")
+
 
 class EngineView(Protocol):
     """What the collector reads from an engine runner (``EngineRunner`` has all of it)."""
 
-    states: dict[str, VmState]
+    @property
+    def states(self) -> Mapping[str, VmState]: ...
 
     @property
     def consumed(self) -> int: ...
@@ -66,19 +86,100 @@ class EngineView(Protocol):
     def events_since_snapshot(self) -> int: ...
 
 
-#: (help, type) of every metric family; ``describe`` and the docs are generated from it.
+#: Maps (VM, engine tick) to Unix time; None where the service has no wall clock to offer.
+WallOfTick = Callable[[str, int], float | None]
+
+
+# ---------------------------------------------------------------------------------------- labels
+_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+
+
+class LabelError(ValueError):
+    """A label option that cannot be honoured (unknown label name, malformed UUID)."""
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsLabels:
+    """The labels that place a series: which host exported it and which VM it is about.
+
+    * ``host``: the ``host`` label of every hvdm series (``--metrics-host-label``, default the
+      machine's hostname; "" leaves it out). On a Kafka worker it names the worker's machine.
+    * ``vm_labels``: the label name(s) carrying the VM id: ``vm`` (hvdm's, what the shipped
+      dashboard and rules use), ``domain`` (libvirt exporters' name for it, so series join), or
+      both.
+    * ``uuids``: VM id -> QEMU/libvirt UUID; VMs listed get a ``uuid`` label.
+    """
+
+    host: str = ""
+    vm_labels: tuple[str, ...] = ("vm",)
+    uuids: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.vm_labels or any(n not in VM_LABEL_NAMES for n in self.vm_labels):
+            raise LabelError(f"VM label names must be among {', '.join(VM_LABEL_NAMES)}: {self.vm_labels!r}")
+        if len(set(self.vm_labels)) != len(self.vm_labels):
+            raise LabelError(f"VM label named twice: {self.vm_labels!r}")
+        for vm, uuid in self.uuids.items():
+            if not isinstance(uuid, str) or not _UUID.match(uuid):
+                raise LabelError(f"VM {vm!r}: {uuid!r} is not a UUID (8-4-4-4-12 hex digits)")
+
+    @classmethod
+    def default(cls) -> MetricsLabels:
+        return cls(host=socket.gethostname())
+
+    def common(self) -> dict[str, str]:
+        """Labels of every series this process exports (engine-wide, gateway, build info)."""
+        return {"host": self.host} if self.host else {}
+
+    def vm(self, vm: str) -> dict[str, str]:
+        """Labels that identify one VM's series."""
+        out = self.common()
+        for name in self.vm_labels:
+            out[name] = vm
+        uuid = self.uuids.get(vm)
+        if uuid is not None:
+            out["uuid"] = uuid.lower()
+        return out
+
+
+def parse_vm_labels(text: str) -> tuple[str, ...]:
+    """``--metrics-vm-label``: "vm", "domain" or "vm,domain".
+
+    >>> parse_vm_labels("vm,domain")
+    ('vm', 'domain')
+    """
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    MetricsLabels(vm_labels=names)  # validates
+    return names
+
+
+# ---------------------------------------------------------------------------------------- families
+#: (help, type) of every per-VM and engine family the state collector yields, in exposition order.
 METRICS: dict[str, tuple[str, str]] = {
-    "hvdm_vm_boot_bytes": ("Boot RAM of the VM (never ballooned below, never hot-removed).", "gauge"),
+    "hvdm_vm_boot_bytes": ("Boot RAM of the VM: the memory it started with, before hot-add or ballooning.", "gauge"),
+    "hvdm_vm_maxmem_bytes": ("Maximum memory of the VM (maxmem): boot RAM plus its hot-add window.", "gauge"),
     "hvdm_vm_current_bytes": ("Memory the guest can use now: boot + hot-added - ballooned.", "gauge"),
     "hvdm_vm_target_bytes": ("Size the operator asked for with balloon (absent until set).", "gauge"),
     "hvdm_vm_ballooned_bytes": ("Guest memory the host has taken back by ballooning.", "gauge"),
     "hvdm_vm_hot_added_bytes": ("Memory hot-added to the guest through vDIMMs and still in it.", "gauge"),
     "hvdm_vm_guest_available_bytes": ("Available memory in the guest's last status report.", "gauge"),
-    "hvdm_vm_guest_committed_bytes": ("Committed memory in the guest's last status report.", "gauge"),
-    "hvdm_vm_pressure_ratio": ("Guest committed memory divided by its current size.", "gauge"),
-    "hvdm_vm_protocol_state": ("Host protocol state of the VM (the series with value 1).", "gauge"),
+    "hvdm_vm_guest_committed_bytes": (
+        "Committed memory in the guest's last status report (Linux guests count ballooned pages in it).",
+        "gauge",
+    ),
+    "hvdm_vm_guest_demand_bytes": (
+        "Memory the guest needs: committed minus ballooned (the rebalancer's demand), from its last report.",
+        "gauge",
+    ),
+    "hvdm_vm_pressure_ratio": ("Guest demand divided by its current size (1 = it uses all it has).", "gauge"),
+    "hvdm_vm_connected": ("1 while the guest's Dynamic Memory channel is open, 0 when it is closed.", "gauge"),
+    "hvdm_vm_last_status_report_timestamp_seconds": (
+        "Unix time of the guest's last status report (the wall time of the engine tick it arrived at).",
+        "gauge",
+    ),
+    "hvdm_vm_protocol_state": ("Host protocol state of the VM: one series per state, 1 for the current one.", "gauge"),
     "hvdm_vm_status_reports": ("Guest memory status reports accepted.", "counter"),
-    "hvdm_vm_balloon_pages": ("4 KiB pages ballooned out of (out) or returned to (in) the guest.", "counter"),
+    "hvdm_vm_balloon_bytes": ("Memory ballooned out of (direction=out) or returned to (in) the guest.", "counter"),
     "hvdm_vm_guest_violations": ("Guest protocol violations, by reason code.", "counter"),
     "hvdm_vm_info": ("Negotiated protocol version and guest capabilities (value 1).", "gauge"),
     "hvdm_engine_inbox_records_processed": ("Inbox records the engine has consumed.", "counter"),
@@ -92,6 +193,79 @@ METRICS: dict[str, tuple[str, str]] = {
 
 LATENCY_METRIC = "hvdm_engine_processing_latency_seconds"
 LATENCY_HELP = "Wall time of one engine batch: decide, evolve and the log commit."
+
+BUILD_INFO = "hvdm_build_info"
+BUILD_INFO_HELP = "hvdm's version and the Python it runs on (value 1)."
+
+#: The gateway's families (``services.metrics.sources.GatewayCollector``).
+GATEWAY_METRICS: dict[str, tuple[str, str]] = {
+    "hvdm_gateway_connections": ("Guest connections open now.", "gauge"),
+    "hvdm_gateway_connections_accepted": ("Guest connections accepted (hello answered ok).", "counter"),
+    "hvdm_gateway_refusals": ("Guest connections refused before a channel opened, by reason.", "counter"),
+    "hvdm_gateway_disconnects": ("Guest connections closed after the hello, by reason.", "counter"),
+    "hvdm_gateway_frames_received": ("VMBus frames read from guests.", "counter"),
+    "hvdm_gateway_frames_sent": ("VMBus frames written to guests.", "counter"),
+}
+
+#: QMP command counts (``services.metrics.sources.QmpCollector``).
+QMP_METRICS: dict[str, tuple[str, str]] = {
+    "hvdm_qmp_commands": ("QMP commands executed, by command and result (ok or the QMP error class).", "counter"),
+}
+
+#: What prometheus-client's default collectors export on Linux (process, platform, GC).
+DEFAULT_COLLECTOR_METRICS = (
+    "process_cpu_seconds_total",
+    "process_resident_memory_bytes",
+    "process_virtual_memory_bytes",
+    "process_start_time_seconds",
+    "process_open_fds",
+    "process_max_fds",
+    "python_info",
+    "python_gc_objects_collected_total",
+    "python_gc_objects_uncollectable_total",
+    "python_gc_collections_total",
+)
+
+
+def hvdm_version() -> str:
+    try:
+        from importlib.metadata import PackageNotFoundError, version
+
+        return version("hvdm")
+    except (ImportError, PackageNotFoundError):  # a source checkout that was never installed
+        return "unknown"
+
+
+# ---------------------------------------------------------------------------------------- reading on the loop
+def read_on_loop(loop: asyncio.AbstractEventLoop | None, fn: Callable[[], T], timeout: float = 10.0) -> T:
+    """Run ``fn`` on ``loop`` (from any thread) and return its result.
+
+    The engine's and the gateway's objects change only on their loop, so a scrape thread reads them
+    there, between two steps. Without a running loop (tools, benchmarks) ``fn`` runs in place.
+    """
+    if loop is None or loop.is_closed() or not loop.is_running():
+        return fn()
+    try:
+        running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if running is loop:
+        return fn()
+    future: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+    def run() -> None:
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            future.set_result(fn())
+        except BaseException as e:
+            future.set_exception(e)
+
+    loop.call_soon_threadsafe(run)
+    try:
+        return future.result(timeout=timeout)
+    finally:
+        future.cancel()  # a read that timed out must not run later on the loop
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,10 +283,10 @@ def _version_label(version: int | None) -> str:
     return "" if version is None else f"{version >> 16}.{version & 0xFFFF}"
 
 
-def info_labels(vm: str, version: int | None, caps: Capabilities | None) -> dict[str, str]:
+def info_labels(version: int | None, caps: Capabilities | None) -> dict[str, str]:
+    """``hvdm_vm_info``'s own labels (the VM's identifying labels come on top)."""
     if caps is None:
         return {
-            "vm": vm,
             "protocol_version": _version_label(version),
             "balloon": "",
             "hot_add": "",
@@ -120,7 +294,6 @@ def info_labels(vm: str, version: int | None, caps: Capabilities | None) -> dict
             "hot_add_alignment": "",
         }
     return {
-        "vm": vm,
         "protocol_version": _version_label(version),
         "balloon": "true" if caps.balloon else "false",
         "hot_add": "true" if caps.hot_add else "false",
@@ -130,11 +303,25 @@ def info_labels(vm: str, version: int | None, caps: Capabilities | None) -> dict
     }
 
 
+def demand_pages(committed_pages: int, ballooned_pages: int) -> int:
+    """The guest's demand: committed minus ballooned, never negative (the rebalancer's rule).
+
+    >>> demand_pages(699, 242), demand_pages(10, 50)
+    (457, 0)
+    """
+    return max(0, committed_pages - ballooned_pages)
+
+
+def _sample(name: str, labels: dict[str, str], value: float) -> Sample:
+    return Sample(name, labels, value, None, None, None)
+
+
 class HvdmCollector(Collector):
-    """Yields every hvdm metric family from the runner's states at scrape time.
+    """Yields every hvdm per-VM and engine family from the runner's states at scrape time.
 
     ``loop``: the asyncio loop that owns the runner; scrapes from other threads read the states
     on it. Without a loop (benchmarks, synchronous tools) the states are read directly.
+    ``wall_of_tick``: maps a VM's engine tick to Unix time, for the last status report's timestamp.
     """
 
     def __init__(
@@ -143,15 +330,24 @@ class HvdmCollector(Collector):
         *,
         loop: asyncio.AbstractEventLoop | None = None,
         read_timeout: float = 10.0,
+        labels: MetricsLabels | None = None,
+        wall_of_tick: WallOfTick | None = None,
     ) -> None:
         self._runner = runner
         self._loop = loop
         self._read_timeout = read_timeout
+        self.labels = labels if labels is not None else MetricsLabels()
+        self._wall_of_tick = wall_of_tick
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        return self._loop
 
     # ------------------------------------------------------------------ reading the states
     def _extract(self) -> Snapshot:
         """Copy what the scrape needs into immutable tuples. Must run where the states live."""
         runner = self._runner
+        wall = self._wall_of_tick
         rows: list[tuple[Any, ...]] = []
         append = rows.append  # hot loop over every VM: bind once
         for vm, s in runner.states.items():
@@ -160,12 +356,14 @@ class HvdmCollector(Collector):
                 (
                     vm,
                     s.boot_pages,
+                    s.maxmem_pages,
                     s.current_pages,
                     s.target_pages,
                     s.ballooned_pages,
                     s.hot_added_pages,
                     None if status is None else status.available_pages,
                     None if status is None else status.committed_pages,
+                    None if status is None or wall is None else wall(vm, status.tick),
                     s.protocol.value,
                     s.status_reports_total,
                     s.balloon_out_pages_total,
@@ -179,27 +377,7 @@ class HvdmCollector(Collector):
 
     def snapshot(self) -> Snapshot:
         """A consistent copy of the states, read on the engine's loop when called from elsewhere."""
-        loop = self._loop
-        if loop is None or loop.is_closed() or not loop.is_running():
-            return self._extract()
-        try:
-            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is loop:
-            return self._extract()
-        future: concurrent.futures.Future[Snapshot] = concurrent.futures.Future()
-
-        def run() -> None:
-            if not future.set_running_or_notify_cancel():
-                return
-            try:
-                future.set_result(self._extract())
-            except BaseException as e:
-                future.set_exception(e)
-
-        loop.call_soon_threadsafe(run)
-        return future.result(timeout=self._read_timeout)
+        return read_on_loop(self._loop, self._extract, self._read_timeout)
 
     # ------------------------------------------------------------------ the Collector API
     def describe(self) -> Iterable[Metric]:
@@ -212,32 +390,21 @@ class HvdmCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         snap = self.snapshot()
-        fam = {f.name: f for f in self._families()}
-        boot = fam["hvdm_vm_boot_bytes"].samples
-        current = fam["hvdm_vm_current_bytes"].samples
-        target = fam["hvdm_vm_target_bytes"].samples
-        ballooned = fam["hvdm_vm_ballooned_bytes"].samples
-        hot_added = fam["hvdm_vm_hot_added_bytes"].samples
-        available = fam["hvdm_vm_guest_available_bytes"].samples
-        committed = fam["hvdm_vm_guest_committed_bytes"].samples
-        pressure = fam["hvdm_vm_pressure_ratio"].samples
-        state = fam["hvdm_vm_protocol_state"].samples
-        reports = fam["hvdm_vm_status_reports"].samples
-        pages = fam["hvdm_vm_balloon_pages"].samples
-        violations = fam["hvdm_vm_guest_violations"].samples
-        info = fam["hvdm_vm_info"].samples
-        # 10,000 VMs x ~17 series: Sample tuples are built directly (add_metric re-zips the
-        # label names for every call) and one label dict per VM is shared by its series.
+        families = list(self._families())
+        fam = {f.name: f.samples for f in families}
         page = PAGE_SIZE
+        vm_labels = self.labels.vm
         for (
             vm,
             boot_p,
+            maxmem_p,
             current_p,
             target_p,
             ballooned_p,
             hot_added_p,
             avail_p,
             committed_p,
+            status_time,
             proto,
             n_reports,
             out_p,
@@ -246,56 +413,93 @@ class HvdmCollector(Collector):
             version,
             caps,
         ) in snap.rows:
-            lv = {"vm": vm}
-            boot.append(Sample("hvdm_vm_boot_bytes", lv, float(boot_p * page), None, None, None))
-            current.append(Sample("hvdm_vm_current_bytes", lv, float(current_p * page), None, None, None))
+            lv = vm_labels(vm)
+            fam["hvdm_vm_boot_bytes"].append(_sample("hvdm_vm_boot_bytes", lv, float(boot_p * page)))
+            if maxmem_p:
+                fam["hvdm_vm_maxmem_bytes"].append(_sample("hvdm_vm_maxmem_bytes", lv, float(maxmem_p * page)))
+            fam["hvdm_vm_current_bytes"].append(_sample("hvdm_vm_current_bytes", lv, float(current_p * page)))
             if target_p is not None:
-                target.append(Sample("hvdm_vm_target_bytes", lv, float(target_p * page), None, None, None))
-            ballooned.append(Sample("hvdm_vm_ballooned_bytes", lv, float(ballooned_p * page), None, None, None))
-            hot_added.append(Sample("hvdm_vm_hot_added_bytes", lv, float(hot_added_p * page), None, None, None))
+                fam["hvdm_vm_target_bytes"].append(_sample("hvdm_vm_target_bytes", lv, float(target_p * page)))
+            fam["hvdm_vm_ballooned_bytes"].append(_sample("hvdm_vm_ballooned_bytes", lv, float(ballooned_p * page)))
+            fam["hvdm_vm_hot_added_bytes"].append(_sample("hvdm_vm_hot_added_bytes", lv, float(hot_added_p * page)))
             if avail_p is not None:
-                available.append(Sample("hvdm_vm_guest_available_bytes", lv, float(avail_p * page), None, None, None))
-                committed.append(
-                    Sample("hvdm_vm_guest_committed_bytes", lv, float(committed_p * page), None, None, None)
+                demand = demand_pages(committed_p, ballooned_p)
+                fam["hvdm_vm_guest_available_bytes"].append(
+                    _sample("hvdm_vm_guest_available_bytes", lv, float(avail_p * page))
+                )
+                fam["hvdm_vm_guest_committed_bytes"].append(
+                    _sample("hvdm_vm_guest_committed_bytes", lv, float(committed_p * page))
+                )
+                fam["hvdm_vm_guest_demand_bytes"].append(
+                    _sample("hvdm_vm_guest_demand_bytes", lv, float(demand * page))
                 )
                 if current_p > 0:
-                    pressure.append(Sample("hvdm_vm_pressure_ratio", lv, committed_p / current_p, None, None, None))
-            state.append(Sample("hvdm_vm_protocol_state", {"vm": vm, "state": proto}, 1.0, None, None, None))
-            reports.append(Sample("hvdm_vm_status_reports_total", lv, float(n_reports), None, None, None))
-            pages.append(
-                Sample("hvdm_vm_balloon_pages_total", {"vm": vm, "direction": "out"}, float(out_p), None, None, None)
-            )
-            pages.append(
-                Sample("hvdm_vm_balloon_pages_total", {"vm": vm, "direction": "in"}, float(in_p), None, None, None)
-            )
-            for reason, count in viol:
-                violations.append(
-                    Sample(
-                        "hvdm_vm_guest_violations_total",
-                        {"vm": vm, "reason": reason},
-                        float(count),
-                        None,
-                        None,
-                        None,
-                    )
+                    fam["hvdm_vm_pressure_ratio"].append(_sample("hvdm_vm_pressure_ratio", lv, demand / current_p))
+            fam["hvdm_vm_connected"].append(_sample("hvdm_vm_connected", lv, 0.0 if proto == "CLOSED" else 1.0))
+            if status_time is not None:
+                name = "hvdm_vm_last_status_report_timestamp_seconds"
+                fam[name].append(_sample(name, lv, float(status_time)))
+            for st in PROTOCOL_STATES:
+                fam["hvdm_vm_protocol_state"].append(
+                    _sample("hvdm_vm_protocol_state", {**lv, "state": st}, 1.0 if st == proto else 0.0)
                 )
-            info.append(Sample("hvdm_vm_info", info_labels(vm, version, caps), 1.0, None, None, None))
+            fam["hvdm_vm_status_reports"].append(_sample("hvdm_vm_status_reports_total", lv, float(n_reports)))
+            for direction, pages in (("out", out_p), ("in", in_p)):
+                fam["hvdm_vm_balloon_bytes"].append(
+                    _sample("hvdm_vm_balloon_bytes_total", {**lv, "direction": direction}, float(pages * page))
+                )
+            for reason, count in viol:
+                fam["hvdm_vm_guest_violations"].append(
+                    _sample("hvdm_vm_guest_violations_total", {**lv, "reason": reason}, float(count))
+                )
+            fam["hvdm_vm_info"].append(_sample("hvdm_vm_info", {**lv, **info_labels(version, caps)}, 1.0))
+        common = self.labels.common()
         for name, value in (
             ("hvdm_engine_inbox_records_processed_total", snap.consumed),
             ("hvdm_engine_consumer_lag_records", snap.lag),
             ("hvdm_engine_snapshot_age_events", snap.snapshot_age),
             ("hvdm_engine_vms", len(snap.rows)),
         ):
-            fam[name.removesuffix("_total")].samples.append(Sample(name, {}, float(value), None, None, None))
-        return fam.values()
+            fam[name.removesuffix("_total")].append(_sample(name, common, float(value)))
+        return families
+
+
+class BuildInfoCollector(Collector):
+    """``hvdm_build_info{version, python_version}`` = 1, as every Prometheus exporter offers."""
+
+    def __init__(self, labels: MetricsLabels | None = None) -> None:
+        common = (labels or MetricsLabels()).common()
+        self._labels = {**common, "version": hvdm_version(), "python_version": platform.python_version()}
+
+    def collect(self) -> Iterable[Metric]:
+        family = GaugeMetricFamily(BUILD_INFO, BUILD_INFO_HELP)
+        family.samples.append(_sample(BUILD_INFO, dict(self._labels), 1.0))
+        return [family]
+
+
+def process_registry(labels: MetricsLabels | None = None) -> CollectorRegistry:
+    """prometheus-client's default process, platform and GC collectors plus hvdm's build info.
+
+    A registry of its own (not the global ``REGISTRY``), so two exporters in one process (tests)
+    never collide.
+    """
+    from prometheus_client import GCCollector, PlatformCollector, ProcessCollector
+
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    registry.register(BuildInfoCollector(labels))
+    return registry
 
 
 class EngineMetrics:
-    """hvdm's metrics: the state collector plus the batch-latency histogram.
+    """hvdm's engine metrics: the state collector, the batch-latency histogram and the process's.
 
-    ``registry`` holds both, for any prometheus-client consumer. ``start_metrics_server(metrics)``
-    serves the collector through the fast text writer (``exposition.py``) and the histogram,
-    which lives in ``histograms`` as well, through prometheus-client.
+    ``registry`` holds everything, for any prometheus-client consumer. ``start_metrics_server``
+    serves the state collector through the fast text writer (``exposition.py``) and ``extra`` (the
+    histogram, build info, process/GC collectors and whatever a service adds, such as the gateway's
+    and QMP's counters) through prometheus-client.
 
     Wiring (embedded service; ``serve_for_service`` does exactly this)::
 
@@ -310,32 +514,50 @@ class EngineMetrics:
         *,
         loop: asyncio.AbstractEventLoop | None = None,
         registry: CollectorRegistry | None = None,
+        labels: MetricsLabels | None = None,
+        wall_of_tick: WallOfTick | None = None,
+        process_collectors: bool = True,
     ) -> None:
+        self.labels = labels if labels is not None else MetricsLabels()
         self.registry = registry if registry is not None else CollectorRegistry()
-        self.collector = HvdmCollector(runner, loop=loop)
+        self.collector = HvdmCollector(runner, loop=loop, labels=self.labels, wall_of_tick=wall_of_tick)
         self.registry.register(self.collector)
-        self.histograms = CollectorRegistry()
-        self.latency = Histogram(LATENCY_METRIC, LATENCY_HELP, registry=self.histograms, buckets=LATENCY_BUCKETS)
-        self.registry.register(self.latency)
+        self.extra = process_registry(self.labels) if process_collectors else CollectorRegistry()
+        common = list(self.labels.common())
+        self.latency = Histogram(LATENCY_METRIC, LATENCY_HELP, common, registry=self.extra, buckets=LATENCY_BUCKETS)
+        self._latency = self.latency.labels(*self.labels.common().values()) if common else self.latency
+        self.registry.register(_Forward(self.extra))
         log_health = log_health_of(runner)
         if log_health is not None:
-            self.add_collector(LogHealthCollector(log_health))
+            self.add_collector(LogHealthCollector(log_health, self.labels.common()))
 
     def add_collector(self, collector: Collector) -> None:
-        """Export another collector (e.g. ``rejections.RejectionCollector``) in both ``registry``
-        and the scrape served by ``start_metrics_server`` (which renders ``histograms`` after the
-        fast path)."""
-        self.registry.register(collector)
-        self.histograms.register(collector)
+        """Export another source from this process (gateway, QMP, ``rejections``) beside the engine's
+        series: in ``registry`` and in the scrape ``start_metrics_server`` serves."""
+        self.extra.register(collector)
 
     def observe_batch(self, records: int, seconds: float) -> None:
         """The service's per-batch hook: (records processed, wall seconds the batch took)."""
-        self.latency.observe(seconds)
+        self._latency.observe(seconds)
+
+
+class _Forward(Collector):
+    """Makes ``extra``'s collectors part of ``registry`` too, without registering them twice."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+
+    def collect(self) -> Iterable[Metric]:
+        return list(self._registry.collect())
 
 
 def metric_names() -> list[str]:
-    """Every sample name hvdm exports (counters with ``_total``, the histogram's series)."""
+    """Every sample name hvdm exports (counters with ``_total``, the histogram's series), from
+    every source: engine, gateway, QMP, build info and prometheus-client's default collectors."""
     names = [f"{n}_total" if typ == "counter" else n for n, (_, typ) in METRICS.items()]
     names += [f"{LATENCY_METRIC}_bucket", f"{LATENCY_METRIC}_sum", f"{LATENCY_METRIC}_count"]
+    names += [f"{n}_total" if typ == "counter" else n for n, (_, typ) in {**GATEWAY_METRICS, **QMP_METRICS}.items()]
+    names.append(BUILD_INFO)
+    names += DEFAULT_COLLECTOR_METRICS
     names += [WRITABLE, f"{WRITE_ERRORS}_total"]  # log_health.py
     return names

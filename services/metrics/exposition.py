@@ -7,25 +7,29 @@ each VM id once, and prints integer byte counts as integers. The result is the s
 samples ``generate_latest`` produces from :meth:`HvdmCollector.collect` (tests compare the two
 parsed), in a fraction of the time; ``bench/metrics_scrape.py`` has the numbers.
 
-:func:`make_wsgi_app` serves it, with anything else in an extra registry (the latency histogram)
-appended through prometheus-client's own ``generate_latest``.
+:func:`render` is one scrape: these families, then anything else in an extra registry (the latency
+histogram, build info, the process and gateway collectors) through prometheus-client's own
+``generate_latest``. ``server.py`` serves it.
 """
 
 from __future__ import annotations
 
-import gzip
-from collections.abc import Callable, Iterable
-from typing import Any
-
 from prometheus_client import CollectorRegistry, generate_latest
 
-from services.metrics.collector import METRICS, PAGE_SIZE, HvdmCollector, Snapshot, info_labels
+from services.metrics.collector import (
+    METRICS,
+    PAGE_SIZE,
+    PROTOCOL_STATES,
+    HvdmCollector,
+    MetricsLabels,
+    Snapshot,
+    demand_pages,
+    info_labels,
+)
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 #: gzip level for scrapes that accept it: level 1 is ~10x faster than 9 and only ~15% larger.
 GZIP_LEVEL = 1
-
-StartResponse = Callable[[str, list[tuple[str, str]]], Any]
 
 
 def escape_label_value(value: str) -> str:
@@ -48,31 +52,45 @@ def _header(name: str) -> str:
     return f"# HELP {exported} {doc}\n# TYPE {exported} {typ}\n"
 
 
-def render_snapshot(snap: Snapshot) -> str:
+def _label_text(labels: dict[str, str]) -> str:
+    return ",".join(f'{k}="{escape_label_value(v)}"' for k, v in labels.items())
+
+
+def render_snapshot(snap: Snapshot, labels: MetricsLabels | None = None) -> str:
     """Every hvdm family of ``snap`` in the text format, families in :data:`METRICS` order."""
+    labels = labels if labels is not None else MetricsLabels()
     page = PAGE_SIZE
-    boot: list[str] = []
-    current: list[str] = []
-    target: list[str] = []
-    ballooned: list[str] = []
-    hot_added: list[str] = []
-    available: list[str] = []
-    committed: list[str] = []
-    pressure: list[str] = []
-    state: list[str] = []
-    reports: list[str] = []
-    pages: list[str] = []
-    violations: list[str] = []
-    info: list[str] = []
+    out: dict[str, list[str]] = {name: [] for name in METRICS}
+    boot = out["hvdm_vm_boot_bytes"]
+    maxmem = out["hvdm_vm_maxmem_bytes"]
+    current = out["hvdm_vm_current_bytes"]
+    target = out["hvdm_vm_target_bytes"]
+    ballooned = out["hvdm_vm_ballooned_bytes"]
+    hot_added = out["hvdm_vm_hot_added_bytes"]
+    available = out["hvdm_vm_guest_available_bytes"]
+    committed = out["hvdm_vm_guest_committed_bytes"]
+    demand_ = out["hvdm_vm_guest_demand_bytes"]
+    pressure = out["hvdm_vm_pressure_ratio"]
+    connected = out["hvdm_vm_connected"]
+    status_time_ = out["hvdm_vm_last_status_report_timestamp_seconds"]
+    state = out["hvdm_vm_protocol_state"]
+    reports = out["hvdm_vm_status_reports"]
+    traffic = out["hvdm_vm_balloon_bytes"]
+    violations = out["hvdm_vm_guest_violations"]
+    info = out["hvdm_vm_info"]
+    vm_labels = labels.vm
+    states = PROTOCOL_STATES
     for (
         vm,
         boot_p,
+        maxmem_p,
         current_p,
         target_p,
         ballooned_p,
         hot_added_p,
         avail_p,
         committed_p,
+        status_time,
         proto,
         n_reports,
         out_p,
@@ -81,84 +99,52 @@ def render_snapshot(snap: Snapshot) -> str:
         version,
         caps,
     ) in snap.rows:
-        v = escape_label_value(vm)
-        lv = f'{{vm="{v}"}} '
+        base = _label_text(vm_labels(vm))
+        lv = f"{{{base}}} "
         boot.append(f"hvdm_vm_boot_bytes{lv}{boot_p * page}\n")
+        if maxmem_p:
+            maxmem.append(f"hvdm_vm_maxmem_bytes{lv}{maxmem_p * page}\n")
         current.append(f"hvdm_vm_current_bytes{lv}{current_p * page}\n")
         if target_p is not None:
             target.append(f"hvdm_vm_target_bytes{lv}{target_p * page}\n")
         ballooned.append(f"hvdm_vm_ballooned_bytes{lv}{ballooned_p * page}\n")
         hot_added.append(f"hvdm_vm_hot_added_bytes{lv}{hot_added_p * page}\n")
         if avail_p is not None:
+            demand = demand_pages(committed_p, ballooned_p)
             available.append(f"hvdm_vm_guest_available_bytes{lv}{avail_p * page}\n")
             committed.append(f"hvdm_vm_guest_committed_bytes{lv}{committed_p * page}\n")
+            demand_.append(f"hvdm_vm_guest_demand_bytes{lv}{demand * page}\n")
             if current_p > 0:
-                pressure.append(f"hvdm_vm_pressure_ratio{lv}{committed_p / current_p!r}\n")
-        state.append(f'hvdm_vm_protocol_state{{state="{proto}",vm="{v}"}} 1\n')
+                pressure.append(f"hvdm_vm_pressure_ratio{lv}{demand / current_p!r}\n")
+        connected.append(f"hvdm_vm_connected{lv}{0 if proto == 'CLOSED' else 1}\n")
+        if status_time is not None:
+            status_time_.append(f"hvdm_vm_last_status_report_timestamp_seconds{lv}{float(status_time)!r}\n")
+        for st in states:
+            state.append(f'hvdm_vm_protocol_state{{{base},state="{st}"}} {1 if st == proto else 0}\n')
         reports.append(f"hvdm_vm_status_reports_total{lv}{n_reports}\n")
-        pages.append(f'hvdm_vm_balloon_pages_total{{direction="out",vm="{v}"}} {out_p}\n')
-        pages.append(f'hvdm_vm_balloon_pages_total{{direction="in",vm="{v}"}} {in_p}\n')
+        traffic.append(f'hvdm_vm_balloon_bytes_total{{{base},direction="out"}} {out_p * page}\n')
+        traffic.append(f'hvdm_vm_balloon_bytes_total{{{base},direction="in"}} {in_p * page}\n')
         for reason, count in viol:
             violations.append(
-                f'hvdm_vm_guest_violations_total{{reason="{escape_label_value(reason)}",vm="{v}"}} {count}\n'
+                f'hvdm_vm_guest_violations_total{{{base},reason="{escape_label_value(reason)}"}} {count}\n'
             )
-        labels = ",".join(
-            f'{k}="{escape_label_value(val)}"' for k, val in sorted(info_labels(vm, version, caps).items())
-        )
-        info.append(f"hvdm_vm_info{{{labels}}} 1\n")
-    engine = {
-        "hvdm_engine_inbox_records_processed": [f"hvdm_engine_inbox_records_processed_total {snap.consumed}\n"],
-        "hvdm_engine_consumer_lag_records": [f"hvdm_engine_consumer_lag_records {snap.lag}\n"],
-        "hvdm_engine_snapshot_age_events": [f"hvdm_engine_snapshot_age_events {snap.snapshot_age}\n"],
-        "hvdm_engine_vms": [f"hvdm_engine_vms {len(snap.rows)}\n"],
-    }
-    families: dict[str, list[str]] = {
-        "hvdm_vm_boot_bytes": boot,
-        "hvdm_vm_current_bytes": current,
-        "hvdm_vm_target_bytes": target,
-        "hvdm_vm_ballooned_bytes": ballooned,
-        "hvdm_vm_hot_added_bytes": hot_added,
-        "hvdm_vm_guest_available_bytes": available,
-        "hvdm_vm_guest_committed_bytes": committed,
-        "hvdm_vm_pressure_ratio": pressure,
-        "hvdm_vm_protocol_state": state,
-        "hvdm_vm_status_reports": reports,
-        "hvdm_vm_balloon_pages": pages,
-        "hvdm_vm_guest_violations": violations,
-        "hvdm_vm_info": info,
-        **engine,
-    }
+        info.append(f"hvdm_vm_info{{{base},{_label_text(info_labels(version, caps))}}} 1\n")
+    common = _label_text(labels.common())
+    lc = f"{{{common}}} " if common else " "
+    out["hvdm_engine_inbox_records_processed"].append(f"hvdm_engine_inbox_records_processed_total{lc}{snap.consumed}\n")
+    out["hvdm_engine_consumer_lag_records"].append(f"hvdm_engine_consumer_lag_records{lc}{snap.lag}\n")
+    out["hvdm_engine_snapshot_age_events"].append(f"hvdm_engine_snapshot_age_events{lc}{snap.snapshot_age}\n")
+    out["hvdm_engine_vms"].append(f"hvdm_engine_vms{lc}{len(snap.rows)}\n")
     parts: list[str] = []
-    for name in METRICS:
+    for name, lines in out.items():
         parts.append(_header(name))
-        parts.extend(families[name])
+        parts.extend(lines)
     return "".join(parts)
 
 
 def render(collector: HvdmCollector, extra: CollectorRegistry | None = None) -> bytes:
     """One scrape: the collector's families, then whatever ``extra`` holds."""
-    body = render_snapshot(collector.snapshot()).encode()
+    body = render_snapshot(collector.snapshot(), collector.labels).encode()
     if extra is not None:
         body += generate_latest(extra)
     return body
-
-
-def make_wsgi_app(
-    collector: HvdmCollector, extra: CollectorRegistry | None = None
-) -> Callable[[dict[str, Any], StartResponse], Iterable[bytes]]:
-    """A WSGI app answering every path but /favicon.ico with one scrape (gzip when accepted)."""
-
-    def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        if environ.get("PATH_INFO") == "/favicon.ico":
-            start_response("404 Not Found", [("Content-Type", "text/plain")])
-            return [b""]
-        body = render(collector, extra)
-        headers = [("Content-Type", CONTENT_TYPE)]
-        if "gzip" in environ.get("HTTP_ACCEPT_ENCODING", ""):
-            body = gzip.compress(body, GZIP_LEVEL)
-            headers.append(("Content-Encoding", "gzip"))
-        headers.append(("Content-Length", str(len(body))))
-        start_response("200 OK", headers)
-        return [body]
-
-    return app

@@ -27,19 +27,27 @@ class WriteHealth(Protocol):
 
 
 class LogHealthCollector(Collector):
-    def __init__(self, log: WriteHealth) -> None:
+    """``common``: labels every hvdm series carries (``MetricsLabels.common()``, e.g. ``host``)."""
+
+    def __init__(self, log: WriteHealth, common: Mapping[str, str] | None = None) -> None:
         self._log = log
+        self._names = list(common or {})
+        self._values = list((common or {}).values())
 
     def collect(self) -> Iterable[Metric]:
         writable = GaugeMetricFamily(
-            WRITABLE, "1 while the event log accepts writes, 0 from a failed write until the next successful one."
+            WRITABLE,
+            "1 while the event log accepts writes, 0 from a failed write until the next successful one.",
+            labels=self._names,
         )
-        writable.add_metric([], 1.0 if self._log.writable else 0.0)
+        writable.add_metric(self._values, 1.0 if self._log.writable else 0.0)
         errors = CounterMetricFamily(
-            WRITE_ERRORS, "Event log write transactions that failed and were rolled back, by kind.", labels=["kind"]
+            WRITE_ERRORS,
+            "Event log write transactions that failed and were rolled back, by kind.",
+            labels=[*self._names, "kind"],
         )
         for kind, count in sorted(dict(self._log.write_errors).items()):
-            errors.add_metric([kind], float(count))
+            errors.add_metric([*self._values, kind], float(count))
         return [writable, errors]
 
 

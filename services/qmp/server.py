@@ -134,14 +134,20 @@ class _Session:
                 request,
             )
             return
+        counts = self.monitor._servers.command_counts
+        # Only known command names become label values: a client must not create series at will.
+        name = request.command if request.command in COMMANDS else "unknown"
         try:
             result = await execute(self.monitor, request.command, request.arguments)
         except QmpError as e:
+            counts[name, e.error_class] = counts.get((name, e.error_class), 0) + 1
             self.send_error(e, request)
         except Exception as e:  # a bug must not kill the connection, and must be visible
+            counts[name, "internal"] = counts.get((name, "internal"), 0) + 1
             log.exception("qmp command failed vm=%s command=%s", self.monitor.vm, request.command)
             self.send_error(generic(f"internal error: {e}"), request)
         else:
+            counts[name, "ok"] = counts.get((name, "ok"), 0) + 1
             self.send(reply(result, request))
 
     def _negotiate(self, request: Request) -> None:
@@ -264,6 +270,8 @@ class QmpServers:
         self._watch: dict[int, list[ev.CommandRejected]] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._closed = False
+        #: (command, result) -> count, result "ok" or the QMP error class; hvdm_qmp_commands_total.
+        self.command_counts: dict[tuple[str, str], int] = {}
         #: Error replies by (error class, command): ``hvdm_qmp_errors_total``. Commands hvdm does not
         #: know are counted as "unknown" and unparsable requests as "none", so a client cannot grow
         #: the label set.

@@ -25,6 +25,7 @@ from services.embedded.socket_files import remove_own_socket, remove_stale_socke
 from services.event_log.retry import retry_write
 from services.event_log.sqlite_log import LogWriteError
 from services.vmbus_gateway.backend import GatewayBackend
+from services.vmbus_gateway.counters import VM_CONNECTED, GatewayCounters
 from services.vmbus_gateway.hello import MAX_HELLO_BYTES, Hello, HelloError, parse_hello
 
 log = logging.getLogger("hvdm.gateway")
@@ -65,6 +66,8 @@ class GatewayServer:
         self.closed_reasons: list[tuple[str, str]] = []
         #: Refused hellos by reason code (``hello.HELLO_REASONS``): ``hvdm_gateway_hello_rejected_total``.
         self.hello_rejected: Counter[str] = Counter()
+        #: Accepted connections, other refusals, disconnects, frames: ``hvdm_gateway_*`` (metrics.sources).
+        self.counters = GatewayCounters()
         backend.on_outbox(self._outbox_changed)
 
     # ------------------------------------------------------------------ lifecycle
@@ -150,6 +153,7 @@ class GatewayServer:
             return
         vm = hello.vm
         if vm in self.connections:
+            self.counters.refuse(VM_CONNECTED)
             await self._reply(writer, {"ok": False, "error": f"vm {vm} is already connected"})
             return
         backend = self.backend
@@ -178,6 +182,7 @@ class GatewayServer:
             delivered = min(hello.resume_after, backend.outbox_high_watermark(vm))
         conn = Connection(hello=hello, writer=writer, delivered=delivered)
         self.connections[vm] = conn
+        self.counters.accepted += 1
         log.info("event=connected vm=%s resume=%s delivered=%d", vm, hello.resume_after is not None, delivered)
         await self._reply(writer, {"ok": True, "vm": vm, "delivered": delivered})
         sender = asyncio.create_task(self._send_loop(conn), name=f"gateway-send-{vm}")
@@ -190,9 +195,12 @@ class GatewayServer:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await sender
             self.connections.pop(vm, None)
+            self.counters.frames_in_closed += conn.frames_in
+            self.counters.frames_out_closed += conn.frames_out
             if not conn.closing:
                 await self._submit(vm, ChannelClosed(reason=reason))
                 self.closed_reasons.append((vm, reason))
+                self.counters.disconnect(reason)
                 log.info("event=disconnected vm=%s reason=%r", vm, reason)
 
     async def _receive_loop(self, reader: asyncio.StreamReader, conn: Connection) -> str:

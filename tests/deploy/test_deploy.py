@@ -56,12 +56,13 @@ def test_promtool_checks_the_config_and_the_rules() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     result = promtool("check", "rules", str(RULES))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 13 rules found" in result.stdout
+    assert "SUCCESS: 15 rules found" in result.stdout
 
 
 @needs_promtool
 def test_alerts_fire_when_they_should(tmp_path: Path) -> None:
-    """rules_test.yml: pressure, a stuck transaction, rising violations, engine lag, stalls."""
+    """rules_test.yml: pressure, stale status reports, a stuck transaction, rising violations,
+    engine lag, stalls, a scrape target down."""
     result = promtool("test", "rules", str(PROMETHEUS_DIR / "rules_test.yml"))
     assert result.returncode == 0, result.stdout + result.stderr
     alerts = {r["alert"] for r in rules() if "alert" in r}
@@ -90,6 +91,7 @@ def test_rules_read_only_exported_or_recorded_metrics() -> None:
     alerts = [r for r in rules() if "alert" in r]
     assert {a["alert"] for a in alerts} >= {
         "HvdmGuestMemoryPressureHigh",
+        "HvdmGuestStatusReportsStale",
         "HvdmVmStuckInTransaction",
         "HvdmGuestViolationsRising",
         "HvdmEngineLagHigh",
@@ -99,15 +101,23 @@ def test_rules_read_only_exported_or_recorded_metrics() -> None:
         assert a["annotations"]["summary"] and a["annotations"]["description"]
 
 
-def test_prometheus_scrapes_the_engines_of_the_compose_file() -> None:
+def test_prometheus_scrapes_the_engines_and_the_gateway_of_the_compose_file() -> None:
     config = mini_yaml.load_file(PROMETHEUS_DIR / "prometheus.yml")
     assert config["rule_files"] == ["rules.yml"]
     (job,) = config["scrape_configs"]
     assert job["job_name"] == "hvdm"  # HvdmExporterDown selects up{job="hvdm"}
-    targets = job["static_configs"][0]["targets"]
+    by_role = {group["labels"]["role"]: group["targets"] for group in job["static_configs"]}
     compose = mini_yaml.load_file(DEPLOY / "docker-compose.yml")
-    engines = [name for name, svc in compose["services"].items() if svc.get("command", [""])[0] == "engine"]
-    assert sorted(targets) == sorted(f"{e}:{DEFAULT_METRICS_PORT}" for e in engines)
+    for role in ("engine", "gateway"):
+        services = {name: svc for name, svc in compose["services"].items() if svc.get("command", [""])[0] == role}
+        assert services, role
+        assert sorted(by_role[role]) == sorted(f"{name}:{DEFAULT_METRICS_PORT}" for name in services)
+        for name, svc in services.items():
+            command = svc["command"]
+            # Served on every interface of the container, on the port Prometheus scrapes.
+            assert command[command.index("--metrics-port") + 1] == str(DEFAULT_METRICS_PORT), name
+            assert command[command.index("--metrics-host") + 1] == "0.0.0.0", name
+            assert svc["hostname"] == name  # the host label of its series
 
 
 # ------------------------------------------------------------------------------ Grafana
@@ -120,9 +130,12 @@ def test_dashboard_queries_use_only_exported_metrics() -> None:
         assert names, q
         assert names <= exported | recorded_names(), f"{q.panel}: unknown {names - exported}"
         used |= names
-    # The dashboard shows every per-VM metric and the engine's health.
-    wanted = {n for n in exported if not n.endswith(("_sum", "_count"))} - {"hvdm_engine_processing_latency_seconds"}
+    # The dashboard shows every hvdm metric: per VM, the engines', the gateway's and QMP's.
+    wanted = {n for n in exported if n.startswith("hvdm_") and not n.endswith(("_sum", "_count"))}
     assert wanted <= used, f"not on the dashboard: {wanted - used}"
+    # Every query can be narrowed to the hosts picked in $host.
+    for q in queries:
+        assert 'host=~"$host"' in q.expr, q
 
 
 def test_dashboard_structure() -> None:
@@ -132,6 +145,8 @@ def test_dashboard_structure() -> None:
     ids = [p["id"] for p in all_panels]
     assert len(ids) == len(set(ids))
     variables = {v["name"]: v for v in d["templating"]["list"]}
+    assert list(variables) == ["datasource", "host", "vm"]
+    assert variables["host"]["query"]["query"] == "label_values(hvdm_build_info, host)"
     assert variables["datasource"]["type"] == "datasource"
     assert variables["datasource"]["query"] == "prometheus"
     vm = variables["vm"]
@@ -150,11 +165,11 @@ def test_dashboard_structure() -> None:
             # Per-VM panels follow the $vm selection (a regex, so "All" works).
             if p["title"].startswith("$vm"):
                 assert 'vm=~"$vm"' in t["expr"]
-            substitute(t["expr"], {"vm": "x", "__rate_interval": "1m"})
+            substitute(t["expr"], {"host": "h", "vm": "x", "__rate_interval": "1m"})
     text = " ".join(titles).lower()
     for topic in (
         "current vs target vs boot",
-        "committed / available",
+        "demand, committed, available",
         "pressure",
         "ballooned and hot-added",
         "violations",
@@ -199,7 +214,7 @@ def test_compose_file() -> None:
     broker = ["--broker", "kafka://kafka:9092"]
     gateway = services["gateway"]
     assert gateway["command"][:3] == ["gateway", *broker]
-    assert gateway["ports"] == ["7070:7070"] and "0.0.0.0:7070" in gateway["command"]
+    assert gateway["ports"][0] == "7070:7070" and "0.0.0.0:7070" in gateway["command"]
     host_ports = []
     for name in ("gateway", "engine1", "engine2"):
         svc = services[name]
@@ -207,15 +222,16 @@ def test_compose_file() -> None:
         assert svc["build"] == {"context": "..", "dockerfile": "deploy/Dockerfile"}
         assert (DEPLOY / svc["build"]["context"] / svc["build"]["dockerfile"]).is_file()
         assert svc["depends_on"]["kafka"]["condition"] == "service_healthy"
-    for name in ("engine1", "engine2"):
+    for name in ("engine1", "engine2", "gateway"):
         cmd = services[name]["command"]
-        assert cmd[:3] == ["engine", *broker]
+        assert cmd[:3] == [name.rstrip("12"), *broker]
         assert cmd[cmd.index("--metrics-port") + 1] == str(DEFAULT_METRICS_PORT)
-        (port,) = services[name]["ports"]
+        assert cmd[cmd.index("--metrics-host") + 1] == "0.0.0.0"  # reachable from the Prometheus container
+        port = services[name]["ports"][-1]
         host, container = port.split(":")
         assert container == str(DEFAULT_METRICS_PORT)
         host_ports.append(host)
-    assert len(set(host_ports)) == 2
+    assert len(set(host_ports)) == 3
 
     prom = services["prometheus"]
     assert prom["image"].startswith("prom/prometheus:")

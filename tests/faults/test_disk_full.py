@@ -81,11 +81,12 @@ def scrape(url: str) -> str:
 
 
 def sample(text: str, name: str, labels: str = "") -> float:
-    prefix = f"{name}{{{labels}}} " if labels else f"{name} "
+    """The value of the first ``name`` series whose labels include ``labels`` (``k="v"``)."""
     for line in text.splitlines():
-        if line.startswith(prefix):
-            return float(line.split()[-1])
-    raise AssertionError(f"{prefix!r} not in the scrape")
+        series, _, value = line.rpartition(" ")
+        if (series == name or series.startswith(name + "{")) and labels in series:
+            return float(value)
+    raise AssertionError(f"{name} {{{labels}}} not in the scrape")
 
 
 def assert_ticks_contiguous(log: SqliteLog) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import platform
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterable
@@ -18,7 +20,16 @@ from services.dm_engine.config import EngineConfig
 from services.dm_engine.runner import EngineRunner
 from services.embedded.service import EmbeddedService
 from services.event_log.sqlite_log import SqliteLog
-from services.metrics import METRICS, EngineMetrics, HvdmCollector, metric_names, serve_for_service
+from services.metrics import (
+    METRICS,
+    EngineMetrics,
+    HvdmCollector,
+    LabelError,
+    MetricsLabels,
+    metric_names,
+    serve_for_service,
+)
+from services.metrics.collector import PROTOCOL_STATES, hvdm_version
 from services.metrics.exposition import render
 from services.metrics.server import start_metrics_server
 from tests.metrics.fleet import BOOT, drive_fleet
@@ -62,6 +73,7 @@ def test_a_scrape_exports_every_metric_of_a_real_engine(tmp_path: Path) -> None:
         await service.start()
         served = serve_for_service(service, "127.0.0.1", 0)
         try:
+            before = time.time()
             await drive_fleet(service)
             # Scraped over HTTP from another thread, as Prometheus does, while the loop runs.
             s = samples(await asyncio.to_thread(fetch, served.url))
@@ -70,28 +82,42 @@ def test_a_scrape_exports_every_metric_of_a_real_engine(tmp_path: Path) -> None:
             served.close()
             await service.stop()
 
-        assert {n for n, _ in s} - {"hvdm_engine_processing_latency_seconds_created"} == set(metric_names())
+        created = {n for n, _ in s if n.endswith("_created")}
+        only_elsewhere = {n for n in metric_names() if n.startswith(("hvdm_gateway_", "hvdm_qmp_"))}
+        assert {n for n, _ in s} - created == set(metric_names()) - only_elsewhere
         a = {"vm": "vm-a"}
         assert value(s, "hvdm_vm_boot_bytes", **a) == BOOT
+        assert value(s, "hvdm_vm_maxmem_bytes", **a) == 64 * GIB
         assert value(s, "hvdm_vm_current_bytes", **a) == BOOT - 256 * MIB
         assert value(s, "hvdm_vm_target_bytes", **a) == BOOT - 256 * MIB
         assert value(s, "hvdm_vm_ballooned_bytes", **a) == 256 * MIB
         assert value(s, "hvdm_vm_hot_added_bytes", **a) == 0
         assert value(s, "hvdm_vm_guest_available_bytes", **a) == 3 * GIB
         assert value(s, "hvdm_vm_guest_committed_bytes", **a) == 3 * GIB
-        assert value(s, "hvdm_vm_pressure_ratio", **a) == pytest.approx(3 * GIB / (BOOT - 256 * MIB))
+        # Demand is committed minus ballooned (Linux counts its ballooned pages as committed), and
+        # the pressure is demand / current: a VM shrunk on purpose does not read as starving.
+        assert value(s, "hvdm_vm_guest_demand_bytes", **a) == 3 * GIB - 256 * MIB
+        assert value(s, "hvdm_vm_pressure_ratio", **a) == pytest.approx((3 * GIB - 256 * MIB) / (BOOT - 256 * MIB))
+        assert value(s, "hvdm_vm_connected", **a) == 1
+        assert value(s, "hvdm_vm_connected", vm="vm-c") == 1
+        assert before - 1 <= value(s, "hvdm_vm_last_status_report_timestamp_seconds", **a) <= time.time()
         assert value(s, "hvdm_vm_status_reports_total", **a) == 1
-        assert value(s, "hvdm_vm_balloon_pages_total", direction="out", **a) == 256 * MIB // 4096
-        assert value(s, "hvdm_vm_balloon_pages_total", direction="in", **a) == 0
+        assert value(s, "hvdm_vm_balloon_bytes_total", direction="out", **a) == 256 * MIB
+        assert value(s, "hvdm_vm_balloon_bytes_total", direction="in", **a) == 0
         assert value(s, "hvdm_vm_guest_violations_total", reason="TRUNCATED", **a) == 1
         assert value(s, "hvdm_vm_hot_added_bytes", vm="vm-b") == GIB
         assert value(s, "hvdm_vm_current_bytes", vm="vm-b") == BOOT + GIB
-        # One protocol-state series per VM.
-        assert sorted((d["vm"], d["state"]) for d in series(s, "hvdm_vm_protocol_state")) == [
+        # The protocol state is a state set: one series per state and VM, 1 for the current one.
+        states = series(s, "hvdm_vm_protocol_state")
+        assert len(states) == 3 * len(PROTOCOL_STATES)
+        assert sorted((d["vm"], d["state"]) for d in states if value(s, "hvdm_vm_protocol_state", **d) == 1) == [
             ("vm-a", "IDLE"),
             ("vm-b", "IDLE"),
             ("vm-c", "VERSION"),
         ]
+        assert value(s, "hvdm_vm_protocol_state", vm="vm-c", state="IDLE") == 0
+        assert value(s, "hvdm_build_info", version=hvdm_version(), python_version=platform.python_version()) == 1
+        assert s[("process_resident_memory_bytes", ())] > 0
         info = {d["vm"]: d for d in series(s, "hvdm_vm_info")}
         assert info["vm-a"] == {
             "vm": "vm-a",
@@ -121,15 +147,53 @@ def test_fast_exposition_equals_generate_latest_of_the_collector(tmp_path: Path)
         try:
             await drive_fleet(service)
             metrics = EngineMetrics(service.runner, loop=asyncio.get_running_loop())
-            fast = samples(render(metrics.collector, metrics.histograms))
-            generic = samples(generate_latest(metrics.registry))
+            fast = _stable(samples(render(metrics.collector, metrics.extra)))
+            generic = _stable(samples(generate_latest(metrics.registry)))
         finally:
             await service.stop()
-        generic.pop(("hvdm_engine_processing_latency_seconds_created", ()), None)
-        fast.pop(("hvdm_engine_processing_latency_seconds_created", ()), None)
         assert fast == generic
+        assert any(name == "hvdm_vm_guest_demand_bytes" for name, _ in fast)
 
     asyncio.run(scenario())
+
+
+def _stable(s: Samples) -> Samples:
+    """Without the series that change between two collections (process CPU, memory, GC, created)."""
+    return {k: v for k, v in s.items() if not k[0].startswith(("process_", "python_gc_")) and "_created" not in k[0]}
+
+
+def test_host_domain_and_uuid_labels_join_libvirt_exporters(tmp_path: Path) -> None:
+    uuid = "5A2B1C3D-0000-4000-8000-00000000000A"
+    labels = MetricsLabels(host="hv07", vm_labels=("vm", "domain"), uuids={"vm-a": uuid})
+
+    async def scenario() -> tuple[Samples, Samples]:
+        service = EmbeddedService.open(tmp_path / "hvdm.db", speed=FROZEN, config=FAST)
+        await service.start()
+        try:
+            await drive_fleet(service)
+            metrics = EngineMetrics(service.runner, labels=labels)
+            return _stable(samples(render(metrics.collector, metrics.extra))), _stable(
+                samples(generate_latest(metrics.registry))
+            )
+        finally:
+            await service.stop()
+
+    fast, generic = asyncio.run(scenario())
+    assert fast == generic
+    a = {"host": "hv07", "vm": "vm-a", "domain": "vm-a", "uuid": uuid.lower()}
+    assert value(fast, "hvdm_vm_current_bytes", **a) == BOOT - 256 * MIB
+    assert value(fast, "hvdm_vm_balloon_bytes_total", direction="out", **a) == 256 * MIB
+    assert value(fast, "hvdm_vm_current_bytes", host="hv07", vm="vm-b", domain="vm-b") == BOOT + GIB
+    assert fast[("hvdm_engine_vms", (("host", "hv07"),))] == 3
+    assert any(name == "hvdm_build_info" and ("host", "hv07") in lv for name, lv in fast)
+    # Every series carries the host label.
+    assert all(("host", "hv07") in lv for name, lv in fast if name.startswith("hvdm_"))
+    only_domain = EngineMetrics(_EmptyRunner(), labels=MetricsLabels(vm_labels=("domain",)))
+    assert only_domain.labels.vm("x") == {"domain": "x"}
+    with pytest.raises(LabelError):
+        MetricsLabels(vm_labels=("name",))
+    with pytest.raises(LabelError):
+        MetricsLabels(uuids={"vm-a": "not-a-uuid"})
 
 
 def test_label_values_are_escaped(tmp_path: Path) -> None:
@@ -243,7 +307,7 @@ def test_registry_rejects_a_second_exporter_and_plain_registries_are_served(tmp_
             with pytest.raises(ValueError, match="Duplicated timeseries"):
                 EngineMetrics(service.runner, registry=metrics.registry)
             # Any registry can be served too (prometheus-client's own formatter).
-            server = start_metrics_server(metrics.registry, "127.0.0.1", 0)
+            server = start_metrics_server(metrics.registry, "127.0.0.1", 0, max_age=0)
             try:
                 s = samples(await asyncio.to_thread(fetch, server.url))
             finally:
@@ -260,6 +324,7 @@ def test_registry_rejects_a_second_exporter_and_plain_registries_are_served(tmp_
 def test_every_documented_metric_has_help_and_a_type() -> None:
     for name, (doc, typ) in METRICS.items():
         assert name.startswith(("hvdm_vm_", "hvdm_engine_"))
+        assert "never ballooned below" not in doc
         assert doc.endswith(".") and typ in ("gauge", "counter")
         assert not name.endswith("_total")  # counters get _total from the exposition
     text = render(HvdmCollector(_EmptyRunner())).decode()

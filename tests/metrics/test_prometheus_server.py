@@ -15,10 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from qemu.qmp import QMPClient
 
 from services.dm_engine.config import EngineConfig
 from services.embedded.service import EmbeddedService
-from services.metrics import serve_for_service
+from services.metrics import MetricsLabels, serve_for_service
+from services.qmp import QmpServers, socket_path, start_qmp_servers
+from services.vmbus_gateway.backend import EmbeddedBackend
+from services.vmbus_gateway.hello import Hello
+from services.vmbus_gateway.server import GatewayServer
 from tests.deploy.dashboard import load_dashboard, panel_queries, substitute
 from tests.metrics.fleet import BOOT, drive_fleet
 from tests.metrics.guest_driver import MIB
@@ -27,8 +32,8 @@ from tests.metrics.prometheus_server import PrometheusServer
 pytestmark = pytest.mark.prometheus
 
 SELECTIONS = [
-    {"vm": "vm-a", "__rate_interval": "30s"},  # one VM picked in the $vm drop-down
-    {"vm": ".*", "__rate_interval": "30s"},  # "All"
+    {"host": "hv-test", "vm": "vm-a", "__rate_interval": "30s"},  # one VM picked in the $vm drop-down
+    {"host": ".*", "vm": ".*", "__rate_interval": "30s"},  # "All"
 ]
 
 
@@ -51,12 +56,14 @@ def check_prometheus(prom: PrometheusServer) -> None:
 
     # The $vm variable's query (label_values(metric, label)) lists every VM.
     variable = next(v for v in dashboard["templating"]["list"] if v["name"] == "vm")
-    assert variable["query"]["query"] == "label_values(hvdm_vm_current_bytes, vm)"
+    assert variable["query"]["query"] == 'label_values(hvdm_vm_current_bytes{host=~"$host"}, vm)'
     vms = prom.wait_until(
         "the VM label values",
         lambda: set(prom.api("label/vm/values", **{"match[]": "hvdm_vm_current_bytes"})) >= {"vm-a", "vm-b", "vm-c"},
     )
     assert vms
+    hosts = prom.api("label/host/values", **{"match[]": "hvdm_build_info"})
+    assert hosts == ["hv-test"]
 
     queries = panel_queries(dashboard)
     assert len(queries) >= 20
@@ -80,7 +87,7 @@ def check_prometheus(prom: PrometheusServer) -> None:
         return []
 
     rules = prom.wait_until("the rules to be evaluated", rules_evaluated)
-    assert len(rules) == 13
+    assert len(rules) == 15
     recorded = prom.api("query", query="hvdm:fleet_current_bytes:sum")["result"]
     assert recorded, "recording rules produce series"
 
@@ -89,14 +96,44 @@ def test_every_dashboard_panel_returns_data(tmp_path: Path, prometheus: Callable
     async def scenario() -> None:
         service = EmbeddedService.open(tmp_path / "hvdm.db", speed=20.0, config=EngineConfig(post_init_wait_ticks=1))
         await service.start()
-        served = serve_for_service(service, "127.0.0.1", 0)
+        gateway = GatewayServer(EmbeddedBackend(service))
+        await gateway.start(unix_path=str(tmp_path / "gw.sock"))
+        qmp = await start_qmp_servers(service, tmp_path / "qmp")
+        served = serve_for_service(
+            service, "127.0.0.1", 0, labels=MetricsLabels(host="hv-test"), gateway=gateway, qmp=qmp
+        )
         try:
             await drive_fleet(service)
+            await exercise_gateway_and_qmp(tmp_path, qmp)
             prom = await asyncio.to_thread(prometheus, f"127.0.0.1:{served.server.port}")
             # Prometheus is polled from a worker thread: the engine loop stays free to serve scrapes.
             await asyncio.to_thread(check_prometheus, prom)
         finally:
             served.close()
+            await qmp.close()
+            await gateway.close()
             await service.stop()
 
     asyncio.run(scenario())
+
+
+async def exercise_gateway_and_qmp(tmp_path: Path, qmp: QmpServers) -> None:
+    """One refused hello, one guest that connects and leaves, and one QMP command."""
+    reader, writer = await asyncio.open_unix_connection(str(tmp_path / "gw.sock"))
+    writer.write(b"not a hello\n")
+    await writer.drain()
+    assert b'"ok":false' in await reader.readline()
+    writer.close()
+    reader, writer = await asyncio.open_unix_connection(str(tmp_path / "gw.sock"))
+    hello = Hello(vm="vm-g", boot_bytes=BOOT, maxmem_bytes=4 * BOOT)
+    writer.write(hello.to_line())
+    await writer.drain()
+    assert b'"ok":true' in await reader.readline()
+    writer.close()
+    await qmp.sync()
+    client = QMPClient("metrics-test")
+    await client.connect(str(socket_path(tmp_path / "qmp", "vm-a")))
+    try:
+        await client.execute("query-balloon")
+    finally:
+        await client.disconnect()
