@@ -19,9 +19,9 @@ from collections.abc import Callable
 from services.dm_engine import EngineConfig, initial_state, process
 from services.dm_engine import inputs as inp
 from services.dm_engine.records import to_dict
-from services.dm_engine.runner import EngineRunner
 from services.dm_engine.state import VmState
 from services.dm_protocol import BalloonResponse, CapabilitiesReport, StatusReport, VersionRequest, encode
+from services.embedded.runner import EngineRunner
 from services.event_log.sqlite_log import SqliteLog
 
 CONFIG = EngineConfig(post_init_wait_ticks=1, balloon_timeout_ticks=10**9)

@@ -41,10 +41,11 @@ from pathlib import Path
 
 from bench.engine import CONFIG, handshake_inputs, machine
 from services.dm_engine import inputs as inp
+from services.dm_engine.inputs import ALL_VMS
 from services.dm_engine.records import to_dict
-from services.dm_engine.runner import EngineRunner
 from services.dm_protocol import StatusReport, encode
-from services.event_log.sqlite_log import ALL_VMS, SqliteLog
+from services.embedded.runner import EngineRunner
+from services.event_log.sqlite_log import SqliteLog
 from services.kafka_engine import envelope
 from services.kafka_engine.kafka_log import GroupOffsets, PartitionReader, ensure_topics
 from services.kafka_engine.settings import KafkaSettings

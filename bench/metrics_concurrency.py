@@ -43,7 +43,7 @@ from prometheus_client.exposition import ThreadingWSGIServer
 
 from bench.engine import CONFIG, handshake_inputs, status_inputs
 from services.dm_engine.records import to_dict
-from services.dm_engine.runner import EngineRunner
+from services.embedded.runner import EngineRunner
 from services.event_log.sqlite_log import SqliteLog
 from services.metrics.collector import EngineMetrics
 from services.metrics.exposition import CONTENT_TYPE, render

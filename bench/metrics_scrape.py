@@ -130,6 +130,8 @@ def build_baseline(states: dict[str, VmState]) -> CollectorRegistry:
     reports = Counter("hvdm_vm_status_reports", "reports", vm, registry=reg)
     traffic = Counter("hvdm_vm_balloon_bytes", "bytes", [*vm, "direction"], registry=reg)
     viol = Counter("hvdm_vm_guest_violations", "violations", [*vm, "reason"], registry=reg)
+    rejected = Counter("hvdm_vm_inputs_rejected", "rejected", vm, registry=reg)
+    attention = Gauge("hvdm_vm_needs_attention", "attention", vm, registry=reg)
     info_names = ["protocol_version", "balloon", "hot_add", "hot_remove", "hot_add_alignment"]
     info = Gauge("hvdm_vm_info", "info", [*vm, *info_names], registry=reg)
     for name, s in states.items():
@@ -154,6 +156,8 @@ def build_baseline(states: dict[str, VmState]) -> CollectorRegistry:
         traffic.labels(*ids, "in").inc(s.balloon_in_pages_total * PAGE)
         for reason, count in s.violations.items():
             viol.labels(*ids, reason).inc(count)
+        rejected.labels(*ids).inc(s.inputs_rejected_total)
+        attention.labels(*ids).set(1 if s.needs_attention else 0)
         labels = info_labels(s.version, s.caps)
         info.labels(*ids, *(labels[k] for k in info_names)).set(1)
     return reg

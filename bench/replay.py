@@ -33,11 +33,12 @@ from services.audit.report import audit
 from services.dm_engine import EngineConfig, initial_state
 from services.dm_engine import inputs as inp
 from services.dm_engine.decider import evolve
+from services.dm_engine.inputs import ALL_VMS
 from services.dm_engine.records import event_from_dict, event_json, loads, to_dict
-from services.dm_engine.runner import EngineRunner
 from services.dm_engine.state import VmState
 from services.dm_protocol import BalloonResponse, CapabilitiesReport, StatusReport, VersionRequest, encode
-from services.event_log.sqlite_log import ALL_VMS, SqliteLog
+from services.embedded.runner import EngineRunner
+from services.event_log.sqlite_log import SqliteLog
 
 CONFIG = EngineConfig(post_init_wait_ticks=1, balloon_timeout_ticks=10**9)
 

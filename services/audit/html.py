@@ -135,6 +135,11 @@ def audit_html(report: AuditReport) -> str:
         f"decided, {doc['events']:,} recorded; consumed position {doc['consumed_position']:,}; "
         f"tick = {doc['engine_config']['tick_seconds']:g} s ({escape(doc['engine_config_source'])}).</p>"
     )
+    if doc["consumed_behind_inbox"]:
+        parts.append(
+            f'<p><span class="bad">BEHIND</span>: {doc["unconsumed_inputs"]:,} inbox records after the consumed '
+            "position were never processed (the engine stopped on them, or is still running).</p>"
+        )
     div = doc["first_divergence"]
     if div is not None:
         parts.append(

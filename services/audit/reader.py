@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import quote
 
+from services.dm_engine.inputs import ALL_VMS
 from services.dm_engine.records import loads
-from services.event_log.sqlite_log import ALL_VMS, EventRow, InboxRow
+from services.event_log.sqlite_log import EventRow, InboxRow
 
 
 class LogReader(Protocol):

@@ -94,6 +94,11 @@ def audit_text(report: AuditReport) -> str:
         f"{doc['consumed_position']}, high watermark {doc['inbox_high_watermark']})",
         f"events         {doc['events']} recorded, {doc['decided_events']} decided by the replay",
     ]
+    if doc["consumed_behind_inbox"]:
+        lines.append(
+            f"engine         BEHIND: {doc['unconsumed_inputs']} inbox records after the consumed position were "
+            "never processed (the engine stopped on them, or is still running)"
+        )
     div = doc["first_divergence"]
     if div is None:
         lines.append("replay         MATCHES: every decided event equals the recorded one byte for byte")
@@ -134,6 +139,16 @@ def audit_text(report: AuditReport) -> str:
     for vm, v in vms.items():
         if v["fold_error"]:
             lines += ["", f"{vm}: recorded events could not all be folded: {v['fold_error']}"]
+        if v["inputs_rejected"]:
+            rows = [
+                [str(r["inbox_pos"]), str(r["tick"]), r["input_type"], f"{r['error_class']}: {r['error']}"]
+                for r in v["inputs_rejected"]
+            ]
+            lines += [
+                "",
+                f"{vm} NEEDS ATTENTION: inputs the engine rejected",
+                *table(["INBOX POS", "TICK", "INPUT", "ERROR"], rows, "  "),
+            ]
         if v["violations"]:
             rows = [
                 [

@@ -1,11 +1,16 @@
 """Re-decide an inbox from the beginning, exactly as ``EngineRunner`` did.
 
-The audit's whole claim rests on this module reproducing the runner's delivery rules: each record
-goes to its VM; a broadcast record (vm ``*``, the clock ticks) goes to every VM that has appeared
-in the inbox so far, in sorted order; a VM appears at its first inbox record, with
+The audit's whole claim rests on this module running the runner's step (``dm_engine.step``): each
+record goes to its VM; a broadcast record (vm ``*``, the clock ticks) goes to every VM that has
+appeared in the inbox so far, in sorted order; a VM appears at its first inbox record, with
 ``initial_state``. (A recovering runner also knows VMs whose first record it has not consumed yet,
 but a tick to a VM in its initial state decides nothing and changes nothing, so the two rules
 produce the same events.)
+
+An input the engine rejected (``InputRejected``) is rejected here too. The step then needs the
+VM's state from before that input; the replay takes it from the *recorded* events before it (the
+``rebuild`` given by ``replay_inbox``): if those differ from what the replay decided, the audit
+has already found the divergence that matters.
 """
 
 from __future__ import annotations
@@ -17,11 +22,13 @@ from dataclasses import dataclass
 
 from services.audit.reader import LogReader
 from services.dm_engine.config import EngineConfig
-from services.dm_engine.decider import initial_state, process
+from services.dm_engine.decider import evolve, initial_state
 from services.dm_engine.events import Event
-from services.dm_engine.records import input_from_dict
+from services.dm_engine.inputs import ALL_VMS
+from services.dm_engine.records import event_from_dict, loads
 from services.dm_engine.state import VmState
-from services.event_log.sqlite_log import ALL_VMS, InboxRow
+from services.dm_engine.step import Rebuild, Unreadable, read_input, step
+from services.event_log.sqlite_log import InboxRow
 
 #: Called with the fraction of the inbox read so far (a progress bar).
 Progress = Callable[[float], None]
@@ -49,7 +56,12 @@ class InboxReplay:
     """
 
     def __init__(
-        self, config: EngineConfig, only_vm: str | None = None, only_vms: Collection[str] | None = None
+        self,
+        config: EngineConfig,
+        only_vm: str | None = None,
+        only_vms: Collection[str] | None = None,
+        *,
+        rebuild: Callable[[str, int], VmState] | None = None,
     ) -> None:
         self.config = config
         selected = set(only_vms or ())
@@ -60,34 +72,56 @@ class InboxReplay:
         #: VMs in sorted order, maintained on insert so a tick costs O(VMs), not O(VMs log VMs).
         self._order: list[str] = []
         self.records = 0
+        self._rebuild = rebuild
 
     def _appear(self, vm: str) -> None:
         if vm not in self.states:
             self.states[vm] = initial_state(vm)
             bisect.insort(self._order, vm)
 
+    def _rebuilder(self, pos: int) -> Rebuild:
+        def rebuild(vm: str) -> VmState:
+            if self._rebuild is None:
+                raise ReplayError(f"engine rejected inbox pos {pos} for {vm} and this replay cannot rebuild it")
+            return self._rebuild(vm, pos)
+
+        return rebuild
+
     def feed(self, row: InboxRow) -> list[Decision]:
         """Deliver one inbox row; returns one decision per VM it reached."""
         self.records += 1
-        try:
-            record = input_from_dict(row.record)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ReplayError(f"inbox record at pos {row.pos} is not a valid input: {exc!r}") from None
+        record = read_input(row.record)
         if row.vm == ALL_VMS:
-            targets: Sequence[str] = list(self._order)
+            if isinstance(record, Unreadable):
+                raise ReplayError(f"inbox record at pos {row.pos} is not a valid input: {record.error!r}")
         else:
             if self.only_vms is not None and row.vm not in self.only_vms:
                 return []
             self._appear(row.vm)
-            targets = (row.vm,)
-        out: list[Decision] = []
-        for vm in targets:
-            try:
-                events = process(self.states[vm], record, self.config)
-            except Exception as exc:  # the engine failing on a record is a finding, reported as one
-                raise ReplayError(f"engine raised on inbox pos {row.pos} for {vm}: {exc!r}") from exc
-            out.append(Decision(vm, row.pos, row.tick, events))
-        return out
+        results = step(
+            self.states,
+            row.vm,
+            record,
+            self.config,
+            inbox_pos=row.pos,
+            rebuild=self._rebuilder(row.pos),
+            order=self._order,
+        )
+        return [Decision(r.vm, row.pos, row.tick, r.events) for r in results]
+
+
+def recorded_state(log: LogReader) -> Callable[[str, int], VmState]:
+    """A VM's state before inbox position ``pos``, folded from the events the log recorded."""
+
+    def rebuild(vm: str, pos: int) -> VmState:
+        state = initial_state(vm)
+        for row in log.iter_events(vm):
+            if row.inbox_pos >= pos:
+                break
+            evolve(state, event_from_dict(loads(row.record)))
+        return state
+
+    return rebuild
 
 
 def replay_inbox(
@@ -105,7 +139,7 @@ def replay_inbox(
     ``ticks``, if given, is filled with the tick of every inbox position read (index = position),
     which is how an audit places events, which carry no time of their own, on the clock.
     """
-    replay = InboxReplay(config, only_vm, only_vms)
+    replay = InboxReplay(config, only_vm, only_vms, rebuild=recorded_state(log))
 
     def decisions() -> Iterator[Decision]:
         every = max(1, until_pos // 200)

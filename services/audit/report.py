@@ -77,6 +77,8 @@ class VmFold:
     series: list[tuple[int, int, int, int]] = field(default_factory=list)
     #: Events from inbox records at or before this position build state but are not reported.
     report_after: int = 0
+    #: Inputs the engine rejected for this VM (``InputRejected``), as the audit reports them.
+    rejections: list[dict[str, Any]] = field(default_factory=list)
 
     def apply(self, row: EventRow, tick: int = -1) -> None:
         self.events += 1
@@ -102,6 +104,17 @@ class VmFold:
                 span.first_tick = min(span.first_tick, event.tick)
                 span.last_tick = max(span.last_tick, event.tick)
         self.transactions.apply(event)
+        if isinstance(event, ev.InputRejected):
+            self.rejections.append(
+                {
+                    "seq": row.seq,
+                    "inbox_pos": event.inbox_pos,
+                    "tick": event.tick,
+                    "input_type": event.input_type,
+                    "error_class": event.error_class,
+                    "error": event.error,
+                }
+            )
 
     def _sample(self, tick: int) -> None:
         state = self.state
@@ -142,6 +155,8 @@ class VmReport:
             },
             "replay_matches": self.comparison.matches,
             "first_divergence": None if self.comparison.divergence is None else self.comparison.divergence.to_dict(),
+            "needs_attention": state.needs_attention,
+            "inputs_rejected": self.fold.rejections,
             "protocol_state": state.protocol.value,
             "protocol_version": version_text(state.version),
             "events": self.fold.events,
@@ -172,6 +187,18 @@ class AuditReport:
         return self.first_divergence is None
 
     @property
+    def unconsumed_inputs(self) -> int:
+        """Inbox records after the engine's consumed position. The replay stops at that position,
+        so it can match while the engine is stuck on a record it cannot process: a stopped service
+        has drained its inbox (``EmbeddedService.stop``), so anything left means the engine stopped
+        early or is still running."""
+        return max(0, self.inbox_high_watermark - self.consumed_position)
+
+    @property
+    def consumed_behind_inbox(self) -> bool:
+        return self.unconsumed_inputs > 0
+
+    @property
     def events(self) -> int:
         return sum(r.fold.events for r in self.vms.values())
 
@@ -188,6 +215,8 @@ class AuditReport:
             "decided_events": self.decided_events,
             "consumed_position": self.consumed_position,
             "inbox_high_watermark": self.inbox_high_watermark,
+            "consumed_behind_inbox": self.consumed_behind_inbox,
+            "unconsumed_inputs": self.unconsumed_inputs,
             "db": self.db,
             "engine_config": self.config.to_dict(),
             "engine_config_source": self.config_source,
@@ -196,6 +225,7 @@ class AuditReport:
             "from_position": self.report_after,
             "selected_vms": list(self.selected_vms),
             "upcast_events": sum(r.comparison.upcast for r in self.vms.values()),
+            "vms_needing_attention": sorted(vm for vm, r in self.vms.items() if r.fold.state.needs_attention),
         }
 
 

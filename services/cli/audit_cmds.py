@@ -4,8 +4,10 @@ Why on the command line: after an incident the log is what is left, and the ques
 this log be trusted?" (audit: replay the inbox and compare byte for byte) and "what did the
 service believe at that moment?" (replay --until). Both only read the log.
 
-Exit status of ``audit``: 0 when the replay matches the recorded events, 2 when it diverges, 1 on
-errors (one line on stderr, never a traceback). ``replay`` exits 0 or 1.
+Exit status of ``audit``: 0 when the replay matches the recorded events, 2 when it diverges, 3 when
+it matches but the engine's consumed position is behind its inbox (``consumed_behind_inbox``: the
+engine stopped on a record, or is still running), 1 on errors (one line on stderr, never a
+traceback). ``replay`` exits 0 or 1.
 
     $ hvdm audit --db /var/lib/hvdm/log.db --json
     {"replay_matches": true, "inbox_records": 1200, "events": 431, ..., "first_divergence": null}
@@ -37,6 +39,7 @@ from services.cli.arg_types import NON_NEGATIVE, OUTPUT_PATH, VM_ID
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_DIVERGED = 2
+EXIT_BEHIND = 3
 
 
 def _fail(command: str, message: object) -> int:
@@ -113,7 +116,9 @@ def _run_audit(args: argparse.Namespace) -> int:
 
             Path(args.html).write_text(audit_html(report), encoding="utf-8")
         output = json.dumps(report.to_dict()) if args.json else audit_text(report)
-        return output, EXIT_OK if report.replay_matches else EXIT_DIVERGED
+        if not report.replay_matches:
+            return output, EXIT_DIVERGED
+        return output, EXIT_BEHIND if report.consumed_behind_inbox else EXIT_OK
 
     return _with_log("audit", args, body)
 
@@ -130,7 +135,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     audit_parser = subparsers.add_parser(
         "audit",
         help="replay a log's inbox, compare with its events byte for byte, report accounting",
-        description="Exit status: 0 replay matches, 2 replay diverges, 1 error.",
+        description="Exit status: 0 replay matches, 2 replay diverges, 3 inbox not fully consumed, 1 error.",
     )
     source = audit_parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--db", metavar="PATH", help="the SQLite log file (opened read-only)")

@@ -11,8 +11,9 @@ from collections.abc import Callable
 from types import SimpleNamespace
 
 from services.cli.arg_types import BROKER, FloatArg, IntArg
+from services.cli.main import EXIT_ERROR, error_line
 from services.cli.metrics_args import add_metrics_arguments, metrics_labels_of
-from services.dm_engine.runner import EngineRunner
+from services.embedded.runner import EngineRunner
 from services.event_log.retry import Backoff
 from services.event_log.sqlite_log import LogWriteError, NotAnHvdmLog, SqliteLog
 
@@ -21,16 +22,16 @@ def _run_sqlite(args: argparse.Namespace) -> int:
     try:
         log = SqliteLog(args.db)
     except NotAnHvdmLog as exc:
-        print(f"hvdm engine: error: {exc}", file=sys.stderr)
-        return 2
+        print(error_line("engine", exc), file=sys.stderr)
+        return EXIT_ERROR
     runner = EngineRunner(log, snapshot_every=args.snapshot_every)
     try:
         if args.exit_when_idle:
             try:
                 n = runner.run_until_idle(args.batch)
             except LogWriteError as exc:
-                print(f"hvdm engine: error: {exc}; processed up to {runner.consumed}", file=sys.stderr)
-                return 1
+                print(error_line("engine", f"{exc}; processed up to {runner.consumed}"), file=sys.stderr)
+                return EXIT_ERROR
             print(f"hvdm engine: processed {n} inbox records; consumed position {runner.consumed}", file=sys.stderr)
             return 0
 

@@ -7,9 +7,11 @@ import logging
 import sys
 
 from services.cli.arg_types import BROKER, HOST_PORT, SEED, FloatArg, IntArg, SizeArg
-from services.cli.main import EXIT_USAGE, error_line
+from services.cli.main import EXIT_ERROR, EXIT_USAGE, error_line
 from services.cli.metrics_args import add_metrics_arguments, metrics_labels_of
 from services.embedded.run import RunConfig, main_run
+from services.embedded.socket_files import SocketPathInUse
+from services.event_log.sqlite_log import NotAnHvdmLog
 from services.guest_sim.profiles import PROFILES
 from services.guest_sim.workload import WORKLOADS
 
@@ -65,7 +67,12 @@ def _run(args: argparse.Namespace) -> int:
         qemu_poll=args.qemu_poll,
         qemu_trace=args.qemu_trace,
     )
-    return main_run(cfg)
+    try:
+        return main_run(cfg)
+    except (NotAnHvdmLog, SocketPathInUse) as exc:
+        # Refused before anything started or changed: the path is named in the message.
+        print(error_line("run", exc), file=sys.stderr)
+        return EXIT_ERROR
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

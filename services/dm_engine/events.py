@@ -344,6 +344,23 @@ class CommandRejected(EventBase):
     desc: str
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InputRejected(EventBase):
+    """The engine raised while processing one input for this VM (deciding, folding or encoding
+    what it decided). The input changed nothing but this record; the VM needs attention.
+
+    Why an event and not a crash: one input must never stop the other VMs or the inputs after it,
+    and a replay must show the same rejection at the same place."""
+
+    KIND: ClassVar[str] = "InputRejected"
+    #: The input's record type (``GuestMessage``, ``Tick``, ...), or what an unreadable record claimed.
+    input_type: str
+    inbox_pos: int
+    tick: int
+    error_class: str
+    error: str
+
+
 # ----------------------------------------------------------------------------- QEMU-managed VMs
 @dataclass(frozen=True, slots=True, kw_only=True)
 class QemuAttached(EventBase):
@@ -454,6 +471,7 @@ Event = (
     | TransactionTimedOut
     | GuestViolation
     | CommandRejected
+    | InputRejected
     | QemuAttached
     | QemuActualChanged
     | QemuBalloonCommanded
@@ -497,6 +515,7 @@ EVENT_TYPES: dict[str, type[EventBase]] = {
         TransactionTimedOut,
         GuestViolation,
         CommandRejected,
+        InputRejected,
         QemuAttached,
         QemuActualChanged,
         QemuBalloonCommanded,

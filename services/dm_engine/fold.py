@@ -256,6 +256,11 @@ def _ev_command_rejected(s: VmState, e: ev.CommandRejected) -> None:
     s.commands_rejected_total += 1
 
 
+def _ev_input_rejected(s: VmState, e: ev.InputRejected) -> None:
+    s.needs_attention = True
+    s.inputs_rejected_total += 1
+
+
 _EVOLVERS: dict[type, Callable[[VmState, Any], None]] = {
     ev.VmDescribed: _ev_vm_described,
     ev.ChannelOpened: _ev_channel_opened,
@@ -287,5 +292,6 @@ _EVOLVERS: dict[type, Callable[[VmState, Any], None]] = {
     ev.TransactionTimedOut: _ev_timed_out,
     ev.GuestViolation: _ev_violation,
     ev.CommandRejected: _ev_command_rejected,
+    ev.InputRejected: _ev_input_rejected,
     **qemu_vm.EVENT_HANDLERS,
 }

@@ -13,6 +13,9 @@ from typing import ClassVar, Literal
 
 from services.dm_engine.events import PageRanges
 
+#: The inbox key of a record for every VM (the clock's ticks): each VM the engine knows gets it.
+ALL_VMS = "*"
+
 #: What a fresh channel says about the guest's past (the hello's ``reset``): "" in logs written
 #: before hellos carried it (no reset implied), "vmbus" for a new channel (QEMU can only reopen a
 #: channel after a VMBus device reset), "system" for a reboot that also drops hot-added memory.

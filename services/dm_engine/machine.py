@@ -105,6 +105,7 @@ TABLE: Final[tuple[Transition, ...]] = (
     _t(ev.VdimmUnplugged, ANY),
     _t(ev.GuestViolation, ANY),
     _t(ev.CommandRejected, ANY),
+    _t(ev.InputRejected, ANY),
     # QEMU-managed VMs (qemu_vm): the protocol runs inside QEMU, so hvdm's state is only whether
     # QEMU's monitor is attached (IDLE) or not (CLOSED); targets in flight are QEMU's business.
     _t(ev.QemuAttached, {S.CLOSED}, S.IDLE),

@@ -105,6 +105,9 @@ class VmState:
     hot_removed_pages_total: int = 0
     violations: dict[str, int] = field(default_factory=dict)
     commands_rejected_total: int = 0
+    #: An input for this VM made the engine raise (``InputRejected``): an operator should look.
+    needs_attention: bool = False
+    inputs_rejected_total: int = 0
     #: Set when the VM is QEMU-managed (attached through its QMP monitor, not the DM gateway).
     qemu: QemuVm | None = None
 
@@ -202,6 +205,8 @@ class VmState:
             "hot_removed_pages_total": self.hot_removed_pages_total,
             "violations": dict(sorted(self.violations.items())),
             "commands_rejected_total": self.commands_rejected_total,
+            "needs_attention": self.needs_attention,
+            "inputs_rejected_total": self.inputs_rejected_total,
         }
         if self.qemu is not None:
             # Only QEMU-managed VMs carry the key, so protocol VMs' snapshots keep their bytes.
@@ -247,6 +252,9 @@ class VmState:
             hot_removed_pages_total=data["hot_removed_pages_total"],
             violations=dict(data["violations"]),
             commands_rejected_total=data["commands_rejected_total"],
+            # Absent from snapshots written before rejections were recorded.
+            needs_attention=data.get("needs_attention", False),
+            inputs_rejected_total=data.get("inputs_rejected_total", 0),
             qemu=None if data.get("qemu") is None else QemuVm.from_dict(data["qemu"]),
         )
 

@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from services.dm_engine.config import EngineConfig
-from services.dm_engine.inputs import ChannelClosed, ChannelOpened, GuestMessage, Input, Tick
+from services.dm_engine.inputs import ALL_VMS, ChannelClosed, ChannelOpened, GuestMessage, Input, Tick
 from services.dm_engine.records import to_dict
-from services.dm_engine.runner import EngineRunner
-from services.event_log.sqlite_log import ALL_VMS, SqliteLog
+from services.embedded.runner import EngineRunner
+from services.event_log.sqlite_log import SqliteLog
 
 
 class GuestModel(Protocol):

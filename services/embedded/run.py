@@ -7,8 +7,9 @@ socket, and a scripted demo per VM with a live progress table.
 It runs until the scenario or ``--duration`` ends, or until SIGINT or SIGTERM (either one: the
 same clean stop, exit 0). A stop closes every guest channel still open in the log (reason "host
 shutdown"), processes the inbox to its end, removes the gateway and QMP sockets and prints the
-summary. Refused before anything starts, with one line on stderr and exit 2: a ``--db`` that is
-not an hvdm log, and a ``--socket`` path holding anything but a stale socket.
+summary. Refused before anything starts (``NotAnHvdmLog``, ``SocketPathInUse``, which the CLI
+turns into one line on stderr and exit 1): a ``--db`` that is not an hvdm log, and a ``--socket``
+path holding anything but a stale socket.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from services.embedded.scenario import DemoScript, advance_demo
 from services.embedded.service import EmbeddedService
 from services.embedded.socket_files import SocketPathInUse, remove_stale_socket
 from services.embedded.stop_signals import StopSignals
-from services.event_log.sqlite_log import NotAnHvdmLog, check_log_file
+from services.event_log.sqlite_log import check_log_file
 from services.metrics import MetricsLabels, ServedMetrics, serve_for_service
 from services.metrics.collector import demand_pages
 from services.qemu_agent import QemuAgent, attach_to_service
@@ -287,8 +288,5 @@ def main_run(cfg: RunConfig) -> int:
         if cfg.fresh:
             start_fresh(cfg)
         return asyncio.run(run_service(cfg))
-    except (NotAnHvdmLog, SocketPathInUse) as exc:
-        print(f"hvdm run: error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         return 130

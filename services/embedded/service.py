@@ -26,14 +26,14 @@ from dataclasses import replace
 from pathlib import Path
 
 from services.dm_engine.config import EngineConfig
-from services.dm_engine.inputs import ChannelClosed, GuestMessage, Input, Tick
+from services.dm_engine.inputs import ALL_VMS, ChannelClosed, GuestMessage, Input, Tick
 from services.dm_engine.records import to_dict
-from services.dm_engine.runner import EngineRunner, Processed
 from services.dm_engine.state import ProtocolState
 from services.dm_protocol import DecodeError, decode, to_json_dict
 from services.embedded.clock import TickClock
+from services.embedded.runner import EngineRunner, Processed
 from services.event_log.retry import Backoff, retry_write
-from services.event_log.sqlite_log import ALL_VMS, LogWriteError, SqliteLog
+from services.event_log.sqlite_log import LogWriteError, SqliteLog
 
 log = logging.getLogger("hvdm.service")
 

@@ -34,14 +34,13 @@ from urllib.parse import quote
 
 import orjson
 
+from services.dm_engine.inputs import ALL_VMS
+
 log = logging.getLogger("hvdm.log")
 
 #: Records are parsed with orjson (about four times faster than json.loads, same values).
 _loads = orjson.loads
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
-
-#: The inbox's VM id for records that concern every VM (clock ticks).
-ALL_VMS = "*"
 
 #: ``PRAGMA application_id`` of an hvdm log: "hvdm" in ASCII (``file(1)`` and we can tell the file).
 APPLICATION_ID: Final = 0x6876646D

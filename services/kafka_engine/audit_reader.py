@@ -65,10 +65,11 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from services.dm_engine.inputs import ALL_VMS
 from services.dm_engine.records import dumps, input_from_dict, loads
 from services.event_log.sqlite_log import EventRow, InboxRow
 from services.kafka_engine import envelope
-from services.kafka_engine.envelope import ALL_VMS, EnvelopeError, EventsRecord
+from services.kafka_engine.envelope import EnvelopeError, EventsRecord
 from services.kafka_engine.partition import PartitionClock
 from services.kafka_engine.settings import KafkaSettings
 

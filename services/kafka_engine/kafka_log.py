@@ -45,7 +45,8 @@ from kafka.admin import NewTopic
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
-from services.kafka_engine.envelope import ALL_VMS, decode, is_tick, meta_value
+from services.dm_engine.inputs import ALL_VMS
+from services.kafka_engine.envelope import decode, is_tick, meta_value
 from services.kafka_engine.settings import KafkaSettings
 
 log = logging.getLogger("hvdm.kafka_log")

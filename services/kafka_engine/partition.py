@@ -29,6 +29,10 @@ The rules:
   the partition, or recovery found events for it), in sorted order. A VM recovery knows although
   its first input comes later skips the earlier ticks by the dedupe rule, and a tick to a VM in its
   initial state decides nothing, so this is the embedded runner's rule restricted to a partition.
+* **One step.** Each VM's reaction to an input is ``dm_engine.step.step_vm``, as in the embedded
+  runner and the audit: an input that makes the engine raise is recorded as ``InputRejected`` and
+  the VM carries on from its state before that input, rebuilt from the last snapshot this engine
+  took or restored (``VmCursor.base``) and the events folded since.
 * **The outbox is a projection.** Each events record's host messages (``outbox_messages``) get
   per-VM outbox sequence numbers counted from the VM's events, so a re-decided input re-creates
   the same outbox record and the gateway drops what it already delivered.
@@ -37,19 +41,18 @@ The rules:
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from services.dm_engine.config import EngineConfig
-from services.dm_engine.decider import evolve, initial_state, process
+from services.dm_engine.decider import evolve, initial_state
 from services.dm_engine.events import Event
-from services.dm_engine.inputs import Tick
-from services.dm_engine.outbox import outbox_messages
+from services.dm_engine.inputs import ALL_VMS, Input, Tick
 from services.dm_engine.records import event_from_dict, event_json, input_from_dict, to_dict
 from services.dm_engine.state import VmState
-from services.dm_protocol import encode as encode_message
+from services.dm_engine.step import step_vm, targets
 from services.kafka_engine.envelope import (
-    ALL_VMS,
     EnvelopeError,
     EventsRecord,
     OutboxMessage,
@@ -93,6 +96,16 @@ class VmCursor:
     seq: int = 0  # last recorded event seq
     outbox_seq: int = 0  # last outbox seq
     applied: int = -1  # inbox offset of the last input with recorded events
+    #: The last snapshot taken or restored (None: the initial state) and the events folded since:
+    #: what rebuilding the state before a rejected input needs.
+    base: dict[str, Any] | None = None
+    since: list[Event] = field(default_factory=list)
+
+    def rebuild(self) -> VmState:
+        state = initial_state(self.state.vm_id) if self.base is None else VmState.from_snapshot(self.base)
+        for event in self.since:
+            evolve(state, event)
+        return state
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +121,8 @@ class Decision:
     seq: int
     outbox_seq: int
     outbox: dict[str, Any] | None
+    #: ``event_json`` of each event, as the step encoded them.
+    records: Sequence[str] = ()
 
     @property
     def events_record(self) -> EventsRecord:
@@ -130,7 +145,7 @@ class Decision:
             self.seq,
             self.tick,
             self.outbox_seq,
-            [event_json(e) for e in self.events],
+            list(self.records) if self.records else [event_json(e) for e in self.events],
         )
 
 
@@ -165,6 +180,7 @@ class PartitionEngine:
             seq=int(value["seq"]),
             outbox_seq=int(value["outbox_seq"]),
             applied=int(value["applied"]),
+            base=value["state"],
         )
 
     def replay(self, record: EventsRecord) -> bool:
@@ -175,7 +191,9 @@ class PartitionEngine:
             return False
         state = cursor.state
         for data in record.events:
-            evolve(state, event_from_dict(data))
+            event = event_from_dict(data)
+            evolve(state, event)
+            cursor.since.append(event)
         cursor.seq = record.last_seq
         cursor.outbox_seq = record.outbox_seq
         cursor.applied = record.offset
@@ -208,7 +226,7 @@ class PartitionEngine:
                 return []
             tick = Tick(tick=number)
             out: list[Decision] = []
-            for name in sorted(self.vms):
+            for name in targets(self.vms, ALL_VMS):
                 decision = self._decide_one(name, offset, tick, number)
                 if decision is not None:
                     out.append(decision)
@@ -224,24 +242,26 @@ class PartitionEngine:
         decision = self._decide_one(vm, offset, stamped, now)
         return [] if decision is None else [decision]
 
-    def _decide_one(self, vm: str, offset: int, record: Any, tick: int) -> Decision | None:
+    def _decide_one(self, vm: str, offset: int, record: Input, tick: int) -> Decision | None:
         cursor = self._cursor(vm)
         if offset <= cursor.applied:
             return None
-        events = process(cursor.state, record, self.config)
+        result = step_vm(vm, cursor.state, record, self.config, inbox_pos=offset, rebuild=lambda _: cursor.rebuild())
+        cursor.state = result.state
+        events = list(result.events)
         if not events:
             return None
+        cursor.since.extend(events)
         first = cursor.seq + 1
         messages: list[OutboxMessage] = []
-        for i, event in enumerate(events):
-            for message in outbox_messages(event):
-                cursor.outbox_seq += 1
-                messages.append(OutboxMessage(cursor.outbox_seq, first + i, encode_message(message)))
+        for i, message in result.outbox:
+            cursor.outbox_seq += 1
+            messages.append(OutboxMessage(cursor.outbox_seq, first + i, message))
         cursor.seq = first + len(events) - 1
         cursor.applied = offset
         self.dirty.add(vm)
         outbox = outbox_value(vm, self.partition, offset, messages) if messages else None
-        return Decision(vm, self.partition, offset, tick, events, first, cursor.outbox_seq, outbox)
+        return Decision(vm, self.partition, offset, tick, events, first, cursor.outbox_seq, outbox, result.records)
 
     # ------------------------------------------------------------------ checkpoints
     def take_snapshots(self, vms: list[str] | None = None) -> list[dict[str, Any]]:
@@ -250,7 +270,9 @@ class PartitionEngine:
         out = []
         for vm in sorted(self.dirty) if vms is None else vms:
             c = self.vms[vm]
-            out.append(snapshot_value(vm, c.seq, c.outbox_seq, c.applied, c.state.to_snapshot()))
+            image = c.state.to_snapshot()
+            out.append(snapshot_value(vm, c.seq, c.outbox_seq, c.applied, image))
+            c.base, c.since = image, []
             self.dirty.discard(vm)
         return out
 

@@ -62,8 +62,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from services.dm_engine.config import EngineConfig
+from services.dm_engine.inputs import ALL_VMS
 from services.kafka_engine import envelope
-from services.kafka_engine.envelope import ALL_VMS, EnvelopeError, EventsRecord, checkpoint_value
+from services.kafka_engine.envelope import EnvelopeError, EventsRecord, checkpoint_value
 from services.kafka_engine.faust_batch import AckRange, register_batch_sink
 from services.kafka_engine.kafka_log import (
     AIOKAFKA_PRODUCER,

@@ -181,6 +181,11 @@ METRICS: dict[str, tuple[str, str]] = {
     "hvdm_vm_status_reports": ("Guest memory status reports accepted.", "counter"),
     "hvdm_vm_balloon_bytes": ("Memory ballooned out of (direction=out) or returned to (in) the guest.", "counter"),
     "hvdm_vm_guest_violations": ("Guest protocol violations, by reason code.", "counter"),
+    "hvdm_vm_inputs_rejected": (
+        "Inputs the engine rejected for this VM because processing them raised (InputRejected events).",
+        "counter",
+    ),
+    "hvdm_vm_needs_attention": ("1 once an input for this VM was rejected: an operator should look.", "gauge"),
     "hvdm_vm_info": ("Negotiated protocol version and guest capabilities (value 1).", "gauge"),
     "hvdm_engine_inbox_records_processed": ("Inbox records the engine has consumed.", "counter"),
     "hvdm_engine_consumer_lag_records": ("Inbox records appended but not yet processed.", "gauge"),
@@ -371,6 +376,8 @@ class HvdmCollector(Collector):
                     tuple(s.violations.items()) if s.violations else (),
                     s.version,
                     s.caps,
+                    s.inputs_rejected_total,
+                    s.needs_attention,
                 )
             )
         return Snapshot(rows, runner.consumed, runner.lag(), runner.events_since_snapshot())
@@ -412,6 +419,8 @@ class HvdmCollector(Collector):
             viol,
             version,
             caps,
+            n_rejected,
+            needs_attention,
         ) in snap.rows:
             lv = vm_labels(vm)
             fam["hvdm_vm_boot_bytes"].append(_sample("hvdm_vm_boot_bytes", lv, float(boot_p * page)))
@@ -452,6 +461,10 @@ class HvdmCollector(Collector):
                 fam["hvdm_vm_guest_violations"].append(
                     _sample("hvdm_vm_guest_violations_total", {**lv, "reason": reason}, float(count))
                 )
+            fam["hvdm_vm_inputs_rejected"].append(_sample("hvdm_vm_inputs_rejected_total", lv, float(n_rejected)))
+            fam["hvdm_vm_needs_attention"].append(
+                _sample("hvdm_vm_needs_attention", lv, 1.0 if needs_attention else 0.0)
+            )
             fam["hvdm_vm_info"].append(_sample("hvdm_vm_info", {**lv, **info_labels(version, caps)}, 1.0))
         common = self.labels.common()
         for name, value in (

@@ -78,6 +78,8 @@ def render_snapshot(snap: Snapshot, labels: MetricsLabels | None = None) -> str:
     traffic = out["hvdm_vm_balloon_bytes"]
     violations = out["hvdm_vm_guest_violations"]
     info = out["hvdm_vm_info"]
+    rejected = out["hvdm_vm_inputs_rejected"]
+    attention = out["hvdm_vm_needs_attention"]
     vm_labels = labels.vm
     states = PROTOCOL_STATES
     for (
@@ -98,6 +100,8 @@ def render_snapshot(snap: Snapshot, labels: MetricsLabels | None = None) -> str:
         viol,
         version,
         caps,
+        n_rejected,
+        needs_attention,
     ) in snap.rows:
         base = _label_text(vm_labels(vm))
         lv = f"{{{base}}} "
@@ -128,6 +132,8 @@ def render_snapshot(snap: Snapshot, labels: MetricsLabels | None = None) -> str:
             violations.append(
                 f'hvdm_vm_guest_violations_total{{{base},reason="{escape_label_value(reason)}"}} {count}\n'
             )
+        rejected.append(f"hvdm_vm_inputs_rejected_total{lv}{n_rejected}\n")
+        attention.append(f"hvdm_vm_needs_attention{lv}{1 if needs_attention else 0}\n")
         info.append(f"hvdm_vm_info{{{base},{_label_text(info_labels(version, caps))}}} 1\n")
     common = _label_text(labels.common())
     lc = f"{{{common}}} " if common else " "

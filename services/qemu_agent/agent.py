@@ -25,7 +25,7 @@ from qemu.qmp import QMPError
 
 from services.dm_engine import events as ev
 from services.dm_engine import inputs as inp
-from services.dm_engine.runner import Processed
+from services.dm_engine.step import Processed
 from services.qemu_agent import probe
 from services.qemu_agent.address import QmpAddress, parse_address
 from services.qemu_agent.session import AgentSink, MonitorBusy, Session, connect, describe

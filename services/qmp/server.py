@@ -22,8 +22,8 @@ from typing import Any, Protocol
 from services.dm_engine import events as ev
 from services.dm_engine import inputs as inp
 from services.dm_engine.decider import PAGE_SHIFT
-from services.dm_engine.runner import Processed
 from services.dm_engine.state import VmState
+from services.dm_engine.step import Processed
 from services.event_log.sqlite_log import LogWriteError
 from services.qmp.commands import COMMANDS, execute
 from services.qmp.paths import MAX_SOCKET_PATH, ensure_private_dir, remove_stale_socket, socket_path

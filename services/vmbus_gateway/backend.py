@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from services.dm_engine.inputs import Input
-from services.dm_engine.runner import Processed
+from services.dm_engine.step import Processed
 from services.embedded.service import EmbeddedService
 from services.event_log.sqlite_log import OutboxRow
 

@@ -17,8 +17,8 @@ from typing import Any
 from services.dm_engine import EngineConfig
 from services.dm_engine import events as ev
 from services.dm_engine import inputs as inp
+from services.dm_engine.inputs import ALL_VMS
 from services.dm_engine.records import to_dict
-from services.dm_engine.runner import EngineRunner
 from services.dm_protocol import (
     BalloonResponse,
     CapabilitiesReport,
@@ -29,7 +29,8 @@ from services.dm_protocol import (
     VersionRequest,
     VersionResponse,
 )
-from services.event_log.sqlite_log import ALL_VMS, SqliteLog
+from services.embedded.runner import EngineRunner
+from services.event_log.sqlite_log import SqliteLog
 from tests.dm_engine.harness import FAST, GIB_PAGES, Harness
 
 PAGE = 4096

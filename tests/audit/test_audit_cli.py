@@ -199,10 +199,13 @@ def test_only_consumed_records_are_replayed(honest_db: Path, honest_fleet: Scrip
     log = SqliteLog(honest_db)
     log.append_input("vm1", 999, {"type": "SetTarget", "tick": 999, "target_bytes": GIB_PAGES * PAGE})
     log.close()
-    doc = hvdm_json("audit", "--db", honest_db)
+    # The replay matches up to the consumed position, but the audit says (exit 3) that the engine
+    # never processed the record behind it.
+    doc = hvdm_json("audit", "--db", honest_db, code=3)
     assert doc["replay_matches"] is True
     assert doc["inbox_records"] == len(honest_fleet.rows) == doc["consumed_position"]
     assert doc["inbox_high_watermark"] == len(honest_fleet.rows) + 1
+    assert doc["consumed_behind_inbox"] is True and doc["unconsumed_inputs"] == 1
 
 
 def test_missing_db_is_one_line_on_stderr(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from services.dm_engine.runner import EngineRunner
+from services.embedded.runner import EngineRunner
 from services.event_log.sqlite_log import SqliteLog
 from tests.embedded.fleet_scenario import build_fleet, run_story
 

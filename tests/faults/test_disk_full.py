@@ -21,9 +21,9 @@ import pytest
 from qemu.qmp import ExecuteError, QMPClient
 
 from services.dm_engine.config import EngineConfig
-from services.dm_engine.runner import EngineRunner
 from services.dm_engine.state import ProtocolState
 from services.embedded.clock import TickClock
+from services.embedded.runner import EngineRunner
 from services.embedded.service import EmbeddedService
 from services.event_log.sqlite_log import ALL_VMS, LogWriteError, SqliteLog
 from services.guest_sim import GuestConfig, SimulatedGuest

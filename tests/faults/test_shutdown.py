@@ -104,7 +104,7 @@ def test_fresh_refuses_to_move_a_foreign_file(tmp_path: Path) -> None:
     other = tmp_path / "notes.db"
     other.write_text("not a log")
     result = hvdm("run", "--db", str(other), "--socket", str(tmp_path / "gw.sock"), "--fresh", "--duration", "0.3")
-    assert result.returncode == 2 and "not an SQLite database" in result.stderr, result.stderr
+    assert result.returncode == 1 and "not an SQLite database" in result.stderr, result.stderr
     assert other.read_text() == "not a log" and not list(tmp_path.glob("*.bak"))
 
 

@@ -93,7 +93,7 @@ def test_swapped_db_and_socket_are_refused_and_delete_nothing(tmp_path: Path) ->
     db = a_log(tmp_path / "hvdm.db")
     before = digest(db)
     result = hvdm("run", "--db", str(tmp_path / "hvdm.sock"), "--socket", str(db), "--duration", "1")
-    assert result.returncode == 2
+    assert result.returncode == 1
     assert "refusing to remove it" in result.stderr and "Traceback" not in result.stderr
     assert digest(db) == before
     assert not (tmp_path / "hvdm.sock").exists()  # nothing was created either
@@ -102,7 +102,7 @@ def test_swapped_db_and_socket_are_refused_and_delete_nothing(tmp_path: Path) ->
 def test_socket_and_db_naming_the_same_new_file_are_refused(tmp_path: Path) -> None:
     same = tmp_path / "x"
     result = hvdm("run", "--db", str(same), "--socket", str(same), "--duration", "1")
-    assert result.returncode == 2 and "name the same file" in result.stderr
+    assert result.returncode == 1 and "name the same file" in result.stderr
     assert not same.exists()
 
 
@@ -110,7 +110,7 @@ def test_a_live_socket_is_refused_and_keeps_working(tmp_path: Path) -> None:
     live = tmp_path / "gw.sock"
     with listening(live) as server:
         result = hvdm("run", "--db", str(tmp_path / "hvdm.db"), "--socket", str(live), "--duration", "1")
-        assert result.returncode == 2 and "another process is listening" in result.stderr
+        assert result.returncode == 1 and "another process is listening" in result.stderr
         assert stat.S_ISSOCK(os.lstat(live).st_mode)
         server.settimeout(5)
         server.accept()[0].close()

@@ -11,9 +11,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from services.dm_engine import decider, decisions
+from services.dm_engine import events as ev
 from services.dm_engine.config import EngineConfig
 from services.dm_engine.inputs import ChannelOpened, GuestMessage, SetTarget
 from services.dm_engine.records import to_dict
+from services.dm_engine.state import VmState
 from services.dm_protocol import BalloonResponse, CapabilitiesReport, StatusReport, VersionRequest, encode
 from services.kafka_engine import envelope
 from services.kafka_engine.envelope import EventsRecord
@@ -155,3 +158,49 @@ def test_the_fast_events_encoding_is_the_canonical_one(vm: str) -> None:
     for d in decisions:
         assert d.events_value() == envelope.encode(d.events_record.to_value())
         assert EventsRecord.from_value(envelope.decode(d.events_value())) == d.events_record
+
+
+def test_an_input_that_raises_is_rejected_for_its_vm_and_the_partition_carries_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The step's safety net in the Kafka engine: a fault inside decide (for "a"'s SetTarget) and
+    one after part of an input was folded (advance, for "b") each become one InputRejected; the
+    state is rebuilt from the cursor's base, and a new owner recovering from the records agrees."""
+    records = inbox()
+    at = next(i for i, r in enumerate(records) if r["record"]["type"] == "SetTarget")
+    records.insert(at + 1, {"vm": "b", "record": to_dict(SetTarget(target_bytes=2 * GIB))})
+    original_set_target = decisions._INPUT_HANDLERS[SetTarget]
+    original_advance = decider.advance
+
+    def set_target(state: VmState, i: SetTarget, config: EngineConfig) -> list[ev.Event]:
+        if state.vm_id == "a":
+            raise ValueError("injected fault in decide")
+        return original_set_target(state, i, config)
+
+    def advance(state: VmState, now: int, config: EngineConfig = CONFIG) -> list[ev.Event]:
+        if state.vm_id == "b" and state.target_pending:
+            raise OverflowError("injected fault in advance")
+        return original_advance(state, now, config)
+
+    monkeypatch.setitem(decisions._INPUT_HANDLERS, SetTarget, set_target)
+    monkeypatch.setattr(decider, "advance", advance)
+    engine = PartitionEngine(0, CONFIG)
+    engine.take_snapshots()  # a checkpoint mid-history: rebuilds start from a snapshot, not from zero
+    written = run(records[:10], engine)
+    engine.take_snapshots()
+    written += run(records, engine, 10)
+    rejected = {r.vm: r for r, _ in written if r.events[0]["type"] == "InputRejected"}
+    assert set(rejected) == {"a", "b"}
+    for vm, error_class in (("a", "ValueError"), ("b", "OverflowError")):
+        assert len(rejected[vm].events) == 1
+        assert rejected[vm].events[0]["error_class"] == error_class
+        assert rejected[vm].events[0]["inbox_pos"] == rejected[vm].offset
+        state = engine.vms[vm].state
+        assert state.needs_attention and state.target_pages is None  # no trace of the rejected input
+    # Both VMs kept going: later ticks and status reports were decided for them.
+    for vm in ("a", "b"):
+        later = [r for r, _ in written if r.vm == vm and r.offset > rejected[vm].offset]
+        assert any(e["type"] == "StatusReported" for r in later for e in r.events)
+    # The balloon answer nobody asked for (the target was rejected) is a violation, not a crash.
+    assert any(e["type"] == "GuestViolation" for r, _ in written if r.vm == "a" for e in r.events)
+    assert recover([r for r, _ in written]).fingerprint() == engine.fingerprint()

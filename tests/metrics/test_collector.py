@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from services.dm_engine.config import EngineConfig
-from services.dm_engine.runner import EngineRunner
+from services.embedded.runner import EngineRunner
 from services.embedded.service import EmbeddedService
 from services.event_log.sqlite_log import SqliteLog
 from services.metrics import (

@@ -20,7 +20,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from services.dm_engine import events as ev
+from services.dm_engine import initial_state
 from services.dm_engine import inputs as inp
+from services.dm_engine.step import read_input, step_vm
 from services.dm_protocol import decode, to_json_dict
 from services.event_log.sqlite_log import SqliteLog
 from services.schemas import generate
@@ -87,9 +89,26 @@ def test_engine_scenarios_write_only_valid_records(
         validate_harness(h)
 
 
+def rejected_input() -> set[str]:
+    """``InputRejected`` comes only from the step's safety net: make one as the runner does, from
+    an inbox record that is not an input."""
+    result = step_vm(
+        "vm1",
+        initial_state("vm1"),
+        read_input({"type": "NoSuchInput", "tick": 3}),
+        FAST,
+        inbox_pos=7,
+        rebuild=initial_state,
+    )
+    assert result.rejected
+    for event in result.events:
+        validate_event(event)
+    return {f"events/{e.KIND}" for e in result.events}
+
+
 def test_scenarios_cover_every_record_kind(monkeypatch: pytest.MonkeyPatch) -> None:
     """Validation proves nothing for kinds no scenario produces: every kind must be seen."""
-    seen: set[str] = set()
+    seen: set[str] = rejected_input()
     for param in engine_scenarios():
         for h in run_instrumented(param.values[0], monkeypatch):
             seen |= validate_harness(h)

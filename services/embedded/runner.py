@@ -1,38 +1,25 @@
-"""Drives the pure engine from a log: read inputs in order, process, commit the results.
+"""Drives the pure engine from the SQLite log: read inputs in order, step, commit the results.
 
-This is the adapter between the core (``decider``) and a durable log. It keeps every VM's state in
-memory, rebuilt at start-up from the latest snapshot plus the events after it, and commits each
-batch's events, outbox messages, snapshots and consumed position together, which is what makes a
-crash-and-restart neither lose nor double-apply an input.
+This is the adapter between the core (``dm_engine.step``) and a durable log. It keeps every VM's
+state in memory, rebuilt at start-up from the latest snapshot plus the events after it, and
+commits each batch's events, outbox messages, snapshots and consumed position together, which is
+what makes a crash-and-restart neither lose nor double-apply an input.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Protocol
 
 from services.dm_engine.config import EngineConfig
-from services.dm_engine.decider import evolve, initial_state, process
-from services.dm_engine.events import Event
-from services.dm_engine.outbox import outbox_messages
-from services.dm_engine.qemu_vm import qemu_outbox_records
-from services.dm_engine.records import event_from_dict, event_json, input_from_dict, loads
+from services.dm_engine.decider import evolve, initial_state
+from services.dm_engine.records import event_from_dict, loads
 from services.dm_engine.state import VmState
-from services.dm_protocol import encode
-from services.event_log.sqlite_log import ALL_VMS, InboxRow, SqliteLog, StepWrite
+from services.dm_engine.step import Processed, read_input, step
+from services.event_log.sqlite_log import InboxRow, SqliteLog, StepWrite
 
-
-@dataclass(frozen=True, slots=True)
-class Processed:
-    """What one VM did with one inbox record, handed to projections after the commit."""
-
-    vm: str
-    inbox_pos: int
-    tick: int
-    events: Sequence[Event]
-    state: VmState
+__all__ = ["EngineRunner", "Processed", "ProcessedListener"]
 
 
 class ProcessedListener(Protocol):
@@ -126,30 +113,29 @@ class EngineRunner:
         self, rows: Sequence[InboxRow]
     ) -> tuple[list[Processed], list[StepWrite], list[tuple[str, int, int, str]]]:
         config = self.config
+        states = self.states
         processed: list[Processed] = []
         writes: list[StepWrite] = []
         due: dict[str, int] = {}
+
+        def rebuild(vm: str) -> VmState:
+            return self._rebuild(vm, writes)
+
         for row in rows:
-            record = input_from_dict(row.record)
-            targets = sorted(self.states) if row.vm == ALL_VMS else [row.vm]
-            for vm in targets:
-                state = self.states.get(vm)
-                if state is None:
-                    state = self.states[vm] = initial_state(vm)
-                events = process(state, record, config)
+            record = read_input(row.record)
+            for result in step(states, row.vm, record, config, inbox_pos=row.pos, rebuild=rebuild):
+                events = result.events
                 if not events:
                     continue
-                encoded = [(e.KIND, event_json(e)) for e in events]
-                outbox = [(i, encode(m)) for i, e in enumerate(events) for m in outbox_messages(e)]
-                if state.qemu is not None:
-                    outbox.extend(qemu_outbox_records(events))
-                writes.append(StepWrite(vm, row.pos, encoded, outbox))
+                vm = result.vm
+                encoded = [(e.KIND, j) for e, j in zip(events, result.records, strict=True)]
+                writes.append(StepWrite(vm, row.pos, encoded, result.outbox))
                 self._last_seq[vm] = self._last_seq.get(vm, 0) + len(events)
                 count = self._events_since_snapshot.get(vm, 0) + len(events)
                 self._events_since_snapshot[vm] = count
                 if count >= self.snapshot_every:
                     due[vm] = row.pos
-                processed.append(Processed(vm, row.pos, row.tick, events, state))
+                processed.append(result)
         snapshots = []
         for vm, pos in due.items():
             snapshots.append(
@@ -162,3 +148,16 @@ class EngineRunner:
             )
             self._events_since_snapshot[vm] = 0
         return processed, writes, snapshots
+
+    def _rebuild(self, vm: str, pending: Sequence[StepWrite]) -> VmState:
+        """``vm`` as it was before the input being stepped: its committed state, then what this
+        batch has decided for it so far (not committed yet)."""
+        snap = self.log.snapshot(vm)
+        state = initial_state(vm) if snap is None else VmState.from_snapshot(snap[2])
+        for row in self.log.iter_events(vm, 0 if snap is None else snap[0]):
+            evolve(state, event_from_dict(loads(row.record)))
+        for write in pending:
+            if write.vm == vm:
+                for _, record in write.events:
+                    evolve(state, event_from_dict(loads(record)))
+        return state

@@ -1,0 +1,159 @@
+"""One step of the engine: one inbox record, delivered to the VMs it concerns, with what each decided.
+
+Every deployment runs this and nothing else per input -- the embedded runner on SQLite, the Kafka
+partition engine, and the audit's replay -- so the delivery rule and the safety net below are
+written once, and a replay reproduces what a runner recorded byte for byte.
+
+* **Delivery.** A record keyed by a VM goes to that VM (a VM appears at its first record, in
+  ``initial_state``). A record keyed ``ALL_VMS`` (a clock tick) goes to every VM in ``states``,
+  in sorted order.
+* **Per VM**: ``process`` (decide, fold, advance; each step checked against the state machine;
+  QEMU-managed VMs go to ``qemu_vm`` from there), then each event's canonical JSON and the host
+  messages to send, encoded (DM messages, or QMP commands for a QEMU-managed VM). A result carries all
+  three, so no adapter encodes anything itself.
+* **The safety net.** If any of that raises for one VM -- a bug in a handler, a number the codec
+  cannot encode, a record that is not an input -- the input is *rejected* for that VM: its state
+  is rebuilt as it was before the input (``process`` folds in place, so a failure may leave it
+  half-changed; the caller's ``rebuild`` knows where the last good state is), one
+  ``InputRejected`` event records the input, its position and the exception, and the VM is
+  flagged ``needs_attention``. The other VMs, and the next inputs, carry on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from services.dm_engine import events as ev
+from services.dm_engine import inputs as inp
+from services.dm_engine.config import EngineConfig
+from services.dm_engine.decider import evolve, initial_state, process
+from services.dm_engine.inputs import ALL_VMS
+from services.dm_engine.outbox import outbox_messages
+from services.dm_engine.qemu_vm import qemu_outbox_records
+from services.dm_engine.records import event_json, input_from_dict
+from services.dm_engine.state import VmState
+from services.dm_protocol import encode
+
+#: An exception message is kept up to this many characters (an input may carry megabytes).
+MAX_ERROR_CHARS = 400
+
+#: The state of one VM as it was before the input being stepped (see the module docstring).
+Rebuild = Callable[[str], VmState]
+
+
+@dataclass(frozen=True, slots=True)
+class Unreadable:
+    """An inbox record that is not an input this engine can read; rejected like a failed step."""
+
+    input_type: str
+    tick: int
+    error: Exception
+
+
+Record = inp.Input | Unreadable
+
+
+@dataclass(frozen=True, slots=True)
+class Processed:
+    """What one VM did with one inbox record: events, their canonical JSON, the messages to send.
+
+    Handed to the log writer and then to projections (QMP events, the gateway's outbox wake-up)."""
+
+    vm: str
+    inbox_pos: int
+    tick: int
+    events: Sequence[ev.Event]
+    #: ``event_json`` of each event, in order: the bytes the log stores.
+    records: Sequence[str]
+    #: (index into ``events``, encoded DM message) for every host message the events cause.
+    outbox: Sequence[tuple[int, bytes]]
+    #: The VM's state after the step (a new object when a rejection rebuilt it).
+    state: VmState
+
+    @property
+    def rejected(self) -> bool:
+        return len(self.events) == 1 and isinstance(self.events[0], ev.InputRejected)
+
+
+def read_input(data: dict[str, Any]) -> Record:
+    """Parse an inbox record; a record that is not a valid input becomes ``Unreadable``."""
+    try:
+        return input_from_dict(data)
+    except Exception as exc:
+        claimed = data.get("type") if isinstance(data, dict) else None
+        tick = data.get("tick") if isinstance(data, dict) else None
+        return Unreadable(
+            claimed if isinstance(claimed, str) else "?",
+            tick if type(tick) is int and tick >= 0 else 0,
+            exc,
+        )
+
+
+def targets(states: Mapping[str, object], vm: str, order: Sequence[str] | None = None) -> Sequence[str]:
+    """The VMs a record keyed ``vm`` reaches; ``order`` is ``sorted(states)`` if the caller keeps it."""
+    if vm != ALL_VMS:
+        return (vm,)
+    return order if order is not None else sorted(states)
+
+
+def step(
+    states: MutableMapping[str, VmState],
+    vm: str,
+    record: Record,
+    config: EngineConfig,
+    *,
+    inbox_pos: int,
+    rebuild: Rebuild,
+    order: Sequence[str] | None = None,
+) -> list[Processed]:
+    """Deliver one inbox record; one result per VM it reached (events may be empty)."""
+    out: list[Processed] = []
+    for name in targets(states, vm, order):
+        state = states.get(name)
+        if state is None:
+            state = states[name] = initial_state(name)
+        result = step_vm(name, state, record, config, inbox_pos=inbox_pos, rebuild=rebuild)
+        if result.state is not state:
+            states[name] = result.state
+        out.append(result)
+    return out
+
+
+def step_vm(
+    vm: str,
+    state: VmState,
+    record: Record,
+    config: EngineConfig,
+    *,
+    inbox_pos: int,
+    rebuild: Rebuild,
+) -> Processed:
+    """One VM's whole reaction to one input, or the input's rejection (see the module docstring)."""
+    if isinstance(record, Unreadable):
+        return _reject(vm, state, record.input_type, record.tick, record.error, inbox_pos)
+    try:
+        events = process(state, record, config)
+        if not events:
+            return Processed(vm, inbox_pos, record.tick, events, (), (), state)
+        records = [event_json(e) for e in events]
+        outbox = [(i, encode(m)) for i, e in enumerate(events) for m in outbox_messages(e)]
+        if state.qemu is not None:
+            # A QEMU-managed VM: its outbox holds QMP commands for the QEMU agent, not DM messages.
+            outbox.extend(qemu_outbox_records(events))
+    except Exception as exc:
+        return _reject(vm, rebuild(vm), record.KIND, record.tick, exc, inbox_pos)
+    return Processed(vm, inbox_pos, record.tick, events, records, outbox, state)
+
+
+def _reject(vm: str, state: VmState, input_type: str, tick: int, exc: Exception, inbox_pos: int) -> Processed:
+    rejected = ev.InputRejected(
+        input_type=input_type,
+        inbox_pos=inbox_pos,
+        tick=tick,
+        error_class=type(exc).__name__,
+        error=str(exc)[:MAX_ERROR_CHARS],
+    )
+    evolve(state, rejected)
+    return Processed(vm, inbox_pos, tick, [rejected], [event_json(rejected)], (), state)
