@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import shutil
 import sqlite3
 import subprocess
@@ -142,8 +143,11 @@ def test_audit_reads_a_crashed_log_with_its_wal_on_read_only_media(tmp_path: Pat
         log.close()
         assert (media / "hvdm.db-wal").stat().st_size > 0
         remount(media, "ro")
-        report = audit_json(media / "hvdm.db")
-        assert report["inbox_high_watermark"] == last  # the WAL's commit is seen, not skipped
+        result = hvdm("audit", "--db", str(media / "hvdm.db"), "--json")
+        report = json.loads(result.stdout)
+        # The WAL's commit is seen, not skipped: the input the engine has not consumed yet.
+        assert report["inbox_high_watermark"] == last and report["unconsumed_inputs"] == 1, result.stderr
+        assert report["replay_matches"] is True
         # Without its -shm the WAL cannot be read on read-only media: refused, not half-read.
         remount(media, "rw")
         (media / "hvdm.db-shm").unlink()
