@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 from services.audit import LogError, ReplayError, audit, audit_text, point_text, state_at
 from services.audit.logfile import open_reader
@@ -115,12 +116,37 @@ def _run_audit(args: argparse.Namespace) -> int:
             from services.audit.html import audit_html
 
             Path(args.html).write_text(audit_html(report), encoding="utf-8")
-        output = json.dumps(report.to_dict()) if args.json else audit_text(report)
+        rebalancer = _rebalancer_section(args)
+        if args.json:
+            doc = report.to_dict()
+            if rebalancer is not None:
+                doc["rebalancer"] = rebalancer
+            output = json.dumps(doc)
+        else:
+            output = audit_text(report) + _rebalancer_text(rebalancer)
         if not report.replay_matches:
             return output, EXIT_DIVERGED
         return output, EXIT_BEHIND if report.consumed_behind_inbox else EXIT_OK
 
     return _with_log("audit", args, body)
+
+
+def _rebalancer_section(args: argparse.Namespace) -> dict[str, Any] | None:
+    """On Kafka, the rebalancer's hosts, lease claims and migration recommendations (issue 15)."""
+    if not getattr(args, "broker", None):
+        return None
+    from services.kafka_engine.settings import KafkaSettings
+    from services.rebalancer.kafka_live import audit_section
+
+    return audit_section(KafkaSettings.from_url(args.broker))
+
+
+def _rebalancer_text(section: dict[str, Any] | None) -> str:
+    if section is None:
+        return ""
+    from services.rebalancer.kafka_live import audit_section_text
+
+    return audit_section_text(section)
 
 
 def _run_replay(args: argparse.Namespace) -> int:

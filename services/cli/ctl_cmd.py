@@ -107,7 +107,9 @@ def _run(args: argparse.Namespace) -> int:
     try:
         return _run_async(args, sock)
     except ExecuteError as e:
-        print(f"Error: {e.error.error.desc} ({e.error.error.class_})", file=sys.stderr)
+        # One line even when the desc quotes a client string with a newline in it.
+        desc = e.error.error.desc.replace("\r", " ").replace("\n", " ")
+        print(f"Error: {desc} ({e.error.error.class_})", file=sys.stderr)
         return EXIT_QMP_ERROR
     except (ConnectError, OSError, TimeoutError) as e:
         print(f"hvdm ctl: cannot talk to VM {args.vm!r} at {sock}: {e}", file=sys.stderr)

@@ -1,4 +1,5 @@
-"""``hvdm fuzz``: the longer, standalone adversarial run over decode + decide."""
+"""``hvdm fuzz``: the longer, standalone adversarial run over decode + decide, and over the two text
+grammars at the edge (the gateway hello and QMP requests, ``services.fuzz.grammar_fuzz``)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,13 @@ import json
 
 from services.cli.arg_types import SEED, FloatArg, IntArg
 from services.fuzz.engine_fuzz import fuzz
+from services.fuzz.grammar_fuzz import fuzz_grammars
 
 
 def _run(args: argparse.Namespace) -> int:
     report = fuzz(args.cases, args.seed, args.max_seconds)
+    grammars = fuzz_grammars(args.cases, args.seed, args.max_seconds)
+    failures = report.failures + grammars.failures
     summary = {
         "cases": report.cases,
         "inputs": report.inputs,
@@ -18,7 +22,8 @@ def _run(args: argparse.Namespace) -> int:
         "seconds": round(report.seconds, 2),
         "cases_per_second": round(report.cases / report.seconds, 1) if report.seconds else None,
         "violations": dict(report.violations.most_common()),
-        "failures": report.failures[:20],
+        "failures": failures[:20],
+        "grammars": {**grammars.to_dict(), "seconds": round(grammars.seconds, 2)},
     }
     if args.json:
         print(json.dumps(summary, sort_keys=True))
@@ -29,9 +34,17 @@ def _run(args: argparse.Namespace) -> int:
         )
         for reason, n in report.violations.most_common():
             print(f"  {reason:<24} {n}")
-        for failure in report.failures[:20]:
+        g = grammars
+        print(
+            f"hvdm fuzz: {g.hellos} hellos ({g.hellos_accepted} accepted in bounds, the rest refused with a reason) "
+            f"and {g.requests} QMP requests ({g.requests_accepted} accepted, {g.inputs_submitted} inputs submitted) "
+            f"in {g.seconds:.1f} s"
+        )
+        for reason, n in g.hello_rejections.most_common():
+            print(f"  hello {reason:<18} {n}")
+        for failure in failures[:20]:
             print(f"FAILED {failure}")
-    return 1 if report.failures else 0
+    return 1 if failures else 0
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -5,6 +5,10 @@ Live, on an embedded log (the service keeps running; this is a separate process)
     $ hvdm rebalance --db /var/lib/hvdm/log.db --policy hvdm --interval 5 --host-capacity 256G
     $ hvdm rebalance --db log.db --policy hyperv --param buffer=0.3 --once --json
 
+Live on the Kafka deployment (any number of instances; one holds the lease and decides)::
+
+    $ hvdm rebalance --broker kafka://10.0.0.5:9092 --policy hvdm --host-capacity h1=200G --json
+
 Simulation (no log, no guests: the light model of ``services.rebalancer.model``)::
 
     $ hvdm rebalance --simulate --vms 1000 --hours 8 --policy all --json --plot fleet.png
@@ -22,7 +26,7 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-from services.cli.arg_types import OUTPUT_PATH, POSITIVE, SEED, FloatArg, IntArg, SizeArg
+from services.cli.arg_types import BROKER, OUTPUT_PATH, PORT, POSITIVE, SEED, FloatArg, IntArg, SizeArg
 from services.rebalancer.policies import LIVE_POLICIES, POLICIES, SIMULATION_ONLY, make_policy
 
 EXIT_OK = 0
@@ -70,7 +74,7 @@ def _simulate(args: argparse.Namespace) -> int:
             vms=args.vms,
             hours=args.hours,
             seed=args.seed,
-            host_capacity_bytes=args.host_capacity or SimConfig().host_capacity_bytes,
+            host_capacity_bytes=_one_capacity(args) or SimConfig().host_capacity_bytes,
             interval_s=int(args.interval or SimConfig().interval_s),
             hot_host_workload=args.hot_host,
             migrate=args.migrate,
@@ -151,7 +155,7 @@ def _live(args: argparse.Namespace) -> int:
         policy = make_policy(args.policy, _params(args.param))
     except ValueError as exc:
         return _fail(exc)
-    limits = LiveLimits(host_capacity_bytes=args.host_capacity, min_bytes=args.min_size)
+    limits = LiveLimits(host_capacity_bytes=_one_capacity(args), min_bytes=args.min_size)
 
     def report(written: list[TargetWritten]) -> None:
         for w in written:
@@ -177,19 +181,107 @@ def _live(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _one_capacity(args: argparse.Namespace) -> int | None:
+    """The capacity of "the" host (simulation, embedded log): the last --host-capacity without a name."""
+    unnamed = [size for name, size in args.host_capacity if name is None]
+    return unnamed[-1] if unnamed else None
+
+
+def _broker(args: argparse.Namespace) -> int:
+    """``--broker``: standby until this instance holds the lease, then decide for every host."""
+    from kafka.errors import KafkaError
+
+    from services.kafka_engine.settings import KafkaSettings, SettingsError
+    from services.rebalancer.kafka_live import KafkaRebalancer, Round
+    from services.rebalancer.projection import LiveLimits
+
+    if args.policy == "all":
+        return _fail("live mode runs one policy; --policy all is for --simulate")
+    if args.policy in SIMULATION_ONLY:
+        return _fail(f"policy {args.policy} needs the future traces of --simulate; live: {', '.join(LIVE_POLICIES)}")
+    try:
+        settings = KafkaSettings.from_url(args.broker)
+        policy = make_policy(args.policy, _params(args.param))
+    except (SettingsError, ValueError) as exc:
+        return _fail(exc)
+    named = {name: size for name, size in args.host_capacity if name is not None}
+    limits = LiveLimits(host_capacity_bytes=_one_capacity(args), min_bytes=args.min_size)
+    metrics = None
+    try:
+        loop = KafkaRebalancer(settings, policy, limits, host_capacity=named, instance=args.instance)
+    except (KafkaError, OSError, TimeoutError) as exc:
+        return _fail(f"broker {settings.bootstrap}: {exc}")
+    if args.metrics_port is not None:
+        from services.rebalancer.rebalancer_metrics import serve_rebalancer_metrics
+
+        metrics = serve_rebalancer_metrics(loop, args.metrics_host, args.metrics_port)
+        print(f"hvdm rebalance: metrics on {metrics.url}", file=sys.stderr, flush=True)
+    state: dict[str, bool | None] = {"active": None}  # the first round always says which it is
+
+    def show(line: dict[str, Any], text: str) -> None:
+        print(json.dumps(line, sort_keys=True) if args.json else text, flush=True)
+
+    def report(r: Round) -> None:
+        if r.active != state["active"]:
+            state["active"] = r.active
+            show(
+                {"type": "lease", "instance": loop.instance, "active": r.active, "policy": policy.name},
+                f"instance={loop.instance} {'active' if r.active else 'standby'} policy={policy.name}",
+            )
+        for w in r.written:
+            show(
+                {"policy": policy.name, **w.to_dict()},
+                f"vm={w.vm} host={w.host} target_bytes={w.target_bytes} previous={w.previous_target_bytes} "
+                f"current_bytes={w.current_bytes} demand_bytes={w.demand_bytes}",
+            )
+        for m in r.migrations:
+            show(
+                {"type": "migration", **m.to_dict()},
+                f"migrate vm={m.vm} from={m.from_host} to={m.to_host} "
+                f"saves={m.expected_pressure_saved_bytes} bytes: {m.reason}",
+            )
+
+    try:
+        loop.run(args.interval or 5.0, rounds=1 if args.once else args.rounds, on_round=report)
+    except KeyboardInterrupt:
+        pass
+    except (KafkaError, OSError, TimeoutError) as exc:
+        return _fail(f"broker {settings.bootstrap}: {exc}")
+    finally:
+        if metrics is not None:
+            metrics.stop()
+        loop.close()
+    return EXIT_OK
+
+
 def _run(args: argparse.Namespace) -> int:
     if args.simulate:
         return _simulate(args)
+    if args.broker and args.db:
+        return _fail("give --db PATH or --broker URL, not both")
+    if args.broker:
+        return _broker(args)
     if not args.db:
-        return _fail("give --db PATH (live) or --simulate")
+        return _fail("give --db PATH (live), --broker URL (live on Kafka) or --simulate")
     return _live(args)
+
+
+def _capacity_arg(text: str) -> tuple[str | None, int]:
+    """``SIZE`` (every host, or the only one) or ``NAME=SIZE`` (one host of the Kafka fleet)."""
+    name, sep, size = text.rpartition("=")
+    if sep and not name.strip():
+        raise argparse.ArgumentTypeError(f"--host-capacity wants SIZE or NAME=SIZE, got {text!r}")
+    return (name.strip() if sep else None), SizeArg(1)(size)
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
         "rebalance",
         help="resize VMs from the fleet view (writes SetTarget inputs), or simulate the policies",
-        description="Live: --db PATH --policy NAME. Simulation: --simulate --vms N --hours H --policy NAME|all.",
+        description=(
+            "Live: --db PATH or --broker URL, --policy NAME. "
+            "Simulation: --simulate --vms N --hours H --policy NAME|all."
+        ),
     )
     p.add_argument("--policy", default="hvdm", choices=[*POLICIES, "all"], help="policy (default hvdm)")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="policy parameter (repeatable)")
@@ -199,13 +291,27 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="S",
         help="seconds between decisions (default 5)",
     )
-    p.add_argument("--host-capacity", type=SizeArg(1), metavar="SIZE", help="RAM the host gives to VMs (e.g. 256G)")
+    p.add_argument(
+        "--host-capacity",
+        type=_capacity_arg,
+        action="append",
+        default=[],
+        metavar="[NAME=]SIZE",
+        help="RAM a host gives to VMs (e.g. 256G; NAME=SIZE for one host with --broker; repeatable)",
+    )
     p.add_argument("--json", action="store_true", help="JSON output")
     live = p.add_argument_group("live mode")
     live.add_argument("--db", metavar="PATH", help="the embedded SQLite log of a running service")
     live.add_argument("--once", action="store_true", help="one decision round, then exit")
     live.add_argument("--rounds", type=POSITIVE, metavar="N", help="stop after N rounds")
     live.add_argument("--min-size", type=SizeArg(), default=512 << 20, metavar="SIZE", help="VM minimum (512M)")
+    kafka = p.add_argument_group("live mode on Kafka")
+    kafka.add_argument(
+        "--broker", type=BROKER, metavar="URL", help="kafka://HOST:PORT[?prefix=...]: the distributed deployment"
+    )
+    kafka.add_argument("--instance", metavar="NAME", help="this instance's name in the lease (default host-pid-random)")
+    kafka.add_argument("--metrics-port", type=PORT, metavar="PORT", help="serve hvdm_rebalancer_* metrics on PORT")
+    kafka.add_argument("--metrics-host", default="127.0.0.1", metavar="ADDR", help="metrics address (127.0.0.1)")
     sim = p.add_argument_group("simulation")
     sim.add_argument("--simulate", action="store_true", help="run the fleet simulation instead of a live loop")
     sim.add_argument("--vms", type=IntArg(1, 1_000_000), default=100, help="fleet size (default 100)")

@@ -120,7 +120,7 @@ class MetricsLabels:
         if len(set(self.vm_labels)) != len(self.vm_labels):
             raise LabelError(f"VM label named twice: {self.vm_labels!r}")
         for vm, uuid in self.uuids.items():
-            if not isinstance(uuid, str) or not _UUID.match(uuid):
+            if not isinstance(uuid, str) or not _UUID.fullmatch(uuid):
                 raise LabelError(f"VM {vm!r}: {uuid!r} is not a UUID (8-4-4-4-12 hex digits)")
 
     @classmethod

@@ -13,8 +13,11 @@ from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Any
 
-#: The VM ids the rest of hvdm accepts (the gateway hello's rule).
-VM_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+from services.dm_engine.limits import VM_ID as LIMITS_VM_ID
+
+#: The VM ids the rest of hvdm accepts (``dm_engine.limits.VM_ID``), matched as a whole string:
+#: with ``match`` and ``$`` a QEMU name ``"db1\n"`` would pass and split log lines.
+VM_ID = LIMITS_VM_ID
 MAX_BYTES = 1 << 52
 #: The QOM containers where ``-device`` objects appear, with and without an ``id``.
 PERIPHERAL_PATHS = ("/machine/peripheral", "/machine/peripheral-anon")
@@ -57,14 +60,17 @@ def vm_id_for(name_answer: Any, address: str) -> str:
 
     >>> vm_id_for({"name": "db1"}, "/run/q/x.sock"), vm_id_for({}, "/run/q/web.qmp"), vm_id_for({}, "tcp:h:4444")
     ('db1', 'web', 'h-4444')
+    >>> vm_id_for({"name": "db1\\n"}, "/run/q/x.sock")
+    'db1-'
+
     """
     name = name_answer.get("name") if isinstance(name_answer, dict) else None
     if isinstance(name, str) and name:
-        return name if VM_ID.match(name) else sanitize_vm_id(name)
+        return name if VM_ID.fullmatch(name) else sanitize_vm_id(name)
     if address.startswith("tcp:"):
         return sanitize_vm_id(address[4:].replace(":", "-"))
     stem = PurePath(address).stem
-    return stem if VM_ID.match(stem) else sanitize_vm_id(stem)
+    return stem if VM_ID.fullmatch(stem) else sanitize_vm_id(stem)
 
 
 def version_text(answer: Any) -> str:

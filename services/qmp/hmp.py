@@ -17,7 +17,9 @@ from typing import Any
 MIB = 1 << 20
 
 _SUFFIXES = {"": None, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50, "e": 1 << 60}
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([bkmgtpeBKMGTPE]?)\s*$")
+#: At most 30 digits a side: anything longer is far beyond 2**64, and Python refuses to convert
+#: integers of more than 4300 digits with a ValueError that is not an HmpError.
+_SIZE_RE = re.compile(r"^\s*(\d{1,30}(?:\.\d{1,30})?)\s*([bkmgtpeBKMGTPE]?)\s*$")
 
 
 class HmpError(ValueError):

@@ -9,6 +9,8 @@
 * ``history``     -- per-VM sample histories for policies that look back
 * ``traces`` / ``model`` / ``simulation`` / ``plot`` -- ``hvdm rebalance --simulate``
 * ``projection`` / ``live`` -- ``hvdm rebalance --db``: event log -> view -> SetTarget inputs
+* ``kafka_hosts`` / ``kafka_live`` / ``rebalancer_metrics`` -- ``hvdm rebalance --broker``: hosts
+  topic, events topic -> view -> SetTarget inputs in the inbox topic, one active instance (lease)
 """
 
 from services.rebalancer.fleet_view import NO_TARGET, FleetView

@@ -11,6 +11,7 @@ folds only the events appended since.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,6 +22,9 @@ from services.dm_engine.records import event_from_dict
 from services.dm_engine.state import NEGOTIATED_STATES, ProtocolState, VmState
 from services.event_log.sqlite_log import SqliteLog
 from services.rebalancer.fleet_view import NO_TARGET, PAGE_SIZE, FleetView
+
+#: The host of VMs whose gateway has not said where they run (never re-targeted).
+UNKNOWN_HOST = "?"
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,38 +77,80 @@ class FleetProjection:
 
     def view(self, limits: LiveLimits) -> FleetView:
         """The ``FleetView`` of every described VM (one host: one embedded log serves one host)."""
-        states = [s for _, s in sorted(self.states.items()) if s.described]
-        n = len(states)
-        min_pages = limits.min_bytes // PAGE_SIZE
-        weights = dict(limits.weights)
-        boot = np.array([s.boot_pages for s in states], dtype=np.int64)
-        current = np.array([s.current_pages for s in states], dtype=np.int64)
-        ceiling = np.array([_growth_ceiling(s) for s in states], dtype=np.int64)
-        minimum = np.array(
-            [min(s.boot_pages, max(min_pages, s.caps.min_page_cnt if s.caps else 0)) for s in states], dtype=np.int64
-        )
-        demand = np.array(
-            [-1 if s.status is None else max(0, s.status.committed_pages - s.ballooned_pages) for s in states],
+        return build_view(self.states.values(), limits, now=self.last_tick() * self.config.tick_seconds)
+
+
+def build_view(
+    states: Iterable[VmState],
+    limits: LiveLimits,
+    *,
+    now: float,
+    host_of: Mapping[str, str] | None = None,
+    host_capacity: Mapping[str, int] | None = None,
+) -> FleetView:
+    """The ``FleetView`` of every described VM among ``states``, the embedded and the Kafka loop's.
+
+    Without ``host_of`` every VM is on one host of ``limits.host_capacity_bytes``. With it, each
+    VM is on its named host; ``host_capacity`` (bytes by host) overrides the limit per host, and a
+    host with neither has no limit (the sum of its VMs' maximum sizes). A VM whose host is not
+    known yet is put on a host of its own named ``UNKNOWN_HOST`` and is not controllable: deciding
+    for it could mean two hosts' decisions mixed on one of them.
+    """
+    described = sorted((s for s in states if s.described), key=lambda s: s.vm_id)
+    n = len(described)
+    min_pages = limits.min_bytes // PAGE_SIZE
+    weights = dict(limits.weights)
+    boot = np.array([s.boot_pages for s in described], dtype=np.int64)
+    current = np.array([s.current_pages for s in described], dtype=np.int64)
+    ceiling = np.array([_growth_ceiling(s) for s in described], dtype=np.int64)
+    minimum = np.array(
+        [min(s.boot_pages, max(min_pages, s.caps.min_page_cnt if s.caps else 0)) for s in described], dtype=np.int64
+    )
+    demand = np.array(
+        [-1 if s.status is None else max(0, s.status.committed_pages - s.ballooned_pages) for s in described],
+        dtype=np.int64,
+    )
+    available = np.array([-1 if s.status is None else s.status.available_pages for s in described], dtype=np.int64)
+    controllable = np.array([_controllable(s) for s in described], dtype=bool)
+    maximum = np.maximum(ceiling, minimum)
+    default_capacity = None if limits.host_capacity_bytes is None else limits.host_capacity_bytes // PAGE_SIZE
+    if host_of is None:
+        names: tuple[str, ...] = ()
+        host = np.zeros(n, dtype=np.intp)
+        capacity = np.array([int(ceiling.sum()) if default_capacity is None else default_capacity], dtype=np.int64)
+    else:
+        vm_hosts = [host_of.get(s.vm_id, UNKNOWN_HOST) for s in described]
+        names = tuple(sorted(set(vm_hosts) | {h for h in (host_capacity or {}) if h != UNKNOWN_HOST}))
+        index = {name: i for i, name in enumerate(names)}
+        host = np.array([index[h] for h in vm_hosts], dtype=np.intp)
+        controllable &= np.array([h != UNKNOWN_HOST for h in vm_hosts], dtype=bool)
+        unlimited = np.bincount(host, weights=maximum, minlength=len(names)).astype(np.int64)
+        given = host_capacity or {}
+        capacity = np.array(
+            [
+                given[name] // PAGE_SIZE
+                if name in given and name != UNKNOWN_HOST
+                else (int(unlimited[i]) if default_capacity is None or name == UNKNOWN_HOST else default_capacity)
+                for i, name in enumerate(names)
+            ],
             dtype=np.int64,
         )
-        available = np.array([-1 if s.status is None else s.status.available_pages for s in states], dtype=np.int64)
-        controllable = np.array([_controllable(s) for s in states], dtype=bool)
-        capacity = int(ceiling.sum()) if limits.host_capacity_bytes is None else limits.host_capacity_bytes // PAGE_SIZE
-        return FleetView(
-            vm_ids=tuple(s.vm_id for s in states),
-            now=self.last_tick() * self.config.tick_seconds,
-            host=np.zeros(n, dtype=np.intp),
-            host_capacity=np.array([capacity], dtype=np.int64),
-            boot=boot,
-            min=minimum,
-            max=np.maximum(ceiling, minimum),
-            current=current,
-            target=np.array([NO_TARGET if s.target_pages is None else s.target_pages for s in states], dtype=np.int64),
-            demand=demand,
-            available=available,
-            controllable=controllable & (demand >= 0),
-            weight=np.array([weights.get(s.vm_id, 1.0) for s in states]),
-        )
+    return FleetView(
+        vm_ids=tuple(s.vm_id for s in described),
+        now=now,
+        host=host,
+        host_capacity=capacity,
+        boot=boot,
+        min=minimum,
+        max=maximum,
+        current=current,
+        target=np.array([NO_TARGET if s.target_pages is None else s.target_pages for s in described], dtype=np.int64),
+        demand=demand,
+        available=available,
+        controllable=controllable & (demand >= 0),
+        weight=np.array([weights.get(s.vm_id, 1.0) for s in described]),
+        host_names=names,
+    )
 
 
 def _controllable(state: VmState) -> bool:

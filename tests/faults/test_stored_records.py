@@ -9,7 +9,9 @@ every other record exactly as if the hostile one had never been published.
 
 from __future__ import annotations
 
+import asyncio
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,12 +19,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.dm_engine import inputs as inp
+from services.dm_engine.config import EngineConfig
 from services.dm_engine.limits import MAX_RECORD_INT, MIN_RECORD_INT, PAGE_LIMIT, PAGE_SHIFT
 from services.dm_engine.records import RecordError, input_from_dict, loads
+from services.embedded.service import EmbeddedService
 from services.kafka_engine import envelope
 from services.kafka_engine.envelope import EnvelopeError
 from services.kafka_engine.partition import PartitionEngine
 from tests.kafka.test_partition_engine import CONFIG, inbox
+from tests.metrics.guest_driver import GuestDriver
 
 HOSTILE_NUMBERS: list[Any] = [2**64, 10**23, -(2**63) - 1, 1e30, 4096.0, float("nan"), True, "4096", None, [1]]
 
@@ -177,3 +182,45 @@ def test_an_outbox_record_with_a_hostile_number_is_an_envelope_error() -> None:
     for messages in ([[1e30, 2, "00"]], [[1, 2**64, "00"]], [[True, 2, "00"]], [[1, 2, 3]]):
         with pytest.raises(EnvelopeError):
             envelope.outbox_messages_of({"messages": messages})
+
+
+# ------------------------------------------------------------------------------- the embedded log
+def test_a_stored_hostile_record_is_rejected_for_its_vm_and_the_others_carry_on(tmp_path: Path) -> None:
+    """A log written before the edges refused these numbers (or edited by hand): the engine's
+    step turns each ``RecordError`` into an ``InputRejected`` event and every other VM, and every
+    later input, is processed as usual."""
+
+    async def scenario() -> None:
+        service = EmbeddedService.open(tmp_path / "hvdm.db", speed=1e-9, config=EngineConfig(post_init_wait_ticks=1))
+        await service.start()
+        try:
+            good = GuestDriver(service, "good")
+            await good.handshake()
+            await good.tick(2)
+            raw = [
+                ("bad", '{"type": "ChannelOpened", "tick": 0, "boot_bytes": 4294967296, "maxmem_bytes": 1e30}'),
+                ("bad", '{"type": "SetTarget", "tick": 0, "target_bytes": 100000000000000000000000}'),
+                ("good", '{"type": "SetTarget", "tick": 0, "target_bytes": 1.5}'),
+            ]
+            for vm, text in raw:
+                # orjson is how every log reader parses: the huge integer arrives as a float.
+                pos = service.log.append_input(vm, service.now_tick(), loads(text))
+            await service.wait_processed(pos)
+            assert await good.put(inp.SetTarget(target_bytes=3 << 30)) > pos
+            await good.answer()
+            assert service.runner.states["good"].current_pages == (3 << 30) >> PAGE_SHIFT
+            rejected = [
+                (row.vm, json.loads(row.record))
+                for vm in ("bad", "good")
+                for row in service.log.iter_events(vm)
+                if '"InputRejected"' in row.record
+            ]
+            assert [(vm, e["input_type"], e["error_class"]) for vm, e in rejected] == [
+                ("bad", "ChannelOpened", "RecordError"),
+                ("bad", "SetTarget", "RecordError"),
+                ("good", "SetTarget", "RecordError"),
+            ]
+        finally:
+            await service.stop()
+
+    asyncio.run(scenario())

@@ -27,6 +27,11 @@ def test_fuzz_cli_runs_cases_and_reports_violations() -> None:
     assert report["events"] > 0
     # Hostile inputs were generated and recognised as such.
     assert {"UNEXPECTED_MESSAGE", "SIZE_MISMATCH"} <= set(report["violations"])
+    # The hello and QMP grammars were fuzzed too: some accepted, most refused, none crashed.
+    grammars = report["grammars"]
+    assert grammars["hellos"] == grammars["qmp_requests"] == 60
+    assert 0 < grammars["hellos_accepted"] < 60 and "bad_number" in grammars["hello_rejections"]
+    assert 0 < grammars["qmp_requests_accepted"] < 60 and "GenericError" in grammars["qmp_errors"]
 
 
 def test_programs_are_reproducible_from_seed_and_case() -> None:
