@@ -82,6 +82,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.broker:
         from services.kafka_engine.worker import run_worker
 
+        args.metrics_labels = metrics_labels_of(args)  # validated here, used by the worker's exporter
         return run_worker(args)
     return _run_sqlite(args)
 

@@ -302,7 +302,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--json", action="store_true", help="JSON output")
     live = p.add_argument_group("live mode")
     live.add_argument("--db", metavar="PATH", help="the embedded SQLite log of a running service")
-    live.add_argument("--once", action="store_true", help="one decision round, then exit")
+    live.add_argument(
+        "--once", action="store_true", help="one decision round, then exit (--broker: once it holds the lease)"
+    )
     live.add_argument("--rounds", type=POSITIVE, metavar="N", help="stop after N rounds")
     live.add_argument("--min-size", type=SizeArg(), default=512 << 20, metavar="SIZE", help="VM minimum (512M)")
     kafka = p.add_argument_group("live mode on Kafka")

@@ -57,9 +57,9 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Awaitable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from services.dm_engine.config import EngineConfig
 from services.dm_engine.inputs import ALL_VMS
@@ -77,6 +77,9 @@ from services.kafka_engine.kafka_log import (
 )
 from services.kafka_engine.partition import PartitionEngine
 from services.kafka_engine.settings import KafkaSettings
+
+if TYPE_CHECKING:
+    from services.metrics import MetricsLabels, MetricsServer
 
 log = logging.getLogger("hvdm.kafka_worker")
 
@@ -211,6 +214,8 @@ class EngineWorker:
         checkpoint_every: int = 2000,
         loglevel: str = "WARNING",
         pipeline: int = 2,
+        metrics: tuple[str, int] | None = None,
+        metrics_labels: MetricsLabels | None = None,
     ) -> None:
         import faust
 
@@ -222,6 +227,13 @@ class EngineWorker:
         #: Revoked by a rebalance that has not assigned yet (see ``_on_revoked``).
         self.parked: dict[int, OwnedPartition] = {}
         self.records_processed = 0
+        #: Partitions were assigned at least once (the worker has joined the group): /-/ready.
+        self.assigned_once = False
+        #: (records, seconds) per fetch decided: the metrics' batch-latency histogram.
+        self.on_batch: list[Callable[[int, float], None]] = []
+        #: Serve /metrics at (host, port) while running (``worker_metrics.WorkerView``).
+        self.metrics = metrics
+        self.metrics_labels = metrics_labels
         self.loglevel = loglevel
         self.app = faust.App(
             settings.group_id,
@@ -256,6 +268,7 @@ class EngineWorker:
 
     # ------------------------------------------------------------------ ownership
     async def _on_assigned(self, sender: Any, assigned: Iterable[Any], **_: Any) -> None:
+        self.assigned_once = True
         mine = {tp.partition for tp in assigned if tp.topic == self.settings.inbox}
         for number in sorted(mine - set(self.owned)):
             parked = self.parked.pop(number, None)
@@ -367,9 +380,15 @@ class EngineWorker:
         for the writer, which is the back-pressure on the fetcher.
         """
         try:
+            started = time.perf_counter()
             job = WriteJob()
             for tp, batch in records.items():
                 await self._decide_fetch(tp, batch, job)
+            if self.on_batch:
+                elapsed = time.perf_counter() - started
+                count = sum(len(batch) for batch in records.values())
+                for observe in self.on_batch:
+                    observe(count, elapsed)
             if job.acks:
                 if self._jobs is None:
                     self._jobs = asyncio.Queue(self.pipeline)
@@ -569,11 +588,28 @@ class EngineWorker:
         import faust
 
         worker = faust.Worker(self.app, loglevel=self.loglevel, quiet=True, redirect_stdouts=False)
+        server = self._serve_metrics(worker.loop) if self.metrics is not None else None
         try:
             worker.execute_from_commandline()
         except SystemExit as exc:
             return int(exc.code or 0)
+        finally:
+            if server is not None:
+                server.stop()
         return 0
+
+    def _serve_metrics(self, loop: asyncio.AbstractEventLoop) -> MetricsServer:
+        """/metrics with the VMs of the partitions this worker owns (``worker_metrics``)."""
+        from services.kafka_engine.worker_metrics import WorkerView
+        from services.metrics import EngineMetrics, start_metrics_server
+
+        assert self.metrics is not None
+        view = WorkerView(self)
+        metrics = EngineMetrics(view, loop=loop, labels=self.metrics_labels, wall_of_tick=view.wall_of_tick)
+        self.on_batch.append(metrics.observe_batch)
+        server = start_metrics_server(metrics, self.metrics[0], self.metrics[1], ready=view.ready)
+        print(f"hvdm engine: metrics {server.url}", file=sys.stderr, flush=True)
+        return server
 
 
 def _last_tick_before(settings: KafkaSettings, partition: int, offset: int) -> int | None:
@@ -626,6 +662,8 @@ def run_worker(args: argparse.Namespace) -> int:
         batch=max(int(getattr(args, "batch", 500)), 1),
         checkpoint_every=int(getattr(args, "snapshot_every", 2000)),
         loglevel="INFO" if getattr(args, "verbose", False) else "WARNING",
+        metrics=(args.metrics_host, args.metrics_port) if getattr(args, "metrics_port", None) is not None else None,
+        metrics_labels=getattr(args, "metrics_labels", None),
     )
     print(
         f"hvdm engine: group {settings.group_id} on {settings.bootstrap}, inbox {settings.inbox}, "

@@ -282,10 +282,11 @@ class KafkaRebalancer:
         on_round: Callable[[Round], None] | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> int:
-        """A round every ``interval_s`` seconds (standby rounds included), ``rounds`` times or forever.
+        """A round every ``interval_s`` seconds until ``rounds`` *active* rounds are done (None: forever).
 
-        While standby, the lease is polled every ``min(interval_s, 0.5)`` seconds so that a
-        take-over is noticed quickly.
+        Standby rounds do not count (``--once`` waits for the lease, then decides once). While
+        standby, the lease is polled every ``min(interval_s, 0.5)`` seconds so that a take-over is
+        noticed quickly.
         """
         done = 0
         while rounds is None or done < rounds:
@@ -293,7 +294,7 @@ class KafkaRebalancer:
             result = self.step()
             if on_round is not None:
                 on_round(result)
-            done += 1
+            done += int(result.active)
             if rounds is not None and done >= rounds:
                 break
             wait = interval_s if result.active else min(interval_s, 0.5)

@@ -81,10 +81,15 @@ def recommend(view: FleetView, *, margin: float = 0.25, movable: Flags | None = 
     spare = (view.host_capacity - per_host).astype(np.int64)
     allowed = view.demand >= 0 if movable is None else movable & (view.demand >= 0)
     out: list[Migration] = []
+    # Hosts nobody named (``projection.UNKNOWN_HOST``) are neither a source nor a destination.
+    unnamed = {h for h in range(view.hosts) if host_name(view, h) == UNKNOWN_HOST}
+    spare[list(unnamed)] = -1
     for h in np.argsort(-short, kind="stable").tolist():
         left = int(short[h])
         if left <= 0:
             break
+        if h in unnamed:
+            continue
         candidates = [int(i) for i in np.flatnonzero((view.host == h) & allowed)]
         while left > 0 and candidates:
             covering = [i for i in candidates if need[i] >= left]
@@ -121,6 +126,10 @@ def recommend(view: FleetView, *, margin: float = 0.25, movable: Flags | None = 
             spare[dest] -= need[pick]
             left -= int(need[pick])
     return out
+
+
+#: The name ``projection.build_view`` gives the host of VMs no gateway placed.
+UNKNOWN_HOST = "?"
 
 
 def host_name(view: FleetView, h: int) -> str:

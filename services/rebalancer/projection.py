@@ -22,9 +22,10 @@ from services.dm_engine.records import event_from_dict
 from services.dm_engine.state import NEGOTIATED_STATES, ProtocolState, VmState
 from services.event_log.sqlite_log import SqliteLog
 from services.rebalancer.fleet_view import NO_TARGET, PAGE_SIZE, FleetView
+from services.rebalancer.migration import UNKNOWN_HOST as MIGRATION_UNKNOWN_HOST
 
-#: The host of VMs whose gateway has not said where they run (never re-targeted).
-UNKNOWN_HOST = "?"
+#: The host of VMs whose gateway has not said where they run (no migrations to or from it).
+UNKNOWN_HOST = MIGRATION_UNKNOWN_HOST
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,9 +93,10 @@ def build_view(
 
     Without ``host_of`` every VM is on one host of ``limits.host_capacity_bytes``. With it, each
     VM is on its named host; ``host_capacity`` (bytes by host) overrides the limit per host, and a
-    host with neither has no limit (the sum of its VMs' maximum sizes). A VM whose host is not
-    known yet is put on a host of its own named ``UNKNOWN_HOST`` and is not controllable: deciding
-    for it could mean two hosts' decisions mixed on one of them.
+    host with neither has ``limits.host_capacity_bytes`` or no limit (the sum of its VMs' maximum
+    sizes). VMs whose host is not known (a gateway without ``--host-name`` records, ``hvdm run
+    --broker``) share the host ``UNKNOWN_HOST``: they are still re-targeted, as on one host, but
+    migrations never start or end there (``migration.recommend``).
     """
     described = sorted((s for s in states if s.described), key=lambda s: s.vm_id)
     n = len(described)
@@ -123,14 +125,13 @@ def build_view(
         names = tuple(sorted(set(vm_hosts) | {h for h in (host_capacity or {}) if h != UNKNOWN_HOST}))
         index = {name: i for i, name in enumerate(names)}
         host = np.array([index[h] for h in vm_hosts], dtype=np.intp)
-        controllable &= np.array([h != UNKNOWN_HOST for h in vm_hosts], dtype=bool)
         unlimited = np.bincount(host, weights=maximum, minlength=len(names)).astype(np.int64)
         given = host_capacity or {}
         capacity = np.array(
             [
                 given[name] // PAGE_SIZE
                 if name in given and name != UNKNOWN_HOST
-                else (int(unlimited[i]) if default_capacity is None or name == UNKNOWN_HOST else default_capacity)
+                else (int(unlimited[i]) if default_capacity is None else default_capacity)
                 for i, name in enumerate(names)
             ],
             dtype=np.int64,

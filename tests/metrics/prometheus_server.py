@@ -14,6 +14,7 @@ import subprocess
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from string import Template
@@ -86,15 +87,17 @@ def prometheus_binary() -> str | None:
     return shutil.which("prometheus")
 
 
-def render_config(target: str, scrape_interval: str = "1s", rules: Path = RULES) -> str:
+def render_config(target: str | Sequence[str], scrape_interval: str = "1s", rules: Path = RULES) -> str:
+    """The template with ``target`` (one ``host:port`` or several) as the hvdm job's targets."""
+    targets = [target] if isinstance(target, str) else list(target)
     text = Template(TEMPLATE.read_text()).safe_substitute(
-        HVDM_TARGET=target, SCRAPE_INTERVAL=scrape_interval, RULES_FILE=str(rules)
+        HVDM_TARGET="\n          - ".join(targets), SCRAPE_INTERVAL=scrape_interval, RULES_FILE=str(rules)
     )
     assert "${" not in text, "the template uses a variable the test does not fill in"
     return text
 
 
-def start_prometheus(workdir: Path, target: str) -> PrometheusServer:
+def start_prometheus(workdir: Path, target: str | Sequence[str]) -> PrometheusServer:
     binary = prometheus_binary()
     assert binary is not None
     workdir.mkdir(parents=True, exist_ok=True)

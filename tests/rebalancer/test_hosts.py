@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
+import numpy as np
+
 from services.kafka_engine.settings import KafkaSettings
 from services.rebalancer.kafka_hosts import HostDirectory, valid_host_name
+from services.rebalancer.migration import recommend
 from services.rebalancer.projection import UNKNOWN_HOST, LiveLimits, build_view
 from tests.audit.cli import hvdm
 from tests.rebalancer.live_fleet import build
@@ -27,9 +31,11 @@ def test_vms_are_placed_on_their_hosts_with_each_hosts_capacity(tmp_path: Path) 
     placed = {vm: view.host_names[int(h)] for vm, h in zip(view.vm_ids, view.host, strict=True)}
     assert placed == {"vm1": "h1", "vm2": "h2", "vm3": UNKNOWN_HOST}
     assert view.host_capacity.tolist()[1:] == [4 * GIB // 4096, 8 * GIB // 4096]
-    # A VM whose host nobody has named is never re-targeted; the others are.
-    assert not view.controllable[view.vm_ids.index("vm3")]
-    assert view.controllable[view.vm_ids.index("vm1")] and view.controllable[view.vm_ids.index("vm2")]
+    # A VM whose host nobody has named is still re-targeted (as on one host of its own)...
+    assert view.controllable.all()
+    # ...but never moved, nor a destination: h1 is short, the unnamed host is the only one with room.
+    short = dataclasses.replace(view, host_capacity=np.array([1 << 40, 1, 1], dtype=np.int64))
+    assert recommend(short) == []
 
 
 def test_host_records_are_validated() -> None:

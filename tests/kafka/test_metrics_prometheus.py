@@ -1,0 +1,266 @@
+"""Monitoring the Kafka deployment: a real Prometheus scrapes two engine workers and a gateway.
+
+Everything is real and separate, as in deploy/docker-compose.yml: tansu, ``hvdm gateway`` and two
+``hvdm engine --broker`` processes each with ``--metrics-port``, simulated Linux guests connected
+to the gateway's socket, operator inputs published to the inbox, and Prometheus (configured from
+deploy/, with deploy's rules) scraping the three endpoints. Checked: when the second worker joins,
+the partitions it takes are no longer exported by the first, so each VM is exported by exactly
+one worker; every dashboard query returns data (QMP's panel aside: QMP sockets belong to the
+embedded deployment).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from services.dm_engine import inputs as inp
+from services.dm_engine.records import to_dict
+from services.embedded.clock import TickClock
+from services.guest_sim import GuestConfig, SimulatedGuest
+from services.kafka_engine import envelope
+from services.kafka_engine.kafka_log import new_producer
+from services.kafka_engine.settings import KafkaSettings
+from services.kafka_engine.tansu import LocalBroker
+from services.vmbus_gateway.client import GuestLink
+from services.vmbus_gateway.hello import Hello
+from tests.deploy.dashboard import load_dashboard, panel_queries, substitute
+from tests.metrics.prometheus_server import PrometheusServer, free_port, prometheus_binary, start_prometheus
+
+pytestmark = [pytest.mark.kafka, pytest.mark.prometheus]
+
+ROOT = Path(__file__).resolve().parents[2]
+GIB = 1 << 30
+BOOT = 2 * GIB
+SPEED = 25.0
+VMS = [f"vm{i}" for i in range(1, 9)]
+
+
+class Proc:
+    """An ``hvdm`` child process with its log; stopped (SIGTERM, then SIGKILL) by ``stop``."""
+
+    def __init__(self, args: Sequence[str], log: Path) -> None:
+        self.log_path = log
+        self._log = log.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "services", *args], cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT
+        )
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._log.close()
+
+
+def fetch(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return int(resp.status), resp.read().decode()
+    except OSError as e:
+        code = getattr(e, "code", 0)
+        return int(code or 0), ""
+
+
+def vms_of(port: int) -> set[str]:
+    status, text = fetch(f"http://127.0.0.1:{port}/metrics")
+    if status != 200:
+        return set()
+    return {
+        s.labels["vm"]
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+        if s.name == "hvdm_vm_current_bytes"
+    }
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 90.0, procs: Sequence[Proc] = ()) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        for p in procs:
+            if p.proc.poll() is not None:
+                raise AssertionError(f"{p.log_path.name} exited:\n{p.log_path.read_text(errors='replace')[-3000:]}")
+        last = check()
+        if last:
+            return last
+        time.sleep(0.2)
+    logs = "\n".join(f"--- {p.log_path.name}\n{p.log_path.read_text(errors='replace')[-2000:]}" for p in procs)
+    raise AssertionError(f"timed out waiting for {what} (last: {last!r})\n{logs}")
+
+
+async def drive_guests(settings: KafkaSettings, sock: str) -> list[GuestLink]:
+    """Guests on the gateway; one balloons, one hot-adds, one leaves; a bad hello is refused."""
+    clock = TickClock(speed=SPEED)
+    links: list[GuestLink] = []
+    for i, vm in enumerate(VMS):
+        profile = "malicious" if vm == "vm8" else "linux"
+        guest = SimulatedGuest(GuestConfig(boot_bytes=BOOT, profile=profile, seed=i))
+        link = GuestLink(guest, Hello(vm=vm, boot_bytes=BOOT, maxmem_bytes=4 * BOOT), clock.now_seconds)
+        await link.open(unix_path=sock)
+        links.append(link)
+    # One guest that connects and leaves: its VM stays known, disconnected.
+    gone = GuestLink(
+        SimulatedGuest(GuestConfig(boot_bytes=BOOT)),
+        Hello(vm="vm-gone", boot_bytes=BOOT, maxmem_bytes=BOOT),
+        clock.now_seconds,
+    )
+    await gone.open(unix_path=sock)
+    await asyncio.sleep(0.5)
+    await gone.stop()
+    # A hello the gateway refuses.
+    reader, writer = await asyncio.open_unix_connection(sock)
+    writer.write(b"not a hello\n")
+    await writer.drain()
+    assert b'"ok":false' in await reader.readline()
+    writer.close()
+    # Past the post-init wait (50 ticks), the operator shrinks vm1 and grows vm2 by hot-add.
+    await asyncio.sleep(60 / SPEED)
+    producer = new_producer(settings)
+    try:
+        for vm, record in (
+            ("vm1", inp.SetTarget(target_bytes=BOOT - 512 * (1 << 20))),
+            ("vm2", inp.AddBackend(backend_id="mem1", size_bytes=GIB)),
+            ("vm2", inp.PlugBackend(backend_id="mem1")),
+            ("vm2", inp.SetTarget(target_bytes=BOOT + GIB)),
+        ):
+            producer.send(settings.inbox, key=vm.encode(), value=envelope.inbox_value(vm, to_dict(record)))
+        await asyncio.to_thread(producer.flush)
+    finally:
+        producer.close()
+    return links
+
+
+def check_dashboard(prom: PrometheusServer) -> None:
+    queries = [q for q in panel_queries(load_dashboard()) if "hvdm_qmp_" not in q.expr]
+    assert len(queries) >= 30
+    selection = {"host": ".*", "vm": ".*", "__rate_interval": "30s"}
+    for q in queries:
+        expr = substitute(q.expr, selection)
+
+        def has_data(e: str = expr, instant: bool = q.instant) -> Any:
+            if instant:
+                return prom.api("query", query=e)["result"]
+            now = time.time()
+            return prom.api("query_range", query=e, start=str(now - 20), end=str(now), step="1")["result"]
+
+        prom.wait_until(f"data for panel {q.panel!r} {q.ref}: {expr}", has_data, timeout=90)
+
+
+@pytest.fixture
+def prometheus(tmp_path: Path) -> Iterator[Callable[[Sequence[str]], PrometheusServer]]:
+    """A real Prometheus scraping the given targets (tests/metrics' fixture, for this directory)."""
+    if prometheus_binary() is None:
+        pytest.skip("needs the prometheus binary (Debian package 'prometheus')")
+    started: list[PrometheusServer] = []
+
+    def start(targets: Sequence[str]) -> PrometheusServer:
+        server = start_prometheus(tmp_path / "prometheus", targets)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+def test_prometheus_scrapes_two_workers_and_a_gateway(
+    broker: LocalBroker, prefix: str, tmp_path: Path, prometheus: Callable[[Sequence[str]], PrometheusServer]
+) -> None:
+    url = (
+        f"{broker.url}?prefix={prefix}&partitions=4&speed={SPEED:g}"
+        "&session_timeout=3&heartbeat=0.5&rebalance_timeout=3&commit_interval=0.05"
+    )
+    settings = KafkaSettings.from_url(url)
+    sock = str(tmp_path / "gw.sock")
+    ports = [free_port() for _ in range(4)]
+    procs: list[Proc] = []
+
+    def hvdm(name: str, *args: str) -> None:
+        procs.append(Proc(args, tmp_path / f"{name}.log"))
+
+    def endpoint(i: int) -> str:
+        return f"http://127.0.0.1:{ports[i]}"
+
+    async def scenario() -> None:
+        hvdm(
+            "gateway",
+            "gateway",
+            "--broker",
+            url,
+            "--socket",
+            sock,
+            "--metrics-port",
+            str(ports[0]),
+            "--metrics-host-label",
+            "gw",
+        )
+        hvdm("engine1", "engine", "--broker", url, "--metrics-port", str(ports[1]), "--metrics-host-label", "kw1", "-v")
+        await asyncio.to_thread(wait_for, "the gateway socket", lambda: Path(sock).exists(), procs=procs)
+        for i in range(2):
+            await asyncio.to_thread(
+                wait_for,
+                f"/-/ready of {endpoint(i)}",
+                lambda i=i: fetch(f"{endpoint(i)}/-/ready")[0] == 200,
+                procs=procs,
+            )
+        assert (await asyncio.to_thread(fetch, f"{endpoint(0)}/-/healthy"))[0] == 200
+        assert (await asyncio.to_thread(fetch, f"{endpoint(1)}/"))[0] == 404  # only /metrics serves metrics
+
+        links = await drive_guests(settings, sock)
+        try:
+            await asyncio.to_thread(check_deployment)
+        finally:
+            for link in links:
+                await link.stop()
+
+    def check_deployment() -> None:
+        everyone = {*VMS, "vm-gone"}
+        wait_for("the first worker to export every VM", lambda: vms_of(ports[1]) == everyone, procs=procs)
+        # A second worker joins: it takes partitions, and the first stops exporting their VMs, so
+        # each VM is exported by exactly one worker (the owner of its partition).
+        hvdm("engine2", "engine", "--broker", url, "--metrics-port", str(ports[2]), "--metrics-host-label", "kw2", "-v")
+
+        def split() -> Any:
+            a, b = vms_of(ports[1]), vms_of(ports[2])
+            return (a, b) if a and b and a | b == everyone and not a & b else None
+
+        wait_for("the partitions to be shared without double counting", split, timeout=120, procs=procs)
+        assert fetch(f"{endpoint(2)}/-/ready")[0] == 200
+
+        prom = prometheus([f"127.0.0.1:{p}" for p in ports[:3]])
+        prom.wait_until(
+            "the three targets up",
+            lambda: len(t := prom.api("targets")["activeTargets"]) == 3 and all(x["health"] == "up" for x in t),
+        )
+        assert sorted(prom.api("label/host/values", **{"match[]": "hvdm_build_info"})) == ["gw", "kw1", "kw2"]
+        prom.wait_until(
+            "no VM counted twice",
+            lambda: (
+                [r["value"][1] for r in prom.api("query", query="sum(hvdm_engine_vms)")["result"]]
+                == [str(len(everyone))]
+            ),
+        )
+        assert not prom.api("query", query="count by (vm) (hvdm_vm_current_bytes) > 1")["result"]
+        check_dashboard(prom)
+        refused = prom.api("query", query='hvdm_gateway_refusals_total{reason="not_json"}')["result"]
+        assert refused and float(refused[0]["value"][1]) == 1
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        for p in procs:
+            p.stop()
