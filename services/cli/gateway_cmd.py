@@ -8,15 +8,40 @@ import logging
 import socket
 import sys
 
-from services.cli.arg_types import BROKER, HOST_PORT
+from services.cli.arg_types import BROKER, HOST_PORT, VM_ID
+from services.cli.gateway_args import add_gateway_arguments, gateway_auth, gateway_limits
+from services.cli.main import EXIT_USAGE, error_line
 from services.cli.metrics_args import add_metrics_arguments, metrics_labels_of
 from services.cli.units import size_arg
+
+
+def _token(args: argparse.Namespace) -> int:
+    """Print a VM's token, for the guest side's hello (``"token"``)."""
+    from services.vmbus_gateway.auth import AuthConfigError, read_secret, vm_token
+
+    path = args.secret_file or args.token_secret_file
+    if not path:
+        print(error_line("gateway token", "give --token-secret-file FILE"), file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        print(vm_token(read_secret(path), args.vm))
+    except AuthConfigError as e:
+        print(error_line("gateway token", e), file=sys.stderr)
+        return EXIT_USAGE
+    return 0
 
 
 def _run(args: argparse.Namespace) -> int:
     from services.kafka_engine.gateway import HostSpec, serve
     from services.kafka_engine.settings import KafkaSettings, SettingsError
     from services.rebalancer.kafka_hosts import valid_host_name
+    from services.vmbus_gateway.auth import AuthConfigError
+
+    if getattr(args, "gateway_command", None) == "token":
+        return _token(args)
+    if not args.broker:
+        print(error_line("gateway", "give --broker kafka://HOST:PORT"), file=sys.stderr)
+        return EXIT_USAGE
 
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s %(message)s"
@@ -35,6 +60,11 @@ def _run(args: argparse.Namespace) -> int:
         print("hvdm: gateway error: give --socket PATH and/or --tcp HOST:PORT", file=sys.stderr)
         return 1
     try:
+        auth = gateway_auth(args)
+    except AuthConfigError as e:
+        print(error_line("gateway", e), file=sys.stderr)
+        return EXIT_USAGE
+    try:
         host = HostSpec(args.host_name, args.host_capacity, args.host_reserve)
         return asyncio.run(
             serve(
@@ -43,6 +73,8 @@ def _run(args: argparse.Namespace) -> int:
                 tcp=args.tcp,
                 metrics=(args.metrics_host, args.metrics_port) if args.metrics_port is not None else None,
                 metrics_labels=metrics_labels_of(args),
+                auth=auth,
+                limits=gateway_limits(args),
                 host=host,
             )
         )
@@ -53,7 +85,7 @@ def _run(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser("gateway", help="run the VMBus gateway against Kafka (distributed deployment)")
     p.add_argument(
-        "--broker", type=BROKER, required=True, help="kafka://HOST:PORT[?prefix=...&partitions=N] (see docs)"
+        "--broker", type=BROKER, help="kafka://HOST:PORT[?prefix=...&partitions=N] (see docs); required to serve"
     )
     p.add_argument("--socket", default="hvdm.sock", help="UNIX socket for guests ('' to disable)")
     p.add_argument("--tcp", type=HOST_PORT, help="also listen on HOST:PORT for guests")
@@ -64,4 +96,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--host-capacity", type=size_arg, metavar="SIZE", help="RAM for VMs (default: RAM - reserve)")
     p.add_argument("--host-reserve", type=size_arg, default=2 << 30, metavar="SIZE", help="RAM kept for the host (2G)")
     p.add_argument("-v", "--verbose", action="store_true")
+    add_gateway_arguments(p)
+    sub = p.add_subparsers(dest="gateway_command", metavar="{token}")
+    t = sub.add_parser("token", help="print a VM's token: HMAC-SHA256(host secret, VM id), hex")
+    t.add_argument("vm", type=VM_ID, help="the VM id")
+    t.add_argument("--token-secret-file", dest="secret_file", metavar="FILE", help="the host secret")
     p.set_defaults(func=_run)

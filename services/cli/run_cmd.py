@@ -7,6 +7,7 @@ import logging
 import sys
 
 from services.cli.arg_types import BROKER, HOST_PORT, SEED, FloatArg, IntArg, SizeArg
+from services.cli.gateway_args import add_gateway_arguments, gateway_auth, gateway_limits
 from services.cli.main import EXIT_ERROR, EXIT_USAGE, error_line
 from services.cli.metrics_args import add_metrics_arguments, metrics_labels_of
 from services.embedded.run import RunConfig, main_run
@@ -41,6 +42,13 @@ def _run(args: argparse.Namespace) -> int:
     if speed is None:
         # The demo story spans minutes of guest time (45 s status delay, 50 s post-init wait).
         speed = 25.0 if args.scenario == "demo" else 1.0
+    from services.vmbus_gateway.auth import AuthConfigError
+
+    try:
+        auth = gateway_auth(args)
+    except AuthConfigError as e:
+        print(error_line("run", e), file=sys.stderr)
+        return EXIT_USAGE
     cfg = RunConfig(
         db=args.db,
         socket=args.socket or None,
@@ -62,6 +70,8 @@ def _run(args: argparse.Namespace) -> int:
         json_summary=args.json,
         fresh=args.fresh,
         broker=args.broker,
+        auth=auth,
+        gateway_limits=gateway_limits(args),
         qemu=tuple(args.qemu or ()),
         qemu_dir=args.qemu_dir,
         qemu_poll=args.qemu_poll,
@@ -121,4 +131,5 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     p.add_argument("--qemu-trace", help="follow QEMU's hv_balloon_* trace file for page-level accounting")
     p.add_argument("-v", "--verbose", action="store_true")
+    add_gateway_arguments(p)
     p.set_defaults(func=_run)

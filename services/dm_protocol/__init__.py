@@ -21,6 +21,7 @@ from services.dm_protocol.framing import (
     FrameReader,
     FramingError,
     dm_message_bytes,
+    dm_trans_id,
     frame,
 )
 from services.dm_protocol.json_form import from_json_dict, to_json_dict
@@ -87,6 +88,7 @@ __all__ = [
     "VersionResponse",
     "decode",
     "dm_message_bytes",
+    "dm_trans_id",
     "encode",
     "frame",
     "from_json_dict",

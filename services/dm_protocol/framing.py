@@ -31,6 +31,7 @@ MAX_DM_PAYLOAD: Final = 4096
 _DESCRIPTOR: Final = struct.Struct("<HHHHQ")
 _TRAILER: Final = struct.Struct("<Q")
 _DM_SIZE: Final = struct.Struct("<H")  # the DM header's size field, at offset 2
+_DM_TRANS_ID: Final = struct.Struct("<I")  # the DM header's trans_id field, at offset 4
 _MAX_LEN8: Final = 0xFFFF
 
 
@@ -88,6 +89,20 @@ def frame(payload: bytes, *, trans_id: int = 0, flags: int = 0, trailer_offset: 
             raise EncodeError(DecodeReason.FIELD_OUT_OF_BOUNDS, f"trailer_offset={trailer_offset} is not a u32")
         packet += _TRAILER.pack(trailer_offset << 32)
     return packet
+
+
+def dm_trans_id(message: bytes) -> int:
+    """The DM header's trans_id, which a host packet's descriptor carries as its own trans_id.
+
+    QEMU's hv-balloon passes the message's trans_id to the VMBus send (``hv_balloon_send_packet``),
+    so a host frame says which DM transaction it belongs to; 0 for a message too short to have one.
+
+    >>> dm_trans_id(bytes.fromhex("0900080007000000"))
+    7
+    """
+    if len(message) < 8:
+        return 0
+    return int(_DM_TRANS_ID.unpack_from(message, 4)[0])
 
 
 def dm_message_bytes(frame_payload: bytes) -> bytes:

@@ -19,7 +19,7 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -34,10 +34,11 @@ from services.metrics import MetricsLabels, ServedMetrics, serve_for_service
 from services.metrics.collector import demand_pages
 from services.qemu_agent import QemuAgent, attach_to_service
 from services.qmp import QmpServers, start_qmp_servers
+from services.vmbus_gateway.auth import AuthConfigError, GatewayAuth, vm_token
 from services.vmbus_gateway.backend import EmbeddedBackend
 from services.vmbus_gateway.client import GuestLink
 from services.vmbus_gateway.hello import Hello
-from services.vmbus_gateway.server import GatewayServer
+from services.vmbus_gateway.server import GatewayLimits, GatewayServer
 
 MIB = 1 << 20
 
@@ -67,12 +68,42 @@ class RunConfig:
     fresh: bool = False
     #: Distributed deployment (``kafka://HOST:PORT``): see ``services.kafka_engine.run``.
     broker: str | None = None
+    #: Who may connect to the gateway (None: the UNIX socket for this uid and root, TCP refused).
+    auth: GatewayAuth | None = None
+    gateway_limits: GatewayLimits | None = None
     #: Real QEMU VMs (see ``services.qemu_agent``): monitor addresses, a directory of them, the
     #: poll interval and an hv-balloon trace file.
     qemu: tuple[str, ...] = ()
     qemu_dir: str | None = None
     qemu_poll: float = 1.0
     qemu_trace: str | None = None
+
+
+def run_gateway_limits(cfg: RunConfig) -> GatewayLimits:
+    """The configured limits with one stored status report per simulated second (QEMU's rate)."""
+    return replace(cfg.gateway_limits or GatewayLimits(), status_interval_s=1.0 / cfg.speed)
+
+
+def check_gateway_config(cfg: RunConfig) -> None:
+    """Refuse, before anything starts, a TCP listener without authentication and simulated guests
+    that could not connect (they use the UNIX socket, or TCP with tokens or --insecure)."""
+    auth = cfg.auth or GatewayAuth()
+    if cfg.tcp:
+        auth.check_tcp()
+    if cfg.guests and not cfg.socket and auth.tls is not None:
+        raise AuthConfigError("simulated guests connect over the UNIX socket, or TCP without TLS: keep --socket")
+
+
+def sim_endpoint(cfg: RunConfig, tcp_port: int | None) -> dict[str, Any]:
+    """Where simulated guests connect: the UNIX socket (same uid), else TCP (tokens or --insecure)."""
+    return {"unix_path": cfg.socket} if cfg.socket else {"tcp": ("127.0.0.1", tcp_port)}
+
+
+def sim_hello(cfg: RunConfig, vm: str) -> Hello:
+    """A simulated guest's hello; over TCP with tokens it carries the VM's token."""
+    secret = cfg.auth.token_secret if cfg.auth is not None else None
+    token = vm_token(secret, vm) if secret is not None and not cfg.socket else None
+    return Hello(vm=vm, boot_bytes=cfg.guest_memory, maxmem_bytes=cfg.guest_maxmem, token=token)
 
 
 def _fmt_mib(pages: int | None) -> str:
@@ -122,11 +153,12 @@ def summary(service: EmbeddedService, scripts: dict[str, DemoScript]) -> dict[st
 
 
 async def run_service(cfg: RunConfig, out: TextIO = sys.stdout) -> int:
+    check_gateway_config(cfg)
     existed = check_log_file(cfg.db)
     service = EmbeddedService.open(cfg.db, speed=cfg.speed)
     stop = StopSignals().install()
     await service.start()
-    gateway = GatewayServer(EmbeddedBackend(service))
+    gateway = GatewayServer(EmbeddedBackend(service), run_gateway_limits(cfg), cfg.auth)
     served: ServedMetrics | None = None
     qmp: QmpServers | None = None
     agent: QemuAgent | None = None
@@ -149,7 +181,7 @@ async def run_service(cfg: RunConfig, out: TextIO = sys.stdout) -> int:
             agent = await attach_to_service(
                 service, cfg.qemu, directory=cfg.qemu_dir, poll_seconds=cfg.qemu_poll, trace_file=cfg.qemu_trace
             )
-        endpoint: dict[str, Any] = {"unix_path": cfg.socket} if cfg.socket else {"tcp": ("127.0.0.1", gateway.tcp_port)}
+        endpoint = sim_endpoint(cfg, gateway.tcp_port) if cfg.guests else {}
         print(
             f"hvdm: embedded service on {cfg.db}; gateway "
             f"{cfg.socket or f'tcp://127.0.0.1:{gateway.tcp_port}'}; speed x{cfg.speed:g}\n"
@@ -170,8 +202,7 @@ async def run_service(cfg: RunConfig, out: TextIO = sys.stdout) -> int:
                         seed=cfg.seed + i,
                     )
                 )
-                hello = Hello(vm=vm, boot_bytes=cfg.guest_memory, maxmem_bytes=cfg.guest_maxmem)
-                link = GuestLink(guest, hello, service.now_seconds)
+                link = GuestLink(guest, sim_hello(cfg, vm), service.now_seconds)
                 await link.open(**endpoint)
                 links[vm] = link
                 if cfg.scenario == "demo":
@@ -288,5 +319,8 @@ def main_run(cfg: RunConfig) -> int:
         if cfg.fresh:
             start_fresh(cfg)
         return asyncio.run(run_service(cfg))
+    except AuthConfigError as e:
+        print(f"hvdm: run error: {e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130

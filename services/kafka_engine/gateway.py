@@ -17,17 +17,26 @@ from dataclasses import dataclass
 from services.kafka_engine.gateway_backend import KafkaBackend
 from services.kafka_engine.settings import KafkaSettings
 from services.metrics import MetricsLabels, serve_gateway
-from services.vmbus_gateway.server import GatewayServer
+from services.vmbus_gateway.auth import GatewayAuth
+from services.vmbus_gateway.server import GatewayLimits, GatewayServer
 
 
 async def start_gateway(
-    settings: KafkaSettings, *, unix_path: str | None, tcp: tuple[str, int] | None, host: HostSpec | None = None
+    settings: KafkaSettings,
+    *,
+    unix_path: str | None,
+    tcp: tuple[str, int] | None,
+    host: HostSpec | None = None,
+    auth: GatewayAuth | None = None,
+    limits: GatewayLimits | None = None,
 ) -> tuple[GatewayServer, KafkaBackend]:
     """Load the outbox, then accept guests. The caller stops both with ``stop_gateway``.
 
     With ``host``, the gateway also says which host it serves and which VMs open channels here
     (the rebalancer's hosts topic, ``services.rebalancer.kafka_hosts``); nothing the engine reads.
     """
+    if tcp:
+        (auth or GatewayAuth()).check_tcp()  # before connecting to anything
     if host is not None:
         from services.rebalancer.kafka_hosts import HostedKafkaBackend
 
@@ -37,8 +46,12 @@ async def start_gateway(
     else:
         backend = KafkaBackend(settings)
     await backend.start()
-    server = GatewayServer(backend)
-    await server.start(unix_path=unix_path, tcp=tcp)
+    server = GatewayServer(backend, limits, auth)
+    try:
+        await server.start(unix_path=unix_path, tcp=tcp)
+    except BaseException:
+        await backend.close()
+        raise
     return server, backend
 
 
@@ -64,9 +77,11 @@ async def serve(
     metrics: tuple[str, int] | None = None,
     metrics_labels: MetricsLabels | None = None,
     host: HostSpec | None = None,
+    auth: GatewayAuth | None = None,
+    limits: GatewayLimits | None = None,
 ) -> int:
     """Run until SIGINT/SIGTERM; ``metrics`` = (host, port) serves the gateway's /metrics."""
-    server, backend = await start_gateway(settings, unix_path=unix_path, tcp=tcp, host=host)
+    server, backend = await start_gateway(settings, unix_path=unix_path, tcp=tcp, host=host, auth=auth, limits=limits)
     served = serve_gateway(server, metrics[0], metrics[1], labels=metrics_labels) if metrics is not None else None
     where = [p for p in (unix_path, f"tcp://{tcp[0]}:{server.tcp_port}" if tcp else None) if p]
     if served is not None:

@@ -12,8 +12,8 @@ Why it looks like this:
   its outbox record again with the same seqs; the index keeps the first copy, and
   ``read_outbox`` returns only an unbroken run of seqs after the one asked for, so a message
   can be neither repeated nor overtaken by a later one.
-* **Resuming** is carried by the guest: its hello says the last outbox seq it received (the
-  VMBus descriptor's trans_id), and the server asks for what follows. ``start`` reads the outbox
+* **Resuming** is carried by the guest: its hello says the last outbox seq it received (counted
+  from the position the gateway's answer named), and the server asks for what follows. ``start`` reads the outbox
   to its fetch high-watermark before the server accepts connections, so a restarted gateway knows
   every VM's messages (and a new channel's starting point) before the first hello.
 * **Memory** is bounded per VM: delivered messages are kept only up to ``retain`` behind the
@@ -71,6 +71,7 @@ class KafkaBackend:
         self.delivery_paused = False
         #: Per inbox partition, the offset after the last input this gateway published (acked).
         self.published_ends: dict[int, int] = {}
+        self._owners: dict[str, int] = {}
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -210,6 +211,17 @@ class KafkaBackend:
 
     def on_outbox(self, cb: Callable[[set[str]], None]) -> None:
         self._callbacks.append(cb)
+
+    def known_vm(self, vm: str) -> bool:
+        """A VM with outbox records (every channel gets a version response) is known."""
+        return vm in self.vms
+
+    def owner(self, vm: str) -> int:
+        """Channel owners live in this gateway's memory only (see README, Security)."""
+        return self._owners.get(vm, 0)
+
+    def set_owner(self, vm: str, digest: int) -> None:
+        self._owners[vm] = digest
 
     # ------------------------------------------------------------------ pausing and progress
     def pause_delivery(self) -> None:

@@ -21,7 +21,7 @@ from services.dm_engine.inputs import Input
 from services.dm_engine.records import to_dict
 from services.dm_engine.state import ProtocolState, VmState
 from services.embedded.clock import TickClock
-from services.embedded.run import vm_summary
+from services.embedded.run import check_gateway_config, run_gateway_limits, sim_endpoint, sim_hello, vm_summary
 from services.embedded.scenario import DemoScript, advance_demo
 from services.kafka_engine import envelope
 from services.kafka_engine.gateway import start_gateway, stop_gateway
@@ -30,7 +30,6 @@ from services.kafka_engine.projection import EventsProjection
 from services.kafka_engine.settings import KafkaSettings
 from services.kafka_engine.worker import engine_config_of
 from services.vmbus_gateway.client import GuestLink
-from services.vmbus_gateway.hello import Hello
 
 MIB = 1 << 20
 
@@ -96,6 +95,7 @@ async def run_on_broker(cfg: Any, out: TextIO = sys.stdout, *, engines: int = 1)
     from services.embedded.run import progress_table
     from services.guest_sim import GuestConfig, SimulatedGuest
 
+    check_gateway_config(cfg)
     settings = replace(KafkaSettings.from_url(cfg.broker), speed=cfg.speed)
     counts = await asyncio.to_thread(ensure_topics, settings)
     config = await asyncio.to_thread(engine_config_of, settings)
@@ -103,9 +103,11 @@ async def run_on_broker(cfg: Any, out: TextIO = sys.stdout, *, engines: int = 1)
     children = [
         subprocess.Popen([sys.executable, "-m", "services", "engine", "--broker", settings.url]) for _ in range(engines)
     ]
-    server, backend = await start_gateway(settings, unix_path=cfg.socket, tcp=cfg.tcp)
+    server, backend = await start_gateway(
+        settings, unix_path=cfg.socket, tcp=cfg.tcp, auth=cfg.auth, limits=run_gateway_limits(cfg)
+    )
     service = BrokerService(settings, counts[settings.inbox], clock)
-    endpoint: dict[str, Any] = {"unix_path": cfg.socket} if cfg.socket else {"tcp": ("127.0.0.1", server.tcp_port)}
+    endpoint = sim_endpoint(cfg, server.tcp_port)
     print(
         f"hvdm: Kafka deployment on {settings.bootstrap} ({settings.prefix}.*), {engines} engine worker(s); "
         f"gateway {cfg.socket or f'tcp://127.0.0.1:{server.tcp_port}'}; speed x{cfg.speed:g}",
@@ -129,9 +131,7 @@ async def run_on_broker(cfg: Any, out: TextIO = sys.stdout, *, engines: int = 1)
                     boot_bytes=cfg.guest_memory, profile=cfg.guest_profile, workload=cfg.workload, seed=cfg.seed + i
                 )
             )
-            link = GuestLink(
-                guest, Hello(vm=vm, boot_bytes=cfg.guest_memory, maxmem_bytes=cfg.guest_maxmem), clock.now_seconds
-            )
+            link = GuestLink(guest, sim_hello(cfg, vm), clock.now_seconds)
             await link.open(**endpoint)
             links[vm] = link
             if cfg.scenario == "demo":

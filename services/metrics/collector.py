@@ -210,6 +210,12 @@ GATEWAY_METRICS: dict[str, tuple[str, str]] = {
     "hvdm_gateway_disconnects": ("Guest connections closed after the hello, by reason.", "counter"),
     "hvdm_gateway_frames_received": ("VMBus frames read from guests.", "counter"),
     "hvdm_gateway_frames_sent": ("VMBus frames written to guests.", "counter"),
+    "hvdm_gateway_status_reports_coalesced": (
+        "Guest status reports not stored because a newer one arrived within the interval.",
+        "counter",
+    ),
+    "hvdm_gateway_undecodable_messages": ("Well-framed guest messages that do not decode.", "counter"),
+    "hvdm_gateway_accept_errors": ("accept() failures (EMFILE: out of descriptors), by errno.", "counter"),
 }
 
 #: QMP command counts (``services.metrics.sources.QmpCollector``).

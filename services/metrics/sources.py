@@ -43,6 +43,15 @@ class GatewayView(Protocol):
     @property
     def hello_rejected(self) -> Mapping[str, int]: ...
 
+    @property
+    def accept_errors(self) -> Mapping[str, int]: ...
+
+    @property
+    def status_coalesced(self) -> int: ...
+
+    @property
+    def undecodable_messages(self) -> int: ...
+
 
 def _family(name: str, table: dict[str, tuple[str, str]]) -> CounterMetricFamily | GaugeMetricFamily:
     doc, typ = table[name]
@@ -61,7 +70,7 @@ class GatewayCollector(Collector):
         self._loop = loop
         self._common = (labels or MetricsLabels()).common()
 
-    def _read(self) -> tuple[int, int, dict[str, int], dict[str, int], int, int]:
+    def _read(self) -> tuple[int, int, dict[str, int], dict[str, int], int, int, tuple[int, int, dict[str, int]]]:
         gw = self._gateway
         c = gw.counters
         conns = list(gw.connections.values())
@@ -69,13 +78,14 @@ class GatewayCollector(Collector):
         frames_out = c.frames_out_closed + sum(int(x.frames_out) for x in conns)
         # Every refusal: the hello's own reason codes, then the gateway's (a VM already connected).
         refused = {**dict(gw.hello_rejected), **c.refused}
-        return len(conns), c.accepted, refused, dict(c.disconnects), frames_in, frames_out
+        bounds = (gw.status_coalesced, gw.undecodable_messages, dict(gw.accept_errors))
+        return len(conns), c.accepted, refused, dict(c.disconnects), frames_in, frames_out, bounds
 
     def describe(self) -> Iterable[Metric]:
         return [_family(name, GATEWAY_METRICS) for name in GATEWAY_METRICS]
 
     def collect(self) -> Iterable[Metric]:
-        open_now, accepted, refused, disconnects, frames_in, frames_out = read_on_loop(self._loop, self._read)
+        open_now, accepted, refused, disconnects, frames_in, frames_out, bounds = read_on_loop(self._loop, self._read)
         common = self._common
         fams = {name: _family(name, GATEWAY_METRICS) for name in GATEWAY_METRICS}
 
@@ -91,6 +101,11 @@ class GatewayCollector(Collector):
             add("hvdm_gateway_disconnects", count, reason=reason)
         add("hvdm_gateway_frames_received", frames_in)
         add("hvdm_gateway_frames_sent", frames_out)
+        coalesced, undecodable, accept_errors = bounds
+        add("hvdm_gateway_status_reports_coalesced", coalesced)
+        add("hvdm_gateway_undecodable_messages", undecodable)
+        for name, count in sorted(accept_errors.items()):
+            add("hvdm_gateway_accept_errors", count, errno=name)
         return list(fams.values())
 
 

@@ -23,6 +23,16 @@ class GatewayBackend(Protocol):
     def delivered(self, vm: str) -> int: ...
     def set_delivered(self, vm: str, seq: int) -> None: ...
     def on_outbox(self, cb: Callable[[set[str]], None]) -> None: ...
+    def known_vm(self, vm: str) -> bool:
+        """Whether the log already has this VM (a hello for an unknown id creates a VM: limited)."""
+        ...
+
+    def owner(self, vm: str) -> int:
+        """Digest of the peer identity that last held the VM's channel (0: none), kept across
+        gateway restarts where the backend can, so only that peer may resume the channel."""
+        ...
+
+    def set_owner(self, vm: str, digest: int) -> None: ...
 
 
 class EmbeddedBackend:
@@ -45,6 +55,15 @@ class EmbeddedBackend:
 
     def set_delivered(self, vm: str, seq: int) -> None:
         self.service.log.set_position(f"delivered:{vm}", seq)
+
+    def known_vm(self, vm: str) -> bool:
+        return vm in self.service.runner.states
+
+    def owner(self, vm: str) -> int:
+        return self.service.log.get_position(f"owner:{vm}")
+
+    def set_owner(self, vm: str, digest: int) -> None:
+        self.service.log.set_position(f"owner:{vm}", digest)
 
     def on_outbox(self, cb: Callable[[set[str]], None]) -> None:
         def listener(batch: Sequence[Processed]) -> None:

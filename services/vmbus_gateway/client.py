@@ -1,9 +1,10 @@
 """The guest end of a gateway connection, for simulated guests and tests.
 
 It owns nothing of the protocol: a ``SimulatedGuest`` decides what to send; this adapter only
-frames, writes, reads and keeps the simulated clock ticking. It remembers the last host frame's
-descriptor trans_id (the outbox sequence number) so it can resume a channel after a gateway
-restart without losing or repeating a host message.
+frames, writes, reads and keeps the simulated clock ticking. It counts the host frames it
+received from the position the gateway's answer named (a channel's host messages have consecutive
+outbox sequence numbers; the descriptor's trans_id is the DM message's own), so it can resume a
+channel after a gateway restart without losing or repeating a host message.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import ssl
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, Protocol
@@ -64,17 +66,22 @@ class GuestLink:
         tcp: tuple[str, int] | None = None,
         resume: bool = False,
         first_messages: list[bytes] | None = None,
+        tls: ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
     ) -> None:
         """Connect, say hello, and start exchanging messages in the background.
 
         A new channel starts with the guest's ``connect()`` messages, or with ``first_messages``
         when the caller already has them (a rebooted guest's first version request); a resumed
-        channel starts with nothing.
+        channel starts with nothing. ``tls`` wraps a TCP connection (with a client certificate
+        loaded when the gateway asks for one).
         """
         if unix_path:
             reader, writer = await asyncio.open_unix_connection(unix_path)
         elif tcp:
-            reader, writer = await asyncio.open_connection(tcp[0], tcp[1])
+            reader, writer = await asyncio.open_connection(
+                tcp[0], tcp[1], ssl=tls, server_hostname=(server_hostname or tcp[0]) if tls else None
+            )
         else:
             raise ValueError("unix_path or tcp is required")
         hello = replace(self.hello, resume_after=self.last_host_seq if resume else None)
@@ -84,6 +91,11 @@ class GuestLink:
         if not answer.get("ok"):
             writer.close()
             raise GatewayRefused(str(answer.get("error", "connection refused")))
+        delivered = answer.get("delivered")
+        if not isinstance(delivered, int) or isinstance(delivered, bool) or delivered < 0:
+            writer.close()
+            raise GatewayRefused(f"the gateway's answer has no valid delivered position: {answer!r}")
+        self.last_host_seq = delivered
         self._writer = writer
         self.connected.set()
         if not resume:
@@ -108,7 +120,7 @@ class GuestLink:
                     log.warning("event=host_framing_error vm=%s error=%s", self.hello.vm, e)
                     return
                 for fr in batch:
-                    self.last_host_seq = fr.trans_id
+                    self.last_host_seq += 1
                     self.host_messages += 1
                     self._send(self.guest.receive(dm_message_bytes(fr.payload), self.clock()))
                 if self._writer is not None:

@@ -2,8 +2,10 @@
 
 A real VMBus channel belongs to a VM by construction; a byte stream does not, so the first line
 says which VM this is and how its memory is laid out. ``resume_after`` lets a guest whose channel
-survived a gateway restart continue from the last host message it received (the descriptor's
-trans_id carries the outbox sequence number), so no host message is lost or repeated.
+survived a gateway restart continue from the last host message it received, so no host message is
+lost or repeated: host messages on a channel have consecutive outbox sequence numbers, the
+gateway's answer says the one the connection starts after (``"delivered"``), and the guest counts
+the frames it receives from there. ``token`` authenticates a TCP guest (see ``auth``).
 
 Where RAM is: ``"machine": "q35" | "pc"`` (QEMU's x86 split around the PCI hole, q35 when absent)
 or an explicit ``"ram": [[start_page, page_count], ...]``. What the guest went through: a hello
@@ -19,7 +21,7 @@ the inbox: one out-of-range integer stored there would be met again by every rep
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from services.dm_engine.limits import (
@@ -63,6 +65,7 @@ class Hello:
     hot_add_base_page: int | None = None
     status_reports: bool = True
     resume_after: int | None = None
+    token: str | None = field(default=None, repr=False)
     machine: str = "q35"
     #: Explicit guest RAM in pages; overrides ``machine``.
     ram: RamRanges | None = None
@@ -91,6 +94,8 @@ class Hello:
             data["resume_after"] = self.resume_after
         else:
             data["reset"] = self.reset
+        if self.token is not None:
+            data["token"] = self.token
         return (json.dumps(data, separators=(",", ":")) + "\n").encode()
 
 
@@ -142,6 +147,9 @@ def parse_hello(line: bytes) -> Hello:
     status = data.get("status_reports", True)
     if not isinstance(status, bool):
         raise HelloError("status_reports must be a boolean")
+    token = data.get("token")
+    if token is not None and (not isinstance(token, str) or len(token) > 128):
+        raise HelloError("token must be a string of at most 128 characters")
     machine, ram, reset = _layout_and_reset(data, boot >> 12)
     ranges = ram or x86_ram_ranges(machine, boot >> 12)
     if hot_add_base_page is not None and hot_add_base_page < ram_end_page(ranges):
@@ -157,6 +165,7 @@ def parse_hello(line: bytes) -> Hello:
         hot_add_base_page=hot_add_base_page,
         status_reports=status,
         resume_after=resume_after,
+        token=token,
         machine=machine,
         ram=ram,
         reset=reset,

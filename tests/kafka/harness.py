@@ -44,7 +44,7 @@ from services.kafka_engine.projection import EventsProjection
 from services.kafka_engine.settings import KafkaSettings
 from services.vmbus_gateway.client import GuestLink
 from services.vmbus_gateway.hello import Hello
-from services.vmbus_gateway.server import GatewayServer
+from services.vmbus_gateway.server import GatewayLimits, GatewayServer
 from tests.kafka.scenario import BOOT, MAXMEM, RunResult, TrackedGuest, accounting, make_guests
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -170,7 +170,11 @@ class KafkaLockstep:
             self.group.close()
 
     async def start_gateway(self) -> None:
-        self.server, self.backend = await start_gateway(self.settings, unix_path=self.socket, tcp=None)
+        # Lockstep time runs far faster than the wall clock: the gateway's status-report
+        # coalescing (one per wall second) would drop reports the embedded run stores.
+        self.server, self.backend = await start_gateway(
+            self.settings, unix_path=self.socket, tcp=None, limits=GatewayLimits(status_interval_s=0.0)
+        )
 
     async def restart_gateway(self) -> None:
         """A clean gateway restart at a quiet point: guests resume their channels."""

@@ -22,6 +22,7 @@ from services.dm_protocol import (
     StatusReport,
     VersionRequest,
     decode,
+    dm_message_bytes,
     encode,
     frame,
 )
@@ -82,6 +83,11 @@ async def wait_for(predicate, timeout: float = 10.0) -> None:  # type: ignore[no
         await asyncio.sleep(0.01)
 
 
+def idle(service: EmbeddedService, vm: str) -> bool:
+    s = service.runner.states.get(vm)
+    return s is not None and s.protocol is ProtocolState.IDLE
+
+
 async def raw_connection(path: str, hello: Hello) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, dict]:  # type: ignore[type-arg]
     reader, writer = await asyncio.open_unix_connection(path)
     writer.write(hello.to_line())
@@ -106,7 +112,7 @@ async def test_guest_handshake_and_balloon_over_the_socket(service: EmbeddedServ
     service.submit("vm1", SetTarget(target_bytes=2 * GIB))
     await wait_for(lambda: service.runner.states["vm1"].current_pages == (2 * GIB) >> 12)
     assert any(isinstance(m, BalloonRequest) for m in guest.received)
-    # Each host frame carried its outbox sequence number in the descriptor's trans_id.
+    # The guest counted the host frames from where its channel started: it knows the outbox seq.
     assert link.last_host_seq == service.log.outbox_high_watermark("vm1")
     await link.stop()
     await wait_for(lambda: service.runner.states["vm1"].protocol is ProtocolState.CLOSED)
@@ -142,7 +148,9 @@ async def test_malformed_frames_become_violations_and_budget_closes(service: Emb
     assert await reader.read() == b""  # the gateway closed the connection
     await wait_for(lambda: service.runner.states["bad"].protocol is ProtocolState.CLOSED)
     violations = service.runner.states["bad"].violations
-    assert violations.get("MALFORMED_FRAME", 0) >= 4
+    # The undecodable message and the malformed frames share the budget: the fourth violation
+    # closes the connection and the fifth frame is never stored.
+    assert violations.get("MALFORMED_FRAME", 0) == 3
     assert violations.get("SIZE_MISMATCH", 0) + violations.get("TRUNCATED", 0) == 1
     assert gateway.closed_reasons and "violation budget" in gateway.closed_reasons[-1][1]
     await gateway.close()
@@ -194,3 +202,55 @@ def test_frame_reader_round_trip_of_host_frames() -> None:
     data = frame(encode(BalloonRequest(num_pages=5)), trans_id=7)
     frames = reader.feed(data[:5]) + reader.feed(data[5:])
     assert [f.trans_id for f in frames] == [7]
+
+
+async def test_host_descriptors_carry_the_dm_trans_id(service: EmbeddedService, tmp_path: Path) -> None:
+    """As QEMU's hv_balloon_send_packet: the descriptor's trans_id is the DM message's, not an
+    outbox sequence number (the guest learns where its channel starts from the hello answer)."""
+    sock = str(tmp_path / "gw.sock")
+    gateway = GatewayServer(EmbeddedBackend(service))
+    await gateway.start(unix_path=sock)
+    reader, writer, answer = await raw_connection(sock, Hello(vm="vm1", boot_bytes=4 * GIB, maxmem_bytes=16 * GIB))
+    assert answer == {"ok": True, "vm": "vm1", "delivered": 0}
+    writer.write(frame(encode(VersionRequest(trans_id=41, version=0x20000))))
+    writer.write(frame(encode(CapabilitiesReport(trans_id=42, balloon=True, hot_add=True, hot_add_alignment=7))))
+    await writer.drain()
+    await wait_for(lambda: idle(service, "vm1"))
+    service.submit("vm1", SetTarget(target_bytes=3 * GIB))
+    frames = FrameReader()
+    got: list[tuple[int, object]] = []
+    while len(got) < 3:  # version response, capabilities response, balloon request
+        for fr in frames.feed(await asyncio.wait_for(reader.read(4096), 10)):
+            got.append((fr.trans_id, decode(dm_message_bytes(fr.payload))))
+    assert [type(m).__name__ for _, m in got] == ["VersionResponse", "CapabilitiesResponse", "BalloonRequest"]
+    assert all(tid == m.trans_id for tid, m in got)  # type: ignore[attr-defined]
+    assert got[0][0] == 41  # the response names the request it answers (not outbox seq 1)
+    writer.close()
+    await gateway.close()
+
+
+async def test_resume_is_exact_across_two_gateway_restarts(service: EmbeddedService, tmp_path: Path) -> None:
+    sock = str(tmp_path / "gw.sock")
+    backend = EmbeddedBackend(service)
+    guest = EchoGuest()
+    link = GuestLink(guest, Hello(vm="vm1", boot_bytes=4 * GIB, maxmem_bytes=16 * GIB), service.now_seconds)
+    gateway = GatewayServer(backend)
+    await gateway.start(unix_path=sock)
+    await link.open(unix_path=sock)
+    await wait_for(lambda: idle(service, "vm1"))
+    base = link.last_host_seq - link.host_messages
+    for target in (3 * GIB, 2 * GIB):
+        await gateway.close()
+        await link.stop()
+        service.submit("vm1", SetTarget(target_bytes=target))  # queued while no gateway runs
+        await wait_for(lambda: service.runner.states["vm1"].protocol is ProtocolState.BALLOON_REPLY_WAIT)
+        gateway = GatewayServer(backend)
+        await gateway.start(unix_path=sock)
+        await link.open(unix_path=sock, resume=True)
+        await wait_for(lambda t=target: service.runner.states["vm1"].current_pages == t >> 12)  # type: ignore[misc]
+    high = service.log.outbox_high_watermark("vm1")
+    assert link.last_host_seq == high
+    assert link.host_messages == high - base == len(guest.received)  # nothing lost, nothing repeated
+    assert sum(isinstance(m, BalloonRequest) for m in guest.received) >= 2
+    await link.stop()
+    await gateway.close()
