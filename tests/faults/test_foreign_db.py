@@ -88,12 +88,14 @@ def test_an_empty_file_becomes_a_marked_log(tmp_path: Path) -> None:
 
 def test_a_log_from_before_the_marker_is_recognised_and_marked(tmp_path: Path) -> None:
     db = tmp_path / "hvdm.db"
-    run = hvdm("run", "--db", str(db), "--socket", "", "--tcp", "127.0.0.1:0", "--guests", "1", "--duration", "1")
+    run = hvdm(
+        "run", "--db", str(db), "--socket", "", "--tcp", "127.0.0.1:0", "--insecure", "--guests", "1", "--duration", "1"
+    )
     assert run.returncode == 0, run.stderr
     with contextlib.closing(sqlite3.connect(db)) as conn:
         conn.execute("PRAGMA application_id = 0")  # as an hvdm of before the marker left it
         conn.commit()
-    run = hvdm("run", "--db", str(db), "--socket", "", "--tcp", "127.0.0.1:0", "--duration", "0.5")
+    run = hvdm("run", "--db", str(db), "--socket", "", "--tcp", "127.0.0.1:0", "--insecure", "--duration", "0.5")
     assert run.returncode == 0, run.stderr
     assert "continuing the existing log" in run.stdout
     assert application_id(db) == APPLICATION_ID
@@ -115,7 +117,9 @@ def remount(media: Path, mode: str) -> None:
 
 def made_log(tmp_path: Path) -> Path:
     db = tmp_path / "hvdm.db"
-    run = hvdm("run", "--db", str(db), "--socket", "", "--tcp", "127.0.0.1:0", "--guests", "2", "--duration", "1")
+    run = hvdm(
+        "run", "--db", str(db), "--socket", "", "--tcp", "127.0.0.1:0", "--insecure", "--guests", "2", "--duration", "1"
+    )
     assert run.returncode == 0, run.stderr
     return db
 
