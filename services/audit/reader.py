@@ -12,7 +12,8 @@ written before a column or table existed: ``SqliteReader`` selects only the colu
 version had (``inbox(pos, vm, tick, record)``, ``events(vm, seq, inbox_pos, record)``,
 ``meta``, ``positions``) and treats a missing ``snapshots`` table as "no snapshots". Records are
 parsed by ``records.py``, which fills fields added later with their defaults, and guest messages
-are raw bytes that today's decoder reads again.
+are raw bytes that today's decoder reads again. Rows of log format 2 may be compact BLOBs
+(``records.stored_event_json`` / ``stored_input_dict``), read back as the canonical JSON they stand for.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any, Protocol
 from urllib.parse import quote
 
 from services.dm_engine.inputs import ALL_VMS
-from services.dm_engine.records import loads
+from services.dm_engine.records import loads, stored_event_json, stored_input_dict
 from services.event_log.sqlite_log import EventRow, InboxRow
 
 
@@ -131,7 +132,7 @@ class SqliteReader:
                 "SELECT pos, vm, tick, record FROM inbox WHERE pos > ? AND vm IN (?, ?) ORDER BY pos LIMIT ?",
                 (after, vm, ALL_VMS, limit),
             )
-        return [InboxRow(int(p), str(v), int(t), loads(r)) for p, v, t, r in cur]
+        return [InboxRow(int(p), str(v), int(t), stored_input_dict(r, t)) for p, v, t, r in cur]
 
     def iter_inbox(self, after: int = 0, until: int | None = None, batch: int = 5000) -> Iterator[InboxRow]:
         pos = after
@@ -155,7 +156,7 @@ class SqliteReader:
             )
         while rows := cur.fetchmany(2000):
             for v, s, p, r in rows:
-                yield EventRow(v, s, p, r)
+                yield EventRow(v, s, p, stored_event_json(r))
 
     def snapshots(self) -> list[tuple[str, int, int, dict[str, Any]]]:
         if "snapshots" not in self._tables:

@@ -6,8 +6,9 @@ service believe at that moment?" (replay --until). Both only read the log.
 
 Exit status of ``audit``: 0 when the replay matches the recorded events, 2 when it diverges, 3 when
 it matches but the engine's consumed position is behind its inbox (``consumed_behind_inbox``: the
-engine stopped on a record, or is still running), 1 on errors (one line on stderr, never a
-traceback). ``replay`` exits 0 or 1.
+engine stopped on a record, or is still running), 4 with ``--fail-on-violations`` when it matches
+but a guest committed protocol violations in the judged window (a CI gate: "this run's guests
+behaved"), 1 on errors (one line on stderr, never a traceback). ``replay`` exits 0 or 1.
 
     $ hvdm audit --db /var/lib/hvdm/log.db --json
     {"replay_matches": true, "inbox_records": 1200, "events": 431, ..., "first_divergence": null}
@@ -41,6 +42,7 @@ EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_DIVERGED = 2
 EXIT_BEHIND = 3
+EXIT_VIOLATIONS = 4
 
 
 def _fail(command: str, message: object) -> int:
@@ -117,8 +119,8 @@ def _run_audit(args: argparse.Namespace) -> int:
 
             Path(args.html).write_text(audit_html(report), encoding="utf-8")
         rebalancer = _rebalancer_section(args)
+        doc = report.to_dict()
         if args.json:
-            doc = report.to_dict()
             if rebalancer is not None:
                 doc["rebalancer"] = rebalancer
             output = json.dumps(doc)
@@ -126,7 +128,11 @@ def _run_audit(args: argparse.Namespace) -> int:
             output = audit_text(report) + _rebalancer_text(rebalancer)
         if not report.replay_matches:
             return output, EXIT_DIVERGED
-        return output, EXIT_BEHIND if report.consumed_behind_inbox else EXIT_OK
+        if report.consumed_behind_inbox:
+            return output, EXIT_BEHIND
+        if args.fail_on_violations and any(sum(vm["violations"].values()) for vm in doc["vms"].values()):
+            return output, EXIT_VIOLATIONS
+        return output, EXIT_OK
 
     return _with_log("audit", args, body)
 
@@ -180,6 +186,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--gap-ticks", type=NON_NEGATIVE, default=3, metavar="N", help="status-report gap threshold (default 3)"
     )
     audit_parser.add_argument("--progress", action="store_true", help="progress bar on stderr even if not a TTY")
+    audit_parser.add_argument(
+        "--fail-on-violations",
+        action="store_true",
+        help="exit 4 when the log replays but a guest committed protocol violations (for CI gates)",
+    )
     audit_parser.set_defaults(func=_run_audit)
 
     replay_parser = subparsers.add_parser(

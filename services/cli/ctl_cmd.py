@@ -29,6 +29,7 @@ from typing import Any
 from qemu.qmp import ConnectError, ExecuteError, QMPClient
 
 from services.cli.arg_types import SECONDS, VM_ID, IntArg
+from services.cli.config_file import add_config_argument
 from services.cli.main import CliParser
 from services.qmp import hmp
 from services.qmp.paths import default_qmp_dir, socket_path
@@ -128,6 +129,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    add_config_argument(parser)
     parser.add_argument("--qmp-dir", type=Path, default=default_qmp_dir(), help="directory of the per-VM QMP sockets")
     parser.add_argument("--timeout", type=SECONDS, default=10.0, help="seconds to wait for the service")
     parser.add_argument("-v", "--verbose", action="store_true", help="log the QMP conversation")

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 import time
 from collections.abc import Callable
 from types import SimpleNamespace
 
 from services.cli.arg_types import BROKER, FloatArg, IntArg
+from services.cli.config_file import add_config_argument, config_of
+from services.cli.log_output import add_log_arguments
 from services.cli.main import EXIT_ERROR, error_line
 from services.cli.metrics_args import add_metrics_arguments, metrics_labels_of
 from services.embedded.runner import EngineRunner
@@ -24,7 +25,7 @@ def _run_sqlite(args: argparse.Namespace) -> int:
     except NotAnHvdmLog as exc:
         print(error_line("engine", exc), file=sys.stderr)
         return EXIT_ERROR
-    runner = EngineRunner(log, snapshot_every=args.snapshot_every)
+    runner = EngineRunner(log, args.engine_config, snapshot_every=args.snapshot_every)
     try:
         if args.exit_when_idle:
             try:
@@ -78,7 +79,7 @@ def _run_sqlite(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
+    args.engine_config = config_of(args).engine_config()
     if args.broker:
         from services.kafka_engine.worker import run_worker
 
@@ -101,5 +102,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="seconds between inbox polls when idle",
     )
     add_metrics_arguments(p)
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true", help="log at info level (see --log-level)")
+    add_log_arguments(p)
+    add_config_argument(p)
     p.set_defaults(func=_run)

@@ -64,10 +64,16 @@ def gateway_auth(args: argparse.Namespace) -> GatewayAuth:
 
 
 def gateway_limits(args: argparse.Namespace, *, status_interval_s: float = 1.0) -> GatewayLimits:
-    return GatewayLimits(
+    """The flags over the config file's ``[gateway_limits]`` over the defaults."""
+    from dataclasses import replace
+
+    from services.cli.config_file import config_of
+
+    base = replace(GatewayLimits(), **config_of(args).gateway_limits())
+    return replace(
+        base,
         keepalive_s=args.keepalive,
         max_new_vms_per_peer=args.max_new_vms_per_peer,
         max_new_vms_per_window=args.max_new_vms_per_minute,
-        new_vm_window_s=60.0,
         status_interval_s=status_interval_s,
     )

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import socket
 import sys
 
 from services.cli.arg_types import BROKER, HOST_PORT, VM_ID
+from services.cli.config_file import add_config_argument
 from services.cli.gateway_args import add_gateway_arguments, gateway_auth, gateway_limits
+from services.cli.log_output import add_log_arguments
 from services.cli.main import EXIT_USAGE, error_line
 from services.cli.metrics_args import add_metrics_arguments, metrics_labels_of
 from services.cli.units import size_arg
@@ -43,9 +44,6 @@ def _run(args: argparse.Namespace) -> int:
         print(error_line("gateway", "give --broker kafka://HOST:PORT"), file=sys.stderr)
         return EXIT_USAGE
 
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s %(message)s"
-    )
     try:
         settings = KafkaSettings.from_url(args.broker)
     except SettingsError as exc:
@@ -95,7 +93,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     p.add_argument("--host-capacity", type=size_arg, metavar="SIZE", help="RAM for VMs (default: RAM - reserve)")
     p.add_argument("--host-reserve", type=size_arg, default=2 << 30, metavar="SIZE", help="RAM kept for the host (2G)")
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true", help="log at info level (see --log-level)")
+    add_log_arguments(p)
+    add_config_argument(p)
     add_gateway_arguments(p)
     sub = p.add_subparsers(dest="gateway_command", metavar="{token}")
     t = sub.add_parser("token", help="print a VM's token: HMAC-SHA256(host secret, VM id), hex")

@@ -21,6 +21,16 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
+from services.cli.config_file import (
+    ConfigError,
+    LoadedConfig,
+    apply_to_parsers,
+    config_path_of,
+    load_config,
+    merge_broker,
+)
+from services.cli.log_output import configure_logging
+
 #: Command name -> the module that registers it, in the order they appear in ``hvdm --help``.
 COMMANDS: dict[str, str] = {
     "decode": "services.cli.wire_cmds",
@@ -34,6 +44,7 @@ COMMANDS: dict[str, str] = {
     "rebalance": "services.cli.rebalance_cmd",
     "fuzz": "services.cli.fuzz_cmd",
     "bench": "services.cli.bench_cmd",
+    "config": "services.cli.config_cmd",
 }
 
 #: Modules that contribute sub-commands (each once, in table order).
@@ -59,17 +70,31 @@ class CliParser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, error_line(command, message) + "\n")
 
 
-def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    """The parser with every command, or only with the commands of ``only``'s module."""
+def _version() -> str:
+    """The installed distribution's version (``pyproject.toml``), without importing any command."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("hvdm")
+    except PackageNotFoundError:  # a source tree that was never installed
+        return "unknown (not installed)"
+
+
+def build_parser(only: str | None = None, config: LoadedConfig | None = None) -> argparse.ArgumentParser:
+    """The parser with every command, or only with the commands of ``only``'s module; a config
+    file's values become the defaults of the flags it names (``config_file``)."""
     parser = CliParser(
         prog="hvdm",
         description="Host side of the Hyper-V Dynamic Memory protocol, as an event-sourced service.",
     )
+    parser.add_argument("--version", action="version", version=f"hvdm {_version()}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
     modules = (COMMANDS[only],) if only in COMMANDS else COMMAND_MODULES
     for name in modules:
         importlib.import_module(name).register(subparsers)
+    if config is not None:
+        apply_to_parsers(config, subparsers.choices)
     return parser
 
 
@@ -82,8 +107,19 @@ def _command_of(argv: Sequence[str]) -> str | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser(_command_of(args_list))
+    command = _command_of(args_list)
+    config_path = config_path_of(args_list)
+    try:
+        config = load_config(config_path) if config_path is not None else LoadedConfig()
+        parser = build_parser(command, config)
+    except ConfigError as e:
+        print(error_line(command, e), file=sys.stderr)
+        return EXIT_USAGE
     args = parser.parse_args(args_list)
+    if getattr(args, "broker", None) is not None:
+        args.broker = merge_broker(args.broker, config)
+    if hasattr(args, "log_format"):
+        configure_logging(args)
     try:
         code: int = args.func(args)
     except KeyboardInterrupt:

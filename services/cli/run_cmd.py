@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 from services.cli.arg_types import BROKER, HOST_PORT, SEED, FloatArg, IntArg, SizeArg
+from services.cli.config_file import add_config_argument, config_of
 from services.cli.gateway_args import add_gateway_arguments, gateway_auth, gateway_limits
+from services.cli.log_output import add_log_arguments
 from services.cli.main import EXIT_ERROR, EXIT_USAGE, error_line
 from services.cli.metrics_args import add_metrics_arguments, metrics_labels_of
 from services.embedded.run import RunConfig, main_run
@@ -15,6 +16,7 @@ from services.embedded.socket_files import SocketPathInUse
 from services.event_log.sqlite_log import NotAnHvdmLog
 from services.guest_sim.profiles import PROFILES
 from services.guest_sim.workload import WORKLOADS
+from services.qmp.paths import default_qmp_dir
 
 #: Simulated guests' RAM: what ``GuestConfig`` accepts (2 MiB granules), up to what hvdm can address.
 GUEST_MEMORY = SizeArg(2 << 20, 1 << 50, align=2 << 20)
@@ -32,9 +34,6 @@ def _qemu_address(text: str) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=logging.WARNING if not args.verbose else logging.INFO, format="%(asctime)s %(name)s %(message)s"
-    )
     if args.guest_maxmem < args.guest_memory:
         print(error_line("run", "--guest-maxmem must be at least --guest-memory"), file=sys.stderr)
         return EXIT_USAGE
@@ -65,7 +64,7 @@ def _run(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port,
         metrics_host=args.metrics_host,
         metrics_labels=metrics_labels_of(args),
-        qmp_dir=args.qmp_dir,
+        qmp_dir=args.qmp_dir or None,
         progress_interval=args.progress_interval,
         json_summary=args.json,
         fresh=args.fresh,
@@ -76,6 +75,7 @@ def _run(args: argparse.Namespace) -> int:
         qemu_dir=args.qemu_dir,
         qemu_poll=args.qemu_poll,
         qemu_trace=args.qemu_trace,
+        engine_config=config_of(args).engine_config(),
     )
     try:
         return main_run(cfg)
@@ -104,7 +104,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--duration", type=FloatArg(0.0, 1e9), help="exit after SECONDS of wall time")
     p.add_argument("--seed", type=SEED, default=1)
     add_metrics_arguments(p, what="service")
-    p.add_argument("--qmp-dir", help="directory for per-VM QMP sockets (DIR/<vm>.sock)")
+    p.add_argument(
+        "--qmp-dir",
+        default=str(default_qmp_dir()),
+        help="directory for per-VM QMP sockets, DIR/<vm>.sock ('' to disable; default: hvdm ctl's, %(default)s)",
+    )
     p.add_argument(
         "--progress-interval",
         type=FloatArg(0.0, 86400.0),
@@ -130,6 +134,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--qemu-poll", type=FloatArg(0.05, 3600.0), default=1.0, help="seconds between QEMU polls (default 1)"
     )
     p.add_argument("--qemu-trace", help="follow QEMU's hv_balloon_* trace file for page-level accounting")
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true", help="log at info level (see --log-level)")
+    add_log_arguments(p)
+    add_config_argument(p)
     add_gateway_arguments(p)
     p.set_defaults(func=_run)

@@ -8,6 +8,7 @@ events produces byte-identical records. Bytes travel as lowercase hex, page rang
 from __future__ import annotations
 
 import json
+import re
 import typing
 from collections.abc import Callable
 from dataclasses import fields
@@ -249,3 +250,95 @@ def event_json(event: ev.Event) -> str:
 
 def input_json(record: inp.Input) -> str:
     return dumps(to_dict(record))
+
+
+# ---------------------------------------------------------------------- compact stored forms
+#
+# Log format 2 stores the hottest records in a compact form instead of canonical JSON (format 1
+# stored JSON only; both are read). A row says which form it holds by its SQLite type: TEXT is
+# canonical JSON, a BLOB is compact. Readers turn a compact row back into exactly the canonical
+# JSON that ``event_json`` / ``to_dict`` would have produced, so everything above the log (audits
+# comparing bytes, digests, folds) sees the same records whichever form was stored.
+#
+# * An event blob is one code byte naming the event class and its field layout, then the fields'
+#   decimal values joined by commas, in the canonical (sorted-key) order. Only classes whose fields
+#   are all integers are compacted, so the decimal text *is* the canonical JSON of each value.
+# * An inbox blob is a ``GuestMessage``'s raw guest bytes (its tick is the row's tick): the raw
+#   frame is the one fact; hex in JSON would double it.
+
+#: Log format this code writes (``meta.log_format``); 1 = JSON only (no such meta key).
+LOG_FORMAT = 2
+
+#: Code byte -> event class compacted under it. Codes are never reused: a new layout gets a new code.
+COMPACT_EVENT_CODES: dict[int, type[ev.EventBase]] = {1: ev.StatusReported}
+_COMPACT_BY_CLASS = {cls: code for code, cls in COMPACT_EVENT_CODES.items()}
+_COMPACT_TEMPLATES: dict[int, tuple[str, int, re.Pattern[bytes]]] = {}
+
+
+def _compact_template(code: int) -> tuple[str, int, re.Pattern[bytes]]:
+    """(``%``-template of the canonical JSON, number of values, pattern a valid blob body matches)."""
+    cached = _COMPACT_TEMPLATES.get(code)
+    if cached is None:
+        cls = COMPACT_EVENT_CODES[code]
+        parts = []
+        count = 0
+        for prefix, name, _kind in _plan(cls):
+            if name is None:
+                parts.append(prefix.replace("%", "%%"))
+            else:
+                parts.append(prefix.replace("%", "%%") + "%s")
+                count += 1
+        template = "".join(parts) + "}"
+        pattern = re.compile(rb"-?[0-9]+(?:,-?[0-9]+){%d}" % (count - 1))
+        _COMPACT_TEMPLATES[code] = cached = (template, count, pattern)
+    return cached
+
+
+def compact_event(event: ev.Event) -> bytes | None:
+    """The compact stored form of ``event``, or None if its class is stored as JSON."""
+    code = _COMPACT_BY_CLASS.get(type(event))
+    if code is None:
+        return None
+    values = [getattr(event, name) for _, name, _ in _plan(type(event)) if name is not None]
+    if not all(type(v) is int for v in values):
+        return None  # a bool or None where an int is declared: keep the JSON, which says so
+    return bytes((code,)) + ",".join([int.__repr__(v) for v in values]).encode()
+
+
+def stored_event_json(record: str | bytes) -> str:
+    """The canonical JSON of a stored event record, in either form.
+
+    A blob that is not a valid compact record (a damaged or forged row) comes back as a string that
+    is not JSON, so an audit reports the record as differing, as it does for any unreadable text."""
+    if isinstance(record, str):
+        return record
+    body = bytes(record)
+    code = body[0] if body else -1
+    if code in COMPACT_EVENT_CODES:
+        template, _count, pattern = _compact_template(code)
+        if pattern.fullmatch(body, 1):
+            return template % tuple(body[1:].decode().split(","))
+    return "!invalid compact record " + body.hex()
+
+
+def stored_input(record: dict[str, Any], tick: int) -> str | bytes:
+    """What the inbox stores for an input record appended at ``tick``: raw bytes for a
+    ``GuestMessage`` whose record is exactly ``{type, tick, raw}``, canonical JSON otherwise."""
+    if record.get("type") == "GuestMessage" and len(record) == 3 and record.get("tick") == tick:
+        raw = record.get("raw")
+        if type(raw) is str:
+            try:
+                blob = bytes.fromhex(raw)
+            except ValueError:
+                blob = None
+            if blob is not None and blob.hex() == raw:
+                return blob
+    return dumps(record)
+
+
+def stored_input_dict(record: str | bytes, tick: int) -> dict[str, Any]:
+    """The input record (a parsed dict, as ``to_dict`` gives) a stored inbox row holds."""
+    if isinstance(record, str):
+        data: dict[str, Any] = loads(record)
+        return data
+    return {"raw": bytes(record).hex(), "tick": tick, "type": "GuestMessage"}

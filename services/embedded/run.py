@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TextIO
 
+from services.dm_engine.config import EngineConfig
 from services.dm_engine.state import ProtocolState, VmState
 from services.embedded.log_file import describe_log, move_aside
 from services.embedded.scenario import DemoScript, advance_demo
@@ -77,6 +78,8 @@ class RunConfig:
     qemu_dir: str | None = None
     qemu_poll: float = 1.0
     qemu_trace: str | None = None
+    #: The engine config a new log is created with (None: the defaults); a log keeps its own.
+    engine_config: EngineConfig | None = None
 
 
 def run_gateway_limits(cfg: RunConfig) -> GatewayLimits:
@@ -155,7 +158,7 @@ def summary(service: EmbeddedService, scripts: dict[str, DemoScript]) -> dict[st
 async def run_service(cfg: RunConfig, out: TextIO = sys.stdout) -> int:
     check_gateway_config(cfg)
     existed = check_log_file(cfg.db)
-    service = EmbeddedService.open(cfg.db, speed=cfg.speed)
+    service = EmbeddedService.open(cfg.db, speed=cfg.speed, config=cfg.engine_config)
     stop = StopSignals().install()
     await service.start()
     gateway = GatewayServer(EmbeddedBackend(service), run_gateway_limits(cfg), cfg.auth)
@@ -182,11 +185,19 @@ async def run_service(cfg: RunConfig, out: TextIO = sys.stdout) -> int:
                 service, cfg.qemu, directory=cfg.qemu_dir, poll_seconds=cfg.qemu_poll, trace_file=cfg.qemu_trace
             )
         endpoint = sim_endpoint(cfg, gateway.tcp_port) if cfg.guests else {}
+        # With --json, stdout carries the JSON summary only; everything for humans goes to stderr.
+        human = sys.stderr if cfg.json_summary else out
+        extras = "".join(
+            [
+                f"; metrics {served.url}" if served is not None else "",
+                f"; QMP sockets in {cfg.qmp_dir}" if cfg.qmp_dir else "",
+            ]
+        )
         print(
             f"hvdm: embedded service on {cfg.db}; gateway "
-            f"{cfg.socket or f'tcp://127.0.0.1:{gateway.tcp_port}'}; speed x{cfg.speed:g}\n"
+            f"{cfg.socket or f'tcp://127.0.0.1:{gateway.tcp_port}'}; speed x{cfg.speed:g}{extras}\n"
             f"hvdm: {describe_log(service.log, existed)}",
-            file=out,
+            file=human,
             flush=True,
         )
         if cfg.guests:
@@ -214,7 +225,7 @@ async def run_service(cfg: RunConfig, out: TextIO = sys.stdout) -> int:
                 await advance_demo(script, service)
             now = time.monotonic()
             if cfg.progress_interval > 0 and now >= next_progress and (links or service.runner.states):
-                print(progress_table(service.runner.states, scripts, service.now_tick()), file=out, flush=True)
+                print(progress_table(service.runner.states, scripts, service.now_tick()), file=human, flush=True)
                 next_progress = now + cfg.progress_interval
             if scripts and all(s.done for s in scripts.values()):
                 break
@@ -317,7 +328,7 @@ def main_run(cfg: RunConfig) -> int:
             return asyncio.run(run_on_broker(cfg))
         check_paths(cfg)
         if cfg.fresh:
-            start_fresh(cfg)
+            start_fresh(cfg, sys.stderr if cfg.json_summary else sys.stdout)
         return asyncio.run(run_service(cfg))
     except AuthConfigError as e:
         print(f"hvdm: run error: {e}", file=sys.stderr)

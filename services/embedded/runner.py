@@ -9,12 +9,13 @@ what makes a crash-and-restart neither lose nor double-apply an input.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from services.dm_engine.config import EngineConfig
 from services.dm_engine.decider import evolve, initial_state
-from services.dm_engine.records import event_from_dict, loads
+from services.dm_engine.records import compact_event, event_from_dict, loads, stored_event_json
 from services.dm_engine.state import VmState
 from services.dm_engine.step import Processed, read_input, step
 from services.event_log.sqlite_log import InboxRow, SqliteLog, StepWrite
@@ -38,6 +39,12 @@ class EngineRunner:
     ) -> None:
         self.log = log
         stored = log.get_meta("engine_config")
+        if stored is not None and config is not None and config != EngineConfig.from_dict(json.loads(stored)):
+            # The log's events were decided with the stored config; replays must keep using it.
+            logging.getLogger(__name__).warning(
+                "event=engine_config_kept reason=%r", "the log has its own engine config; a new log takes the given one"
+            )
+            config = None
         if config is None:
             config = EngineConfig.from_dict(json.loads(stored)) if stored else EngineConfig()
         if stored is None:
@@ -128,7 +135,7 @@ class EngineRunner:
                 if not events:
                     continue
                 vm = result.vm
-                encoded = [(e.KIND, j) for e, j in zip(events, result.records, strict=True)]
+                encoded = [(e.KIND, compact_event(e) or j) for e, j in zip(events, result.records, strict=True)]
                 writes.append(StepWrite(vm, row.pos, encoded, result.outbox))
                 self._last_seq[vm] = self._last_seq.get(vm, 0) + len(events)
                 count = self._events_since_snapshot.get(vm, 0) + len(events)
@@ -159,5 +166,5 @@ class EngineRunner:
         for write in pending:
             if write.vm == vm:
                 for _, record in write.events:
-                    evolve(state, event_from_dict(loads(record)))
+                    evolve(state, event_from_dict(loads(stored_event_json(record))))
         return state

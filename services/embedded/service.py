@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -26,10 +25,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from services.dm_engine.config import EngineConfig
-from services.dm_engine.inputs import ALL_VMS, ChannelClosed, GuestMessage, Input, Tick
+from services.dm_engine.inputs import ALL_VMS, ChannelClosed, Input, Tick
 from services.dm_engine.records import to_dict
 from services.dm_engine.state import ProtocolState
-from services.dm_protocol import DecodeError, decode, to_json_dict
 from services.embedded.clock import TickClock
 from services.embedded.runner import EngineRunner, Processed
 from services.event_log.retry import Backoff, retry_write
@@ -88,13 +86,8 @@ class EmbeddedService:
         Raises ``LogWriteError`` (nothing stored) while the log cannot be written."""
         tick = self.now_tick()
         record = replace(record, tick=tick)
-        decoded: str | None = None
-        if isinstance(record, GuestMessage):
-            try:
-                decoded = json.dumps(to_json_dict(decode(record.raw)), separators=(",", ":"))
-            except DecodeError:
-                decoded = None
-        pos = self.log.append_input(vm, tick, to_dict(record), decoded)
+        # The raw guest bytes are the one stored fact (no decoded copy: issue 14).
+        pos = self.log.append_input(vm, tick, to_dict(record))
         self._wake.set()
         return pos
 

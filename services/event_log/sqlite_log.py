@@ -35,6 +35,7 @@ from urllib.parse import quote
 import orjson
 
 from services.dm_engine.inputs import ALL_VMS
+from services.dm_engine.records import LOG_FORMAT, stored_event_json, stored_input, stored_input_dict
 
 log = logging.getLogger("hvdm.log")
 
@@ -149,7 +150,7 @@ class EventRow:
     vm: str
     seq: int
     inbox_pos: int
-    record: str  # canonical JSON, compared byte for byte by audits
+    record: str  # canonical JSON (whichever form is stored), compared byte for byte by audits
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,7 +167,7 @@ class StepWrite:
 
     vm: str
     inbox_pos: int
-    events: Sequence[tuple[str, str]]  # (event type, canonical JSON), in order
+    events: Sequence[tuple[str, str | bytes]]  # (event type, canonical JSON or compact form), in order
     outbox: Sequence[tuple[int, bytes]]  # (index into events, encoded DM message)
 
 
@@ -243,6 +244,11 @@ class SqliteLog:
         if app_id == 0:
             # A new file, or an hvdm log from before the marker: mark it.
             db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        stored = db.execute("SELECT value FROM meta WHERE key = 'log_format'").fetchone()
+        if stored is None or int(stored[0]) < LOG_FORMAT:
+            # Rows say their own form (TEXT = JSON, BLOB = compact), so a format-1 log simply goes on
+            # as format 2; the key tells an older reader that it may meet rows it cannot read.
+            db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('log_format', ?)", (str(LOG_FORMAT),))
 
     def close(self) -> None:
         """Close the connection; SQLite checkpoints the WAL into the file and removes it, so a
@@ -319,19 +325,15 @@ class SqliteLog:
     ) -> int:
         """Append (vm, tick, input record, decoded JSON or None) rows atomically; returns the last pos.
 
-        ``meta`` keys are set in the same transaction (the clock's ``last_tick`` moves with its ticks)."""
+        ``meta`` keys are set in the same transaction (the clock's ``last_tick`` moves with its ticks).
+        The decoded copy is no longer stored (format 2): it repeated the raw guest bytes, which the
+        record keeps and today's decoder reads again. The ``decoded`` column stays for old files."""
         last = 0
         with self._transaction() as db:
-            for vm, tick, record, decoded in rows:
+            for vm, tick, record, _decoded in rows:
                 cur = db.execute(
-                    "INSERT INTO inbox (vm, tick, kind, record, decoded) VALUES (?, ?, ?, ?, ?)",
-                    (
-                        vm,
-                        tick,
-                        record["type"],
-                        json.dumps(record, sort_keys=True, separators=(",", ":")),
-                        decoded,
-                    ),
+                    "INSERT INTO inbox (vm, tick, kind, record) VALUES (?, ?, ?, ?)",
+                    (vm, tick, record["type"], stored_input(record, tick)),
                 )
                 last = int(cur.lastrowid or 0)
             for key, value in (meta or {}).items():
@@ -351,7 +353,7 @@ class SqliteLog:
                 "SELECT pos, vm, tick, record FROM inbox WHERE pos > ? AND vm IN (?, ?) ORDER BY pos LIMIT ?",
                 (after, vm, ALL_VMS, limit),
             )
-        return [InboxRow(int(p), str(v), int(t), _loads(r)) for p, v, t, r in cur]
+        return [InboxRow(p, v, t, stored_input_dict(r, t)) for p, v, t, r in cur]
 
     def inbox_high_watermark(self) -> int:
         row = self._db.execute("SELECT COALESCE(MAX(pos), 0) FROM inbox").fetchone()
@@ -390,7 +392,7 @@ class SqliteLog:
         all in one transaction."""
         ev_seq: dict[str, int] = {}
         ob_seq: dict[str, int] = {}
-        event_rows: list[tuple[str, int, int, str, str]] = []
+        event_rows: list[tuple[str, int, int, str, str | bytes]] = []
         outbox_rows: list[tuple[str, int, int, bytes]] = []
         for w in writes:
             first = ev_seq.get(w.vm) or self._next_seq(self._next_event_seq, "events", w.vm)
@@ -435,7 +437,7 @@ class SqliteLog:
                 (vm, after_seq),
             )
         for v, s, p, r in cur:
-            yield EventRow(str(v), int(s), int(p), str(r))
+            yield EventRow(v, s, p, stored_event_json(r))
 
     def event_count(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM events").fetchone()[0])

@@ -98,7 +98,7 @@ async def run_on_broker(cfg: Any, out: TextIO = sys.stdout, *, engines: int = 1)
     check_gateway_config(cfg)
     settings = replace(KafkaSettings.from_url(cfg.broker), speed=cfg.speed)
     counts = await asyncio.to_thread(ensure_topics, settings)
-    config = await asyncio.to_thread(engine_config_of, settings)
+    config = await asyncio.to_thread(engine_config_of, settings, cfg.engine_config)
     clock = TickClock(tick_seconds=config.tick_seconds, speed=cfg.speed)
     children = [
         subprocess.Popen([sys.executable, "-m", "services", "engine", "--broker", settings.url]) for _ in range(engines)
@@ -108,10 +108,11 @@ async def run_on_broker(cfg: Any, out: TextIO = sys.stdout, *, engines: int = 1)
     )
     service = BrokerService(settings, counts[settings.inbox], clock)
     endpoint = sim_endpoint(cfg, server.tcp_port)
+    human = sys.stderr if cfg.json_summary else out  # --json: stdout carries the JSON only
     print(
         f"hvdm: Kafka deployment on {settings.bootstrap} ({settings.prefix}.*), {engines} engine worker(s); "
         f"gateway {cfg.socket or f'tcp://127.0.0.1:{server.tcp_port}'}; speed x{cfg.speed:g}",
-        file=out,
+        file=human,
         flush=True,
     )
     links: dict[str, GuestLink] = {}
@@ -144,7 +145,7 @@ async def run_on_broker(cfg: Any, out: TextIO = sys.stdout, *, engines: int = 1)
                 await advance_demo(script, service)  # type: ignore[arg-type]
             now = time.monotonic()
             if cfg.progress_interval > 0 and now >= next_progress:
-                print(progress_table(service.states, scripts, service.now_tick()), file=out, flush=True)
+                print(progress_table(service.states, scripts, service.now_tick()), file=human, flush=True)
                 next_progress = now + cfg.progress_interval
             if scripts and all(s.done for s in scripts.values()):
                 break

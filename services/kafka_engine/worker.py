@@ -654,14 +654,14 @@ def run_worker(args: argparse.Namespace) -> int:
         format="%(asctime)s %(name)s %(message)s",
     )
     ensure_topics(settings)
-    config = engine_config_of(settings)
+    config = engine_config_of(settings, getattr(args, "engine_config", None))
     tune_gc()
     worker = EngineWorker(
         settings,
         config,
         batch=max(int(getattr(args, "batch", 500)), 1),
         checkpoint_every=int(getattr(args, "snapshot_every", 2000)),
-        loglevel="INFO" if getattr(args, "verbose", False) else "WARNING",
+        loglevel=logging.getLevelName(logging.getLogger().getEffectiveLevel()),
         metrics=(args.metrics_host, args.metrics_port) if getattr(args, "metrics_port", None) is not None else None,
         metrics_labels=getattr(args, "metrics_labels", None),
     )

@@ -53,6 +53,10 @@ class GatewayView(Protocol):
     def undecodable_messages(self) -> int: ...
 
 
+#: accept() failures that mean the process ran out of something (the gateway backs off on them).
+RESOURCE_ERRNO_NAMES = ("EMFILE", "ENFILE", "ENOBUFS", "ENOMEM")
+
+
 def _family(name: str, table: dict[str, tuple[str, str]]) -> CounterMetricFamily | GaugeMetricFamily:
     doc, typ = table[name]
     return CounterMetricFamily(name, doc) if typ == "counter" else GaugeMetricFamily(name, doc)
@@ -104,8 +108,9 @@ class GatewayCollector(Collector):
         coalesced, undecodable, accept_errors = bounds
         add("hvdm_gateway_status_reports_coalesced", coalesced)
         add("hvdm_gateway_undecodable_messages", undecodable)
-        for name, count in sorted(accept_errors.items()):
-            add("hvdm_gateway_accept_errors", count, errno=name)
+        # The resource errors are listed at zero too, so rate() and the dashboard work before the first.
+        for name in sorted(set(RESOURCE_ERRNO_NAMES) | set(accept_errors)):
+            add("hvdm_gateway_accept_errors", accept_errors.get(name, 0), errno=name)
         return list(fams.values())
 
 

@@ -18,6 +18,8 @@ import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
+from services.dm_engine.records import stored_event_json, stored_input_dict
+
 SCHEMA_0 = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE inbox (pos INTEGER PRIMARY KEY, vm TEXT NOT NULL, tick INTEGER NOT NULL, record TEXT NOT NULL);
@@ -52,12 +54,12 @@ def age(
                 value = json.dumps(config)
             dst.execute("INSERT INTO meta VALUES (?, ?)", (key, value))
         for pos, vm, tick, record in src.execute("SELECT pos, vm, tick, record FROM inbox ORDER BY pos"):
-            data = json.loads(record)
+            data = stored_input_dict(record, tick)  # schema 0 had JSON rows only
             for newer in NEWER_INPUT_FIELDS.get(data["type"], ()):
                 data.pop(newer, None)
             dst.execute("INSERT INTO inbox VALUES (?, ?, ?, ?)", (pos, vm, tick, json.dumps(data)))
         for id_, vm, seq, pos, record in src.execute("SELECT id, vm, seq, inbox_pos, record FROM events ORDER BY id"):
-            data = json.loads(record)
+            data = json.loads(stored_event_json(record))
             if edit_event is not None:
                 data = edit_event(seq, data)
             text = json.dumps(data, sort_keys=True, separators=(",", ":")) if canonical_events else json.dumps(data)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from services.dm_engine.records import stored_event_json
 from services.event_log.sqlite_log import SqliteLog
 from tests.audit.cli import hvdm, hvdm_json
 from tests.audit.scripted_log import PAGE, ScriptedLog, honest, malicious, stalled_hot_add
@@ -33,7 +34,7 @@ def honest_db(tmp_path: Path, honest_fleet: ScriptedLog) -> Path:
 def recorded_events(db: Path, vm: str) -> list[tuple[int, int, str, str]]:
     with sqlite3.connect(db) as con:
         rows = con.execute("SELECT seq, inbox_pos, kind, record FROM events WHERE vm = ? ORDER BY seq", (vm,))
-        return [(int(s), int(p), str(k), str(r)) for s, p, k, r in rows]
+        return [(int(s), int(p), str(k), stored_event_json(r)) for s, p, k, r in rows]
 
 
 def test_the_runner_recorded_what_the_scripted_harness_decided(honest_fleet: ScriptedLog, tmp_path: Path) -> None:
@@ -234,3 +235,20 @@ def test_other_files_are_refused_and_left_alone(tmp_path: Path) -> None:
 def test_unknown_vm_is_an_error(honest_db: Path) -> None:
     result = hvdm("audit", "--db", honest_db, "--vm", "vm9")
     assert result.returncode == 1 and "vm9" in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_fail_on_violations_is_a_ci_gate(tmp_path: Path, honest_db: Path) -> None:
+    fleet = ScriptedLog(config=HALF_SECOND)
+    honest(fleet)
+    malicious(fleet)
+    db = fleet.write(tmp_path / "malicious.db")
+    assert hvdm("audit", "--db", db).returncode == 0  # without the flag, violations are reported only
+    gated = hvdm("audit", "--db", db, "--fail-on-violations")
+    assert gated.returncode == 4, gated.stderr
+    assert "vm2 violations" in gated.stdout
+    doc = hvdm_json("audit", "--db", db, "--fail-on-violations", code=4)
+    assert doc["replay_matches"] is True and sum(doc["vms"]["vm2"]["violations"].values()) > 0
+    # A log whose guests behaved passes the gate.
+    assert hvdm("audit", "--db", honest_db, "--fail-on-violations").returncode == 0
+    # Only the judged VMs count: the gate follows --vm.
+    assert hvdm("audit", "--db", db, "--vm", "vm1", "--fail-on-violations").returncode == 0

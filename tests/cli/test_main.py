@@ -43,3 +43,17 @@ def test_help_lists_every_command() -> None:
     assert out.returncode == 0
     for command in COMMANDS:
         assert command in out.stdout
+
+
+def test_version_prints_the_installed_version() -> None:
+    from importlib.metadata import version
+
+    result = subprocess.run(
+        [sys.executable, "-c", "import sys; from services.cli.main import main; main(['--version'])"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"hvdm {version('hvdm')}\n" and result.stderr == ""

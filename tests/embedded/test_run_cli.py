@@ -101,3 +101,32 @@ def test_run_rejects_bad_sizes_without_a_traceback(tmp_path: Path) -> None:
     run = hvdm("run", "--db", str(tmp_path / "x.db"), "--guest-memory", "lots", timeout=60)
     assert run.returncode != 0
     assert "Traceback" not in run.stderr
+
+
+def test_json_writes_only_json_to_stdout_and_the_banner_names_metrics_and_qmp(tmp_path: Path) -> None:
+    qmp_dir = tmp_path / "qmp"
+    run = hvdm(
+        "run",
+        "--db",
+        str(tmp_path / "hvdm.db"),
+        "--socket",
+        str(tmp_path / "gw.sock"),
+        "--guests",
+        "1",
+        "--duration",
+        "1.5",
+        "--progress-interval",
+        "0.2",
+        "--metrics-port",
+        "0",
+        "--qmp-dir",
+        str(qmp_dir),
+        "--json",
+    )
+    assert run.returncode == 0, run.stderr
+    (line,) = run.stdout.splitlines()  # the summary, and nothing else
+    assert json.loads(line)["vms"]["vm1"]["boot_bytes"] == 4 * GIB
+    # The banner and the progress tables went to stderr; the banner says where to look.
+    assert "hvdm: embedded service on" in run.stderr and "(sizes in MiB)" in run.stderr
+    assert "metrics http://127.0.0.1:" in run.stderr and "/metrics" in run.stderr
+    assert f"QMP sockets in {qmp_dir}" in run.stderr

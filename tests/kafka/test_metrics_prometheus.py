@@ -103,7 +103,8 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float = 90.0, procs: 
 
 
 async def drive_guests(settings: KafkaSettings, sock: str) -> list[GuestLink]:
-    """Guests on the gateway; one balloons, one hot-adds, one leaves; a bad hello is refused."""
+    """Guests on the gateway; one balloons, one hot-adds, one misbehaves, one leaves; a bad hello is
+    refused."""
     clock = TickClock(speed=SPEED)
     links: list[GuestLink] = []
     for i, vm in enumerate(VMS):
@@ -136,6 +137,8 @@ async def drive_guests(settings: KafkaSettings, sock: str) -> list[GuestLink]:
             ("vm2", inp.AddBackend(backend_id="mem1", size_bytes=GIB)),
             ("vm2", inp.PlugBackend(backend_id="mem1")),
             ("vm2", inp.SetTarget(target_bytes=BOOT + GIB)),
+            # The malicious guest misbehaves in its answers to host requests: give it one.
+            ("vm8", inp.SetTarget(target_bytes=BOOT - 256 * (1 << 20))),
         ):
             producer.send(settings.inbox, key=vm.encode(), value=envelope.inbox_value(vm, to_dict(record)))
         await asyncio.to_thread(producer.flush)

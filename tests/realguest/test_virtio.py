@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from qemu.qmp import QMPClient
 
+from services.dm_engine.records import stored_event_json
 from tests.metrics.prometheus_server import free_port, prometheus_binary, start_prometheus
 from tests.realguest.kit import Rig, hvdm, start_hvdm, wait_for
 
@@ -172,4 +173,5 @@ def _events(db: Path, vm: str) -> list[str]:
     import sqlite3
 
     with sqlite3.connect(db) as conn:
-        return [row[0] for row in conn.execute("SELECT record FROM events WHERE vm = ? ORDER BY seq", (vm,))]
+        rows = conn.execute("SELECT record FROM events WHERE vm = ? ORDER BY seq", (vm,))
+        return [stored_event_json(row[0]) for row in rows]
