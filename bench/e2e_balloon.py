@@ -34,6 +34,8 @@ class TimedGuest:
     def __init__(self, guest: SimulatedGuest) -> None:
         self.guest = guest
         self.seconds = 0.0
+        #: The lockstep fleet announces the guest's RAM layout from its configuration.
+        self.config = guest.config
 
     @property
     def closed(self) -> bool:

@@ -44,6 +44,11 @@ class EngineConfig:
     suppress_status_reports: bool = False
     #: Use protocol 2.0 hot-remove for hot-added memory when the guest advertises it.
     use_hot_remove: bool = True
+    #: At most this many separate ranges in one VM's ballooned set (about 50 bytes each, in memory
+    #: and in snapshots): a guest returning scattered single pages could otherwise make it grow
+    #: without bound. 2**18 ranges hold 1 GiB of isolated 4 KiB pages; a real guest returns 2 MiB
+    #: blocks and runs of pages, far fewer ranges.
+    max_ballooned_ranges: int = 1 << 18
     #: A QEMU-managed VM whose actual size has not moved toward its target for this many ticks
     #: has a stalled target (recorded once per target; the target stays in force).
     qemu_stall_ticks: int = 30

@@ -36,6 +36,13 @@ from services.dm_protocol import (
 )
 from services.range_store import PageRangeSet, coalesce
 from services.vdimm_allocator import AllocationError, plug, release_all
+from services.vdimm_allocator.ram_layout import (
+    RamLayoutError,
+    check_ram_ranges,
+    hot_add_window_start_page,
+    legacy_ram_ranges,
+    ram_end_page,
+)
 
 PAGE_SIZE = 4096
 PAGE_SHIFT = 12
@@ -52,7 +59,7 @@ def decide(state: VmState, input: inp.Input, config: EngineConfig = DEFAULT_CONF
     """The events one inbox input causes. Reads ``state``, never changes it."""
     if state.qemu is not None or type(input) in inp.QEMU_INPUTS:
         return [e for step in qemu_vm.decide_steps(state, input, config) for e in step]
-    if type(input) is inp.ChannelOpened and state.protocol is not ProtocolState.CLOSED:
+    if type(input) is inp.ChannelOpened and (state.protocol is not ProtocolState.CLOSED or input.reset):
         return [e for step in decide_steps(state, input, config) for e in step]
     handler = _INPUT_HANDLERS[type(input)]
     return handler(state, input, config)
@@ -62,6 +69,17 @@ def decide_steps(state: VmState, input: inp.Input, config: EngineConfig = DEFAUL
     """``decide``, cut into the state machine's steps (each at most one protocol transition)."""
     if state.qemu is not None or type(input) in inp.QEMU_INPUTS:
         return qemu_vm.decide_steps(state, input, config)
+    if type(input) is inp.ChannelOpened and input.reset and state.described:
+        # A new channel comes after a VMBus device reset (QEMU only accepts an open in
+        # S_POST_RESET_CLOSED, reached through hv_balloon_vmdev_reset); "system" is a reboot
+        # (hv_balloon_system_reset also drops hot-added memory). The reset closes any channel
+        # still open, so it is the first step; the open is decided for the state after it.
+        if input.reset == "system":
+            reset = _on_system_reset(state, inp.SystemReset(tick=input.tick), config)
+        else:
+            reset = _on_vmbus_reset(state, inp.VmbusReset(tick=input.tick), config)
+        pristine = input.reset == "system" or not state.layout.vdimms
+        return [reset, _on_channel_opened(state, input, config, pristine=pristine)]
     if type(input) is inp.ChannelOpened and state.protocol is not ProtocolState.CLOSED:
         # The gateway lost the close (e.g. it restarted): close the old channel first. The open
         # reads only the layout and the described flag, which the close does not change, so
@@ -104,19 +122,30 @@ def _flag(
     )
 
 
-def _describe(state: VmState, i: inp.ChannelOpened) -> ev.VmDescribed:
+def _describe(state: VmState, i: inp.ChannelOpened) -> ev.VmDescribed | ev.CommandRejected:
+    """The layout a hello describes: RAM where the hello says it is (an older hello: ``[0, boot)``),
+    the hot-add window where QEMU puts hv-balloon's memory device unless the hello says where."""
     boot = i.boot_bytes >> PAGE_SHIFT
     maxmem = max(i.maxmem_bytes >> PAGE_SHIFT, boot)
+    try:
+        ram = check_ram_ranges(i.ram, boot) if i.ram else ()
+    except RamLayoutError as e:
+        return ev.CommandRejected(command="channel-open", error_class="GenericError", desc=f"ram: {e}")
     if i.hot_add_base_page is not None:
         start = i.hot_add_base_page
     else:
-        start = -(-boot // WINDOW_ALIGN_PAGES) * WINDOW_ALIGN_PAGES
+        start = hot_add_window_start_page(ram or legacy_ram_ranges(boot))
+    if ram and start < ram_end_page(ram):
+        return ev.CommandRejected(
+            command="channel-open", error_class="GenericError", desc="hot-add window overlaps guest RAM"
+        )
     return ev.VmDescribed(
         boot_pages=boot,
         maxmem_pages=maxmem,
         window_start_page=start,
         window_end_page=start + (maxmem - boot),
         status_reports=i.status_reports,
+        ram=ram,
     )
 
 
@@ -124,15 +153,22 @@ def _pristine(state: VmState) -> bool:
     return state.ballooned.page_count == 0 and not state.layout.vdimms
 
 
-def _on_channel_opened(state: VmState, i: inp.ChannelOpened, config: EngineConfig) -> list[ev.Event]:
+def _on_channel_opened(
+    state: VmState, i: inp.ChannelOpened, config: EngineConfig, *, pristine: bool | None = None
+) -> list[ev.Event]:
+    """``pristine``: whether nothing is ballooned or hot-added when the channel opens (given when a
+    reset decided in the same input empties the books first)."""
     out: list[ev.Event] = []
     described = _describe(state, i)
+    if isinstance(described, ev.CommandRejected):
+        return [described, ev.ChannelOpened()] if state.described else [described]
     current = (
         state.boot_pages,
         state.maxmem_pages,
         state.layout.window_start_page,
         state.layout.window_end_page,
         state.status_reports_enabled,
+        state.ram,
     )
     wanted = (
         described.boot_pages,
@@ -140,8 +176,11 @@ def _on_channel_opened(state: VmState, i: inp.ChannelOpened, config: EngineConfi
         described.window_start_page,
         described.window_end_page,
         described.status_reports,
+        described.ram or legacy_ram_ranges(described.boot_pages),
     )
-    if not state.described or (current != wanted and _pristine(state)):
+    if pristine is None:
+        pristine = _pristine(state)
+    if not state.described or (current != wanted and pristine):
         out.append(described)
     elif current != wanted:
         out.append(
@@ -522,6 +561,20 @@ def _on_balloon_response(state: VmState, msg: Any, tick: int, config: EngineConf
     if state.protocol is not ProtocolState.BALLOON_REPLY_WAIT and not late:
         return _unexpected(state, msg, tick)
     out, fresh, fresh_pages = _classify_returned(state, msg, tick, state.owned)
+    fresh, refused = _within_range_cap(state.ballooned, fresh, config.max_ballooned_ranges)
+    if refused:
+        refused_pages = sum(c for _, c in refused)
+        fresh_pages -= refused_pages
+        out.append(
+            _flag(
+                ev.ViolationReason.RANGE_LIMIT,
+                msg,
+                tick,
+                f"the ballooned set would exceed {config.max_ballooned_ranges} ranges; "
+                f"{refused_pages} pages not accounted, ballooning stopped",
+                refused,
+            )
+        )
     if fresh_pages:
         out.append(ev.PagesBallooned(ranges=tuple(fresh), pages=fresh_pages, tick=tick))
     if late:
@@ -548,17 +601,49 @@ def _on_balloon_response(state: VmState, msg: Any, tick: int, config: EngineConf
             )
         )
     # QEMU ends the transaction on an empty message even when more_pages is set.
-    if not msg.more_pages or not msg.ranges:
+    if not msg.more_pages or not msg.ranges or refused:
         out.append(
             ev.BalloonTransactionEnded(
                 trans_id=txn.trans_id,
                 requested_pages=txn.requested_pages,
                 received_pages=received,
-                outcome="complete" if received >= txn.requested_pages else "partial",
+                outcome="limit" if refused else _balloon_outcome(received, txn.requested_pages, msg),
                 tick=tick,
             )
         )
     return out
+
+
+def _within_range_cap(
+    ballooned: PageRangeSet, fresh: list[tuple[int, int]], cap: int
+) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """Split ``fresh`` (disjoint from ``ballooned``, never adjacent to each other) into the ranges
+    that keep the ballooned set at most ``cap`` ranges once added, in message order, and the rest.
+
+    A fresh range adds one stored range, minus one for each ballooned neighbour it touches (it
+    merges with them), so the count is exact without building the merged set.
+
+    Runtime complexity: O(k log(n)) for k fresh ranges.
+    """
+    count = len(ballooned)
+    if count + len(fresh) <= cap:
+        return fresh, []  # the common case: no lookups
+    overlap = ballooned.overlap_count
+    for i, (start, pages) in enumerate(fresh):
+        grows = 1 - (start > 0 and overlap(start - 1, 1) > 0) - (overlap(start + pages, 1) > 0)
+        if count + grows > cap:
+            return fresh[:i], fresh[i:]
+        count += grows
+    return fresh, []
+
+
+def _balloon_outcome(received: int, requested: int, last: BalloonResponse) -> ev.Outcome:
+    """QEMU (``hv_balloon_handle_remove_response``): an empty answer (range_count 0) zeroes the
+    balloon diff and ends the pursuit; a non-empty last answer that fell short leaves the rest owed,
+    so another request follows."""
+    if received >= requested:
+        return "complete"
+    return "partial" if last.ranges else "floor"
 
 
 def _on_unballoon_response(state: VmState, msg: Any, tick: int, config: EngineConfig) -> list[ev.Event]:

@@ -13,7 +13,7 @@ from typing import ClassVar, Literal
 
 PageRanges = tuple[tuple[int, int], ...]
 #: How a transaction ended: everything asked for, less (the guest refused the rest), or no answer.
-Outcome = Literal["complete", "partial", "timeout"]
+Outcome = Literal["complete", "partial", "floor", "limit", "timeout"]
 TransactionKind = Literal["balloon", "unballoon", "hot_add", "hot_remove"]
 
 
@@ -50,6 +50,9 @@ class ViolationReason(enum.StrEnum):
     TIMEOUT = "TIMEOUT"
     #: More status reports in one tick than a real guest ever sends.
     STATUS_REPORT_FLOOD = "STATUS_REPORT_FLOOD"
+    #: Returned pages that would fragment the VM's ballooned set beyond ``max_ballooned_ranges``
+    #: ranges: not accounted, and ballooning stops (a bound on what one guest costs the host).
+    RANGE_LIMIT = "RANGE_LIMIT"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -59,7 +62,8 @@ class EventBase:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class VmDescribed(EventBase):
-    """The VM's memory layout, from the gateway hello: boot RAM is pages [0, boot_pages)."""
+    """The VM's memory layout, from the gateway hello: boot RAM is the ``ram`` ranges (x86 keeps
+    part of it above 4 GiB), or pages [0, boot_pages) when ``ram`` is empty (older hellos)."""
 
     KIND: ClassVar[str] = "VmDescribed"
     boot_pages: int
@@ -67,6 +71,7 @@ class VmDescribed(EventBase):
     window_start_page: int
     window_end_page: int
     status_reports: bool
+    ram: PageRanges = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -183,8 +188,12 @@ class PagesBallooned(EventBase):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BalloonTransactionEnded(EventBase):
-    """outcome: ``complete`` (all asked for), ``partial`` (the guest gave less: stop, as QEMU
-    does on an empty response), or ``timeout``."""
+    """outcome: ``complete`` (all asked for), ``partial`` (the guest gave less in a non-empty last
+    answer: the host asks again for the rest, as QEMU's ``hv_balloon_handle_remove_response``
+    does), ``floor`` (the last answer was empty, range_count 0: the guest is at its floor and the
+    host stops pursuing the target, as QEMU does), ``limit`` (the answer would fragment the
+    ballooned set beyond ``max_ballooned_ranges``: stop, as for ``floor``), or ``timeout``. Logs
+    written before ``floor`` existed record ``partial`` for both."""
 
     KIND: ClassVar[str] = "BalloonTransactionEnded"
     trans_id: int

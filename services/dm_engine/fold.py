@@ -18,6 +18,7 @@ from services.dm_engine.machine import TxnKind, next_state
 from services.dm_engine.state import Capabilities, GuestStatus, Transaction, VmState
 from services.range_store import PageRangeSet
 from services.vdimm_allocator import new_layout, plug, record_hot_add, record_hot_remove, release_all, unplug
+from services.vdimm_allocator.ram_layout import legacy_ram_ranges
 
 
 def evolve(state: VmState, event: ev.Event) -> VmState:
@@ -33,7 +34,8 @@ def _ev_vm_described(s: VmState, e: ev.VmDescribed) -> None:
     s.maxmem_pages = e.maxmem_pages
     s.status_reports_enabled = e.status_reports
     s.layout = new_layout(e.window_start_page, e.window_end_page)
-    s.owned = PageRangeSet([(0, e.boot_pages)])
+    s.ram = e.ram or legacy_ram_ranges(e.boot_pages)
+    s.owned = PageRangeSet(s.ram)
     s.ballooned = PageRangeSet()
 
 
@@ -60,7 +62,7 @@ def _ev_vmbus_reset(s: VmState, e: ev.VmbusReset) -> None:
 def _ev_system_reset(s: VmState, e: ev.SystemReset) -> None:
     _ev_vmbus_reset(s, ev.VmbusReset(ballooned_pages_dropped=e.ballooned_pages_dropped))
     s.layout, _ = release_all(s.layout)
-    s.owned = PageRangeSet([(0, s.boot_pages)])
+    s.owned = PageRangeSet(s.ram)
     s.target_pending = False
 
 
@@ -144,8 +146,8 @@ def _finish(s: VmState) -> None:
 
 
 def _ev_balloon_ended(s: VmState, e: ev.BalloonTransactionEnded) -> None:
-    if e.outcome not in ("complete", "timeout"):
-        _give_up_on_target(s)  # the guest is at its floor
+    if e.outcome in ("floor", "limit"):
+        _give_up_on_target(s)  # an empty answer (the guest is at its floor; QEMU stops too) or the range cap
     _finish(s)
     if e.outcome == "timeout":
         s.late_balloon_ok = True

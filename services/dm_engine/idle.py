@@ -72,7 +72,7 @@ def advance(state: VmState, now: int, config: EngineConfig = DEFAULT_CONFIG) -> 
 def _unballoon_windows(state: VmState) -> list[tuple[int, int]]:
     """[lo, hi) page windows in the order memory is given back: boot RAM first (the least
     valuable to keep ballooned), then each vDIMM in ascending address order, as QEMU's v2 did."""
-    windows = [(0, state.boot_pages)]
+    windows = [(start, start + count) for start, count in state.ram]
     windows.extend((v.start_page, v.end_page) for v in state.layout.vdimms)
     return windows
 

@@ -13,8 +13,10 @@ def check_invariants(state: VmState) -> list[str]:
     inside = sum(c for _, c in state.owned.intersection(state.ballooned))
     if inside != ballooned:
         problems.append(f"{ballooned - inside} ballooned pages are not guest RAM")
-    if state.described and state.owned.overlap_count(0, state.boot_pages) != state.boot_pages:
+    if state.described and sum(state.owned.overlap_count(a, n) for a, n in state.ram) != state.boot_pages:
         problems.append("boot RAM is not entirely owned")
+    if state.described and sum(n for _, n in state.ram) != state.boot_pages:
+        problems.append("the RAM ranges do not add up to the boot size")
     layout = state.layout
     added = sum(v.added_pages - v.removed_pages for v in layout.vdimms)
     if state.owned.page_count != state.boot_pages + added:

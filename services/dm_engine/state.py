@@ -70,6 +70,8 @@ class VmState:
     boot_pages: int = 0
     maxmem_pages: int = 0
     status_reports_enabled: bool = True
+    #: Boot RAM as page ranges (``[0, boot_pages)`` unless the hello placed part of it above 4 GiB).
+    ram: tuple[tuple[int, int], ...] = ()
     layout: VdimmLayout = field(default_factory=lambda: new_layout(0, 0))
     protocol: ProtocolState = ProtocolState.CLOSED
     version: int | None = None
@@ -150,6 +152,7 @@ class VmState:
             "boot_pages": self.boot_pages,
             "maxmem_pages": self.maxmem_pages,
             "status_reports_enabled": self.status_reports_enabled,
+            "ram": [list(r) for r in self.ram],
             "layout": self.layout.to_dict(),
             "protocol": self.protocol.value,
             "version": self.version,
@@ -224,6 +227,10 @@ class VmState:
             boot_pages=data["boot_pages"],
             maxmem_pages=data["maxmem_pages"],
             status_reports_enabled=data["status_reports_enabled"],
+            # snapshots taken before RAM layouts existed: RAM was [0, boot)
+            ram=tuple((int(a), int(b)) for a, b in data["ram"])
+            if "ram" in data
+            else (((0, data["boot_pages"]),) if data["described"] and data["boot_pages"] else ()),
             layout=VdimmLayout.from_dict(data["layout"]),
             protocol=ProtocolState(data["protocol"]),
             version=data["version"],
@@ -261,6 +268,7 @@ class VmState:
 
 def hot_added_part(state: VmState) -> PageRangeSet:
     """Owned pages that are hot-added (not boot RAM) and not ballooned: what hot-remove may take."""
-    part = PageRangeSet(state.owned.irange(state.boot_pages, state.layout.window_end_page))
-    part.remove_many(state.ballooned.irange(state.boot_pages, state.layout.window_end_page))
+    layout = state.layout
+    part = PageRangeSet(state.owned.irange(layout.window_start_page, layout.window_end_page))
+    part.remove_many(state.ballooned.irange(layout.window_start_page, layout.window_end_page))
     return part

@@ -62,9 +62,14 @@ class LockstepFleet:
         return self.log.append_input(vm, self.tick, to_dict(_stamp(record, self.tick)))
 
     def connect(self, vm: str, first_messages: list[bytes] | None = None) -> None:
-        """Open a new channel; a rebooted guest passes the first messages its reboot produced."""
+        """Open a new channel; a rebooted guest passes the first messages its reboot produced.
+
+        As through the gateway, a new channel is announced with a VMBus reset and the guest's RAM
+        layout (a simulated guest's own, from its configuration, so host and guest agree)."""
         v = self.vms[vm]
-        self.submit(vm, ChannelOpened(boot_bytes=v.boot_bytes, maxmem_bytes=v.maxmem_bytes))
+        ram_ranges = getattr(getattr(v.guest, "config", None), "ram_ranges", None)
+        ram = ram_ranges() if callable(ram_ranges) else ()
+        self.submit(vm, ChannelOpened(boot_bytes=v.boot_bytes, maxmem_bytes=v.maxmem_bytes, ram=ram, reset="vmbus"))
         self.settle()
         v.delivered = self.log.outbox_high_watermark(vm)
         v.connected = True

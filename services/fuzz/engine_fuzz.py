@@ -34,6 +34,7 @@ from services.dm_protocol import (
     decode,
     encode,
 )
+from services.vdimm_allocator.ram_layout import FOUR_GIB_PAGE
 
 CONFIG = EngineConfig(
     post_init_wait_ticks=2,
@@ -118,7 +119,9 @@ def _mutate(data: bytes, rng: random.Random) -> bytes:
 def program(seed: int, case: int, length: int = 60) -> Iterator[inp.Input]:
     rng = random.Random(seed * 1_000_003 + case)
     tick = 0
-    yield inp.ChannelOpened(tick=0, boot_bytes=BOOT_PAGES << 12, maxmem_bytes=8 * BOOT_PAGES << 12)
+    # Half the cases split RAM around a PCI hole as x86 machines do (half of it from 4 GiB up).
+    ram = ((0, BOOT_PAGES // 2), (FOUR_GIB_PAGE, BOOT_PAGES // 2)) if rng.random() < 0.5 else ()
+    yield inp.ChannelOpened(tick=0, boot_bytes=BOOT_PAGES << 12, maxmem_bytes=8 * BOOT_PAGES << 12, ram=ram)
     # Usually negotiate properly first, so the hostile part reaches the deeper states.
     if rng.random() < 0.8:
         yield inp.GuestMessage(tick=0, raw=encode(VersionRequest(trans_id=1, version=0x20000)))
@@ -160,7 +163,13 @@ def program(seed: int, case: int, length: int = 60) -> Iterator[inp.Input]:
         elif r < 0.99:
             yield inp.ChannelClosed(tick=tick)
         else:
-            yield inp.ChannelOpened(tick=tick, boot_bytes=BOOT_PAGES << 12, maxmem_bytes=8 * BOOT_PAGES << 12)
+            yield inp.ChannelOpened(
+                tick=tick,
+                boot_bytes=BOOT_PAGES << 12,
+                maxmem_bytes=8 * BOOT_PAGES << 12,
+                ram=ram,
+                reset=rng.choice(("", "vmbus", "system")),
+            )
 
 
 def run_case(seed: int, case: int, report: FuzzReport) -> None:

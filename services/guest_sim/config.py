@@ -12,6 +12,7 @@ from typing import Final, Literal
 
 from services.guest_sim.profiles import get_profile
 from services.guest_sim.workload import make_workload
+from services.vdimm_allocator.ram_layout import MACHINES, RamRanges, check_ram_ranges, legacy_ram_ranges, x86_ram_ranges
 
 PAGE_SIZE: Final = 4096
 MIB_PAGES: Final = 256
@@ -43,6 +44,9 @@ class GuestConfig:
       next ``add_memory`` of that block fail once (-EAGAIN-like or -EEXIST).
     * ``max_phys_page``: ``add_memory`` beyond this fails transiently (46-bit physical addresses).
     * ``flood_reports_per_second``: status rate of the ``status_flood`` misbehaviour.
+    * ``machine`` / ``ram``: where RAM is. ``"q35"`` or ``"pc"`` split it around the PCI hole as
+      QEMU does (``ram_layout``); ``"flat"`` keeps it at ``[0, boot)``; an explicit ``ram`` list of
+      ``(start_page, page_count)`` overrides both. The hello a simulated guest sends says the same.
     * ``vcpus``: with 1 (the real guest of ``../shared/realguest`` has one) the status thread does
       not run while the balloon worker is allocating; it runs when the worker sends.
     """
@@ -64,6 +68,8 @@ class GuestConfig:
     max_phys_page: int = 1 << 34
     flood_reports_per_second: int = 50
     vcpus: int = 1
+    machine: str = "q35"
+    ram: RamRanges | None = None
 
     def __post_init__(self) -> None:
         # Invalid configuration is a programmer error: fail at construction, not mid-run.
@@ -79,6 +85,10 @@ class GuestConfig:
             raise ValueError("page_cache_fraction must be in [0, 1)")
         if self.hz <= 0 or self.balloon_bytes_per_minute <= 0 or self.hot_add_seconds_per_block < 0:
             raise ValueError("hz and balloon_bytes_per_minute must be positive, hot-add time >= 0")
+        if self.machine not in (*MACHINES, "flat"):
+            raise ValueError(f"machine must be one of {', '.join((*MACHINES, 'flat'))}")
+        if self.ram is not None:
+            check_ram_ranges(self.ram, self.boot_pages)
         if self.vcpus < 1:
             raise ValueError("vcpus must be at least 1")
         if self.flood_reports_per_second <= 1:
@@ -90,6 +100,20 @@ class GuestConfig:
     @property
     def boot_pages(self) -> int:
         return self.boot_bytes // PAGE_SIZE
+
+    def ram_ranges(self) -> RamRanges:
+        """Boot RAM as page ranges (see ``machine`` / ``ram``)."""
+        if self.ram is not None:
+            return self.ram
+        if self.machine == "flat":
+            return legacy_ram_ranges(self.boot_pages)
+        return x86_ram_ranges("pc" if self.machine == "pc" else "q35", self.boot_pages)
+
+    @property
+    def ram_end_page(self) -> int:
+        """Linux's ``max_pfn`` at boot: one past the highest RAM page, the PCI hole included."""
+        ranges = self.ram_ranges()
+        return ranges[-1][0] + ranges[-1][1]
 
     @property
     def reserved_pages(self) -> int:
@@ -107,7 +131,7 @@ class GuestConfig:
             return self.hot_add_alignment
         if self.boot_bytes < 64 << 30:
             return 7
-        end_mib = self.boot_bytes >> 20
+        end_mib = (self.ram_end_page * PAGE_SIZE) >> 20  # the end of boot memory: max_pfn
         alignment = 11
         while end_mib % (1 << alignment):
             alignment -= 1

@@ -266,7 +266,7 @@ class SimulatedGuest:
 
     def _new_boot(self) -> BootState:
         cfg = self.config
-        memory = GuestMemory(cfg.boot_pages, cfg.reserved_pages, cfg.page_cache_fraction)
+        memory = GuestMemory(cfg.boot_pages, cfg.reserved_pages, cfg.page_cache_fraction, cfg.ram_ranges())
         hot_adder = HotAdder(
             memory,
             cfg.chunk_pages,
@@ -585,7 +585,7 @@ class SimulatedGuest:
     def _not_owned_start(self) -> int:
         """A page range start well beyond anything the guest owns or reserved for hot-add."""
         boot = self._boot
-        top = boot.memory.boot_pages
+        top = boot.memory.boot_end_page
         for region in boot.hot_adder.regions:
             top = max(top, region.end)
         for start, count in reversed(boot.memory.online):

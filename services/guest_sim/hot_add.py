@@ -188,7 +188,7 @@ class HotAdder:
         fault = self._faults.pop(block, None)
         if fault is not None:
             return fault
-        if block < self.memory.boot_pages or self.added_blocks.overlap_count(block, self.chunk):
+        if block < self.memory.boot_end_page or self.added_blocks.overlap_count(block, self.chunk):
             return "eexist"
         if block + self.chunk > self._max_phys_page:
             return "transient"

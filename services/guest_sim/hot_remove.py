@@ -47,7 +47,7 @@ def hot_remove(memory: GuestMemory, hot_adder: HotAdder, page_count: int) -> lis
         if wanted < chunk:
             break
     if wanted:
-        spans = memory.free.peek_highest(wanted, MAX_RANGES_PER_HOT_REMOVE, lo=memory.boot_pages)
+        spans = memory.free.peek_highest(wanted, MAX_RANGES_PER_HOT_REMOVE, lo=memory.boot_end_page)
         for start, count in spans:
             taken = memory.take_offline(start, count)
             if taken:

@@ -70,13 +70,23 @@ class GuestMemory:
     their union is ``online``; the reserved pages are used; ``cache_pages`` <= used - reserved.
     """
 
-    def __init__(self, boot_pages: int, reserved_pages: int, page_cache_fraction: float = 0.0) -> None:
+    def __init__(
+        self,
+        boot_pages: int,
+        reserved_pages: int,
+        page_cache_fraction: float = 0.0,
+        ram: Iterable[tuple[int, int]] | None = None,
+    ) -> None:
         self.boot_pages = boot_pages
         self.reserved_pages = reserved_pages
         self.page_cache_fraction = page_cache_fraction
-        self.online = PageRangeSet([(0, boot_pages)])
+        #: Boot RAM: ``[0, boot_pages)`` unless ``ram`` says where it is (the x86 PCI hole).
+        self.online = PageRangeSet(ram if ram is not None else [(0, boot_pages)])
+        #: ``max_pfn`` at boot: addresses below it are boot RAM or the hole, never hot-added.
+        self.boot_end_page = self.online.to_list()[-1][0] + self.online.to_list()[-1][1] if boot_pages else 0
         self.used = PageRangeSet([(0, reserved_pages)])
-        self.free = PageRangeSet([(reserved_pages, boot_pages - reserved_pages)])
+        self.free = self.online.copy()
+        self.free.remove_many([(0, reserved_pages)])
         self.ballooned = PageRangeSet()
         #: Reclaimable page cache: part of ``used``, counted in MemAvailable.
         self.cache_pages = 0

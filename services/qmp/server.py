@@ -363,6 +363,10 @@ class QmpServers:
                 watch[p.inbox_pos].extend(e for e in p.events if isinstance(e, ev.CommandRejected))
             for e in p.events:
                 if isinstance(e, ev.StatusReported):
+                    if not p.state.status_reports_enabled:
+                        # status-report=off: QEMU's hv_balloon_handle_status_report returns before
+                        # it stores the report or sends the event.
+                        continue
                     data = {
                         "committed": e.committed_pages << PAGE_SHIFT,
                         "available": e.available_pages << PAGE_SHIFT,

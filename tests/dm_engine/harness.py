@@ -85,6 +85,10 @@ class Harness:
 
     def handshake(self, *, hot_remove: bool = False, alignment: int = 7) -> None:
         self.open()
+        self.handshake_again(hot_remove=hot_remove, alignment=alignment)
+
+    def handshake_again(self, *, hot_remove: bool = False, alignment: int = 7) -> None:
+        """The guest's side of a handshake on a channel that is already open."""
         self.guest(VersionRequest(trans_id=1, version=0x00020000))
         self.guest(
             CapabilitiesReport(

@@ -88,14 +88,14 @@ def test_balloon_requests_are_capped_and_repeated_until_target() -> None:
     assert h.state.protocol is ProtocolState.IDLE
 
 
-def test_partial_balloon_stops_without_retry() -> None:
+def test_empty_balloon_answer_stops_without_retry() -> None:
     h = Harness()
     h.handshake()
     h.set_target_pages(h.state.boot_pages - 4096)
     h.guest(BalloonResponse(more_pages=True, ranges=blocks(0, 1)))
     h.guest(BalloonResponse(more_pages=True, ranges=()))  # empty: the guest is at its floor
     ended = [e for e in h.events if isinstance(e, ev.BalloonTransactionEnded)]
-    assert ended[-1].outcome == "partial" and ended[-1].received_pages == 512
+    assert ended[-1].outcome == "floor" and ended[-1].received_pages == 512
     assert h.state.protocol is ProtocolState.IDLE
     sent_before = len(h.sent)
     h.advance_ticks(5)

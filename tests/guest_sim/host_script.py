@@ -31,6 +31,8 @@ def only(messages: list[Message], cls: type[M]) -> list[M]:
 def ready_guest(now: float = 0.0, **config: Any) -> SimulatedGuest:
     """A guest whose handshake (2.0 accepted, caps accepted) completed at ``now``."""
     config.setdefault("workload", "idle")
+    # The worked examples place RAM at [0, boot); test_layout.py covers the x86 PCI-hole layouts.
+    config.setdefault("machine", "flat")
     guest = SimulatedGuest(GuestConfig(**config))
     guest.connect(now)
     guest.receive(encode(VersionResponse(is_accepted=True)), now)

@@ -477,6 +477,32 @@ def test_status_report_events_are_rate_limited_and_driven_by_engine_batches(tmp_
     run(scenario())
 
 
+def test_no_status_report_event_when_status_reporting_is_off(tmp_path: Path) -> None:
+    """QEMU's ``hv_balloon_handle_status_report`` returns before sending the event when the
+    device has ``status-report=off`` (here: the hello's ``status_reports: false``)."""
+
+    async def scenario() -> None:
+        async with qmp_env(tmp_path) as env:
+            quiet = await env.ready_guest("vm1", status_reports=False)
+            loud = await env.ready_guest("vm2")
+            c_quiet, c_loud = await env.client("vm1"), await env.client("vm2")
+            await quiet.status(2 * GIB, GIB)
+            await loud.status(2 * GIB, GIB)
+            assert (await next_event(c_loud))["event"] == "HV_BALLOON_STATUS_REPORT"
+            env.clock.now += 2.0
+            await quiet.tick()
+            assert [e["event"] for e in await drained_events(c_quiet)] == []
+            await expect_error(
+                c_quiet,
+                "query-hv-balloon-status-report",
+                None,
+                "GenericError",
+                "guest memory status reporting not enabled",
+            )
+
+    run(scenario())
+
+
 def test_memory_backend_unused_after_reboot_is_never_dropped(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with qmp_env(tmp_path) as env:
