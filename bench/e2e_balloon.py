@@ -18,10 +18,10 @@ import tempfile
 import time
 from typing import Any
 
+from services.demo.scenario import settled
 from services.dm_engine.config import EngineConfig
 from services.dm_engine.inputs import SetTarget
 from services.embedded.lockstep import LockstepFleet
-from services.embedded.scenario import settled
 from services.event_log.sqlite_log import SqliteLog
 from services.guest_sim import GuestConfig, SimulatedGuest
 

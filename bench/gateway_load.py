@@ -39,9 +39,9 @@ from typing import Any
 from services.dm_engine.config import EngineConfig
 from services.dm_engine.inputs import SetTarget
 from services.dm_engine.state import ProtocolState
+from services.embedded.gateway_backend import EmbeddedBackend
 from services.embedded.service import EmbeddedService
 from services.guest_sim import GuestConfig, SimulatedGuest
-from services.vmbus_gateway.backend import EmbeddedBackend
 from services.vmbus_gateway.client import GuestLink
 from services.vmbus_gateway.hello import Hello
 from services.vmbus_gateway.server import GatewayLimits, GatewayServer

@@ -1,7 +1,9 @@
 """``hvdm bench NAME``: runs one of the repository's benchmarks (``bench/NAME.py``).
 
 Benchmarks print ratios against a baseline measured in the same process, so their figures are
-comparable across machines; they are deliberately not part of the test suite.
+comparable across machines; they are deliberately not part of the test suite. They are not part of
+the installed package either (``bench`` is too generic a top-level name to claim in site-packages):
+``hvdm bench`` runs them from a source checkout.
 """
 
 from __future__ import annotations
@@ -10,11 +12,13 @@ import argparse
 import importlib
 import pkgutil
 
-import bench
-
 
 def available() -> list[str]:
-    """Names of the benchmark modules shipped in ``bench/``."""
+    """Names of the benchmark modules in ``bench/`` (none when hvdm runs from an installed wheel)."""
+    try:
+        import bench
+    except ImportError:
+        return []
     return sorted(m.name for m in pkgutil.iter_modules(bench.__path__) if not m.name.startswith("_"))
 
 
@@ -25,7 +29,9 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = subparsers.add_parser("bench", help="run a benchmark from bench/ (e.g. ranges, codec)")
+    parser = subparsers.add_parser(
+        "bench", help="run a benchmark from bench/ (e.g. ranges, codec; from a source checkout only)"
+    )
     parser.add_argument("name", choices=available(), help="benchmark to run")
     parser.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments passed to the benchmark")
     parser.set_defaults(func=_run)

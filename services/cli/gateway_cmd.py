@@ -33,9 +33,9 @@ def _token(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from services.kafka_engine.gateway import HostSpec, serve
+    from services.kafka_engine.gateway import serve
     from services.kafka_engine.settings import KafkaSettings, SettingsError
-    from services.rebalancer.kafka_hosts import valid_host_name
+    from services.rebalancer.kafka_hosts import HostSpec, valid_host_name
     from services.vmbus_gateway.auth import AuthConfigError
 
     if getattr(args, "gateway_command", None) == "token":
@@ -73,7 +73,7 @@ def _run(args: argparse.Namespace) -> int:
                 metrics_labels=metrics_labels_of(args),
                 auth=auth,
                 limits=gateway_limits(args),
-                host=host,
+                backend=host.backend(settings),
             )
         )
     except KeyboardInterrupt:

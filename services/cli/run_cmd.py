@@ -78,6 +78,11 @@ def _run(args: argparse.Namespace) -> int:
         engine_config=config_of(args).engine_config(),
     )
     try:
+        if cfg.broker:
+            # The Kafka deployment (gateway + engine workers + guests on the topics).
+            from services.kafka_engine.run import run_on_broker
+
+            return main_run(cfg, run_on_broker)
         return main_run(cfg)
     except (NotAnHvdmLog, SocketPathInUse) as exc:
         # Refused before anything started or changed: the path is named in the message.

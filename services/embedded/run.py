@@ -17,26 +17,25 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TextIO
 
+from services.demo.loop import rebooter, run_scripts, vm_lines, vm_summary
+from services.demo.scenario import DemoScript
 from services.dm_engine.config import EngineConfig
-from services.dm_engine.state import ProtocolState, VmState
+from services.embedded.gateway_backend import EmbeddedBackend
 from services.embedded.log_file import describe_log, move_aside
-from services.embedded.scenario import DemoScript, advance_demo
+from services.embedded.qemu_sink import attach_to_service
 from services.embedded.service import EmbeddedService
 from services.embedded.socket_files import SocketPathInUse, remove_stale_socket
 from services.embedded.stop_signals import StopSignals
 from services.event_log.sqlite_log import check_log_file
 from services.metrics import MetricsLabels, ServedMetrics, serve_for_service
-from services.metrics.collector import demand_pages
-from services.qemu_agent import QemuAgent, attach_to_service
+from services.qemu_agent import QemuAgent
 from services.qmp import QmpServers, start_qmp_servers
 from services.vmbus_gateway.auth import AuthConfigError, GatewayAuth, vm_token
-from services.vmbus_gateway.backend import EmbeddedBackend
 from services.vmbus_gateway.client import GuestLink
 from services.vmbus_gateway.hello import Hello
 from services.vmbus_gateway.server import GatewayLimits, GatewayServer
@@ -67,7 +66,7 @@ class RunConfig:
     json_summary: bool = False
     #: Move an existing log aside (``PATH.<timestamp>.bak``) and start a new one.
     fresh: bool = False
-    #: Distributed deployment (``kafka://HOST:PORT``): see ``services.kafka_engine.run``.
+    #: Distributed deployment (``kafka://HOST:PORT``): ``services.kafka_engine.run.run_on_broker``.
     broker: str | None = None
     #: Who may connect to the gateway (None: the UNIX socket for this uid and root, TCP refused).
     auth: GatewayAuth | None = None
@@ -109,43 +108,8 @@ def sim_hello(cfg: RunConfig, vm: str) -> Hello:
     return Hello(vm=vm, boot_bytes=cfg.guest_memory, maxmem_bytes=cfg.guest_maxmem, token=token)
 
 
-def _fmt_mib(pages: int | None) -> str:
-    return "-" if pages is None else f"{(pages << 12) // MIB}"
-
-
-def progress_table(states: dict[str, VmState], scripts: dict[str, DemoScript], now_tick: int) -> str:
-    header = f"{'vm':<10} {'state':<22} {'target':>8} {'current':>8} {'balloon':>8} {'hotadd':>8} {'press%':>6}  step"
-    lines = [f"tick {now_tick}  (sizes in MiB)", header]
-    for vm in sorted(states):
-        s = states[vm]
-        pressure = "-"
-        if s.status is not None and s.current_pages:
-            # Demand (committed minus ballooned), as hvdm_vm_pressure_ratio and the rebalancer count it.
-            pressure = f"{100 * demand_pages(s.status.committed_pages, s.ballooned_pages) / s.current_pages:.0f}"
-        step = scripts[vm].describe() if vm in scripts else ""
-        lines.append(
-            f"{vm:<10} {s.protocol.value:<22} {_fmt_mib(s.target_pages):>8} {_fmt_mib(s.current_pages):>8} "
-            f"{_fmt_mib(s.ballooned_pages):>8} {_fmt_mib(s.hot_added_pages):>8} {pressure:>6}  {step}"
-        )
-    return "\n".join(lines)
-
-
-def vm_summary(s: VmState, script: DemoScript | None) -> dict[str, Any]:
-    """One VM's final accounting, as both deployments print it."""
-    return {
-        "protocol_state": s.protocol.value,
-        "boot_bytes": s.boot_pages << 12,
-        "current_bytes": s.current_pages << 12,
-        "target_bytes": None if s.target_pages is None else s.target_pages << 12,
-        "ballooned_bytes": s.ballooned_pages << 12,
-        "hot_added_bytes": s.hot_added_pages << 12,
-        "violations": dict(sorted(s.violations.items())),
-        "scenario_done": script.done if script is not None else None,
-    }
-
-
 def summary(service: EmbeddedService, scripts: dict[str, DemoScript]) -> dict[str, Any]:
-    vms = {vm: vm_summary(s, scripts.get(vm)) for vm, s in sorted(service.runner.states.items())}
+    vms = {vm: vm_summary(s, scripts.get(vm)) for vm, s in sorted(service.states.items())}
     return {
         "ticks": service.now_tick(),
         "inbox_records": service.log.inbox_high_watermark(),
@@ -217,20 +181,17 @@ async def run_service(cfg: RunConfig, out: TextIO = sys.stdout) -> int:
                 await link.open(**endpoint)
                 links[vm] = link
                 if cfg.scenario == "demo":
-                    scripts[vm] = DemoScript(vm, cfg.guest_memory, _rebooter(link, guest, service, endpoint))
-        started = time.monotonic()
-        next_progress = started
-        while not await stop.wait(0.02) and service.failure is None:
-            for script in scripts.values():
-                await advance_demo(script, service)
-            now = time.monotonic()
-            if cfg.progress_interval > 0 and now >= next_progress and (links or service.runner.states):
-                print(progress_table(service.runner.states, scripts, service.now_tick()), file=human, flush=True)
-                next_progress = now + cfg.progress_interval
-            if scripts and all(s.done for s in scripts.values()):
-                break
-            if cfg.duration is not None and now - started >= cfg.duration:
-                break
+                    reboot = rebooter(link, guest, service, endpoint, wait_seconds=10)
+                    scripts[vm] = DemoScript(vm, cfg.guest_memory, reboot)
+        await run_scripts(
+            service,
+            scripts,
+            human,
+            progress_interval=cfg.progress_interval,
+            duration=cfg.duration,
+            poll_seconds=0.02,
+            stop=lambda: _stop_reason(service, stop),
+        )
     finally:
         # The summary describes the run, not its teardown (closing links closes channels).
         report = summary(service, scripts)
@@ -255,6 +216,14 @@ async def run_service(cfg: RunConfig, out: TextIO = sys.stdout) -> int:
     return _exit_code(service, clean, stop, scripts, report)
 
 
+def _stop_reason(service: EmbeddedService, stop: StopSignals) -> str | None:
+    if stop.received is not None:
+        return f"{stop.received} received"
+    if service.failure is not None:
+        return "a service loop failed"
+    return None
+
+
 def _exit_code(
     service: EmbeddedService, clean: bool, stop: StopSignals, scripts: dict[str, DemoScript], report: dict[str, Any]
 ) -> int:
@@ -275,30 +244,7 @@ def progress_table_from_summary(report: dict[str, Any]) -> str:
         f"summary: {report['inbox_records']} inbox records, {report['events']} events, {report['ticks']} ticks"
         + ("" if report["scenario_completed"] is None else f", scenario completed: {report['scenario_completed']}")
     ]
-    for vm, v in report["vms"].items():
-        viol = ", ".join(f"{k}={n}" for k, n in v["violations"].items()) or "none"
-        lines.append(
-            f"  {vm}: {v['protocol_state']}, current {v['current_bytes'] // MIB} MiB "
-            f"(boot {v['boot_bytes'] // MIB}, ballooned {v['ballooned_bytes'] // MIB}, "
-            f"hot-added {v['hot_added_bytes'] // MIB}); violations: {viol}"
-        )
-    return "\n".join(lines)
-
-
-def _rebooter(link: GuestLink, guest: Any, service: EmbeddedService, endpoint: dict[str, Any]) -> Any:
-    async def reboot(reset_host: Callable[[], None]) -> None:
-        await link.stop()
-        # Let the gateway hand over everything the guest sent and close the channel first, so
-        # the reset does not race the old boot's last messages.
-        vm = link.hello.vm
-        deadline = time.monotonic() + 10
-        while service.runner.states[vm].protocol is not ProtocolState.CLOSED and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
-        reset_host()
-        first = guest.reboot(service.now_seconds())
-        await link.open(**endpoint, first_messages=first)
-
-    return reboot
+    return "\n".join(lines + vm_lines(report))
 
 
 def check_paths(cfg: RunConfig) -> None:
@@ -318,18 +264,15 @@ def start_fresh(cfg: RunConfig, out: TextIO = sys.stdout) -> None:
         print(f"hvdm: --fresh: moved the old log {cfg.db} to {moved}", file=out, flush=True)
 
 
-def main_run(cfg: RunConfig) -> int:
+def main_run(cfg: RunConfig, serve: Callable[[RunConfig], Coroutine[Any, Any, int]] | None = None) -> int:
+    """Run ``hvdm run``: the embedded service, or ``serve`` (the CLI passes the Kafka deployment's
+    ``run_on_broker`` for ``--broker``, so this package never imports the other deployment)."""
     try:
-        if cfg.broker:
-            # The Kafka deployment (gateway + engine workers + guests on the topics); the embedded
-            # path below is untouched.
-            from services.kafka_engine.run import run_on_broker
-
-            return asyncio.run(run_on_broker(cfg))
-        check_paths(cfg)
-        if cfg.fresh:
-            start_fresh(cfg, sys.stderr if cfg.json_summary else sys.stdout)
-        return asyncio.run(run_service(cfg))
+        if serve is None:
+            check_paths(cfg)
+            if cfg.fresh:
+                start_fresh(cfg, sys.stderr if cfg.json_summary else sys.stdout)
+        return asyncio.run((serve or run_service)(cfg))
     except AuthConfigError as e:
         print(f"hvdm: run error: {e}", file=sys.stderr)
         return 2

@@ -27,7 +27,7 @@ from pathlib import Path
 from services.dm_engine.config import EngineConfig
 from services.dm_engine.inputs import ALL_VMS, ChannelClosed, Input, Tick
 from services.dm_engine.records import to_dict
-from services.dm_engine.state import ProtocolState
+from services.dm_engine.state import ProtocolState, VmState
 from services.embedded.clock import TickClock
 from services.embedded.runner import EngineRunner, Processed
 from services.event_log.retry import Backoff, retry_write
@@ -74,6 +74,16 @@ class EmbeddedService:
         return cls(sqlite_log, runner, clock)
 
     # ------------------------------------------------------------------ the interface
+    @property
+    def states(self) -> dict[str, VmState]:
+        """Every VM's state, live (the runner's)."""
+        return self.runner.states
+
+    @property
+    def consumed(self) -> int:
+        """Inbox position of the last input processed: ``submit``'s return value reaches it."""
+        return self.runner.consumed
+
     def now_tick(self) -> int:
         return max(self.clock.now_tick(), self._last_tick)
 

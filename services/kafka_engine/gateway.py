@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import signal
 import sys
-from dataclasses import dataclass
 
 from services.kafka_engine.gateway_backend import KafkaBackend
 from services.kafka_engine.settings import KafkaSettings
@@ -26,24 +25,19 @@ async def start_gateway(
     *,
     unix_path: str | None,
     tcp: tuple[str, int] | None,
-    host: HostSpec | None = None,
+    backend: KafkaBackend | None = None,
     auth: GatewayAuth | None = None,
     limits: GatewayLimits | None = None,
 ) -> tuple[GatewayServer, KafkaBackend]:
     """Load the outbox, then accept guests. The caller stops both with ``stop_gateway``.
 
-    With ``host``, the gateway also says which host it serves and which VMs open channels here
-    (the rebalancer's hosts topic, ``services.rebalancer.kafka_hosts``); nothing the engine reads.
+    ``backend`` replaces the plain Kafka backend, e.g. the rebalancer's ``HostedKafkaBackend``
+    (``services.rebalancer.kafka_hosts.HostSpec.backend``), which also says which host the gateway
+    serves and which VMs open channels here; nothing the engine reads.
     """
     if tcp:
         (auth or GatewayAuth()).check_tcp()  # before connecting to anything
-    if host is not None:
-        from services.rebalancer.kafka_hosts import HostedKafkaBackend
-
-        backend: KafkaBackend = HostedKafkaBackend(
-            settings, host_name=host.name, capacity_bytes=host.capacity_bytes, reserve_bytes=host.reserve_bytes
-        )
-    else:
+    if backend is None:
         backend = KafkaBackend(settings)
     await backend.start()
     server = GatewayServer(backend, limits, auth)
@@ -53,15 +47,6 @@ async def start_gateway(
         await backend.close()
         raise
     return server, backend
-
-
-@dataclass(frozen=True, slots=True)
-class HostSpec:
-    """The host this gateway serves: its name and the RAM it gives to VMs (None: RAM - reserve)."""
-
-    name: str
-    capacity_bytes: int | None = None
-    reserve_bytes: int = 2 << 30
 
 
 async def stop_gateway(server: GatewayServer, backend: KafkaBackend) -> None:
@@ -76,12 +61,14 @@ async def serve(
     tcp: tuple[str, int] | None,
     metrics: tuple[str, int] | None = None,
     metrics_labels: MetricsLabels | None = None,
-    host: HostSpec | None = None,
+    backend: KafkaBackend | None = None,
     auth: GatewayAuth | None = None,
     limits: GatewayLimits | None = None,
 ) -> int:
     """Run until SIGINT/SIGTERM; ``metrics`` = (host, port) serves the gateway's /metrics."""
-    server, backend = await start_gateway(settings, unix_path=unix_path, tcp=tcp, host=host, auth=auth, limits=limits)
+    server, backend = await start_gateway(
+        settings, unix_path=unix_path, tcp=tcp, backend=backend, auth=auth, limits=limits
+    )
     served = serve_gateway(server, metrics[0], metrics[1], labels=metrics_labels) if metrics is not None else None
     where = [p for p in (unix_path, f"tcp://{tcp[0]}:{server.tcp_port}" if tcp else None) if p]
     if served is not None:

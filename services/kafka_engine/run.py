@@ -1,6 +1,6 @@
 """``hvdm run --broker``: the demo deployment on Kafka -- gateway, engine worker(s), simulated guests.
 
-The same story as the embedded ``hvdm run`` (``embedded.scenario.advance_demo``), but every input
+The same story as the embedded ``hvdm run`` (``services.demo``, one loop), but every input
 goes through the topics: the gateway runs in this process on the Kafka backend, the engine runs as
 ``hvdm engine --broker`` child processes (``engines``, default 1) that tick their partitions, and
 the script reads the VMs' states from a projection of the events topic. Operator inputs are
@@ -17,12 +17,13 @@ import time
 from dataclasses import replace
 from typing import Any, TextIO
 
+from services.demo.loop import rebooter, run_scripts, vm_lines, vm_summary
+from services.demo.scenario import DemoScript
 from services.dm_engine.inputs import Input
 from services.dm_engine.records import to_dict
-from services.dm_engine.state import ProtocolState, VmState
+from services.dm_engine.state import VmState
 from services.embedded.clock import TickClock
-from services.embedded.run import check_gateway_config, run_gateway_limits, sim_endpoint, sim_hello, vm_summary
-from services.embedded.scenario import DemoScript, advance_demo
+from services.embedded.run import check_gateway_config, run_gateway_limits, sim_endpoint, sim_hello
 from services.kafka_engine import envelope
 from services.kafka_engine.gateway import start_gateway, stop_gateway
 from services.kafka_engine.kafka_log import GroupOffsets, PartitionReader, ensure_topics, new_producer
@@ -31,11 +32,10 @@ from services.kafka_engine.settings import KafkaSettings
 from services.kafka_engine.worker import engine_config_of
 from services.vmbus_gateway.client import GuestLink
 
-MIB = 1 << 20
-
 
 class BrokerService:
-    """What ``advance_demo`` needs from a service, over the topics."""
+    """The demo's host (``services.demo.host.DemoHost``) over the topics: states come from a
+    projection of the events topic, ``consumed`` from the engine group's committed offsets."""
 
     def __init__(self, settings: KafkaSettings, partitions: int, clock: TickClock) -> None:
         self.settings = settings
@@ -45,7 +45,6 @@ class BrokerService:
         self.group = GroupOffsets(settings)
         self.projection = EventsProjection(settings, partitions)
         self.partitions = partitions
-        self.runner = self
         self._pending: list[tuple[int, int, int]] = []  # (token, partition, offset) not yet consumed
         self._tokens = 0
         self.consumed = 0
@@ -64,6 +63,9 @@ class BrokerService:
 
     def now_tick(self) -> int:
         return self.clock.now_tick()
+
+    def now_seconds(self) -> float:
+        return self.clock.now_seconds()
 
     def refresh(self) -> None:
         """Blocking: read new events and the engine group's progress (run it in a thread)."""
@@ -91,8 +93,7 @@ def summary(service: BrokerService, scripts: dict[str, DemoScript]) -> dict[str,
 
 
 async def run_on_broker(cfg: Any, out: TextIO = sys.stdout, *, engines: int = 1) -> int:
-    """``cfg`` is the embedded ``RunConfig`` with ``broker`` set."""
-    from services.embedded.run import progress_table
+    """``cfg`` is ``hvdm run``'s ``RunConfig`` with ``broker`` set."""
     from services.guest_sim import GuestConfig, SimulatedGuest
 
     check_gateway_config(cfg)
@@ -117,6 +118,10 @@ async def run_on_broker(cfg: Any, out: TextIO = sys.stdout, *, engines: int = 1)
     )
     links: dict[str, GuestLink] = {}
     scripts: dict[str, DemoScript] = {}
+
+    async def refresh() -> None:
+        await asyncio.to_thread(service.refresh)
+
     try:
         # Guests time out a silent host within seconds of guest time: connect them once the
         # workers are up, i.e. once every partition has a tick processed.
@@ -136,24 +141,22 @@ async def run_on_broker(cfg: Any, out: TextIO = sys.stdout, *, engines: int = 1)
             await link.open(**endpoint)
             links[vm] = link
             if cfg.scenario == "demo":
-                scripts[vm] = DemoScript(vm, cfg.guest_memory, _rebooter(link, guest, service, endpoint))
-        started = next_progress = time.monotonic()
-        while True:
-            await asyncio.sleep(0.1)
-            await asyncio.to_thread(service.refresh)
-            for script in scripts.values():
-                await advance_demo(script, service)  # type: ignore[arg-type]
-            now = time.monotonic()
-            if cfg.progress_interval > 0 and now >= next_progress:
-                print(progress_table(service.states, scripts, service.now_tick()), file=human, flush=True)
-                next_progress = now + cfg.progress_interval
-            if scripts and all(s.done for s in scripts.values()):
-                break
-            if cfg.duration is not None and now - started >= cfg.duration:
-                break
-            if any(p.poll() is not None for p in children):
-                print("hvdm: an engine worker exited; stopping", file=sys.stderr)
-                break
+                reboot = rebooter(link, guest, service, endpoint, wait_seconds=30, refresh=refresh)
+                scripts[vm] = DemoScript(vm, cfg.guest_memory, reboot)
+
+        def worker_exited() -> str | None:
+            return "an engine worker exited" if any(p.poll() is not None for p in children) else None
+
+        await run_scripts(
+            service,
+            scripts,
+            human,
+            progress_interval=cfg.progress_interval,
+            duration=cfg.duration,
+            poll_seconds=0.1,
+            refresh=refresh,
+            stop=worker_exited,
+        )
     finally:
         report = summary(service, scripts)
         for link in links.values():
@@ -171,28 +174,5 @@ async def run_on_broker(cfg: Any, out: TextIO = sys.stdout, *, engines: int = 1)
     if cfg.json_summary:
         print(json.dumps(report, sort_keys=True), file=out)
     else:
-        for vm, v in report["vms"].items():
-            print(
-                f"  {vm}: {v['protocol_state']}, current {v['current_bytes'] // MIB} MiB "
-                f"(ballooned {v['ballooned_bytes'] // MIB}, hot-added {v['hot_added_bytes'] // MIB}); "
-                f"violations: {v['violations'] or 'none'}",
-                file=out,
-            )
+        print("\n".join(vm_lines(report)), file=out)
     return 3 if scripts and not report["scenario_completed"] else 0
-
-
-def _rebooter(link: GuestLink, guest: Any, service: BrokerService, endpoint: dict[str, Any]) -> Any:
-    async def reboot(reset_host: Any) -> None:
-        await link.stop()
-        vm = link.hello.vm
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            await asyncio.to_thread(service.refresh)
-            state = service.states.get(vm)
-            if state is not None and state.protocol is ProtocolState.CLOSED:
-                break
-            await asyncio.sleep(0.05)
-        reset_host()
-        await link.open(**endpoint, first_messages=guest.reboot(service.clock.now_seconds()))
-
-    return reboot

@@ -3,10 +3,10 @@
 One job: turn what QEMU says (balloon device, memory layout, actual size, guest status, command
 failures, monitor gone) into engine inbox inputs, and deliver the engine's targets as QMP
 ``balloon``. The engine keeps these VMs as QEMU-managed state (``services.dm_engine.qemu_vm``).
+Each deployment connects the agent to its log in its own package (``embedded.qemu_sink``).
 """
 
 from services.qemu_agent.address import QmpAddress, parse_address
 from services.qemu_agent.agent import QemuAgent
-from services.qemu_agent.embedded_sink import EmbeddedSink, attach_to_service
 
-__all__ = ["EmbeddedSink", "QemuAgent", "QmpAddress", "attach_to_service", "parse_address"]
+__all__ = ["QemuAgent", "QmpAddress", "parse_address"]

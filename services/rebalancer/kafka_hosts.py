@@ -90,6 +90,21 @@ def _encode(value: dict[str, Any]) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
 
 
+@dataclass(frozen=True, slots=True)
+class HostSpec:
+    """The host a gateway serves: its name and the RAM it gives to VMs (None: RAM - reserve)."""
+
+    name: str
+    capacity_bytes: int | None = None
+    reserve_bytes: int = 2 << 30
+
+    def backend(self, settings: KafkaSettings) -> HostedKafkaBackend:
+        """The gateway backend that announces this host (``kafka_engine.gateway.start_gateway``)."""
+        return HostedKafkaBackend(
+            settings, host_name=self.name, capacity_bytes=self.capacity_bytes, reserve_bytes=self.reserve_bytes
+        )
+
+
 class HostedKafkaBackend(KafkaBackend):
     """The gateway's Kafka backend that also says which host it is and which VMs it serves."""
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from services.demo.scenario import settled
 from services.dm_engine.config import EngineConfig
 from services.dm_engine.inputs import AddBackend, PlugBackend, SetTarget, SystemReset
 from services.dm_engine.state import ProtocolState
 from services.embedded.lockstep import LockstepFleet
-from services.embedded.scenario import settled
 from services.event_log.sqlite_log import SqliteLog
 from services.guest_sim import GuestConfig, SimulatedGuest
 

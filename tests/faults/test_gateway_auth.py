@@ -22,10 +22,10 @@ import pytest
 
 from services.dm_engine.inputs import SetTarget
 from services.dm_engine.state import ProtocolState
+from services.embedded.gateway_backend import EmbeddedBackend
 from services.embedded.service import EmbeddedService
 from services.metrics import serve_for_service
 from services.vmbus_gateway.auth import AuthConfigError, GatewayAuth, build_auth, vm_token
-from services.vmbus_gateway.backend import EmbeddedBackend
 from services.vmbus_gateway.client import GatewayRefused, GuestLink
 from services.vmbus_gateway.server import GatewayServer
 from tests.vmbus_gateway.peers import GIB, EchoGuest, Pki, hello, make_pki, raw_peer, running_service, wait_for

@@ -19,9 +19,9 @@ import pytest
 from bench.gateway_load import log_counts
 from services.dm_engine.state import ProtocolState
 from services.dm_protocol import CapabilitiesReport, StatusReport, VersionRequest, encode, frame
+from services.embedded.gateway_backend import EmbeddedBackend
 from services.embedded.service import EmbeddedService
 from services.vmbus_gateway.auth import GatewayAuth
-from services.vmbus_gateway.backend import EmbeddedBackend
 from services.vmbus_gateway.client import GuestLink
 from services.vmbus_gateway.server import GatewayLimits, GatewayServer
 from tests.vmbus_gateway.peers import EchoGuest, hello, raw_peer, running_service, wait_for

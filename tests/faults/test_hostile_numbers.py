@@ -24,9 +24,9 @@ from qemu.qmp import ExecuteError
 from services.dm_engine.config import EngineConfig
 from services.dm_engine.inputs import SetTarget
 from services.dm_engine.state import ProtocolState
+from services.embedded.gateway_backend import EmbeddedBackend
 from services.embedded.service import EmbeddedService
 from services.metrics.rejections import RejectionCollector
-from services.vmbus_gateway.backend import EmbeddedBackend
 from services.vmbus_gateway.client import GuestLink
 from services.vmbus_gateway.hello import HELLO_REASONS, Hello
 from services.vmbus_gateway.server import GatewayServer

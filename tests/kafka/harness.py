@@ -33,9 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from services.demo.scenario import DemoScript, advance_demo
 from services.dm_engine.inputs import Input
 from services.dm_engine.records import to_dict
-from services.embedded.scenario import DemoScript, advance_demo
 from services.kafka_engine import envelope
 from services.kafka_engine.gateway import start_gateway, stop_gateway
 from services.kafka_engine.gateway_backend import KafkaBackend
@@ -99,22 +99,21 @@ def lockstep_settings(url: str, prefix: str, partitions: int = 4) -> KafkaSettin
 
 
 # ---------------------------------------------------------------------------------------- the driver
-class _Runner:
-    """``service.runner`` for ``advance_demo``: the projection's states, the driver's progress."""
-
-    def __init__(self, driver: KafkaLockstep) -> None:
-        self.driver = driver
+class KafkaLockstep:
+    """The demo's host (``services.demo.host.DemoHost``): the projection's states, the driver's
+    progress."""
 
     @property
     def consumed(self) -> int:
-        return self.driver.settled_token
+        return self.settled_token
 
     @property
     def states(self) -> dict[str, Any]:
-        return self.driver.projection.states
+        return self.projection.states
 
+    def now_seconds(self) -> float:
+        return self.now
 
-class KafkaLockstep:
     def __init__(self, settings: KafkaSettings, workdir: Path, guests: int) -> None:
         self.settings = settings
         self.workdir = workdir
@@ -130,7 +129,6 @@ class KafkaLockstep:
         self.queue: list[tuple[str, Input]] = []
         self.token = 0
         self.settled_token = 0
-        self.runner = _Runner(self)
         self.partitions = 0
         self.producer: Any = None
         self.reader: PartitionReader | None = None

@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from services.demo.scenario import DemoScript, advance_demo
 from services.dm_engine.config import EngineConfig
 from services.dm_engine.inputs import Input
 from services.dm_engine.state import VmState
 from services.embedded.lockstep import LockstepFleet
-from services.embedded.scenario import DemoScript, advance_demo
 from services.event_log.sqlite_log import SqliteLog
 from services.guest_sim import GuestConfig, SimulatedGuest
 
@@ -96,11 +96,22 @@ def accounting(states: dict[str, VmState]) -> dict[str, dict[str, Any]]:
 
 
 class _FleetService:
-    """What ``advance_demo`` needs from a service, on a lockstep fleet."""
+    """The demo's host (``services.demo.host.DemoHost``) on a lockstep fleet."""
 
     def __init__(self, fleet: LockstepFleet) -> None:
         self.fleet = fleet
         self.runner = fleet.runner
+
+    @property
+    def states(self) -> dict[str, Any]:
+        return self.fleet.runner.states
+
+    @property
+    def consumed(self) -> int:
+        return self.fleet.runner.consumed
+
+    def now_seconds(self) -> float:
+        return self.fleet.now
 
     def submit(self, vm: str, record: Input) -> int:
         return self.fleet.submit(vm, record)

@@ -18,10 +18,10 @@ import pytest
 from qemu.qmp import QMPClient
 
 from services.dm_engine.config import EngineConfig
+from services.embedded.gateway_backend import EmbeddedBackend
 from services.embedded.service import EmbeddedService
 from services.metrics import MetricsLabels, serve_for_service
 from services.qmp import QmpServers, socket_path, start_qmp_servers
-from services.vmbus_gateway.backend import EmbeddedBackend
 from services.vmbus_gateway.hello import Hello
 from services.vmbus_gateway.server import GatewayServer
 from tests.deploy.dashboard import load_dashboard, panel_queries, substitute

@@ -18,8 +18,8 @@ import pytest
 from services.dm_engine import inputs as inp
 from services.dm_engine.config import EngineConfig
 from services.dm_engine.state import ProtocolState
+from services.embedded.qemu_sink import attach_to_service
 from services.embedded.service import EmbeddedService
-from services.qemu_agent import attach_to_service
 from services.qemu_agent.simulated_qemu import SimulatedQemu
 
 GIB = 1 << 30

@@ -26,13 +26,13 @@ import pytest
 
 from services.embedded.clock import TickClock
 from services.guest_sim import GuestConfig, SimulatedGuest
-from services.kafka_engine.gateway import HostSpec, start_gateway, stop_gateway
+from services.kafka_engine.gateway import start_gateway, stop_gateway
 from services.kafka_engine.kafka_log import GroupOffsets, PartitionReader, ensure_topics
 from services.kafka_engine.projection import EventsProjection
 from services.kafka_engine.settings import KafkaSettings
 from services.kafka_engine.tansu import LocalBroker, free_port
 from services.kafka_engine.worker import engine_config_of
-from services.rebalancer.kafka_hosts import HostDirectory
+from services.rebalancer.kafka_hosts import HostDirectory, HostSpec
 from services.rebalancer.kafka_live import read_recommendations
 from services.vmbus_gateway.client import GuestLink
 from services.vmbus_gateway.hello import Hello
@@ -137,7 +137,7 @@ async def scenario(broker: LocalBroker, prefix: str, workdir: Path) -> None:
                     settings,
                     unix_path=str(workdir / f"{name}.sock"),
                     tcp=None,
-                    host=HostSpec(name, capacity_bytes=capacity),
+                    backend=HostSpec(name, capacity_bytes=capacity).backend(settings),
                 )
             )
         for name, members in GUESTS.items():

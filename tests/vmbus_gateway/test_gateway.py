@@ -26,8 +26,8 @@ from services.dm_protocol import (
     encode,
     frame,
 )
+from services.embedded.gateway_backend import EmbeddedBackend
 from services.embedded.service import EmbeddedService
-from services.vmbus_gateway.backend import EmbeddedBackend
 from services.vmbus_gateway.client import GuestLink
 from services.vmbus_gateway.hello import Hello
 from services.vmbus_gateway.server import GatewayLimits, GatewayServer

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from services.dm_engine.config import EngineConfig
+from services.embedded.gateway_backend import EmbeddedBackend
 from services.embedded.service import EmbeddedService
-from services.vmbus_gateway.backend import EmbeddedBackend
 from services.vmbus_gateway.hello import Hello, HelloError, parse_hello
 from services.vmbus_gateway.server import GatewayServer
 

@@ -1,4 +1,4 @@
-"""The QEMU agent on the embedded service: inputs into the SQLite inbox, commands from its outbox."""
+"""The embedded deployment's QEMU agent sink: inputs into the SQLite inbox, commands from its outbox."""
 
 from __future__ import annotations
 

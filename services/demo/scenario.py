@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from services.demo.host import DemoHost
 from services.dm_engine.inputs import AddBackend, PlugBackend, SetTarget, SystemReset
 from services.dm_engine.state import ProtocolState, VmState
-from services.embedded.service import EmbeddedService
 
 PAGE = 4096
 
@@ -59,13 +59,13 @@ def settled(state: VmState | None) -> bool:
     return state.current_pages == state.target_pages or not state.target_pending
 
 
-async def advance_demo(script: DemoScript, service: EmbeddedService) -> None:
+async def advance_demo(script: DemoScript, service: DemoHost) -> None:
     """Move the script one step if the VM has settled; call repeatedly."""
     if script.done:
         return
-    if service.runner.consumed < script.pending_pos:
+    if service.consumed < script.pending_pos:
         return
-    state = service.runner.states.get(script.vm)
+    state = service.states.get(script.vm)
     if not settled(state):
         return
     assert state is not None

@@ -1,0 +1,107 @@
+"""The import graph of ``services/`` has no cycle, between packages nor between modules.
+
+Why it matters: a cycle between deployments (embedded <-> Kafka) or from an adapter back into the
+core makes every layer depend on every other, so none can change or be read alone. Imports are
+read with ``ast`` from the source, including those inside functions (a lazy import is still a
+dependency) but not those under ``if TYPE_CHECKING:`` (they never run). ``from package import
+module`` depends on that module, not on the whole package.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+SERVICES = Path(__file__).resolve().parents[2] / "services"
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for path in SERVICES.rglob("*.py"):
+        parts = list(path.relative_to(SERVICES.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        out[".".join(parts)] = path
+    return out
+
+
+def _nodes(node: ast.AST) -> Iterator[ast.AST]:
+    """Every node, except the bodies of ``if TYPE_CHECKING:`` (annotations only, never run)."""
+    yield node
+    for child in ast.iter_child_nodes(node):
+        if isinstance(child, ast.If) and isinstance(child.test, ast.Name) and child.test.id == "TYPE_CHECKING":
+            for other in child.orelse:
+                yield from _nodes(other)
+            continue
+        yield from _nodes(child)
+
+
+def _imports(path: Path, modules: Mapping[str, Path]) -> Iterator[str]:
+    for node in _nodes(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            yield from (a.name for a in node.names if a.name in modules)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            subs = [f"{node.module}.{a.name}" for a in node.names if f"{node.module}.{a.name}" in modules]
+            yield from subs
+            if len(subs) < len(node.names) and node.module in modules:
+                yield node.module
+
+
+def import_graph(package_level: bool) -> dict[str, set[str]]:
+    modules = _modules()
+
+    def key(name: str) -> str:
+        return ".".join(name.split(".")[:2]) if package_level else name
+
+    graph: dict[str, set[str]] = {key(m): set() for m in modules}
+    for name, path in modules.items():
+        for target in _imports(path, modules):
+            if key(target) != key(name):
+                graph[key(name)].add(key(target))
+    return graph
+
+
+def find_cycle(graph: Mapping[str, set[str]]) -> list[str] | None:
+    """One cycle as a path that starts and ends on the same node, or None."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return [*path[path.index(nxt) :], nxt]
+            if nxt not in state and (found := visit(nxt)) is not None:
+                return found
+        path.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (found := visit(node)) is not None:
+            return found
+    return None
+
+
+def test_the_finder_finds_a_cycle() -> None:
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_no_cycle_between_packages() -> None:
+    graph = import_graph(package_level=True)
+    assert "services.embedded" in graph and "services.kafka_engine" in graph
+    assert find_cycle(graph) is None
+
+
+def test_no_cycle_between_modules() -> None:
+    assert find_cycle(import_graph(package_level=False)) is None
+
+
+def test_the_core_imports_no_adapter() -> None:
+    """dm_protocol, range_store, vdimm_allocator and dm_engine do no I/O: they import only each other."""
+    core = {"services.dm_protocol", "services.range_store", "services.vdimm_allocator", "services.dm_engine"}
+    graph = import_graph(package_level=True)
+    assert {pkg: graph[pkg] - core for pkg in core} == {pkg: set() for pkg in core}

@@ -1,0 +1,100 @@
+"""The installed wheel: built from this tree, installed into a fresh virtualenv, run from there.
+
+What an install must (not) do: claim no generic top-level import name besides ``services`` (no
+``bench``, no ``tests``), carry the SPDX license expression without setuptools' deprecation warning,
+the classifiers and the Faust pin, and work: ``hvdm --help``, ``--version``, ``decode`` and ``config
+show`` run from the virtualenv's own ``bin/hvdm``, importing ``services`` from its site-packages.
+
+Offline and fast: the wheel is built with ``--no-build-isolation`` (setuptools >= 77 is a dev
+dependency) and installed with ``--no-deps``; the fresh virtualenv reaches the dependencies through a
+``.pth`` line naming the project venv's site-packages (a path, so that directory's own ``.pth``
+files, among them the editable install's finder, are not run: ``services`` can only come from the
+wheel).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import sysconfig
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    tmp = tmp_path_factory.mktemp("wheel")
+    src = tmp / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    shutil.copytree(ROOT / "services", src / "services", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "bench", src / "bench", ignore=shutil.ignore_patterns("__pycache__"))  # must stay out
+    out = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp / "dist"), str(src)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    (built,) = (tmp / "dist").glob("hvdm-*.whl")
+    return built, out.stdout + out.stderr
+
+
+def test_the_wheel_claims_only_services_and_says_its_license(wheel: tuple[Path, str]) -> None:
+    path, log = wheel
+    assert "deprecated" not in log.lower() and "License classifiers" not in log, log[-2000:]
+    with zipfile.ZipFile(path) as zf:
+        names = zf.namelist()
+        (metadata,) = [n for n in names if n.endswith(".dist-info/METADATA")]
+        meta = zf.read(metadata).decode()
+    top = {n.split("/")[0] for n in names}
+    assert top == {"services", metadata.split("/")[0]}, top
+    assert "services/py.typed" in names and "services/cli/main.py" in names
+    assert "License-Expression: GPL-2.0-or-later" in meta
+    assert "Classifier: Programming Language :: Python :: 3.13" in meta
+    assert "Classifier: License ::" not in meta  # the SPDX expression replaces license classifiers
+    assert "Requires-Dist: faust-streaming<0.16,>=0.15" in meta
+
+
+def test_the_installed_wheel_runs_from_a_fresh_virtualenv(wheel: tuple[Path, str], tmp_path: Path) -> None:
+    path, _ = wheel
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    py = venv / "bin" / "python"
+    site = Path(
+        subprocess.run(
+            [str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()
+    )  # fmt: skip
+    install = subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(py), "install", "--no-deps", "--no-index", str(path)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert install.returncode == 0, install.stderr[-2000:]
+    assert (site / "services" / "cli" / "main.py").exists() and not (site / "bench").exists()
+    (site / "hvdm-deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+
+    def hvdm(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(venv / "bin" / "hvdm"), *args], cwd=tmp_path, capture_output=True, text=True, timeout=120
+        )
+
+    where = subprocess.run([str(py), "-c", "import services; print(services.__file__)"], cwd=tmp_path,
+                           capture_output=True, text=True)  # fmt: skip
+    assert where.stdout.strip() == str(site / "services" / "__init__.py"), where
+    helped = hvdm("--help")
+    assert helped.returncode == 0, helped.stderr
+    assert "decode" in helped.stdout and "config" in helped.stdout
+    assert hvdm("--version").stdout.strip() == "hvdm 0.1.0"
+    decoded = hvdm("decode", "01001000010000000000020000000000")
+    assert decoded.returncode == 0, decoded.stderr
+    assert "DM_VERSION_REQUEST" in decoded.stdout
+    shown = hvdm("config", "show", "--format", "json", "run")
+    assert shown.returncode == 0 and '"guests": 0' in shown.stdout, shown.stderr
+    benched = hvdm("bench", "ranges")  # the benchmarks live in the source tree only
+    assert benched.returncode == 2 and benched.stderr.startswith("hvdm: error: bench: ")
