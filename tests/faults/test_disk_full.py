@@ -23,13 +23,13 @@ from qemu.qmp import ExecuteError, QMPClient
 from services.dm_engine.config import EngineConfig
 from services.dm_engine.state import ProtocolState
 from services.embedded.clock import TickClock
+from services.embedded.gateway_backend import EmbeddedBackend
 from services.embedded.runner import EngineRunner
 from services.embedded.service import EmbeddedService
 from services.event_log.sqlite_log import ALL_VMS, LogWriteError, SqliteLog
 from services.guest_sim import GuestConfig, SimulatedGuest
 from services.metrics import serve_for_service
 from services.qmp import socket_path, start_qmp_servers
-from services.vmbus_gateway.backend import EmbeddedBackend
 from services.vmbus_gateway.client import GatewayRefused, GuestLink
 from services.vmbus_gateway.hello import Hello
 from services.vmbus_gateway.server import GatewayServer
