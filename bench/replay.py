@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 
 from services.audit.divergence import RecordedStream, VmComparison
+from services.audit.jobs import audit_jobs
 from services.audit.logfile import engine_config
 from services.audit.reader import SqliteReader
 from services.audit.replay import replay_inbox
@@ -97,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench.replay", description=__doc__.split("\n\n")[0])
     parser.add_argument("--vms", type=int, default=200)
     parser.add_argument("--ticks", type=int, default=400)
+    parser.add_argument(
+        "--jobs", type=int, nargs="*", default=[1, 2, 4], help="also time audit_jobs with these process counts"
+    )
     args = parser.parse_args(argv)
     print(f"machine: {machine()}")
     with tempfile.TemporaryDirectory() as tmp:
@@ -147,8 +151,23 @@ def main(argv: list[str] | None = None) -> int:
             assert report.replay_matches
             return report.events
 
+        def jobs_audit(jobs: int) -> Callable[[], int]:
+            def run() -> int:
+                report = audit_jobs(reader, jobs, min_records=0)
+                assert report.replay_matches
+                return report.events
+
+            return run
+
         results = {}
-        for name, fn in (("baseline", baseline), ("fold", fold), ("re-decide", redecide), ("audit", whole_audit)):
+        phases: list[tuple[str, Callable[[], int]]] = [
+            ("baseline", baseline),
+            ("fold", fold),
+            ("re-decide", redecide),
+            ("audit", whole_audit),
+        ]
+        phases += [(f"audit -j{j}", jobs_audit(j)) for j in args.jobs]
+        for name, fn in phases:
             seconds, n = timed(fn)
             results[name] = (seconds, n)
         reader.close()
@@ -157,6 +176,14 @@ def main(argv: list[str] | None = None) -> int:
     for name, (seconds, n) in results.items():
         rate = n / seconds
         print(f"{name:10} {n:9,} {seconds:8.2f} {rate:10,.0f} {rate / base_rate:10.2f}x")
+    if "audit -j1" in results:
+        one = results["audit -j1"][0]
+        for j in args.jobs:
+            seconds = results[f"audit -j{j}"][0]
+            speedup = one / seconds
+            print(f"audit --jobs {j}: speed-up {speedup:.2f}x, efficiency {speedup / j:.0%} (cores: {os.cpu_count()})")
+    audit_rate = results["audit"][1] / results["audit"][0]
+    print(f"target 150,000 events/s for the whole audit on one core: {'MET' if audit_rate >= 150_000 else 'NOT MET'}")
     fold_rate = results["fold"][1] / results["fold"][0]
     redecide_rate = results["re-decide"][1] / results["re-decide"][0]
     verdict = "MET" if min(fold_rate, redecide_rate) >= 200_000 else "NOT MET"

@@ -27,6 +27,7 @@ from urllib.parse import quote
 
 from services.dm_engine.inputs import ALL_VMS
 from services.dm_engine.records import loads, stored_event_json, stored_input_dict
+from services.event_log import segments
 from services.event_log.sqlite_log import EventRow, InboxRow
 
 
@@ -95,6 +96,8 @@ class SqliteReader:
         self._db = connect_read_only(path)
         self._db.execute("PRAGMA busy_timeout=10000")
         self._tables = {str(r[0]) for r in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        #: History up to this inbox position is in compressed segments (``services.event_log.segments``).
+        self._archived_until = segments.archived_until(self._db)
 
     @property
     def path(self) -> str:
@@ -120,9 +123,15 @@ class SqliteReader:
 
     def vms(self) -> list[str]:
         cur = self._db.execute("SELECT DISTINCT vm FROM inbox WHERE vm != ? ORDER BY vm", (ALL_VMS,))
-        return [str(r[0]) for r in cur]
+        live = [str(r[0]) for r in cur]
+        if not self._archived_until:
+            return live
+        return sorted(set(live) | set(segments.archived_vms(self._db)) - {ALL_VMS})
 
     def read_inbox(self, after: int, limit: int = 1000, vm: str | None = None) -> list[InboxRow]:
+        if after < self._archived_until:
+            rows = (r for r in self.iter_inbox(after) if vm is None or r.vm in (vm, ALL_VMS))
+            return [r for _, r in zip(range(limit), rows, strict=False)]
         if vm is None:
             cur = self._db.execute(
                 "SELECT pos, vm, tick, record FROM inbox WHERE pos > ? ORDER BY pos LIMIT ?", (after, limit)
@@ -135,7 +144,9 @@ class SqliteReader:
         return [InboxRow(int(p), str(v), int(t), stored_input_dict(r, t)) for p, v, t, r in cur]
 
     def iter_inbox(self, after: int = 0, until: int | None = None, batch: int = 5000) -> Iterator[InboxRow]:
-        pos = after
+        for p, v, t, _kind, r in segments.segment_inbox(self._db, after, until):
+            yield InboxRow(p, v, t, stored_input_dict(r, t))
+        pos = max(after, self._archived_until)
         while True:
             rows = self.read_inbox(pos, batch)
             for row in rows:
@@ -147,6 +158,8 @@ class SqliteReader:
             pos = rows[-1].pos
 
     def iter_events(self, vm: str | None = None, after_seq: int = 0) -> Iterator[EventRow]:
+        for _id, v, sq, p, _kind, r in segments.segment_events(self._db, vm, after_seq):
+            yield EventRow(v, sq, p, stored_event_json(r))
         if vm is None:
             cur = self._db.execute("SELECT vm, seq, inbox_pos, record FROM events ORDER BY id")
         else:

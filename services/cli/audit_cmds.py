@@ -34,9 +34,13 @@ from pathlib import Path
 from typing import Any
 
 from services.audit import LogError, ReplayError, audit, audit_text, point_text, state_at
+from services.audit.jobs import audit_jobs, default_jobs
 from services.audit.logfile import open_reader
-from services.audit.reader import BrokerReaderUnavailable, LogReader, open_broker_reader
-from services.cli.arg_types import NON_NEGATIVE, OUTPUT_PATH, VM_ID
+from services.audit.reader import BrokerReaderUnavailable, LogReader, SqliteReader, open_broker_reader
+from services.cli.arg_types import NON_NEGATIVE, OUTPUT_PATH, VM_ID, IntArg
+
+#: ``--jobs``: processes, each a copy of the engine's state for its VMs.
+JOBS = IntArg(1, 256)
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -106,14 +110,25 @@ def _progress_bar(enabled: bool) -> Callable[[float], None] | None:
 def _run_audit(args: argparse.Namespace) -> int:
     def body(log: LogReader) -> tuple[str, int]:
         progress = _progress_bar(args.progress or sys.stderr.isatty())
-        report = audit(
-            log,
-            vms=args.vm or None,
-            from_pos=args.from_pos or 0,
-            from_tick=args.from_tick,
-            progress=progress,
-            gap_ticks=args.gap_ticks,
-        )
+        jobs = default_jobs() if args.jobs is None else args.jobs
+        if jobs > 1 and isinstance(log, SqliteReader) and progress is None:
+            report = audit_jobs(
+                log,
+                jobs,
+                vms=args.vm or None,
+                from_pos=args.from_pos or 0,
+                from_tick=args.from_tick,
+                gap_ticks=args.gap_ticks,
+            )
+        else:
+            report = audit(
+                log,
+                vms=args.vm or None,
+                from_pos=args.from_pos or 0,
+                from_tick=args.from_tick,
+                progress=progress,
+                gap_ticks=args.gap_ticks,
+            )
         if args.html:
             from services.audit.html import audit_html
 
@@ -186,6 +201,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--gap-ticks", type=NON_NEGATIVE, default=3, metavar="N", help="status-report gap threshold (default 3)"
     )
     audit_parser.add_argument("--progress", action="store_true", help="progress bar on stderr even if not a TTY")
+    audit_parser.add_argument(
+        "--jobs",
+        type=JOBS,
+        metavar="N",
+        help="processes auditing the embedded log's VMs in parallel (default: the cores; one for a small log "
+        "or with --progress)",
+    )
     audit_parser.add_argument(
         "--fail-on-violations",
         action="store_true",

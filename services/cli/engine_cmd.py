@@ -14,7 +14,7 @@ from services.cli.config_file import add_config_argument, config_of
 from services.cli.log_output import add_log_arguments
 from services.cli.main import EXIT_ERROR, error_line
 from services.cli.metrics_args import add_metrics_arguments, metrics_labels_of
-from services.embedded.runner import EngineRunner
+from services.embedded.runner import ARCHIVE_EVERY, EngineRunner
 from services.event_log.retry import Backoff
 from services.event_log.sqlite_log import LogWriteError, NotAnHvdmLog, SqliteLog
 
@@ -25,7 +25,7 @@ def _run_sqlite(args: argparse.Namespace) -> int:
     except NotAnHvdmLog as exc:
         print(error_line("engine", exc), file=sys.stderr)
         return EXIT_ERROR
-    runner = EngineRunner(log, args.engine_config, snapshot_every=args.snapshot_every)
+    runner = EngineRunner(log, args.engine_config, snapshot_every=args.snapshot_every, archive_every=args.archive_every)
     try:
         if args.exit_when_idle:
             try:
@@ -94,6 +94,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--broker", type=BROKER, help="kafka://HOST:PORT (distributed deployment)")
     p.add_argument("--batch", type=IntArg(1, 1_000_000), default=500, help="inbox records per transaction")
     p.add_argument("--snapshot-every", type=IntArg(1, 1 << 31), default=2000, help="events per VM between snapshots")
+    p.add_argument(
+        "--archive-every",
+        type=IntArg(0, 1 << 40),
+        default=ARCHIVE_EVERY,
+        help="consumed inbox records kept live before history is compressed into a segment (0: never)",
+    )
     p.add_argument("--exit-when-idle", action="store_true", help="process the inbox to its end, then exit")
     p.add_argument(
         "--poll-interval",

@@ -52,6 +52,12 @@ def _ev_channel_closed(s: VmState, e: ev.ChannelClosed) -> None:
 
 
 def _ev_vmbus_reset(s: VmState, e: ev.VmbusReset) -> None:
+    # QEMU keeps the target across a reset but acts on it again only if the operator's request
+    # was still pending (``target_changed``): a target already reached, or one a transaction was
+    # working toward when the reset cut it off, waits for the next ``balloon`` command.
+    reached = s.target_pages is not None and s.target_pages == s.current_pages
+    if s.txn is not None or reached:
+        s.target_pending = False
     _ev_channel_closed(s, ev.ChannelClosed(reason="vmbus reset"))
     s.ballooned = PageRangeSet()
     s.trans_id = 0

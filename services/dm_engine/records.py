@@ -8,6 +8,7 @@ events produces byte-identical records. Bytes travel as lowercase hex, page rang
 from __future__ import annotations
 
 import json
+import operator
 import re
 import typing
 from collections.abc import Callable
@@ -164,6 +165,14 @@ def input_from_dict(data: dict[str, Any]) -> inp.Input:
     ...
     services.dm_engine.records.RecordError: SetTarget.target_bytes must be a 64-bit integer, got float
     """
+    if type(data) is dict and data.get("type") == "GuestMessage" and len(data) == 3:
+        # The hottest input: checked and built directly (anything unusual takes the general path).
+        tick, raw = data.get("tick"), data.get("raw")
+        if type(tick) is int and MIN_RECORD_INT <= tick <= MAX_RECORD_INT and type(raw) is str:
+            try:
+                return inp.GuestMessage(tick=tick, raw=bytes.fromhex(raw))
+            except ValueError:
+                pass
     cls = inp.INPUT_TYPES.get(data.get("type")) if isinstance(data, dict) else None  # type: ignore[arg-type]
     if cls is None:
         raise RecordError("not an input record")
@@ -223,12 +232,38 @@ def _scalar(value: Any) -> str:
     return _CANONICAL.encode(value)
 
 
+#: Per class whose fields are all declared ``int``: (``%``-template of its canonical JSON, getter of
+#: its values in key order); None for the other classes.
+_INT_TEMPLATES: dict[type, tuple[str, Callable[[Any], tuple[Any, ...]]] | None] = {}
+_INT_ONLY = {int}
+
+
+def _int_template(cls: type) -> tuple[str, Callable[[Any], tuple[Any, ...]]] | None:
+    hints = typing.get_type_hints(cls)
+    names = [name for _, name, _ in _plan(cls) if name is not None]
+    if len(names) < 2 or not all(hints[name] is int for name in names):
+        return None  # (attrgetter of one name returns a bare value, not a tuple)
+    template = "".join(p.replace("%", "%%") + ("" if n is None else "%s") for p, n, _ in _plan(cls)) + "}"
+    getter: Callable[[Any], tuple[Any, ...]] = operator.attrgetter(*names)
+    return template, getter
+
+
 def event_json(event: ev.Event) -> str:
     """Canonical JSON of an event, byte-identical to ``dumps(to_dict(event))``.
 
     Written out field by field from a per-class plan because this is on the engine's hot path
     (one call per event) and the generic encoder sorts keys and walks a fresh dict every time.
+    Classes of integers only (status reports, targets, most of a log) fill a ``%``-template.
     """
+    cls = type(event)
+    try:
+        fast = _INT_TEMPLATES[cls]
+    except KeyError:
+        fast = _INT_TEMPLATES[cls] = _int_template(cls)
+    if fast is not None:
+        values = fast[1](event)
+        if set(map(type, values)) == _INT_ONLY:  # a bool or None would print as Python, not JSON
+            return fast[0] % values
     parts: list[str] = []
     append = parts.append
     for prefix, name, kind in _plan(type(event)):
@@ -269,40 +304,67 @@ def input_json(record: inp.Input) -> str:
 #: Log format this code writes (``meta.log_format``); 1 = JSON only (no such meta key).
 LOG_FORMAT = 2
 
-#: Code byte -> event class compacted under it. Codes are never reused: a new layout gets a new code.
-COMPACT_EVENT_CODES: dict[int, type[ev.EventBase]] = {1: ev.StatusReported}
-_COMPACT_BY_CLASS = {cls: code for code, cls in COMPACT_EVENT_CODES.items()}
-_COMPACT_TEMPLATES: dict[int, tuple[str, int, re.Pattern[bytes]]] = {}
+#: Code byte -> (event kind, its integer fields in canonical key order), pinned: a blob written
+#: under a code always expands to those keys. Codes are never reused; a class whose fields change
+#: is stored as JSON until it gets a new code (``test_compact_layouts_match_the_event_classes``).
+COMPACT_LAYOUTS: dict[int, tuple[str, tuple[str, ...]]] = {
+    1: (
+        "StatusReported",
+        (
+            "available_pages",
+            "committed_pages",
+            "io_diff",
+            "page_file_size_pages",
+            "page_file_writes",
+            "tick",
+            "zero_free_pages",
+        ),
+    ),
+}
+_COMPACT_TEMPLATES: dict[int, tuple[str, re.Pattern[bytes]]] = {}
 
 
-def _compact_template(code: int) -> tuple[str, int, re.Pattern[bytes]]:
-    """(``%``-template of the canonical JSON, number of values, pattern a valid blob body matches)."""
+def _compact_template(code: int) -> tuple[str, re.Pattern[bytes]]:
+    """(``%``-template of the canonical JSON, pattern a valid blob body matches) for a code."""
     cached = _COMPACT_TEMPLATES.get(code)
     if cached is None:
-        cls = COMPACT_EVENT_CODES[code]
+        kind, names = COMPACT_LAYOUTS[code]
+        keys = sorted([*names, "type"])
         parts = []
-        count = 0
-        for prefix, name, _kind in _plan(cls):
-            if name is None:
-                parts.append(prefix.replace("%", "%%"))
-            else:
-                parts.append(prefix.replace("%", "%%") + "%s")
-                count += 1
-        template = "".join(parts) + "}"
-        pattern = re.compile(rb"-?[0-9]+(?:,-?[0-9]+){%d}" % (count - 1))
-        _COMPACT_TEMPLATES[code] = cached = (template, count, pattern)
+        for i, key in enumerate(keys):
+            prefix = ("{" if i == 0 else ",") + _encode_str(key) + ":"
+            parts.append(prefix + (_encode_str(kind) if key == "type" else "%s"))
+        template = "".join(parts).replace("%", "%%").replace("%%s", "%s") + "}"
+        pattern = re.compile(rb"-?[0-9]+(?:,-?[0-9]+){%d}" % (len(names) - 1))
+        _COMPACT_TEMPLATES[code] = cached = (template, pattern)
     return cached
+
+
+def _compact_format(cls: type) -> tuple[bytes, Callable[[Any], tuple[Any, ...]]] | None:
+    names = tuple(name for _, name, _ in _plan(cls) if name is not None)
+    for code, (kind, pinned) in COMPACT_LAYOUTS.items():
+        if kind == getattr(cls, "KIND", None) and pinned == names:
+            return bytes((code,)) + b",".join([b"%d"] * len(names)), operator.attrgetter(*names)
+    return None
+
+
+#: Per event class: (``%``-template of its blob, getter of its values in key order), or None.
+_COMPACT_FORMATS: dict[type, tuple[bytes, Callable[[Any], tuple[Any, ...]]] | None] = {}
 
 
 def compact_event(event: ev.Event) -> bytes | None:
     """The compact stored form of ``event``, or None if its class is stored as JSON."""
-    code = _COMPACT_BY_CLASS.get(type(event))
-    if code is None:
+    cls = type(event)
+    try:
+        fmt = _COMPACT_FORMATS[cls]
+    except KeyError:
+        fmt = _COMPACT_FORMATS[cls] = _compact_format(cls)
+    if fmt is None:
         return None
-    values = [getattr(event, name) for _, name, _ in _plan(type(event)) if name is not None]
-    if not all(type(v) is int for v in values):
+    values = fmt[1](event)
+    if set(map(type, values)) != _INT_ONLY:
         return None  # a bool or None where an int is declared: keep the JSON, which says so
-    return bytes((code,)) + ",".join([int.__repr__(v) for v in values]).encode()
+    return fmt[0] % values
 
 
 def stored_event_json(record: str | bytes) -> str:
@@ -314,8 +376,8 @@ def stored_event_json(record: str | bytes) -> str:
         return record
     body = bytes(record)
     code = body[0] if body else -1
-    if code in COMPACT_EVENT_CODES:
-        template, _count, pattern = _compact_template(code)
+    if code in COMPACT_LAYOUTS:
+        template, pattern = _compact_template(code)
         if pattern.fullmatch(body, 1):
             return template % tuple(body[1:].decode().split(","))
     return "!invalid compact record " + body.hex()

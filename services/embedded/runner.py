@@ -23,6 +23,10 @@ from services.event_log.sqlite_log import InboxRow, SqliteLog, StepWrite
 __all__ = ["EngineRunner", "Processed", "ProcessedListener"]
 
 
+#: Consumed inbox records between two archivings of history into a compressed segment.
+ARCHIVE_EVERY = 100_000
+
+
 class ProcessedListener(Protocol):
     def __call__(self, batch: Sequence[Processed]) -> None: ...
 
@@ -36,6 +40,7 @@ class EngineRunner:
         config: EngineConfig | None = None,
         *,
         snapshot_every: int = 2000,
+        archive_every: int = ARCHIVE_EVERY,
     ) -> None:
         self.log = log
         stored = log.get_meta("engine_config")
@@ -52,6 +57,8 @@ class EngineRunner:
             log.set_meta("engine_config", json.dumps(config.to_dict(), sort_keys=True))
         self.config = config
         self.snapshot_every = snapshot_every
+        #: Consumed inbox records kept live before they go into a compressed segment (0: never).
+        self.archive_every = archive_every
         self.states: dict[str, VmState] = {}
         self._events_since_snapshot: dict[str, int] = {}
         self._last_seq: dict[str, int] = {}
@@ -106,9 +113,27 @@ class EngineRunner:
             self.recover()
             raise
         self.inputs_processed += len(rows)
+        if self.archive_every and rows[-1].pos - self.log.archived_until >= self.archive_every:
+            self.archive()
         for listener in self.listeners:
             listener(processed)
         return len(rows)
+
+    def archive(self) -> int:
+        """Move the consumed history into a compressed segment (``SqliteLog.archive``), first
+        snapshotting every VM that has events since its last snapshot, so that a restart rebuilds
+        from snapshots and live rows alone and never reads a segment."""
+        until = self.consumed
+        snapshots = [
+            (vm, self._last_seq[vm], until, json.dumps(self.states[vm].to_snapshot(), separators=(",", ":")))
+            for vm, count in self._events_since_snapshot.items()
+            if count and vm in self.states
+        ]
+        archived = self.log.archive(until, snapshots)
+        if archived:
+            for vm, *_ in snapshots:
+                self._events_since_snapshot[vm] = 0
+        return archived
 
     def run_until_idle(self, limit: int = 500) -> int:
         total = 0

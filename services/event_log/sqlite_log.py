@@ -36,6 +36,7 @@ import orjson
 
 from services.dm_engine.inputs import ALL_VMS
 from services.dm_engine.records import LOG_FORMAT, stored_event_json, stored_input, stored_input_dict
+from services.event_log import segments
 
 log = logging.getLogger("hvdm.log")
 
@@ -49,7 +50,7 @@ APPLICATION_ID: Final = 0x6876646D
 #: Tables every hvdm log has had since the first version, and every table it may have: a file
 #: holding the first and nothing beyond the second is an hvdm log written before the marker.
 CORE_TABLES: Final = frozenset({"meta", "inbox", "events", "outbox", "positions"})
-KNOWN_TABLES: Final = CORE_TABLES | {"snapshots"}
+KNOWN_TABLES: Final = CORE_TABLES | {"snapshots", "segments", "archived"}
 
 #: ``LogWriteError.kind`` values, each a series of ``hvdm_log_write_errors_total{kind}``.
 WRITE_ERROR_KINDS: Final = ("full", "io", "readonly", "busy", "other")
@@ -100,7 +101,8 @@ def write_error_kind(exc: sqlite3.Error) -> str:
     return "other"
 
 
-_SCHEMA = """
+_SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS inbox (
     pos INTEGER PRIMARY KEY,
@@ -135,6 +137,11 @@ CREATE TABLE IF NOT EXISTS snapshots (
 );
 CREATE TABLE IF NOT EXISTS positions (name TEXT PRIMARY KEY, pos INTEGER NOT NULL);
 """
+    + segments.SCHEMA
+)
+
+#: ``meta.log_format`` once history has been archived into segments (older readers would miss it).
+ARCHIVED_FORMAT = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,6 +240,7 @@ class SqliteLog:
             raise
         self._next_event_seq: dict[str, int] = {}
         self._next_outbox_seq: dict[str, int] = {}
+        self._archived_until = segments.archived_until(self._db)
 
     def _adopt(self) -> None:
         """Check the file is empty or an hvdm log (before writing anything), then set it up."""
@@ -344,6 +352,9 @@ class SqliteLog:
         return self.append_inputs([(vm, tick, record, decoded)])
 
     def read_inbox(self, after: int, limit: int = 1000, vm: str | None = None) -> list[InboxRow]:
+        if after < self._archived_until:
+            rows = (r for r in self.iter_inbox(after) if vm is None or r.vm in (vm, ALL_VMS))
+            return [r for _, r in zip(range(limit), rows, strict=False)]
         if vm is None:
             cur = self._db.execute(
                 "SELECT pos, vm, tick, record FROM inbox WHERE pos > ? ORDER BY pos LIMIT ?", (after, limit)
@@ -360,7 +371,9 @@ class SqliteLog:
         return int(row[0])
 
     def iter_inbox(self, after: int = 0, until: int | None = None, batch: int = 5000) -> Iterator[InboxRow]:
-        pos = after
+        for p, v, t, _kind, r in segments.segment_inbox(self._db, after, until):
+            yield InboxRow(p, v, t, stored_input_dict(r, t))
+        pos = max(after, self._archived_until)
         while True:
             rows = self.read_inbox(pos, batch)
             for row in rows:
@@ -380,6 +393,9 @@ class SqliteLog:
         if seq is None:
             row = self._db.execute(f"SELECT COALESCE(MAX(seq), 0) FROM {table} WHERE vm = ?", (vm,)).fetchone()
             seq = int(row[0]) + 1
+            if table == "events" and seq == 1:
+                archived = self._db.execute("SELECT last_seq FROM archived WHERE vm = ?", (vm,)).fetchone()
+                seq = 1 if archived is None else int(archived[0]) + 1
         return seq
 
     def commit_step(
@@ -418,7 +434,10 @@ class SqliteLog:
     # ------------------------------------------------------------------ reading back
     def vms(self) -> list[str]:
         cur = self._db.execute("SELECT DISTINCT vm FROM inbox WHERE vm != ? ORDER BY vm", (ALL_VMS,))
-        return [str(r[0]) for r in cur]
+        live = [str(r[0]) for r in cur]
+        if not self._archived_until:
+            return live
+        return sorted(set(live) | set(segments.archived_vms(self._db)) - {ALL_VMS})
 
     def snapshot(self, vm: str) -> tuple[int, int, dict[str, Any]] | None:
         row = self._db.execute("SELECT seq, inbox_pos, state FROM snapshots WHERE vm = ?", (vm,)).fetchone()
@@ -429,6 +448,8 @@ class SqliteLog:
         return [(str(v), int(s), int(p), json.loads(st)) for v, s, p, st in cur]
 
     def iter_events(self, vm: str | None = None, after_seq: int = 0) -> Iterator[EventRow]:
+        for _id, v, s, p, _kind, r in segments.segment_events(self._db, vm, after_seq):
+            yield EventRow(v, s, p, stored_event_json(r))
         if vm is None:
             cur = self._db.execute("SELECT vm, seq, inbox_pos, record FROM events ORDER BY id")
         else:
@@ -440,7 +461,58 @@ class SqliteLog:
             yield EventRow(v, s, p, stored_event_json(r))
 
     def event_count(self) -> int:
-        return int(self._db.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+        live = int(self._db.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+        return live + segments.archived_event_count(self._db)
+
+    # ------------------------------------------------------------------ archiving
+    @property
+    def archived_until(self) -> int:
+        return self._archived_until
+
+    def archive(self, until: int, snapshots: Sequence[tuple[str, int, int, str]] = ()) -> int:
+        """Move consumed history up to inbox position ``until`` into one compressed segment, with
+        ``snapshots`` replaced in the same transaction; returns the inbox rows archived.
+
+        The caller passes snapshots for every VM whose archived events are newer than its snapshot,
+        so recovery never has to read a segment. The row at ``until`` stays in the live inbox too
+        (skipped by readers): SQLite numbers a new row after the largest live one, and positions
+        must never restart."""
+        until = min(until, self.consumed_position())
+        start = self._archived_until
+        if until <= start:
+            return 0
+        with self._transaction() as db:
+            inbox = db.execute(
+                "SELECT pos, vm, tick, kind, record FROM inbox WHERE pos > ? AND pos <= ? ORDER BY pos", (start, until)
+            ).fetchall()
+            events = db.execute(
+                "SELECT id, vm, seq, inbox_pos, kind, record FROM events WHERE inbox_pos <= ? ORDER BY id", (until,)
+            ).fetchall()
+            if not inbox:
+                return 0
+            db.execute(
+                "INSERT INTO segments (first_pos, last_pos, inbox_rows, event_rows, inbox, events)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (start + 1, until, len(inbox), len(events), segments.pack_inbox(inbox), segments.pack_events(events)),
+            )
+            last: dict[str, int] = {str(vm): 0 for _, vm, _, _, _ in inbox if vm != ALL_VMS}
+            for _, vm, seq, _, _, _ in events:
+                last[vm] = max(last.get(vm, 0), int(seq))
+            db.executemany(
+                "INSERT INTO archived (vm, last_seq) VALUES (?, ?)"
+                " ON CONFLICT (vm) DO UPDATE SET last_seq = MAX(last_seq, excluded.last_seq)",
+                list(last.items()),
+            )
+            db.execute("DELETE FROM events WHERE inbox_pos <= ?", (until,))
+            db.execute("DELETE FROM inbox WHERE pos < ?", (until,))
+            for vm, seq, inbox_pos, state in snapshots:
+                db.execute(
+                    "INSERT OR REPLACE INTO snapshots (vm, seq, inbox_pos, state) VALUES (?, ?, ?, ?)",
+                    (vm, seq, inbox_pos, state),
+                )
+            db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('log_format', ?)", (str(ARCHIVED_FORMAT),))
+        self._archived_until = until
+        return len(inbox)
 
     def read_outbox(self, vm: str, after_seq: int, limit: int = 1000) -> list[OutboxRow]:
         cur = self._db.execute(

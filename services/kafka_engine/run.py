@@ -30,6 +30,7 @@ from services.kafka_engine.kafka_log import GroupOffsets, PartitionReader, ensur
 from services.kafka_engine.projection import EventsProjection
 from services.kafka_engine.settings import KafkaSettings
 from services.kafka_engine.worker import engine_config_of
+from services.metrics import serve_gateway
 from services.vmbus_gateway.client import GuestLink
 
 
@@ -102,17 +103,25 @@ async def run_on_broker(cfg: Any, out: TextIO = sys.stdout, *, engines: int = 1)
     config = await asyncio.to_thread(engine_config_of, settings, cfg.engine_config)
     clock = TickClock(tick_seconds=config.tick_seconds, speed=cfg.speed)
     children = [
-        subprocess.Popen([sys.executable, "-m", "services", "engine", "--broker", settings.url]) for _ in range(engines)
+        subprocess.Popen([sys.executable, "-m", "services", "engine", "--broker", settings.url, *_metrics_args(cfg, i)])
+        for i in range(engines)
     ]
     server, backend = await start_gateway(
         settings, unix_path=cfg.socket, tcp=cfg.tcp, auth=cfg.auth, limits=run_gateway_limits(cfg)
+    )
+    # --metrics-port P: the gateway (this process) on P, engine worker i on P + 1 + i.
+    gateway_metrics = (
+        serve_gateway(server, cfg.metrics_host, cfg.metrics_port, labels=cfg.metrics_labels)
+        if cfg.metrics_port is not None
+        else None
     )
     service = BrokerService(settings, counts[settings.inbox], clock)
     endpoint = sim_endpoint(cfg, server.tcp_port)
     human = sys.stderr if cfg.json_summary else out  # --json: stdout carries the JSON only
     print(
         f"hvdm: Kafka deployment on {settings.bootstrap} ({settings.prefix}.*), {engines} engine worker(s); "
-        f"gateway {cfg.socket or f'tcp://127.0.0.1:{server.tcp_port}'}; speed x{cfg.speed:g}",
+        f"gateway {cfg.socket or f'tcp://127.0.0.1:{server.tcp_port}'}; speed x{cfg.speed:g}"
+        + (f"; metrics {gateway_metrics.url} (gateway), engine i on port +1+i" if gateway_metrics else ""),
         file=human,
         flush=True,
     )
@@ -161,6 +170,8 @@ async def run_on_broker(cfg: Any, out: TextIO = sys.stdout, *, engines: int = 1)
         report = summary(service, scripts)
         for link in links.values():
             await link.stop()
+        if gateway_metrics is not None:
+            gateway_metrics.close()
         await stop_gateway(server, backend)
         service.close()
         for p in children:
@@ -176,3 +187,19 @@ async def run_on_broker(cfg: Any, out: TextIO = sys.stdout, *, engines: int = 1)
     else:
         print("\n".join(vm_lines(report)), file=out)
     return 3 if scripts and not report["scenario_completed"] else 0
+
+
+def _metrics_args(cfg: Any, i: int) -> list[str]:
+    """``hvdm engine`` flags serving worker ``i``'s metrics next to the gateway's port."""
+    if cfg.metrics_port is None:
+        return []
+    args = [
+        "--metrics-port",
+        str(cfg.metrics_port + 1 + i if cfg.metrics_port else 0),
+        "--metrics-host",
+        cfg.metrics_host,
+    ]
+    labels = cfg.metrics_labels
+    if labels is not None:
+        args += ["--metrics-host-label", labels.host, "--metrics-vm-label", ",".join(labels.vm_labels)]
+    return args

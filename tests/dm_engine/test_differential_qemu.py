@@ -50,6 +50,7 @@ def _tick(seconds: float) -> int:
 
 
 def test_hvdm_asks_what_qemu_asked() -> None:
+    """hv_balloon_balloon_posting and hv_balloon_unballoon_posting, message by message, against the trace."""
     h = Harness(boot_bytes=1 << 30, maxmem_bytes=1 << 30, config=EngineConfig())
     boot = (1 << 30) >> 12
     h.feed(inp.ChannelOpened(tick=0, boot_bytes=1 << 30, maxmem_bytes=1 << 30, ram=x86_ram_ranges("q35", boot)))

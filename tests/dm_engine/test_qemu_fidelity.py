@@ -91,6 +91,7 @@ def test_an_open_without_a_reset_keeps_the_books() -> None:
 
 
 def test_reset_reopens_a_channel_the_gateway_never_closed() -> None:
+    """hv_balloon_vmdev_reset runs after the VMBus layer closed the channel: the reset is the close."""
     h = Harness()
     _grown_and_shrunk(h)
     out = h.open(reset="vmbus")  # no ChannelClosed in between: the reset closes the old channel
@@ -99,13 +100,35 @@ def test_reset_reopens_a_channel_the_gateway_never_closed() -> None:
 
 
 def test_first_channel_of_a_new_vm_needs_no_reset() -> None:
+    """A device that was never opened is already in S_POST_RESET_CLOSED (hv_balloon_realize): nothing to reset."""
     h = Harness()
     out = h.open(reset="vmbus")
     assert [type(e).__name__ for e in out] == ["VmDescribed", "ChannelOpened"]
 
 
+def test_after_a_reset_a_reached_target_waits_for_the_operator() -> None:
+    """QEMU keeps the target but not the request: its IDLE handler acts only on target_changed,
+    which was cleared when the old boot's balloon started. A target set while the guest was away
+    is still pending and is pursued once the new boot is idle."""
+    h = Harness()
+    boot = _grown_and_shrunk(h)
+    _reopen(h, "vmbus")
+    sent = len(h.sent)
+    h.handshake_again()
+    h.advance_ticks(5)
+    assert not any(isinstance(m, BalloonRequest) for m in h.sent[sent:])
+    assert h.state.current_pages == boot + GIB_PAGES  # the new boot has everything; nothing asked
+    h.feed(inp.ChannelClosed(tick=h.tick, reason="guest rebooted"))
+    h.set_target_pages(boot)  # the operator asks while the guest is away
+    h.open(reset="vmbus")
+    h.handshake_again()
+    assert h.last_sent() == BalloonRequest(trans_id=0, num_pages=GIB_PAGES)
+
+
 # ----------------------------------------------------------------------------- 2. the PCI hole
 def test_q35_ram_above_4_gib_is_the_guests_and_the_hole_is_not() -> None:
+    """pc_q35_init: 4 GiB of RAM is [0, 2 GiB) + [4 GiB, 6 GiB); hv_balloon_unballoon_posting gives back
+    what was taken."""
     h = Harness(boot_bytes=4 << 30, maxmem_bytes=64 << 30)
     h.feed(
         inp.ChannelOpened(
@@ -156,6 +179,7 @@ def test_old_channel_opened_without_ram_means_zero_to_boot() -> None:
 
 
 def test_a_ram_list_that_does_not_add_up_is_rejected() -> None:
+    """The RAM ranges must be the machine's -m (pc_q35_init splits ram_size, never more, never less)."""
     h = Harness(boot_bytes=4 << 30, maxmem_bytes=64 << 30)
     out = h.feed(inp.ChannelOpened(tick=0, boot_bytes=4 << 30, maxmem_bytes=64 << 30, ram=((0, 5),)))
     assert [type(e).__name__ for e in out] == ["CommandRejected"]
@@ -207,6 +231,7 @@ def test_linux_near_its_floor_gives_more_when_asked_again(tmp_path: Path) -> Non
 
 # ----------------------------------------------------------------------------- issue 9: range cap
 def test_scattered_pages_stop_at_the_range_cap_with_a_violation() -> None:
+    """Issue 9: QEMU's hvb_page_range_tree_insert grows without bound; hvdm caps the ranges per VM."""
     cap = 100
     h = Harness(config=EngineConfig(post_init_wait_ticks=2, max_ballooned_ranges=cap))
     h.handshake()
@@ -227,4 +252,5 @@ def test_scattered_pages_stop_at_the_range_cap_with_a_violation() -> None:
 
 
 def test_fast_config_is_unchanged_by_the_cap() -> None:
+    """The cap is a default of EngineConfig, recorded with the log like every knob."""
     assert FAST.max_ballooned_ranges == 1 << 18

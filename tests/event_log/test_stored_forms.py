@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from dataclasses import fields
 from pathlib import Path
 
 from hypothesis import given
@@ -17,6 +18,7 @@ from services.dm_engine import events as ev
 from services.dm_engine import inputs as inp
 from services.dm_engine.inputs import ALL_VMS
 from services.dm_engine.records import (
+    COMPACT_LAYOUTS,
     LOG_FORMAT,
     compact_event,
     event_json,
@@ -40,6 +42,23 @@ def test_a_compact_status_event_reads_back_as_its_canonical_json(values: tuple[i
     blob = compact_event(event)
     assert blob is not None and len(blob) < len(event_json(event))
     assert stored_event_json(blob) == event_json(event)
+
+
+def test_compact_layouts_match_the_event_classes() -> None:
+    """A compacted class changed its fields: give it a new code in ``COMPACT_LAYOUTS`` (keep the old
+    one, old logs hold it), or it silently goes back to JSON and the log grows sevenfold."""
+    for kind, names in COMPACT_LAYOUTS.values():
+        cls = ev.EVENT_TYPES[kind]
+        assert tuple(sorted(f.name for f in fields(cls))) == names or any(
+            k == kind and tuple(sorted(f.name for f in fields(cls))) == n for k, n in COMPACT_LAYOUTS.values()
+        )
+    assert compact_event(_status(1, 2, 3, 4, 5, 6, 7)) is not None
+
+
+def _status(*values: int) -> ev.StatusReported:
+    names = ("tick", "available_pages", "committed_pages", "page_file_size_pages")
+    names += ("zero_free_pages", "page_file_writes", "io_diff")
+    return ev.StatusReported(**dict(zip(names, values, strict=True)))
 
 
 def test_only_listed_all_integer_events_are_compacted() -> None:

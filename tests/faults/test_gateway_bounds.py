@@ -7,16 +7,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import json
 import os
 import resource
 import socket
-import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from bench.gateway_load import log_counts
+from services.audit.reader import SqliteReader
 from services.dm_engine.state import ProtocolState
 from services.dm_protocol import CapabilitiesReport, StatusReport, VersionRequest, encode, frame
 from services.embedded.gateway_backend import EmbeddedBackend
@@ -57,16 +58,13 @@ def state(service: EmbeddedService, vm: str) -> ProtocolState | None:
 
 
 def reported_available(tmp_path: Path, vm: str) -> list[int]:
-    db = sqlite3.connect(f"file:{tmp_path / 'hvdm.db'}?mode=ro", uri=True)
+    # Through the log's reader: StatusReported rows are stored compact (log format 2), not as JSON.
+    reader = SqliteReader(tmp_path / "hvdm.db")
     try:
-        rows = db.execute(
-            "SELECT json_extract(record, '$.available_pages') FROM events"
-            " WHERE vm = ? AND kind = 'StatusReported' ORDER BY seq",
-            (vm,),
-        ).fetchall()
+        records = [json.loads(row.record) for row in reader.iter_events(vm)]
     finally:
-        db.close()
-    return [int(r[0]) for r in rows]
+        reader.close()
+    return [int(r["available_pages"]) for r in records if r["type"] == "StatusReported"]
 
 
 # ---------------------------------------------------------------------------- VM-id flood

@@ -54,6 +54,7 @@ def _story(fleet: LockstepFleet) -> None:
 
 
 def test_q35_guest_memory_is_split_around_the_pci_hole() -> None:
+    """pc_q35_init's split; Linux balloon_up takes free RAM wherever it is, never the hole."""
     g = ready_guest(boot_bytes=4 << 30, machine="q35")
     assert g.memory.online.to_list() == [(0, 2 * GIB_PAGES), (FOUR_GIB, 2 * GIB_PAGES)]
     assert g.config.ram_end_page == 6 * GIB_PAGES
@@ -65,6 +66,7 @@ def test_q35_guest_memory_is_split_around_the_pci_hole() -> None:
 
 
 def test_pc_and_explicit_layouts() -> None:
+    """pc_init1's split, an explicit map, and the flat [0, boot) of the worked examples."""
     assert GuestConfig(boot_bytes=4 << 30, machine="pc").ram_ranges() == ((0, 3 * GIB_PAGES), (FOUR_GIB, GIB_PAGES))
     ram = ((0, GIB_PAGES), (8 * GIB_PAGES, GIB_PAGES))
     assert GuestConfig(boot_bytes=2 << 30, ram=ram).ram_ranges() == ram
@@ -82,6 +84,7 @@ def test_hot_add_alignment_follows_max_pfn_with_the_hole() -> None:
 
 
 def test_honest_q35_guests_leave_no_violation_on_either_side(tmp_path: Path) -> None:
+    """Engine and simulator share the layout: no PAGES_NOT_OWNED, no host violation."""
     fleet = LockstepFleet(SqliteLog(tmp_path / "q35.db"), CONFIG)
     guests = []
     for i, profile in enumerate(("linux", "windows")):

@@ -59,6 +59,7 @@ def _trace_guest() -> SimulatedGuest:
 
 
 def test_first_status_report_about_45_s_after_binding() -> None:
+    """post_status swallows pressure_report_delay (45) calls of dm_thread_func, the first at its start."""
     g = ready_guest(now=0.0)
     assert only(dec(g.poll(44.9)), StatusReport) == []
     first = only(dec(g.poll(45.5)), StatusReport)
@@ -66,6 +67,7 @@ def test_first_status_report_about_45_s_after_binding() -> None:
 
 
 def test_simulator_replays_the_real_guest_side_of_the_trace() -> None:
+    """balloon_up / alloc_balloon_pages / balloon_down against QEMU's trace: ids, ranges, runs."""
     g = _trace_guest()
     sent: list[object] = []
     sent += dec(g.connect(0.0))
@@ -108,6 +110,7 @@ def test_simulator_replays_the_real_guest_side_of_the_trace() -> None:
 
 
 def test_hibernation_capable_guest_ignores_balloon_up_and_the_engine_times_out(tmp_path: Path) -> None:
+    """balloon_onchannelcallback drops DM_BALLOON_REQUEST when allow_hibernation; hvdm's timeout records it."""
     config = EngineConfig(post_init_wait_ticks=2, balloon_timeout_ticks=10)
     fleet = LockstepFleet(SqliteLog(tmp_path / "h.db"), config)
     guest = SimulatedGuest(GuestConfig(boot_bytes=2 << 30, profile="linux_hibernate", workload="idle"))

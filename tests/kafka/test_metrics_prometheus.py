@@ -12,6 +12,9 @@ embedded deployment).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -267,3 +270,49 @@ def test_prometheus_scrapes_two_workers_and_a_gateway(
     finally:
         for p in procs:
             p.stop()
+
+
+def test_run_broker_serves_the_gateways_and_the_engines_metrics(
+    broker: LocalBroker, prefix: str, tmp_path: Path
+) -> None:
+    """``hvdm run --broker --metrics-port P``: the in-process gateway on P, engine worker 0 on P+1."""
+    base = free_port()
+    while True:  # P and P+1 both free
+        with contextlib.suppress(OSError), socket.socket() as s:
+            s.bind(("127.0.0.1", base + 1))
+            break
+        base = free_port()
+    run = Proc(
+        [
+            "run",
+            "--broker",
+            f"{broker.url}?prefix={prefix}&partitions=2",
+            "--guests",
+            "1",
+            "--socket",
+            str(tmp_path / "gw.sock"),
+            "--duration",
+            "60",
+            "--progress-interval",
+            "0",
+            "--metrics-port",
+            str(base),
+            "--metrics-host-label",
+            "h1",
+        ],
+        tmp_path / "run.log",
+    )
+    try:
+        wait_for("the engine to export vm1", lambda: vms_of(base + 1) == {"vm1"}, procs=[run])
+        status, text = fetch(f"http://127.0.0.1:{base}/metrics")
+        assert status == 200 and 'hvdm_gateway_connections{host="h1"} 1.0' in text
+        assert "hvdm_vm_" not in text  # the gateway exports no VM state: the engines do
+    finally:
+        # SIGINT, as an operator's ^C: hvdm run stops its engine children on the way out.
+        if run.proc.poll() is None:
+            run.proc.send_signal(signal.SIGINT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                run.proc.wait(30)
+        run.stop()
+    # Nothing left listening: the engine child was stopped with its parent.
+    assert fetch(f"http://127.0.0.1:{base + 1}/-/healthy")[0] == 0

@@ -31,6 +31,7 @@ MIB_PAGES = 256
 
 
 def test_doctests() -> None:
+    """The docstring examples are QEMU's own numbers."""
     result = doctest.testmod(ram_layout)
     assert result.attempted > 5 and result.failed == 0
 
@@ -46,6 +47,7 @@ def test_doctests() -> None:
     ],
 )
 def test_q35_split_follows_pc_q35_init(ram_mib: int, expected: tuple[tuple[int, int], ...]) -> None:
+    """pc_q35_init: lowmem 0x80000000 when ram_size >= 0xb0000000, else 0xb0000000."""
     assert x86_ram_ranges("q35", ram_mib * MIB_PAGES) == expected
 
 
@@ -60,6 +62,7 @@ def test_q35_split_follows_pc_q35_init(ram_mib: int, expected: tuple[tuple[int, 
     ],
 )
 def test_pc_split_follows_pc_init1(ram_mib: int, expected: tuple[tuple[int, int], ...]) -> None:
+    """pc_init1: max_ram_below_4g 0xe0000000, lowered to 0xc0000000 by gigabyte_align."""
     assert x86_ram_ranges("pc", ram_mib * MIB_PAGES) == expected
 
 
@@ -78,12 +81,14 @@ def test_window_clears_relocated_ram() -> None:
 
 
 def test_device_memory_rounds_to_a_gigabyte() -> None:
+    """pc_get_device_memory_range: ROUND_UP(pc_above_4g_end, 1 GiB)."""
     ram = ((0, 2 * GIB_PAGES), (FOUR_GIB_PAGE, GIB_PAGES + 1))
     assert device_memory_start_page(ram) == 6 * GIB_PAGES
 
 
 @given(machine=st.sampled_from(("q35", "pc")), ram=st.integers(min_value=1, max_value=1 << 30))
 def test_layout_properties(machine: str, ram: int) -> None:
+    """pc_q35_init / pc_init1 / pc_get_device_memory_range for every RAM size."""
     ranges = x86_ram_ranges(machine, ram)  # type: ignore[arg-type]
     # every page of -m is somewhere, exactly once, ascending and disjoint
     assert sum(c for _, c in ranges) == ram
@@ -132,11 +137,13 @@ def test_legacy_layout_keeps_the_old_window(boot: int) -> None:
     ],
 )
 def test_explicit_ram_is_validated(ranges: list[list[object]], ram: int, message: str) -> None:
+    """An explicit map must be one a machine could have: ascending, disjoint, 40-bit pages, -m in total."""
     with pytest.raises(RamLayoutError, match=message):
         check_ram_ranges(ranges, ram)  # type: ignore[arg-type]
 
 
 def test_unknown_machine_and_empty_ram_are_refused() -> None:
+    """Only QEMU's q35 and pc (i440FX) rules are modelled."""
     with pytest.raises(RamLayoutError, match="machine"):
         x86_ram_ranges("microvm", GIB_PAGES)  # type: ignore[arg-type]
     with pytest.raises(RamLayoutError, match="positive"):

@@ -1,0 +1,171 @@
+"""``hvdm audit --jobs N``: audit an embedded log's VMs in N processes and merge the reports.
+
+Why this is sound: VMs are independent in the engine -- a VM's events depend only on its own inbox
+records and the broadcast ticks -- so an audit of a subset of the VMs decides, compares and folds
+exactly what the whole audit does for those VMs (``audit(..., vms=...)`` already relies on this).
+Each job reads the log through a ``PartReader``: the same read-only file, filtered in SQLite to its
+VMs (plus the broadcast rows), with the consumed position and high watermark the parent read once,
+so all jobs judge the same prefix of a live log. The parent then merges: VM reports side by side,
+the first divergence recomputed over all of them, and the counts that belong to the whole inbox
+taken from the whole inbox. The merged report equals the single-process report (tested).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Collection, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+from services.audit.behaviour import DEFAULT_GAP_TICKS
+from services.audit.divergence import first_divergence
+from services.audit.logfile import LogError, engine_config
+from services.audit.reader import SqliteReader
+from services.audit.report import AuditReport, VmReport, audit, position_of_tick
+from services.dm_engine.inputs import ALL_VMS
+from services.dm_engine.records import stored_event_json, stored_input_dict
+from services.event_log import segments
+from services.event_log.sqlite_log import EventRow, InboxRow
+
+#: Below this many inbox records one process is faster than starting others.
+MIN_PARALLEL_RECORDS = 50_000
+
+
+def default_jobs() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+class PartReader(SqliteReader):
+    """A read-only view of some VMs of an embedded log, pinned to a consumed position."""
+
+    def __init__(self, path: str | Path, vms: Collection[str], consumed: int, high_watermark: int) -> None:
+        super().__init__(path)
+        self._consumed = consumed
+        self._high = high_watermark
+        self._vms = frozenset(vms)
+        self._db.execute("CREATE TEMP TABLE part (vm TEXT PRIMARY KEY)")
+        self._db.executemany("INSERT INTO temp.part (vm) VALUES (?)", [(vm,) for vm in vms])
+
+    def consumed_position(self) -> int:
+        return self._consumed
+
+    def inbox_high_watermark(self) -> int:
+        return self._high
+
+    def iter_inbox(self, after: int = 0, until: int | None = None, batch: int = 5000) -> Iterator[InboxRow]:
+        until = self._consumed if until is None else until
+        mine = self._vms
+        for p, v, t, _kind, r in segments.segment_inbox(self._db, after, until):
+            if v in mine or v == ALL_VMS:
+                yield InboxRow(p, v, t, stored_input_dict(r, t))
+        after = max(after, self._archived_until)
+        cur = self._db.execute(
+            "SELECT pos, vm, tick, record FROM inbox WHERE pos > ? AND pos <= ? AND (vm = ? OR vm IN temp.part)"
+            " ORDER BY pos",
+            (after, until, ALL_VMS),
+        )
+        while rows := cur.fetchmany(batch):
+            for p, v, t, r in rows:
+                yield InboxRow(p, v, t, stored_input_dict(r, t))
+
+    def iter_events(self, vm: str | None = None, after_seq: int = 0) -> Iterator[EventRow]:
+        if vm is not None:
+            yield from super().iter_events(vm, after_seq)
+            return
+        mine = self._vms
+        for _id, v, sq, p, _kind, r in segments.segment_events(self._db):
+            if v in mine:
+                yield EventRow(v, sq, p, stored_event_json(r))
+        cur = self._db.execute("SELECT vm, seq, inbox_pos, record FROM events WHERE vm IN temp.part ORDER BY id")
+        while rows := cur.fetchmany(2000):
+            for v, s, p, r in rows:
+                yield EventRow(v, s, p, stored_event_json(r))
+
+
+def _audit_part(
+    path: str, vms: Sequence[str], consumed: int, high: int, from_pos: int, gap_ticks: int
+) -> dict[str, VmReport]:
+    reader = PartReader(path, vms, consumed, high)
+    try:
+        report = audit(reader, vms=vms, from_pos=from_pos, gap_ticks=gap_ticks)
+    finally:
+        reader.close()
+    for vm_report in report.vms.values():
+        vm_report.comparison._rows = iter(())
+    return report.vms
+
+
+def split(vms: Sequence[str], jobs: int) -> list[list[str]]:
+    """Round-robin over the sorted VMs: neighbouring names (often similar workloads) spread out."""
+    parts: list[list[str]] = [[] for _ in range(max(1, min(jobs, len(vms))))]
+    for i, vm in enumerate(sorted(vms)):
+        parts[i % len(parts)].append(vm)
+    return parts
+
+
+def audit_jobs(
+    reader: SqliteReader,
+    jobs: int,
+    *,
+    vms: Collection[str] | None = None,
+    from_pos: int = 0,
+    from_tick: int | None = None,
+    gap_ticks: int = DEFAULT_GAP_TICKS,
+    min_records: int = MIN_PARALLEL_RECORDS,
+) -> AuditReport:
+    """``audit(reader, ...)`` in up to ``jobs`` processes (one if the log is small)."""
+    consumed = reader.consumed_position()
+    high = reader.inbox_high_watermark()
+    selected = sorted(set(vms or ()))
+    names = selected or _vms_until(reader, consumed)
+    if jobs <= 1 or len(names) <= 1 or consumed < min_records:
+        return audit(reader, vms=selected or None, from_pos=from_pos, from_tick=from_tick, gap_ticks=gap_ticks)
+    config, source = engine_config(reader)
+    if from_tick is not None:
+        from_pos = position_of_tick(reader, from_tick, consumed)
+    from_pos = max(0, min(from_pos, consumed))
+    parts = split(names, jobs)
+    context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+    with ProcessPoolExecutor(max_workers=len(parts), mp_context=context) as pool:
+        futures = [pool.submit(_audit_part, reader.path, part, consumed, high, from_pos, gap_ticks) for part in parts]
+        reports: dict[str, VmReport] = {}
+        for future in futures:
+            reports.update(future.result())
+    missing = sorted(set(selected) - set(reports))
+    if missing:
+        raise LogError(f"vm {missing[0]!r} does not appear in the log")
+    ordered = {name: reports[name] for name in sorted(reports)}
+    return AuditReport(
+        db=reader.path,
+        config=config,
+        config_source=source,
+        consumed_position=consumed,
+        inbox_high_watermark=high,
+        inbox_records=_records_until(reader, consumed),
+        vms=ordered,
+        first_divergence=first_divergence(iter(r.comparison for r in ordered.values())),
+        report_after=from_pos,
+        selected_vms=tuple(selected),
+    )
+
+
+def _vms_until(reader: SqliteReader, consumed: int) -> list[str]:
+    """The VMs a whole audit reports: those with an inbox record up to ``consumed``, and those with
+    recorded events for such records (forged rows for a VM the inbox never named included)."""
+    cur = reader._db.execute(
+        "SELECT vm FROM inbox WHERE pos <= ? AND vm != ? UNION SELECT vm FROM events WHERE inbox_pos <= ?",
+        (consumed, ALL_VMS, consumed),
+    )
+    return sorted(str(r[0]) for r in cur)
+
+
+def _records_until(reader: SqliteReader, consumed: int) -> int:
+    """Inbox records up to ``consumed``: what a single-process audit counts as it reads them."""
+    db = reader._db
+    archived = segments.archived_until(db)
+    live = db.execute("SELECT COUNT(*) FROM inbox WHERE pos > ? AND pos <= ?", (archived, consumed)).fetchone()
+    if not archived:
+        return int(live[0])
+    packed = db.execute("SELECT COALESCE(SUM(inbox_rows), 0) FROM segments").fetchone()
+    return int(live[0]) + int(packed[0])
