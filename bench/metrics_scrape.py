@@ -39,7 +39,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-from services.dm_engine.state import Capabilities, GuestStatus, ProtocolState, VmState
+from services.dm_engine.state import Capabilities, GuestStatus, ProtocolState, VmCounters, VmState
 from services.metrics.collector import MIB, EngineMetrics, MetricsLabels, info_labels
 from services.metrics.exposition import GZIP_LEVEL, render
 from services.range_store import PageRangeSet
@@ -98,10 +98,12 @@ def build_states(n: int) -> dict[str, VmState]:
             ballooned=ballooned,
             owned=owned,
             status=GuestStatus(tick=i, available_pages=boot // 2, committed_pages=boot // 3 + i),
-            status_reports_total=i * 3,
-            balloon_out_pages_total=i * 4096,
-            balloon_in_pages_total=i * 1024,
-            violations={"DOUBLE_FREE": i % 4} if i % 97 == 0 else {},
+            counters=VmCounters(
+                status_reports_total=i * 3,
+                balloon_out_pages_total=i * 4096,
+                balloon_in_pages_total=i * 1024,
+                violations={"DOUBLE_FREE": i % 4} if i % 97 == 0 else {},
+            ),
         )
     return states
 
@@ -151,12 +153,12 @@ def build_baseline(states: dict[str, VmState]) -> CollectorRegistry:
         g["hvdm_vm_connected"].labels(*ids).set(0 if s.protocol is ProtocolState.CLOSED else 1)
         for st in _STATES:
             proto.labels(*ids, st.value).set(1 if st is s.protocol else 0)
-        reports.labels(*ids).inc(s.status_reports_total)
-        traffic.labels(*ids, "out").inc(s.balloon_out_pages_total * PAGE)
-        traffic.labels(*ids, "in").inc(s.balloon_in_pages_total * PAGE)
-        for reason, count in s.violations.items():
+        reports.labels(*ids).inc(s.counters.status_reports_total)
+        traffic.labels(*ids, "out").inc(s.counters.balloon_out_pages_total * PAGE)
+        traffic.labels(*ids, "in").inc(s.counters.balloon_in_pages_total * PAGE)
+        for reason, count in s.counters.violations.items():
             viol.labels(*ids, reason).inc(count)
-        rejected.labels(*ids).inc(s.inputs_rejected_total)
+        rejected.labels(*ids).inc(s.counters.inputs_rejected_total)
         attention.labels(*ids).set(1 if s.needs_attention else 0)
         labels = info_labels(s.version, s.caps)
         info.labels(*ids, *(labels[k] for k in info_names)).set(1)

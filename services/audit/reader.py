@@ -96,6 +96,7 @@ class SqliteReader:
         self._db = connect_read_only(path)
         self._db.execute("PRAGMA busy_timeout=10000")
         self._tables = {str(r[0]) for r in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        self._has_wall = "wall" in {str(r[1]) for r in self._db.execute("PRAGMA table_info(inbox)")}
         #: History up to this inbox position is in compressed segments (``services.event_log.segments``).
         self._archived_until = segments.archived_until(self._db)
 
@@ -170,6 +171,51 @@ class SqliteReader:
         while rows := cur.fetchmany(2000):
             for v, s, p, r in rows:
                 yield EventRow(v, s, p, stored_event_json(r))
+
+    # ------------------------------------------------------------------ wall-clock stamps
+    # Unix times at which inbox records were appended (``SqliteLog.append_inputs``); None or
+    # absent on logs written before the stamps existed. See ``services.audit.wall_clock``.
+    def wall_of(self, pos: int) -> float | None:
+        """The wall time of the record at ``pos`` (or of the last stamped record before it)."""
+        if not self._has_wall:
+            return None
+        row = self._db.execute(
+            "SELECT wall FROM inbox WHERE pos <= ? AND wall IS NOT NULL ORDER BY pos DESC LIMIT 1", (pos,)
+        ).fetchone()
+        return None if row is None else float(row[0])
+
+    def wall_after(self, pos: int) -> float | None:
+        """The wall time of the first stamped record after ``pos``."""
+        if not self._has_wall:
+            return None
+        row = self._db.execute(
+            "SELECT wall FROM inbox WHERE pos > ? AND wall IS NOT NULL ORDER BY pos LIMIT 1", (pos,)
+        ).fetchone()
+        return None if row is None else float(row[0])
+
+    def last_pos_before_wall(self, unix: float, inclusive: bool) -> int | None:
+        """The last inbox position stamped before (or at) ``unix``; None when nothing is stamped.
+
+        Stamps are non-decreasing in position as long as the host clock is (an NTP step back
+        can break that; the answer is then the last position on either side of the step)."""
+        if not self._has_wall or self.wall_span() is None:
+            return None
+        op = "<=" if inclusive else "<"
+        row = self._db.execute(f"SELECT COALESCE(MAX(pos), 0) FROM inbox WHERE wall {op} ?", (unix,)).fetchone()
+        return int(row[0])
+
+    def wall_span(self) -> tuple[float, float] | None:
+        if not self._has_wall:
+            return None
+        row = self._db.execute("SELECT MIN(wall), MAX(wall) FROM inbox WHERE wall IS NOT NULL").fetchone()
+        return None if row[0] is None else (float(row[0]), float(row[1]))
+
+    def wall_of_ticks(self) -> dict[int, float]:
+        """The first wall time stamped at each tick (for charts against time)."""
+        if not self._has_wall:
+            return {}
+        cur = self._db.execute("SELECT tick, MIN(wall) FROM inbox WHERE wall IS NOT NULL GROUP BY tick ORDER BY tick")
+        return {int(t): float(w) for t, w in cur}
 
     def snapshots(self) -> list[tuple[str, int, int, dict[str, Any]]]:
         if "snapshots" not in self._tables:

@@ -323,10 +323,12 @@ def point_text(point: PointInTime) -> str:
         "hot_added_pages_total",
         "hot_removed_pages_total",
         "commands_rejected_total",
-        "consecutive_timeouts",
+        "inputs_rejected_total",
     ]
-    lines += ["", "counters", *table(["NAME", "VALUE"], [[c, _num(snap[c])] for c in counters], "  ")]
-    if snap["violations"]:
-        vrows = [[r, str(n)] for r, n in snap["violations"].items()]
+    values = snap["counters"]
+    rows = [[c, _num(values[c])] for c in counters] + [["consecutive_timeouts", _num(snap["consecutive_timeouts"])]]
+    lines += ["", "counters", *table(["NAME", "VALUE"], rows, "  ")]
+    if values["violations"]:
+        vrows = [[r, str(n)] for r, n in values["violations"].items()]
         lines += ["", "violations", *table(["REASON", "COUNT"], vrows, "  ")]
     return "\n".join(lines)

@@ -14,6 +14,12 @@ behaved"), 1 on errors (one line on stderr, never a traceback). ``replay`` exits
     {"replay_matches": true, "inbox_records": 1200, "events": 431, ..., "first_divergence": null}
     $ hvdm audit --db log.db --vm vm1 --vm vm7 --from-tick 3600 --html report.html
     $ hvdm replay --db /var/lib/hvdm/log.db --vm vm1 --until-tick 300
+    $ hvdm replay --db log.db --vm vm1 --until 2026-12-05T14:25:00      # local time; ...Z for UTC
+    $ hvdm audit --db log.db --from 2026-12-05T14:00:00Z --html report.html
+
+``--from`` (audit) and ``--until`` (replay) take an inbox position or an ISO 8601 time: the log
+stamps every inbox record with the wall time it was appended (``services.audit.wall_clock``), and
+reports show those times next to ticks.
 
 The log is opened read-only (``SqliteReader``), so an audit never changes the file it judges and
 reads logs written by older versions. ``--broker URL`` reads a Kafka deployment instead, through
@@ -30,6 +36,7 @@ import sys
 import time
 from collections.abc import Callable
 from contextlib import closing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +44,15 @@ from services.audit import LogError, ReplayError, audit, audit_text, point_text,
 from services.audit.jobs import audit_jobs, default_jobs
 from services.audit.logfile import open_reader
 from services.audit.reader import BrokerReaderUnavailable, LogReader, SqliteReader, open_broker_reader
+from services.audit.wall_clock import (
+    iso,
+    parse_when,
+    position_from,
+    position_until,
+    wall_after,
+    wall_of,
+    wall_span,
+)
 from services.cli.arg_types import NON_NEGATIVE, OUTPUT_PATH, VM_ID, IntArg
 
 #: ``--jobs``: processes, each a copy of the engine's state for its VMs.
@@ -47,6 +63,38 @@ EXIT_ERROR = 1
 EXIT_DIVERGED = 2
 EXIT_BEHIND = 3
 EXIT_VIOLATIONS = 4
+
+
+@dataclass(frozen=True, slots=True)
+class When:
+    """A wall-clock time given on the command line (resolved to a position once the log is open)."""
+
+    unix: float
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class PositionOrTimeArg:
+    """An inbox position (a non-negative integer) or an ISO 8601 time (``2026-12-05T14:25:00Z``)."""
+
+    def __call__(self, text: str) -> int | When:
+        if text.strip().isdigit():
+            return NON_NEGATIVE(text)
+        try:
+            return When(parse_when(text), text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(f"must be an inbox position or an ISO 8601 time: {e}") from None
+
+
+POSITION_OR_TIME = PositionOrTimeArg()
+
+
+def _wall_section(log: LogReader, from_pos: int) -> dict[str, str | None] | None:
+    """When the log's records were appended (None: the log has no wall-clock stamps)."""
+    span = wall_span(log)
+    if span is None:
+        return None
+    return {"first": iso(span[0]), "last": iso(span[1]), "from": iso(wall_after(log, from_pos)) if from_pos else None}
 
 
 def _fail(command: str, message: object) -> int:
@@ -110,13 +158,16 @@ def _progress_bar(enabled: bool) -> Callable[[float], None] | None:
 def _run_audit(args: argparse.Namespace) -> int:
     def body(log: LogReader) -> tuple[str, int]:
         progress = _progress_bar(args.progress or sys.stderr.isatty())
+        from_pos = args.from_pos or 0
+        if isinstance(from_pos, When):
+            from_pos = position_from(log, from_pos.unix)
         jobs = default_jobs() if args.jobs is None else args.jobs
         if jobs > 1 and isinstance(log, SqliteReader) and progress is None:
             report = audit_jobs(
                 log,
                 jobs,
                 vms=args.vm or None,
-                from_pos=args.from_pos or 0,
+                from_pos=from_pos,
                 from_tick=args.from_tick,
                 gap_ticks=args.gap_ticks,
             )
@@ -124,7 +175,7 @@ def _run_audit(args: argparse.Namespace) -> int:
             report = audit(
                 log,
                 vms=args.vm or None,
-                from_pos=args.from_pos or 0,
+                from_pos=from_pos,
                 from_tick=args.from_tick,
                 progress=progress,
                 gap_ticks=args.gap_ticks,
@@ -132,15 +183,17 @@ def _run_audit(args: argparse.Namespace) -> int:
         if args.html:
             from services.audit.html import audit_html
 
-            Path(args.html).write_text(audit_html(report), encoding="utf-8")
+            Path(args.html).write_text(audit_html(report, log), encoding="utf-8")
         rebalancer = _rebalancer_section(args)
         doc = report.to_dict()
+        wall = _wall_section(log, from_pos)
         if args.json:
             if rebalancer is not None:
                 doc["rebalancer"] = rebalancer
+            doc["wall_clock"] = wall
             output = json.dumps(doc)
         else:
-            output = audit_text(report) + _rebalancer_text(rebalancer)
+            output = audit_text(report) + _wall_text(wall) + _rebalancer_text(rebalancer)
         if not report.replay_matches:
             return output, EXIT_DIVERGED
         if report.consumed_behind_inbox:
@@ -170,10 +223,33 @@ def _rebalancer_text(section: dict[str, Any] | None) -> str:
     return audit_section_text(section)
 
 
+def _wall_text(wall: dict[str, str | None] | None) -> str:
+    if wall is None:
+        return "\nwall clock     not recorded in this log (written before wall-clock stamps)"
+    since = f"; window from {wall['from']}" if wall["from"] else ""
+    return f"\nwall clock     records appended from {wall['first']} to {wall['last']} (UTC){since}"
+
+
+def _first(log: LogReader) -> str | None:
+    span = wall_span(log)
+    return None if span is None else iso(span[0])
+
+
 def _run_replay(args: argparse.Namespace) -> int:
     def body(log: LogReader) -> tuple[str, int]:
-        point = state_at(log, args.vm, until_pos=args.until, until_tick=args.until_tick, from_inbox=args.from_inbox)
-        return (json.dumps(point.to_dict()) if args.json else point_text(point)), EXIT_OK
+        until = args.until
+        if isinstance(until, When):
+            until = position_until(log, until.unix)
+            if until == 0:
+                raise LogError(
+                    f"--until {args.until.text}: no inbox record is stamped that early (first stamp: {_first(log)}; "
+                    "archived history keeps no stamps)"
+                )
+        point = state_at(log, args.vm, until_pos=until, until_tick=args.until_tick, from_inbox=args.from_inbox)
+        at = iso(wall_of(log, point.until_pos))
+        if args.json:
+            return json.dumps({**point.to_dict(), "wall_time": at}), EXIT_OK
+        return point_text(point) + f"\nwall clock: the record at that position was appended at {at or '-'}", EXIT_OK
 
     return _with_log("replay", args, body)
 
@@ -190,7 +266,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     audit_parser.add_argument("--vm", metavar="ID", type=VM_ID, action="append", help="audit only this VM (repeatable)")
     window = audit_parser.add_mutually_exclusive_group()
     window.add_argument(
-        "--from", dest="from_pos", type=NON_NEGATIVE, metavar="POS", help="judge and report inbox records after POS"
+        "--from",
+        dest="from_pos",
+        type=POSITION_OR_TIME,
+        metavar="POS|TIME",
+        help="judge and report inbox records after POS, or appended at or after an ISO 8601 TIME",
     )
     window.add_argument("--from-tick", type=NON_NEGATIVE, metavar="N", help="judge and report from tick N on")
     audit_parser.add_argument("--json", action="store_true", help="print one JSON document")
@@ -223,9 +303,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     point = replay_parser.add_mutually_exclusive_group()
     point.add_argument(
         "--until",
-        type=NON_NEGATIVE,
-        metavar="POS",
-        help="after this inbox position (default and maximum: what the engine consumed)",
+        type=POSITION_OR_TIME,
+        metavar="POS|TIME",
+        help="after this inbox position, or the last record appended at or before an ISO 8601 TIME "
+        "(default and maximum: what the engine consumed)",
     )
     point.add_argument(
         "--until-tick", type=NON_NEGATIVE, metavar="N", help="after the last inbox record at or before tick N"

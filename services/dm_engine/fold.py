@@ -103,7 +103,7 @@ def _ev_post_init_ended(s: VmState, e: ev.PostInitWaitEnded) -> None:
 
 def _ev_status_reported(s: VmState, e: ev.StatusReported) -> None:
     s.status = GuestStatus(tick=e.tick, available_pages=e.available_pages, committed_pages=e.committed_pages)
-    s.status_reports_total += 1
+    s.counters.status_reports_total += 1
     if s.status_tick == e.tick:
         s.status_in_tick += 1
     else:
@@ -132,7 +132,7 @@ def _ev_balloon_requested(s: VmState, e: ev.BalloonRequested) -> None:
 
 def _ev_pages_ballooned(s: VmState, e: ev.PagesBallooned) -> None:
     s.ballooned.add_many(e.ranges)
-    s.balloon_out_pages_total += e.pages
+    s.counters.balloon_out_pages_total += e.pages
     txn = s.txn
     if txn is not None and txn.kind == TxnKind.BALLOON:
         s.txn = replace(txn, received_pages=txn.received_pages + e.pages, last_activity_tick=e.tick)
@@ -164,7 +164,7 @@ def _ev_balloon_ended(s: VmState, e: ev.BalloonTransactionEnded) -> None:
 def _ev_unballoon_requested(s: VmState, e: ev.UnballoonRequested) -> None:
     # Optimistic, as QEMU: the pages stop counting as ballooned when the request is sent.
     s.ballooned.remove_many(e.ranges)
-    s.balloon_in_pages_total += e.pages
+    s.counters.balloon_in_pages_total += e.pages
     txn = s.txn
     if txn is not None and txn.kind == TxnKind.UNBALLOON:
         s.txn = replace(txn, requested_pages=txn.requested_pages + e.pages)
@@ -210,7 +210,7 @@ def _ev_hot_add_completed(s: VmState, e: ev.HotAddCompleted) -> None:
     s.layout = record_hot_add(s.layout, e.backend_id, e.requested_pages, e.accepted_pages, e.result != 0)
     if e.accepted_pages:
         s.owned.add(e.start_page, e.accepted_pages)
-        s.hot_added_pages_total += e.accepted_pages
+        s.counters.hot_added_pages_total += e.accepted_pages
     if e.result == 0 or e.accepted_pages < e.requested_pages:
         _give_up_on_target(s)  # QEMU never retries a failed hot-add
     _finish(s)
@@ -232,7 +232,7 @@ def _ev_hot_remove_requested(s: VmState, e: ev.HotRemoveRequested) -> None:
 
 def _ev_pages_hot_removed(s: VmState, e: ev.PagesHotRemoved) -> None:
     s.owned.remove_many(e.ranges)
-    s.hot_removed_pages_total += e.pages
+    s.counters.hot_removed_pages_total += e.pages
     for vdimm in s.layout.vdimms:
         lo, hi = vdimm.usable_start, vdimm.usable_start + vdimm.added_pages
         inside = sum(min(hi, a + n) - max(lo, a) for a, n in e.ranges if a < hi and a + n > lo)
@@ -257,16 +257,16 @@ def _ev_timed_out(s: VmState, e: ev.TransactionTimedOut) -> None:
 
 
 def _ev_violation(s: VmState, e: ev.GuestViolation) -> None:
-    s.violations[e.reason] = s.violations.get(e.reason, 0) + 1
+    s.counters.violations[e.reason] = s.counters.violations.get(e.reason, 0) + 1
 
 
 def _ev_command_rejected(s: VmState, e: ev.CommandRejected) -> None:
-    s.commands_rejected_total += 1
+    s.counters.commands_rejected_total += 1
 
 
 def _ev_input_rejected(s: VmState, e: ev.InputRejected) -> None:
     s.needs_attention = True
-    s.inputs_rejected_total += 1
+    s.counters.inputs_rejected_total += 1
 
 
 _EVOLVERS: dict[type, Callable[[VmState, Any], None]] = {

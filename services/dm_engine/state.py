@@ -6,7 +6,10 @@ The protocol states and the transitions between them are in ``machine``; ``Proto
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import enum
+import types
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
 from services.dm_engine.machine import NEGOTIATED_STATES, ProtocolState, TxnKind
@@ -20,6 +23,7 @@ __all__ = [
     "GuestStatus",
     "ProtocolState",
     "Transaction",
+    "VmCounters",
     "VmState",
     "hot_added_part",
 ]
@@ -58,6 +62,22 @@ class GuestStatus:
     tick: int
     available_pages: int
     committed_pages: int
+
+
+@dataclass(slots=True)
+class VmCounters:
+    """Running totals that only projections read (metrics, audits, summaries, QMP). Kept apart
+    from the decision state so it is plain which facts can change what the engine decides."""
+
+    status_reports_total: int = 0
+    balloon_out_pages_total: int = 0
+    balloon_in_pages_total: int = 0
+    hot_added_pages_total: int = 0
+    hot_removed_pages_total: int = 0
+    #: Guest violations by reason code.
+    violations: dict[str, int] = field(default_factory=dict)
+    commands_rejected_total: int = 0
+    inputs_rejected_total: int = 0
 
 
 @dataclass(slots=True)
@@ -100,18 +120,12 @@ class VmState:
     status: GuestStatus | None = None
     status_tick: int = -1
     status_in_tick: int = 0
-    status_reports_total: int = 0
-    balloon_out_pages_total: int = 0
-    balloon_in_pages_total: int = 0
-    hot_added_pages_total: int = 0
-    hot_removed_pages_total: int = 0
-    violations: dict[str, int] = field(default_factory=dict)
-    commands_rejected_total: int = 0
     #: An input for this VM made the engine raise (``InputRejected``): an operator should look.
     needs_attention: bool = False
-    inputs_rejected_total: int = 0
     #: Set when the VM is QEMU-managed (attached through its QMP monitor, not the DM gateway).
-    qemu: QemuVm | None = None
+    qemu: QemuVm | None = field(default=None, metadata={"omit_if_none": True})
+    #: What projections count; nothing in decide or advance reads it.
+    counters: VmCounters = field(default_factory=VmCounters)
 
     # ----------------------------------------------------------------- derived accounting
     @property
@@ -144,126 +158,100 @@ class VmState:
 
     # ----------------------------------------------------------------- snapshots
     def to_snapshot(self) -> dict[str, Any]:
-        """A JSON-able image of the state, so start-up need not fold every event again."""
-        txn = self.txn
-        data = {
-            "vm_id": self.vm_id,
-            "described": self.described,
-            "boot_pages": self.boot_pages,
-            "maxmem_pages": self.maxmem_pages,
-            "status_reports_enabled": self.status_reports_enabled,
-            "ram": [list(r) for r in self.ram],
-            "layout": self.layout.to_dict(),
-            "protocol": self.protocol.value,
-            "version": self.version,
-            "caps": None
-            if self.caps is None
-            else {
-                "balloon": self.caps.balloon,
-                "hot_add": self.caps.hot_add,
-                "hot_add_alignment": self.caps.hot_add_alignment,
-                "hot_remove": self.caps.hot_remove,
-                "min_page_cnt": self.caps.min_page_cnt,
-                "max_page_number": self.caps.max_page_number,
-            },
-            "suppress_pressure_reports": self.suppress_pressure_reports,
-            "post_init_until_tick": self.post_init_until_tick,
-            "trans_id": self.trans_id,
-            "target_pages": self.target_pages,
-            "target_pending": self.target_pending,
-            "target_generation": self.target_generation,
-            "hot_remove_tried": self.hot_remove_tried,
-            "txn": None
-            if txn is None
-            else {
-                "kind": txn.kind,
-                "trans_id": txn.trans_id,
-                "requested_pages": txn.requested_pages,
-                "received_pages": txn.received_pages,
-                "started_tick": txn.started_tick,
-                "last_activity_tick": txn.last_activity_tick,
-                "backend_id": txn.backend_id,
-                "start_page": txn.start_page,
-                "target_generation": txn.target_generation,
-            },
-            "retry_at_tick": self.retry_at_tick,
-            "consecutive_timeouts": self.consecutive_timeouts,
-            "late_balloon_ok": self.late_balloon_ok,
-            "ballooned": [list(r) for r in self.ballooned],
-            "owned": [list(r) for r in self.owned],
-            "backends": dict(sorted(self.backends.items())),
-            "status": None
-            if self.status is None
-            else {
-                "tick": self.status.tick,
-                "available_pages": self.status.available_pages,
-                "committed_pages": self.status.committed_pages,
-            },
-            "status_tick": self.status_tick,
-            "status_in_tick": self.status_in_tick,
-            "status_reports_total": self.status_reports_total,
-            "balloon_out_pages_total": self.balloon_out_pages_total,
-            "balloon_in_pages_total": self.balloon_in_pages_total,
-            "hot_added_pages_total": self.hot_added_pages_total,
-            "hot_removed_pages_total": self.hot_removed_pages_total,
-            "violations": dict(sorted(self.violations.items())),
-            "commands_rejected_total": self.commands_rejected_total,
-            "needs_attention": self.needs_attention,
-            "inputs_rejected_total": self.inputs_rejected_total,
-        }
-        if self.qemu is not None:
-            # Only QEMU-managed VMs carry the key, so protocol VMs' snapshots keep their bytes.
-            data["qemu"] = self.qemu.to_dict()
+        """A JSON-able image of the state, so start-up need not fold every event again.
+
+        Derived from the dataclass fields (``_to_json``), so a field added to the state is in its
+        snapshot without anyone remembering to add it; ``tests/dm_engine/test_snapshot.py`` checks
+        that every field comes back."""
+        data: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None and f.metadata.get("omit_if_none"):
+                continue
+            data[f.name] = _to_json(value)
         return data
 
     @classmethod
     def from_snapshot(cls, data: dict[str, Any]) -> VmState:
-        caps = data["caps"]
-        txn = data["txn"]
-        status = data["status"]
-        return cls(
-            vm_id=data["vm_id"],
-            described=data["described"],
-            boot_pages=data["boot_pages"],
-            maxmem_pages=data["maxmem_pages"],
-            status_reports_enabled=data["status_reports_enabled"],
-            # snapshots taken before RAM layouts existed: RAM was [0, boot)
-            ram=tuple((int(a), int(b)) for a, b in data["ram"])
-            if "ram" in data
-            else (((0, data["boot_pages"]),) if data["described"] and data["boot_pages"] else ()),
-            layout=VdimmLayout.from_dict(data["layout"]),
-            protocol=ProtocolState(data["protocol"]),
-            version=data["version"],
-            caps=None if caps is None else Capabilities(**caps),
-            suppress_pressure_reports=data["suppress_pressure_reports"],
-            post_init_until_tick=data["post_init_until_tick"],
-            trans_id=data["trans_id"],
-            target_pages=data["target_pages"],
-            target_pending=data["target_pending"],
-            target_generation=data["target_generation"],
-            hot_remove_tried=data["hot_remove_tried"],
-            txn=None if txn is None else Transaction(**{**txn, "kind": TxnKind(txn["kind"])}),
-            retry_at_tick=data["retry_at_tick"],
-            consecutive_timeouts=data["consecutive_timeouts"],
-            late_balloon_ok=data["late_balloon_ok"],
-            ballooned=PageRangeSet((s, c) for s, c in data["ballooned"]),
-            owned=PageRangeSet((s, c) for s, c in data["owned"]),
-            backends=dict(data["backends"]),
-            status=None if status is None else GuestStatus(**status),
-            status_tick=data["status_tick"],
-            status_in_tick=data["status_in_tick"],
-            status_reports_total=data["status_reports_total"],
-            balloon_out_pages_total=data["balloon_out_pages_total"],
-            balloon_in_pages_total=data["balloon_in_pages_total"],
-            hot_added_pages_total=data["hot_added_pages_total"],
-            hot_removed_pages_total=data["hot_removed_pages_total"],
-            violations=dict(data["violations"]),
-            commands_rejected_total=data["commands_rejected_total"],
-            # Absent from snapshots written before rejections were recorded.
-            needs_attention=data.get("needs_attention", False),
-            inputs_rejected_total=data.get("inputs_rejected_total", 0),
-            qemu=None if data.get("qemu") is None else QemuVm.from_dict(data["qemu"]),
-        )
+        state: VmState = _from_json(cls, _upgrade(data))
+        return state
+
+
+#: Counters that snapshots written before ``VmCounters`` existed kept at the top level.
+_FLAT_COUNTERS = (
+    "status_reports_total",
+    "balloon_out_pages_total",
+    "balloon_in_pages_total",
+    "hot_added_pages_total",
+    "hot_removed_pages_total",
+    "violations",
+    "commands_rejected_total",
+    "inputs_rejected_total",
+)
+
+
+def _upgrade(data: dict[str, Any]) -> dict[str, Any]:
+    """An older snapshot in today's shape (a field it lacks keeps its default)."""
+    data = dict(data)
+    if "counters" not in data:
+        data["counters"] = {k: data.pop(k) for k in _FLAT_COUNTERS if k in data}
+    if "ram" not in data:
+        # Taken before RAM layouts existed: RAM was [0, boot).
+        described = data.get("described") and data.get("boot_pages")
+        data["ram"] = [[0, data["boot_pages"]]] if described else []
+    return data
+
+
+def _to_json(value: Any) -> Any:
+    """The JSON form of a state value: enums by value, range sets and tuples as lists, dataclasses
+    as objects of their fields, dicts with sorted keys."""
+    if isinstance(value, enum.Enum):
+        return value.value
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, PageRangeSet):
+        return [list(r) for r in value]
+    if isinstance(value, VdimmLayout):
+        return value.to_dict()
+    if isinstance(value, dict):
+        return {k: _to_json(v) for k, v in sorted(value.items())}
+    if isinstance(value, tuple):
+        return [_to_json(v) for v in value]
+    if is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _to_json(getattr(value, f.name)) for f in fields(value)}
+    raise TypeError(f"no snapshot form for {type(value).__name__}")
+
+
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _from_json(hint: Any, data: Any) -> Any:
+    """``_to_json`` reversed, guided by the type hint of the field being read."""
+    if data is None:
+        return None
+    origin = typing.get_origin(hint)
+    if origin is typing.Union or origin is types.UnionType:
+        (inner,) = (a for a in typing.get_args(hint) if a is not type(None))
+        return _from_json(inner, data)
+    if hint is PageRangeSet:
+        return PageRangeSet((s, c) for s, c in data)
+    if hint is VdimmLayout:
+        return VdimmLayout.from_dict(data)
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        return hint(data)
+    if origin is dict:
+        return dict(data)
+    if origin is tuple:
+        args = typing.get_args(hint)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_from_json(args[0], v) for v in data)
+        return tuple(_from_json(a, v) for a, v in zip(args, data, strict=True))
+    if isinstance(hint, type) and is_dataclass(hint):
+        hints = _HINTS.get(hint)
+        if hints is None:
+            hints = _HINTS[hint] = typing.get_type_hints(hint)
+        return hint(**{f.name: _from_json(hints[f.name], data[f.name]) for f in fields(hint) if f.name in data})
+    return data
 
 
 def hot_added_part(state: VmState) -> PageRangeSet:

@@ -110,7 +110,8 @@ CREATE TABLE IF NOT EXISTS inbox (
     tick INTEGER NOT NULL,
     kind TEXT NOT NULL,
     record TEXT NOT NULL,
-    decoded TEXT
+    decoded TEXT,
+    wall REAL
 );
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY,
@@ -249,6 +250,10 @@ class SqliteLog:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
         db.executescript(_SCHEMA)
+        columns = {str(r[1]) for r in db.execute("PRAGMA table_info(inbox)")}
+        if "wall" not in columns:
+            # A log from before wall-clock stamps: its old rows stay NULL (audits say so).
+            db.execute("ALTER TABLE inbox ADD COLUMN wall REAL")
         if app_id == 0:
             # A new file, or an hvdm log from before the marker: mark it.
             db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
@@ -335,13 +340,18 @@ class SqliteLog:
 
         ``meta`` keys are set in the same transaction (the clock's ``last_tick`` moves with its ticks).
         The decoded copy is no longer stored (format 2): it repeated the raw guest bytes, which the
-        record keeps and today's decoder reads again. The ``decoded`` column stays for old files."""
+        record keeps and today's decoder reads again. The ``decoded`` column stays for old files.
+
+        Each row is stamped with the Unix time of the append (``wall``), so audits can be lined up
+        with other logs and cut at a wall-clock time. The stamp is beside the record, not in it: the
+        engine never sees it (ticks stay its only clock) and replays do not depend on it."""
         last = 0
+        wall = time.time()
         with self._transaction() as db:
             for vm, tick, record, _decoded in rows:
                 cur = db.execute(
-                    "INSERT INTO inbox (vm, tick, kind, record) VALUES (?, ?, ?, ?)",
-                    (vm, tick, record["type"], stored_input(record, tick)),
+                    "INSERT INTO inbox (vm, tick, kind, record, wall) VALUES (?, ?, ?, ?, ?)",
+                    (vm, tick, record["type"], stored_input(record, tick), wall),
                 )
                 last = int(cur.lastrowid or 0)
             for key, value in (meta or {}).items():

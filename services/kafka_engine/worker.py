@@ -587,7 +587,16 @@ class EngineWorker:
     def run(self) -> int:
         import faust
 
-        worker = faust.Worker(self.app, loglevel=self.loglevel, quiet=True, redirect_stdouts=False)
+        # Faust (mode) replaces the root logger's handlers with its own on stdout; keep hvdm's
+        # (--log-format text|json, on stderr) and only let it set the level.
+        self.app.conf.loghandlers = list(logging.getLogger().handlers)
+        worker = faust.Worker(
+            self.app,
+            loglevel=self.loglevel,
+            quiet=True,
+            redirect_stdouts=False,
+            logging_config={"version": 1, "disable_existing_loggers": False, "root": {"level": self.loglevel}},
+        )
         server = self._serve_metrics(worker.loop) if self.metrics is not None else None
         try:
             worker.execute_from_commandline()

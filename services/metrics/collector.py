@@ -376,13 +376,13 @@ class HvdmCollector(Collector):
                     None if status is None else status.committed_pages,
                     None if status is None or wall is None else wall(vm, status.tick),
                     s.protocol.value,
-                    s.status_reports_total,
-                    s.balloon_out_pages_total,
-                    s.balloon_in_pages_total,
-                    tuple(s.violations.items()) if s.violations else (),
+                    s.counters.status_reports_total,
+                    s.counters.balloon_out_pages_total,
+                    s.counters.balloon_in_pages_total,
+                    tuple(s.counters.violations.items()) if s.counters.violations else (),
                     s.version,
                     s.caps,
-                    s.inputs_rejected_total,
+                    s.counters.inputs_rejected_total,
                     s.needs_attention,
                 )
             )

@@ -59,7 +59,7 @@ def test_state_before_during_and_after_a_balloon_transaction(honest_db: Path) ->
     assert after["state"]["txn"] is None
     assert after["state"]["ballooned"] == [[0x10000, 1024], [0x20000, 1024]]  # [start, count] lists
     assert after["accounting"]["ballooned_bytes"] == 2048 * PAGE
-    assert after["state"]["balloon_out_pages_total"] == 2048
+    assert after["state"]["counters"]["balloon_out_pages_total"] == 2048
     assert after["state"]["layout"]["vdimms"][0]["backend_id"] == "mem1"
     assert after["events"] > during["events"] > before["events"]
 

@@ -60,7 +60,7 @@ def test_pages_beyond_request_are_flagged_but_accounted() -> None:
     v = violation_events(h)
     assert [x.reason for x in v] == ["PAGES_BEYOND_REQUEST"]
     assert "512 pages beyond" in v[0].detail
-    assert h.state.balloon_out_pages_total == 1024
+    assert h.state.counters.balloon_out_pages_total == 1024
     # The surplus is given straight back to reach the target.
     assert h.state.ballooned_pages == 512
     assert h.state.current_pages == h.state.target_pages
@@ -142,7 +142,7 @@ def test_status_report_flood() -> None:
     limit = h.config.max_status_reports_per_tick
     for _ in range(limit + 3):
         h.guest(StatusReport(num_avail=1, num_committed=1))
-    assert h.state.status_reports_total == limit
+    assert h.state.counters.status_reports_total == limit
     assert [x.reason for x in violation_events(h)] == ["STATUS_REPORT_FLOOD"] * 3
 
 

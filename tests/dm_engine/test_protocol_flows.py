@@ -216,7 +216,7 @@ def test_status_reports_are_recorded() -> None:
     h.guest(StatusReport(num_avail=732421, num_committed=384723))
     assert h.state.status is not None
     assert h.state.status.committed_pages == 384723
-    assert h.state.status_reports_total == 1
+    assert h.state.counters.status_reports_total == 1
 
 
 def test_vmbus_reset_drops_ballooned_but_keeps_hot_added() -> None:

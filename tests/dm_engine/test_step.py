@@ -90,11 +90,10 @@ def test_an_input_that_raises_in_decide_is_rejected_and_everyone_carries_on(
         )
     ]
     vm2 = states["vm2"]
-    assert vm2.needs_attention and vm2.inputs_rejected_total == 1
+    assert vm2.needs_attention and vm2.counters.inputs_rejected_total == 1
     after = vm2.to_snapshot()
-    assert {k: v for k, v in after.items() if k not in ("needs_attention", "inputs_rejected_total")} == {
-        k: v for k, v in before.items() if k not in ("needs_attention", "inputs_rejected_total")
-    }
+    after["needs_attention"], after["counters"]["inputs_rejected_total"] = False, 0
+    assert after == before  # nothing else of the rejected input reached the state
     # The next input for vm2 is processed normally once the fault is gone.
     monkeypatch.undo()
     fleet.submit("vm2", inp.SetTarget(target_bytes=TARGET))

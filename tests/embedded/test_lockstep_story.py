@@ -16,7 +16,7 @@ def test_story_reaches_every_target_with_exact_accounting(tmp_path: Path) -> Non
         assert check_invariants(state) == [], vm
         assert state.current_pages << 12 == 2 * GIB + GIB // 2, vm
         assert state.hot_added_pages << 12 == GIB // 2, vm
-        assert state.violations == {}, vm
+        assert state.counters.violations == {}, vm
         kinds = [event_from_dict(__import__("json").loads(r.record)).KIND for r in fleet.log.iter_events(vm)]
         for kind in ("PagesBallooned", "UnballoonRequested", "HotAddCompleted", "MemoryBackendUnused"):
             assert kind in kinds, (vm, kind)

@@ -124,7 +124,7 @@ async def test_status_report_flood_is_coalesced_and_the_latest_report_reaches_th
     inbox, _ = log_counts(str(tmp_path / "hvdm.db"))
     assert inbox["vm1"] == 2 + 2  # version, capabilities, first and last status report
     assert reported_available(tmp_path, "vm1") == [100_000, 100_299]
-    assert service.runner.states["vm1"].violations == {}  # nothing the engine had to call a flood
+    assert service.runner.states["vm1"].counters.violations == {}  # nothing the engine had to call a flood
     writer.close()
     await gateway.close()
 
@@ -164,7 +164,7 @@ async def test_undecodable_messages_spend_the_violation_budget(service: Embedded
     await wait_for(lambda: state(service, "vm1") is ProtocolState.CLOSED)
     assert "violation budget of 3 exceeded" in gateway.closed_reasons[-1][1]
     assert gateway.undecodable_messages == 4  # the fourth exceeded the budget
-    assert sum(service.runner.states["vm1"].violations.values()) == 4  # each one recorded by the engine
+    assert sum(service.runner.states["vm1"].counters.violations.values()) == 4  # each one recorded by the engine
     writer.close()
     await gateway.close()
 

@@ -90,7 +90,7 @@ def accounting(states: dict[str, VmState]) -> dict[str, dict[str, Any]]:
             "target_bytes": None if s.target_pages is None else s.target_pages << 12,
             "ballooned_bytes": s.ballooned_pages << 12,
             "hot_added_bytes": s.hot_added_pages << 12,
-            "violations": dict(sorted(s.violations.items())),
+            "violations": dict(sorted(s.counters.violations.items())),
         }
     return out
 

@@ -33,6 +33,6 @@ async def drive_fleet(service: EmbeddedService) -> dict[str, GuestDriver]:
     await c.open()
     states = service.runner.states
     assert states["vm-a"].current_pages == (BOOT - 256 * MIB) >> 12
-    assert states["vm-a"].violations
+    assert states["vm-a"].counters.violations
     assert states["vm-b"].hot_added_pages == GIB >> 12
     return {"vm-a": a, "vm-b": b, "vm-c": c}

@@ -96,7 +96,7 @@ async def test_query_name_names_the_vm_and_hv_balloon_reports_status(
         await until("attach", lambda: "db-7" in service.runner.states)
         state = service.runner.states["db-7"]
         assert state.maxmem_pages == (3 * GIB) >> 12
-        await until("status", lambda: state.status_reports_total >= 1, timeout=5)
+        await until("status", lambda: state.counters.status_reports_total >= 1, timeout=5)
         service.submit("db-7", inp.SetTarget(target_bytes=3 * GIB))
         await until(
             "hot-added", lambda: state.current_pages == (3 * GIB) >> 12 and state.protocol is ProtocolState.IDLE

@@ -553,7 +553,7 @@ def test_a_failing_projection_never_breaks_the_engine(tmp_path: Path) -> None:
 
             env.servers.clock = broken_clock
             await g.status(2 * GIB, GIB)  # processed and committed despite the listener failing
-            assert env.service.runner.states["vm1"].status_reports_total == 1
+            assert env.service.runner.states["vm1"].counters.status_reports_total == 1
             assert await c.execute("query-hv-balloon-status-report") == {"committed": GIB, "available": 2 * GIB}
 
     run(scenario())

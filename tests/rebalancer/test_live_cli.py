@@ -48,7 +48,7 @@ def test_one_round_writes_set_targets_the_engine_carries_out(tmp_path: Path, pol
     for w in written:
         state = fleet.runner.states[str(w["vm"])]
         assert state.target_pages == int(w["target_bytes"]) // PAGE  # type: ignore[call-overload]
-        assert state.violations == {}
+        assert state.counters.violations == {}
         assert check_invariants(state) == []
         assert w["policy"] == policy
 
@@ -67,7 +67,7 @@ def test_hvdm_shrinks_idle_guests_and_respects_floor_and_minimum(tmp_path: Path)
         guest = fleet.vms[vm].guest.snapshot()  # type: ignore[attr-defined]
         # Never asked below what the guest keeps: its use plus the Linux floor at its size.
         assert current >= guest["committed_pages"] + balloon_floor(current) - 2, vm
-        assert state.violations == {}, vm
+        assert state.counters.violations == {}, vm
 
 
 def test_hysteresis_targets_settle_and_stop(tmp_path: Path) -> None:
@@ -99,7 +99,7 @@ def test_grows_a_leaking_guest_by_hot_add_and_keeps_ahead(tmp_path: Path) -> Non
         under_pressure += state.status.committed_pages - state.ballooned_pages > state.current_pages
     state = fleet.runner.states["vm1"]
     assert state.hot_added_pages > 0  # grown past boot RAM
-    assert state.violations == {}
+    assert state.counters.violations == {}
     assert under_pressure <= 360 // 20, under_pressure  # ahead of the leak at least 95 % of the time
 
 

@@ -147,7 +147,7 @@ async def test_malformed_frames_become_violations_and_budget_closes(service: Emb
     await writer.drain()
     assert await reader.read() == b""  # the gateway closed the connection
     await wait_for(lambda: service.runner.states["bad"].protocol is ProtocolState.CLOSED)
-    violations = service.runner.states["bad"].violations
+    violations = service.runner.states["bad"].counters.violations
     # The undecodable message and the malformed frames share the budget: the fourth violation
     # closes the connection and the fifth frame is never stored.
     assert violations.get("MALFORMED_FRAME", 0) == 3
@@ -164,7 +164,7 @@ async def test_oversized_frame_closes_the_connection(service: EmbeddedService, t
     writer.write(frame(b"\x00" * 8192))
     await writer.drain()
     assert await reader.read() == b""
-    await wait_for(lambda: service.runner.states["big"].violations.get("MALFORMED_FRAME", 0) == 1)
+    await wait_for(lambda: service.runner.states["big"].counters.violations.get("MALFORMED_FRAME", 0) == 1)
     assert "unrecoverable framing error" in gateway.closed_reasons[-1][1]
     await gateway.close()
 
