@@ -17,6 +17,7 @@ from typing import Any
 from services.audit.behaviour import DEFAULT_GAP_TICKS, BehaviourFold
 from services.audit.divergence import Divergence, RecordedStream, VmComparison, first_divergence
 from services.audit.logfile import LogError, engine_config
+from services.audit.qemu_findings import QemuFold
 from services.audit.reader import LogReader
 from services.audit.replay import Progress, replay_inbox
 from services.audit.transactions import PAGE_SIZE, TransactionLog
@@ -79,6 +80,8 @@ class VmFold:
     report_after: int = 0
     #: Inputs the engine rejected for this VM (``InputRejected``), as the audit reports them.
     rejections: list[dict[str, Any]] = field(default_factory=list)
+    #: Targets, stalls and the shadow account of a QEMU-managed VM.
+    qemu: QemuFold = field(default_factory=QemuFold)
 
     def apply(self, row: EventRow, tick: int = -1) -> None:
         self.events += 1
@@ -94,6 +97,8 @@ class VmFold:
         if row.inbox_pos <= self.report_after:
             return
         self.behaviour.apply(event, row.seq, row.inbox_pos, tick)
+        if self.state.qemu is not None:
+            self.qemu.apply(event)
         self._sample(tick)
         if isinstance(event, ev.GuestViolation):
             span = self.violations.get(event.reason)
@@ -147,6 +152,7 @@ class VmReport:
     def to_dict(self) -> dict[str, Any]:
         state = self.fold.state
         spans = sorted(self.fold.violations.items())
+        extra = {} if state.qemu is None else {"qemu": self.fold.qemu.to_dict(state)}
         return {
             **accounting(state),
             "violations": {reason: span.count for reason, span in spans},
@@ -166,6 +172,7 @@ class VmReport:
             "unballoon_transactions": [t.to_dict(self.tick_seconds) for t in self.fold.transactions.unballoon],
             "upcast_events": self.comparison.upcast,
             "behaviour": self.fold.behaviour.to_dict(),
+            **extra,
         }
 
 

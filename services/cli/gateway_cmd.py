@@ -33,7 +33,7 @@ def _token(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from services.kafka_engine.gateway import serve
+    from services.kafka_engine.gateway import QemuOptions, serve
     from services.kafka_engine.settings import KafkaSettings, SettingsError
     from services.rebalancer.kafka_hosts import HostSpec, valid_host_name
     from services.vmbus_gateway.auth import AuthConfigError
@@ -54,7 +54,8 @@ def _run(args: argparse.Namespace) -> int:
             f"hvdm: gateway error: --host-name must be 1..253 printable characters: {args.host_name!r}", file=sys.stderr
         )
         return 1
-    if not args.socket and not args.tcp:
+    qemu = QemuOptions(tuple(args.qemu or ()), args.qemu_dir, args.qemu_poll, args.qemu_trace)
+    if not args.socket and not args.tcp and not qemu.addresses and not qemu.directory:
         print("hvdm: gateway error: give --socket PATH and/or --tcp HOST:PORT", file=sys.stderr)
         return 1
     try:
@@ -74,6 +75,7 @@ def _run(args: argparse.Namespace) -> int:
                 auth=auth,
                 limits=gateway_limits(args),
                 backend=host.backend(settings),
+                qemu=qemu,
             )
         )
     except KeyboardInterrupt:
@@ -93,6 +95,17 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     p.add_argument("--host-capacity", type=size_arg, metavar="SIZE", help="RAM for VMs (default: RAM - reserve)")
     p.add_argument("--host-reserve", type=size_arg, default=2 << 30, metavar="SIZE", help="RAM kept for the host (2G)")
+    from services.cli.arg_types import FloatArg
+    from services.cli.run_cmd import _qemu_address
+
+    p.add_argument(
+        "--qemu", action="append", type=_qemu_address, metavar="SOCKET", help="attach a real QEMU VM's QMP monitor"
+    )
+    p.add_argument("--qemu-dir", help="attach every QMP monitor socket appearing in DIR")
+    p.add_argument(
+        "--qemu-poll", type=FloatArg(0.05, 3600.0), default=1.0, help="seconds between QEMU polls (default 1)"
+    )
+    p.add_argument("--qemu-trace", help="follow QEMU's hv_balloon_* trace file")
     p.add_argument("-v", "--verbose", action="store_true", help="log at info level (see --log-level)")
     add_log_arguments(p)
     add_config_argument(p)

@@ -5,7 +5,8 @@ which turns what QEMU says into ``Qemu*`` inputs. The engine keeps the VM as eve
 like any other: a target set by an operator or the rebalancer becomes ``TargetSet`` plus a
 ``QemuBalloonCommanded`` (from which the outbox's QMP ``balloon`` record is derived), QEMU's
 reported size is followed until it reaches the target, and a target that makes no progress for
-``EngineConfig.qemu_stall_ticks`` ticks is recorded once as ``QemuTargetStalled`` (a guest at its
+``EngineConfig.qemu_stall_ticks`` ticks is recorded as ``QemuTargetStalled``, once per stretch
+without progress (a guest at its
 floor, a hibernation-capable Linux guest, a missing driver). Ticks are the only clock, so every
 decision replays from the inbox exactly.
 
@@ -243,6 +244,8 @@ def _ev_actual(s: VmState, e: ev.QemuActualChanged) -> None:
         if distance < q.best_distance:
             q.best_distance = distance
             q.progress_tick = e.tick
+            # Progress after a stall (a slow guest, not a floor): a later stall is a new finding.
+            q.stalled = False
 
 
 def _ev_commanded(s: VmState, e: ev.QemuBalloonCommanded) -> None:

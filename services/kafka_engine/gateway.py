@@ -12,12 +12,23 @@ import asyncio
 import contextlib
 import signal
 import sys
+from dataclasses import dataclass
 
 from services.kafka_engine.gateway_backend import KafkaBackend
 from services.kafka_engine.settings import KafkaSettings
 from services.metrics import MetricsLabels, serve_gateway
 from services.vmbus_gateway.auth import GatewayAuth
 from services.vmbus_gateway.server import GatewayLimits, GatewayServer
+
+
+@dataclass(frozen=True, slots=True)
+class QemuOptions:
+    """Real QEMU VMs on this host (``--qemu``, ``--qemu-dir``, ``--qemu-poll``, ``--qemu-trace``)."""
+
+    addresses: tuple[str, ...] = ()
+    directory: str | None = None
+    poll: float = 1.0
+    trace: str | None = None
 
 
 async def start_gateway(
@@ -64,12 +75,21 @@ async def serve(
     backend: KafkaBackend | None = None,
     auth: GatewayAuth | None = None,
     limits: GatewayLimits | None = None,
+    qemu: QemuOptions | None = None,
 ) -> int:
-    """Run until SIGINT/SIGTERM; ``metrics`` = (host, port) serves the gateway's /metrics."""
+    """Run until SIGINT/SIGTERM; ``metrics`` = (host, port) serves the gateway's /metrics; ``qemu``
+    attaches this host's real QEMU VMs (``services.qemu_agent``)."""
     server, backend = await start_gateway(
         settings, unix_path=unix_path, tcp=tcp, backend=backend, auth=auth, limits=limits
     )
     served = serve_gateway(server, metrics[0], metrics[1], labels=metrics_labels) if metrics is not None else None
+    agent = None
+    if qemu is not None and (qemu.addresses or qemu.directory):
+        from services.kafka_engine.qemu_sink import attach_to_backend
+
+        agent = await attach_to_backend(
+            backend, qemu.addresses, directory=qemu.directory, poll_seconds=qemu.poll, trace_file=qemu.trace
+        )
     where = [p for p in (unix_path, f"tcp://{tcp[0]}:{server.tcp_port}" if tcp else None) if p]
     if served is not None:
         where.append(f"metrics {served.url}")
@@ -84,6 +104,8 @@ async def serve(
     try:
         await stop.wait()
     finally:
+        if agent is not None:
+            await agent.close()  # its QemuDetached inputs are flushed with the backend
         if served is not None:
             served.close()
         await stop_gateway(server, backend)

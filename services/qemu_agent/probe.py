@@ -154,17 +154,19 @@ def hv_status(data: Any) -> tuple[int, int]:
     return _size(data.get("available"), "available"), _size(data.get("committed"), "committed")
 
 
-def virtio_status(answer: Any) -> tuple[int, int] | None:
+def virtio_status(answer: Any, ballooned_bytes: int = 0) -> tuple[int, int] | None:
     """virtio ``guest-stats`` -> (available, committed), or None before the guest's first update.
 
     virtio-balloon reports no commit charge. hvdm maps: available = ``stat-available-memory``
     (the guest's MemAvailable, the same figure Linux's hv_balloon reports as available), and
-    committed = ``stat-total-memory - stat-available-memory`` (memory in use). Unlike hv-balloon's
-    committed it excludes ballooned pages (virtio's total shrinks as the balloon inflates) and
-    excludes memory promised but not touched (Committed_AS), so pressure reads lower on virtio.
+    committed = ``stat-total-memory - stat-available-memory`` (memory in use) plus
+    ``ballooned_bytes`` (virtio's total shrinks as the balloon inflates, while hv-balloon's
+    committed counts ballooned pages: adding them back gives both devices one meaning). What
+    virtio cannot give is the commit charge itself (Committed_AS: memory promised but not yet
+    touched), so pressure reads lower on virtio than on hv-balloon for the same guest.
 
-    >>> virtio_status({"stats": {"stat-available-memory": 3, "stat-total-memory": 10}, "last-update": 5})
-    (3, 7)
+    >>> virtio_status({"stats": {"stat-available-memory": 3, "stat-total-memory": 10}, "last-update": 5}, 4)
+    (3, 11)
     >>> virtio_status({"stats": {}, "last-update": 0}) is None
     True
     """
@@ -180,4 +182,4 @@ def virtio_status(answer: Any) -> tuple[int, int] | None:
         return None  # the guest driver does not report them (an old kernel): no status
     available = _size(available, "stat-available-memory")
     total = _size(total, "stat-total-memory")
-    return available, max(0, total - available)
+    return available, max(0, total - available) + max(0, ballooned_bytes)

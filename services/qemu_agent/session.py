@@ -255,7 +255,8 @@ class Session:
                         stats = await self._exec_or_none(
                             "qom-get", {"path": self.desc.device_path, "property": "guest-stats"}
                         )
-                        status = probe.virtio_status(stats) if stats is not None else None
+                        ballooned = self.desc.boot_bytes - self._last_actual
+                        status = probe.virtio_status(stats, ballooned) if stats is not None else None
                         if status is not None:
                             self._status(status, "virtio-guest-stats")
                 except probe.ProbeError as exc:

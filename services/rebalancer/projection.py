@@ -155,7 +155,10 @@ def build_view(
 
 
 def _controllable(state: VmState) -> bool:
-    """Negotiated, past the post-init wait, and able to balloon."""
+    """Negotiated, past the post-init wait, and able to balloon (or a QEMU-managed VM whose
+    monitor is attached and which has a balloon device)."""
+    if state.qemu is not None:
+        return state.qemu.attached and state.qemu.device != "none"
     return (
         state.protocol in NEGOTIATED_STATES
         and state.protocol is not ProtocolState.POST_INIT_WAIT
@@ -169,6 +172,8 @@ def _growth_ceiling(state: VmState) -> int:
 
     The engine hot-adds only into plugged backends, so a target above this would stall.
     """
+    if state.qemu is not None:
+        return state.maxmem_pages  # boot memory, plus the hv-balloon memory backend QEMU can hot-add
     addable = 0
     if state.caps is not None and state.caps.hot_add:
         addable = sum(v.remaining_pages for v in state.layout.vdimms)

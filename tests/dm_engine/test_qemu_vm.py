@@ -76,6 +76,9 @@ def test_a_target_without_progress_stalls_once_and_keeps_standing() -> None:
     stalled = events[0]
     assert isinstance(stalled, ev.QemuTargetStalled) and stalled.waited_ticks == 9
     assert process(s, inp.Tick(tick=40), CONFIG) == []  # recorded once
+    # Progress, then no progress again: a second stall is a new finding.
+    process(s, inp.QemuActualChanged(actual_bytes=int(1.5 * GIB), tick=41), CONFIG)
+    assert kinds(process(s, inp.Tick(tick=46), CONFIG)) == ["QemuTargetStalled"]
     # The guest recovers later: the target is still reached.
     assert kinds(process(s, inp.QemuActualChanged(actual_bytes=GIB, tick=50), CONFIG))[-1] == "QemuTargetReached"
 

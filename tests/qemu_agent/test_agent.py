@@ -7,8 +7,11 @@ polling runs in real time at 50 ms. Real QEMU is covered by tests/realguest.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -119,6 +122,19 @@ async def test_a_guest_at_its_floor_is_recorded_stalled(
         for tick in range(1, 5):
             service.append_tick(tick)
         await until("stall recorded", lambda: "QemuTargetStalled" in kinds_of(service, "floor"))
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "services", "audit", "--db", service.log.path, "--json"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        report = json.loads(done.stdout)["vms"]["floor"]
+        assert report["replay_matches"] is True
+        (finding,) = report["qemu"]["findings"]
+        assert finding["finding"] == "TARGET_STALLED" and finding["target_bytes"] == GIB
+        assert finding["actual_bytes"] == int(1.5 * GIB)
+        assert report["qemu"]["targets"][0]["outcome"] == "stalled"
     finally:
         await agent.close()
 
@@ -198,3 +214,71 @@ async def test_hostile_answers_are_dropped_and_counted(
         await until("good answers flow again", lambda: service.runner.states["evil"].current_pages == GIB >> 12)
     finally:
         await agent.close()
+
+
+async def test_the_live_rebalancer_resizes_a_real_vm(
+    service: EmbeddedService, sockets: Callable[..., SimulatedQemu]
+) -> None:
+    """``hvdm rebalance --db`` (a separate process) sees the QEMU-managed VM in the fleet view and
+    its target reaches QEMU as a QMP ``balloon``."""
+    sim = sockets("rb", device="hv-balloon", version=(10, 0, 13))
+    await sim.start()
+    agent = await attach_to_service(service, [sim.path], poll_seconds=0.05)
+    try:
+        await until("status", lambda: "rb" in service.runner.states and service.runner.states["rb"].status is not None)
+        db = service.log.path
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "services", "rebalance", "--db", db, "--once", "--json", "--policy", "hyperv"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+        written = [json.loads(line) for line in done.stdout.splitlines()]
+        assert [w["vm"] for w in written] == ["rb"]
+        target = int(written[0]["target_bytes"])
+        assert 0 < target < 2 * GIB
+        service.append_tick(service.now_tick() + 1)  # wakes the engine, which reads the new inbox rows
+        await until("QEMU told the rebalancer's target", lambda: sim.target == target // 4096 * 4096)
+        await until("reached", lambda: service.runner.states["rb"].current_pages == target // 4096)
+    finally:
+        await agent.close()
+
+
+async def test_a_hostile_monitor_never_stops_the_service(service: EmbeddedService, tmp_path: Path) -> None:
+    """Whatever listens at a monitor path (garbage, a 1 MiB line, a greeting then nonsense answers)
+    costs the agent a retry, never the service; a real monitor at another path is attached meanwhile."""
+    answers = [
+        b"not json at all\r\n",
+        b'{"QMP": ' + b"[" * 100_000 + b"\r\n",
+        b"x" * (1 << 20) + b"\r\n",
+        b'{"QMP": {"version": {"qemu": {"major": 7, "minor": 2, "micro": 0}, "package": ""}, "capabilities": []}}\r\n'
+        b'{"return": {}}\r\n{"return": {"qemu": "seven"}}\r\n{"return": 5}\r\n',
+    ]
+    served = 0
+
+    async def hostile(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal served
+        writer.write(answers[served % len(answers)])
+        served += 1
+        with contextlib.suppress(ConnectionError):
+            await writer.drain()
+            await asyncio.sleep(0.2)
+        writer.close()
+
+    bad_path = str(tmp_path / "evil.sock")
+    server = await asyncio.start_unix_server(hostile, path=bad_path)
+    good = SimulatedQemu(str(tmp_path / "good.sock"))
+    await good.start()
+    agent = await attach_to_service(service, [bad_path, good.path], poll_seconds=0.05)
+    try:
+        await until("every hostile answer tried", lambda: served >= len(answers) + 1, timeout=60)
+        await until("the real monitor attached", lambda: "good" in agent.sessions)
+        assert "evil" not in service.runner.states
+        service.submit("good", inp.SetTarget(target_bytes=GIB))
+        await until("the good VM still served", lambda: good.actual == GIB)
+    finally:
+        await agent.close()
+        server.close()
+        await good.kill()

@@ -19,4 +19,5 @@ def rig() -> Iterator[Rig]:
     r.setup()
     yield r
     r.down()
-    shutil.rmtree(r.work, ignore_errors=True)
+    # Logs stay for a failed run's post-mortem (rig keeps them); the images are the bulk.
+    shutil.rmtree(r.work / "images", ignore_errors=True)

@@ -23,7 +23,8 @@ from services.dm_engine.records import stored_event_json
 from tests.metrics.prometheus_server import free_port, prometheus_binary, start_prometheus
 from tests.realguest.kit import Rig, hvdm, start_hvdm, wait_for
 
-pytestmark = pytest.mark.realguest
+# Boots real guests (and rig setup may apt-get install on a fresh machine): beyond the 300 s default.
+pytestmark = [pytest.mark.realguest, pytest.mark.timeout(900)]
 
 MIB = 1 << 20
 VM = "virtio-qmp"  # no -name: the socket file's name
@@ -153,6 +154,9 @@ def test_virtio_guest_through_hvdm(rig: Rig, tmp_path: Path) -> None:
         kinds = [json.loads(line)["type"] for line in _events(db, VM)]
         assert kinds.count("QemuAttached") == 2 and "QemuDetached" in kinds
         assert kinds.count("QemuTargetReached") >= 3
+        qemu = vm["qemu"]
+        assert qemu["device"] == "virtio-balloon" and qemu["findings"] == []
+        assert [t["outcome"] for t in qemu["targets"]][:3] == ["reached", "reached", "reached"]
     finally:
         rig.down("virtio")
 
