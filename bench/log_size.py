@@ -46,6 +46,8 @@ from services.event_log.sqlite_log import SqliteLog
 CONFIG = EngineConfig(post_init_wait_ticks=1, balloon_timeout_ticks=10**9)
 #: The target of issue 14 for a status-report input, all included.
 TARGET_BYTES = 60
+#: Status reports a fleet of 10,000 VMs writes in a day at one report per second.
+FLEET_DAY_INPUTS = 10_000 * 86_400
 
 Row = tuple[str, int, inp.Input]
 

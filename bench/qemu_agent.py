@@ -23,6 +23,7 @@ import contextlib
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -40,7 +41,6 @@ from services.qemu_agent.simulated_qemu import SimulatedQemu
 from services.qmp import start_qmp_servers
 
 GIB = 1 << 30
-MIB = 1 << 20
 
 
 def machine() -> str:
@@ -72,6 +72,7 @@ class Sims:
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------------ scale
@@ -96,6 +97,7 @@ async def measure_agent(count: int, seconds: float) -> dict[str, Any]:
         await agent.close()
         await service.stop()
         sims.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
     return {"vms": count, "attached": attached, "cpu_percent": 100 * cpu / wall, "polls_per_s": polls / wall}
 
 
@@ -172,6 +174,7 @@ async def measure_command_path(repetitions: int) -> dict[str, Any]:
         await agent.close()
         await service.stop()
         await sim.kill()
+        shutil.rmtree(workdir, ignore_errors=True)
     samples.sort()
     return {
         "repetitions": repetitions,
@@ -234,6 +237,7 @@ async def measure_real(socket_path: str, rounds: int) -> dict[str, Any]:
             await agent.close()
             await servers.close()
             await service.stop()
+            shutil.rmtree(workdir, ignore_errors=True)
     return out
 
 

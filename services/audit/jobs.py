@@ -56,7 +56,7 @@ class PartReader(SqliteReader):
     def iter_inbox(self, after: int = 0, until: int | None = None, batch: int = 5000) -> Iterator[InboxRow]:
         until = self._consumed if until is None else until
         mine = self._vms
-        for p, v, t, _kind, r in segments.segment_inbox(self._db, after, until):
+        for p, v, t, _kind, r, _wall in segments.segment_inbox(self._db, after, until):
             if v in mine or v == ALL_VMS:
                 yield InboxRow(p, v, t, stored_input_dict(r, t))
         after = max(after, self._archived_until)

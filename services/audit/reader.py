@@ -18,6 +18,7 @@ are raw bytes that today's decoder reads again. Rows of log format 2 may be comp
 
 from __future__ import annotations
 
+import bisect
 import importlib
 import sqlite3
 from collections.abc import Callable, Iterator
@@ -145,7 +146,7 @@ class SqliteReader:
         return [InboxRow(int(p), str(v), int(t), stored_input_dict(r, t)) for p, v, t, r in cur]
 
     def iter_inbox(self, after: int = 0, until: int | None = None, batch: int = 5000) -> Iterator[InboxRow]:
-        for p, v, t, _kind, r in segments.segment_inbox(self._db, after, until):
+        for p, v, t, _kind, r, _wall in segments.segment_inbox(self._db, after, until):
             yield InboxRow(p, v, t, stored_input_dict(r, t))
         pos = max(after, self._archived_until)
         while True:
@@ -175,6 +176,14 @@ class SqliteReader:
     # ------------------------------------------------------------------ wall-clock stamps
     # Unix times at which inbox records were appended (``SqliteLog.append_inputs``); None or
     # absent on logs written before the stamps existed. See ``services.audit.wall_clock``.
+    def _archived_walls(self) -> list[tuple[int, int, float]]:
+        """(pos, tick, wall) of the archived rows (read from the segments once, on first use)."""
+        cached: list[tuple[int, int, float]] | None = getattr(self, "_walls", None)
+        if cached is None:
+            cached = segments.archived_walls(self._db) if self._archived_until else []
+            self._walls = cached
+        return cached
+
     def wall_of(self, pos: int) -> float | None:
         """The wall time of the record at ``pos`` (or of the last stamped record before it)."""
         if not self._has_wall:
@@ -182,12 +191,20 @@ class SqliteReader:
         row = self._db.execute(
             "SELECT wall FROM inbox WHERE pos <= ? AND wall IS NOT NULL ORDER BY pos DESC LIMIT 1", (pos,)
         ).fetchone()
-        return None if row is None else float(row[0])
+        if row is not None:
+            return float(row[0])
+        archived = self._archived_walls()
+        i = bisect.bisect_right(archived, (pos, 1 << 62, 0.0))
+        return archived[i - 1][2] if i else None
 
     def wall_after(self, pos: int) -> float | None:
         """The wall time of the first stamped record after ``pos``."""
         if not self._has_wall:
             return None
+        archived = self._archived_walls()
+        i = bisect.bisect_right(archived, (pos, 1 << 62, 0.0))
+        if i < len(archived):
+            return archived[i][2]
         row = self._db.execute(
             "SELECT wall FROM inbox WHERE pos > ? AND wall IS NOT NULL ORDER BY pos LIMIT 1", (pos,)
         ).fetchone()
@@ -202,20 +219,31 @@ class SqliteReader:
             return None
         op = "<=" if inclusive else "<"
         row = self._db.execute(f"SELECT COALESCE(MAX(pos), 0) FROM inbox WHERE wall {op} ?", (unix,)).fetchone()
-        return int(row[0])
+        archived = [p for p, _t, w in self._archived_walls() if (w <= unix if inclusive else w < unix)]
+        return max(int(row[0]), max(archived, default=0))
 
     def wall_span(self) -> tuple[float, float] | None:
         if not self._has_wall:
             return None
         row = self._db.execute("SELECT MIN(wall), MAX(wall) FROM inbox WHERE wall IS NOT NULL").fetchone()
-        return None if row[0] is None else (float(row[0]), float(row[1]))
+        walls = [w for _p, _t, w in self._archived_walls()]
+        if row[0] is not None:
+            walls += [float(row[0]), float(row[1])]
+        return (min(walls), max(walls)) if walls else None
 
     def wall_of_ticks(self) -> dict[int, float]:
         """The first wall time stamped at each tick (for charts against time)."""
         if not self._has_wall:
             return {}
+        out: dict[int, float] = {}
+        for _p, t, w in self._archived_walls():
+            if t not in out or w < out[t]:
+                out[t] = w
         cur = self._db.execute("SELECT tick, MIN(wall) FROM inbox WHERE wall IS NOT NULL GROUP BY tick ORDER BY tick")
-        return {int(t): float(w) for t, w in cur}
+        for t, w in cur:
+            if int(t) not in out or float(w) < out[int(t)]:
+                out[int(t)] = float(w)
+        return dict(sorted(out.items()))
 
     def snapshots(self) -> list[tuple[str, int, int, dict[str, Any]]]:
         if "snapshots" not in self._tables:

@@ -375,11 +375,14 @@ def stored_event_json(record: str | bytes) -> str:
     if isinstance(record, str):
         return record
     body = bytes(record)
-    code = body[0] if body else -1
-    if code in COMPACT_LAYOUTS:
-        template, pattern = _compact_template(code)
-        if pattern.fullmatch(body, 1):
-            return template % tuple(body[1:].decode().split(","))
+    try:
+        template, pattern = _COMPACT_TEMPLATES[body[0]]
+    except (KeyError, IndexError):
+        if not body or body[0] not in COMPACT_LAYOUTS:
+            return "!invalid compact record " + body.hex()
+        template, pattern = _compact_template(body[0])
+    if pattern.fullmatch(body, 1):
+        return template % tuple(body[1:].decode().split(","))
     return "!invalid compact record " + body.hex()
 
 

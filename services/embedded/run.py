@@ -40,8 +40,6 @@ from services.vmbus_gateway.client import GuestLink
 from services.vmbus_gateway.hello import Hello
 from services.vmbus_gateway.server import GatewayLimits, GatewayServer
 
-MIB = 1 << 20
-
 
 @dataclass(frozen=True, slots=True)
 class RunConfig:

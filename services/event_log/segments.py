@@ -41,8 +41,9 @@ CREATE TABLE IF NOT EXISTS segments (
 CREATE TABLE IF NOT EXISTS archived (vm TEXT PRIMARY KEY, last_seq INTEGER NOT NULL);
 """
 
-#: (pos, vm, tick, kind, record): an inbox row as stored (record: JSON text or compact bytes).
-InboxTuple = tuple[int, str, int, str, str | bytes]
+#: (pos, vm, tick, kind, record, wall): an inbox row as stored (record: JSON text or compact bytes;
+#: wall: the Unix time of its append, None on rows from before the stamps).
+InboxTuple = tuple[int, str, int, str, str | bytes, float | None]
 #: (id, vm, seq, inbox_pos, kind, record): an event row as stored.
 EventTuple = tuple[int, str, int, int, str, str | bytes]
 
@@ -62,9 +63,10 @@ def _pack(columns: dict[str, Any]) -> bytes:
 
 
 def pack_inbox(rows: Sequence[InboxTuple]) -> bytes:
-    pos, vm, tick, kind, record = (list(c) for c in zip(*rows, strict=True)) if rows else ([], [], [], [], [])
+    cols = (list(c) for c in zip(*rows, strict=True)) if rows else ([], [], [], [], [], [])
+    pos, vm, tick, kind, record, wall = cols
     text, blob = _records(record)
-    return _pack({"pos": pos, "vm": vm, "tick": tick, "kind": kind, "text": text, "blob": blob})
+    return _pack({"pos": pos, "vm": vm, "tick": tick, "kind": kind, "text": text, "blob": blob, "wall": wall})
 
 
 def pack_events(rows: Sequence[EventTuple]) -> bytes:
@@ -74,7 +76,7 @@ def pack_events(rows: Sequence[EventTuple]) -> bytes:
     return _pack({"id": ids, "vm": vm, "seq": seq, "inbox_pos": inbox_pos, "kind": kind, "text": text, "blob": blob})
 
 
-def _unpack(data: bytes, names: Sequence[str]) -> list[list[Any]]:
+def _unpack(data: bytes, names: Sequence[str], walls: bool = False) -> list[list[Any]]:
     try:
         doc = orjson.loads(zlib.decompress(data))
         if type(doc) is not dict or doc.get("format") != SEGMENT_FORMAT:
@@ -91,6 +93,13 @@ def _unpack(data: bytes, names: Sequence[str]) -> list[list[Any]]:
             raise SegmentError("segment column of the wrong type")
         if not all(isinstance(r, str | bytes) for r in records):
             raise SegmentError("segment record of the wrong type")
+        if walls:
+            wall = doc.get("wall", [None] * n)
+            if type(wall) is not list or len(wall) != n:
+                raise SegmentError("segment wall column differs in length")
+            if not all(w is None or type(w) in (int, float) for w in wall):
+                raise SegmentError("segment wall stamp of the wrong type")
+            return [*columns, records, [None if w is None else float(w) for w in wall]]
     except SegmentError:
         raise
     except (zlib.error, orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
@@ -99,8 +108,8 @@ def _unpack(data: bytes, names: Sequence[str]) -> list[list[Any]]:
 
 
 def unpack_inbox(data: bytes) -> list[InboxTuple]:
-    pos, vm, tick, kind, record = _unpack(data, ("pos", "vm", "tick", "kind"))
-    return list(zip(pos, vm, tick, kind, record, strict=True))
+    pos, vm, tick, kind, record, wall = _unpack(data, ("pos", "vm", "tick", "kind"), walls=True)
+    return list(zip(pos, vm, tick, kind, record, wall, strict=True))
 
 
 def unpack_events(data: bytes) -> list[EventTuple]:
@@ -146,6 +155,16 @@ def segment_events(db: sqlite3.Connection, vm: str | None = None, after_seq: int
         for ev in unpack_events(data):
             if vm is None or (ev[1] == vm and ev[2] > after_seq):
                 yield ev
+
+
+def archived_walls(db: sqlite3.Connection) -> list[tuple[int, int, float]]:
+    """(pos, tick, wall) of every archived inbox row with a wall-clock stamp, in position order."""
+    if not has_segments(db):
+        return []
+    out: list[tuple[int, int, float]] = []
+    for (data,) in db.execute("SELECT inbox FROM segments ORDER BY first_pos").fetchall():
+        out.extend((p, t, w) for p, _v, t, _k, _r, w in unpack_inbox(data) if w is not None)
+    return out
 
 
 def archived_vms(db: sqlite3.Connection) -> list[str]:

@@ -381,7 +381,7 @@ class SqliteLog:
         return int(row[0])
 
     def iter_inbox(self, after: int = 0, until: int | None = None, batch: int = 5000) -> Iterator[InboxRow]:
-        for p, v, t, _kind, r in segments.segment_inbox(self._db, after, until):
+        for p, v, t, _kind, r, _wall in segments.segment_inbox(self._db, after, until):
             yield InboxRow(p, v, t, stored_input_dict(r, t))
         pos = max(after, self._archived_until)
         while True:
@@ -493,7 +493,8 @@ class SqliteLog:
             return 0
         with self._transaction() as db:
             inbox = db.execute(
-                "SELECT pos, vm, tick, kind, record FROM inbox WHERE pos > ? AND pos <= ? ORDER BY pos", (start, until)
+                "SELECT pos, vm, tick, kind, record, wall FROM inbox WHERE pos > ? AND pos <= ? ORDER BY pos",
+                (start, until),
             ).fetchall()
             events = db.execute(
                 "SELECT id, vm, seq, inbox_pos, kind, record FROM events WHERE inbox_pos <= ? ORDER BY id", (until,)
@@ -505,7 +506,7 @@ class SqliteLog:
                 " VALUES (?, ?, ?, ?, ?, ?)",
                 (start + 1, until, len(inbox), len(events), segments.pack_inbox(inbox), segments.pack_events(events)),
             )
-            last: dict[str, int] = {str(vm): 0 for _, vm, _, _, _ in inbox if vm != ALL_VMS}
+            last: dict[str, int] = {str(row[1]): 0 for row in inbox if row[1] != ALL_VMS}
             for _, vm, seq, _, _, _ in events:
                 last[vm] = max(last.get(vm, 0), int(seq))
             db.executemany(

@@ -39,9 +39,7 @@ from prometheus_client.samples import Sample
 
 from services.dm_engine.state import Capabilities, ProtocolState, VmState
 from services.metrics.log_health import WRITABLE, WRITE_ERRORS, LogHealthCollector, log_health_of
-
-PAGE_SIZE = 4096
-MIB = 1 << 20
+from services.units import MIB, PAGE_SIZE
 
 #: Engine batches take from tens of microseconds (one tick) to seconds (a recovery-sized backlog).
 LATENCY_BUCKETS = (

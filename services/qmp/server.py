@@ -21,7 +21,6 @@ from typing import Any, Protocol
 
 from services.dm_engine import events as ev
 from services.dm_engine import inputs as inp
-from services.dm_engine.decider import PAGE_SHIFT
 from services.dm_engine.state import VmState
 from services.dm_engine.step import Processed
 from services.event_log.sqlite_log import LogWriteError
@@ -41,6 +40,7 @@ from services.qmp.protocol import (
     reply,
 )
 from services.qmp.ratelimit import RateLimiter
+from services.units import PAGE_SHIFT
 
 log = logging.getLogger("hvdm.qmp")
 

@@ -92,6 +92,29 @@ def test_the_log_goes_on_after_archiving(tmp_path: Path) -> None:
         reader.close()
 
 
+def test_wall_clock_stamps_survive_archiving(pair: tuple[Path, Path], tmp_path: Path) -> None:
+    copy = tmp_path / "copy.db"
+    with sqlite3.connect(pair[0]) as src, sqlite3.connect(copy) as dst:
+        src.backup(dst)
+    log = SqliteLog(copy)
+    assert EngineRunner(log, CONFIG).archive() > 0
+    log.close()
+    live, archived = SqliteReader(pair[0]), SqliteReader(copy)
+    try:
+        span = live.wall_span()
+        assert span is not None and archived.wall_span() == span
+        assert archived.wall_of_ticks() == live.wall_of_ticks()
+        middle = (span[0] + span[1]) / 2
+        for pos in (1, 500, 2000, 2761):
+            assert archived.wall_of(pos) == live.wall_of(pos)
+            assert archived.wall_after(pos) == live.wall_after(pos)
+        for inclusive in (True, False):
+            assert archived.last_pos_before_wall(middle, inclusive) == live.last_pos_before_wall(middle, inclusive)
+    finally:
+        live.close()
+        archived.close()
+
+
 def test_audits_of_an_archived_log_equal_those_of_the_live_one(pair: tuple[Path, Path]) -> None:
     docs = []
     for path in pair:
@@ -134,13 +157,14 @@ def test_archiving_makes_the_log_much_smaller(pair: tuple[Path, Path], tmp_path:
             st.integers(-(2**63), 2**63),
             st.text(max_size=5),
             st.one_of(st.text(max_size=20), st.binary(max_size=20)),
+            st.one_of(st.none(), st.floats(0, 4e9)),
         ),
         max_size=20,
     )
 )
-def test_packing_round_trips(rows: list[tuple[int, str, int, str, str | bytes]]) -> None:
+def test_packing_round_trips(rows: list[tuple[int, str, int, str, str | bytes, float | None]]) -> None:
     assert unpack_inbox(pack_inbox(rows)) == rows
-    events = [(i, vm, t, p, k, r) for i, (p, vm, t, k, r) in enumerate(rows)]
+    events = [(i, vm, t, p, k, r) for i, (p, vm, t, k, r, _w) in enumerate(rows)]
     assert unpack_events(pack_events(events)) == events
 
 

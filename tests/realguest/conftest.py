@@ -11,7 +11,7 @@ from tests.realguest.kit import Rig, find_kit
 
 
 @pytest.fixture(scope="session")
-def rig() -> Iterator[Rig]:
+def rig(request: pytest.FixtureRequest) -> Iterator[Rig]:
     kit = find_kit()
     if kit is None:
         pytest.skip("the real-guest kit (../shared/realguest/rig) is not next to this repository")
@@ -19,5 +19,8 @@ def rig() -> Iterator[Rig]:
     r.setup()
     yield r
     r.down()
-    # Logs stay for a failed run's post-mortem (rig keeps them); the images are the bulk.
-    shutil.rmtree(r.work / "images", ignore_errors=True)
+    if request.session.testsfailed:
+        # Logs stay for a failed run's post-mortem (rig keeps them); the images are the bulk.
+        shutil.rmtree(r.work / "images", ignore_errors=True)
+    else:
+        shutil.rmtree(r.work, ignore_errors=True)
