@@ -12,11 +12,11 @@ from services.cli.log_output import add_log_arguments
 from services.cli.main import EXIT_ERROR, EXIT_USAGE, error_line
 from services.cli.metrics_args import add_metrics_arguments, metrics_labels_of
 from services.embedded.run import RunConfig, main_run
-from services.embedded.socket_files import SocketPathInUse
 from services.event_log.sqlite_log import NotAnHvdmLog
 from services.guest_sim.profiles import PROFILES
 from services.guest_sim.workload import WORKLOADS
 from services.qmp.paths import default_qmp_dir
+from services.socket_files import SocketPathInUse
 
 #: Simulated guests' RAM: what ``GuestConfig`` accepts (2 MiB granules), up to what hvdm can address.
 GUEST_MEMORY = SizeArg(2 << 20, 1 << 50, align=2 << 20)

@@ -29,12 +29,12 @@ from services.embedded.gateway_backend import EmbeddedBackend
 from services.embedded.log_file import describe_log, move_aside
 from services.embedded.qemu_sink import attach_to_service
 from services.embedded.service import EmbeddedService
-from services.embedded.socket_files import SocketPathInUse, remove_stale_socket
 from services.embedded.stop_signals import StopSignals
 from services.event_log.sqlite_log import check_log_file
 from services.metrics import MetricsLabels, ServedMetrics, serve_for_service
 from services.qemu_agent import QemuAgent
 from services.qmp import QmpServers, start_qmp_servers
+from services.socket_files import SocketPathInUse, remove_stale_socket
 from services.vmbus_gateway.auth import AuthConfigError, GatewayAuth, vm_token
 from services.vmbus_gateway.client import GuestLink
 from services.vmbus_gateway.hello import Hello

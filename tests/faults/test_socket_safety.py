@@ -19,9 +19,9 @@ from services.dm_engine.config import EngineConfig
 from services.dm_engine.inputs import ChannelOpened
 from services.embedded.gateway_backend import EmbeddedBackend
 from services.embedded.service import EmbeddedService
-from services.embedded.socket_files import SocketPathInUse, remove_stale_socket
 from services.event_log.sqlite_log import SqliteLog
 from services.qmp import socket_path, start_qmp_servers
+from services.socket_files import SocketPathInUse, remove_stale_socket
 from services.vmbus_gateway.server import GatewayServer
 from tests.faults.run_process import hvdm
 

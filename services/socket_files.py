@@ -1,5 +1,8 @@
 """UNIX socket files: remove one left behind by an earlier run, and never anything else.
 
+A module of its own at the top of ``services``: the gateway, the QMP sockets and ``hvdm run`` all
+use it, and none of them may import another for it (no cycle between packages).
+
 Why: a listening socket must be bound to a path that does not exist, so a service removes the
 socket file a crashed run left behind. Removing "whatever is at the path" turned a swapped
 ``--db``/``--socket`` into a deleted event log. A path is removed only when it is a socket and
