@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from services.dm_engine import events as ev
 from services.dm_engine.records import stored_event_json
 from services.event_log.sqlite_log import SqliteLog
 from tests.audit.cli import hvdm, hvdm_json
@@ -168,7 +169,7 @@ def test_malicious_run_counts_violations_by_reason(tmp_path: Path) -> None:
         "UNKNOWN_TYPE": 1,
         "WRONG_DIRECTION": 1,
     }
-    expected = [e.reason for e in fleet.vms["vm2"].events if e.KIND == "GuestViolation"]
+    expected = [e.reason for e in fleet.vms["vm2"].events if isinstance(e, ev.GuestViolation)]
     assert sum(vm2["violations"].values()) == len(expected)
     ticks = vm2["violation_ticks"]["DOUBLE_FREE"]
     assert ticks["last_tick"] == ticks["first_tick"] + 1  # the second one came a tick later

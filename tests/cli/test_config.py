@@ -8,12 +8,14 @@ a log keeps the config its events were decided with.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from typing import cast
 
 import pytest
 
@@ -199,9 +201,10 @@ def test_shared_section_keys_are_the_flags_of_the_services() -> None:
     """``SHARED_KEYS`` names exactly the flags the services have (a new --metrics-* flag needs a key)."""
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
+    choices = cast(dict[str, argparse.ArgumentParser], sub.choices)
     for section, keys in SHARED_KEYS.items():
         prefix = SHARED_SECTIONS[section]
-        dests = {a.dest for name in ("run", "engine", "gateway") for a in sub.choices[name]._actions}
+        dests = {a.dest for name in ("run", "engine", "gateway") for a in choices[name]._actions}
         wanted = {d.removeprefix(prefix) for d in dests if prefix and d.startswith(prefix)}
         assert set(keys) >= wanted, (section, wanted - set(keys))
         assert all(prefix + k in dests for k in keys), section

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import struct
+from typing import Any
 
 import pytest
 
@@ -99,7 +100,7 @@ def test_out_of_bounds_ranges(bad_range: object) -> None:
         *([] if bad_range is None else [HotAddRequest(range=(0, 1), region=bad_range)]),  # type: ignore[arg-type]
     ):
         with pytest.raises(EncodeError) as info:
-            encode(msg)
+            encode(msg)  # type: ignore[arg-type]
         assert info.value.reason is DecodeReason.RANGE_OUT_OF_BOUNDS
         assert str(info.value).startswith("RANGE_OUT_OF_BOUNDS")
 
@@ -178,7 +179,7 @@ def test_encode_rejects_non_messages() -> None:
 
 
 def test_every_type_has_a_class_and_round_trips_its_minimal_instance() -> None:
-    minimal = {
+    minimal: dict[str, dict[str, Any]] = {
         "DmError": {},
         "VersionRequest": {"version": 3},
         "VersionResponse": {"is_accepted": True},

@@ -45,7 +45,7 @@ def test_frame_pads_to_8_and_counts_len8_with_descriptor() -> None:
 def test_frame_rejects_what_the_descriptor_cannot_hold() -> None:
     for kwargs in ({"flags": 0x10000}, {"trans_id": 2**64}, {"trailer_offset": 2**32}, {"flags": -1}):
         with pytest.raises(EncodeError) as info:
-            frame(b"", **kwargs)  # type: ignore[arg-type]
+            frame(b"", **kwargs)
         assert info.value.reason is R.FIELD_OUT_OF_BOUNDS
     with pytest.raises(EncodeError):
         frame(bytes(0xFFFF * 8))  # len8 would overflow the u16

@@ -34,7 +34,7 @@ def copy_inbox(src: SqliteLog, dst_path: Path) -> SqliteLog:
 
 def log_contents(log: SqliteLog) -> tuple[list[tuple[str, int, int, str]], list[tuple[str, int, int, bytes]]]:
     events = [(r.vm, r.seq, r.inbox_pos, r.record) for r in log.iter_events()]
-    outbox = []
+    outbox: list[tuple[str, int, int, bytes]] = []
     for vm in log.vms():
         outbox.extend((r.vm, r.seq, r.event_seq, r.message) for r in log.read_outbox(vm, 0, 1_000_000))
     return events, outbox

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,8 +21,9 @@ def hvdm(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
     )
 
 
-def last_json(stdout: str) -> dict:  # type: ignore[type-arg]
-    return json.loads(stdout.strip().splitlines()[-1])
+def last_json(stdout: str) -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads(stdout.strip().splitlines()[-1])
+    return doc
 
 
 @pytest.mark.slow

@@ -36,7 +36,7 @@ INT64 = st.integers(min_value=-(2**63), max_value=2**64 - 1)
 
 @given(st.tuples(*([INT64] * 7)))
 def test_a_compact_status_event_reads_back_as_its_canonical_json(values: tuple[int, ...]) -> None:
-    names = ("tick", "available_pages", "committed_pages", "page_file_size_pages")
+    names: tuple[str, ...] = ("tick", "available_pages", "committed_pages", "page_file_size_pages")
     names += ("zero_free_pages", "page_file_writes", "io_diff")
     event = ev.StatusReported(**dict(zip(names, values, strict=True)))
     blob = compact_event(event)
@@ -56,7 +56,7 @@ def test_compact_layouts_match_the_event_classes() -> None:
 
 
 def _status(*values: int) -> ev.StatusReported:
-    names = ("tick", "available_pages", "committed_pages", "page_file_size_pages")
+    names: tuple[str, ...] = ("tick", "available_pages", "committed_pages", "page_file_size_pages")
     names += ("zero_free_pages", "page_file_writes", "io_diff")
     return ev.StatusReported(**dict(zip(names, values, strict=True)))
 

@@ -21,12 +21,13 @@ import pytest
 from qemu.qmp import ExecuteError, QMPClient
 
 from services.dm_engine.config import EngineConfig
+from services.dm_engine.inputs import ALL_VMS
 from services.dm_engine.state import ProtocolState
 from services.embedded.clock import TickClock
 from services.embedded.gateway_backend import EmbeddedBackend
 from services.embedded.runner import EngineRunner
 from services.embedded.service import EmbeddedService
-from services.event_log.sqlite_log import ALL_VMS, LogWriteError, SqliteLog
+from services.event_log.sqlite_log import LogWriteError, SqliteLog
 from services.guest_sim import GuestConfig, SimulatedGuest
 from services.metrics import serve_for_service
 from services.qmp import socket_path, start_qmp_servers
@@ -175,7 +176,7 @@ async def test_the_service_survives_a_full_tmpfs_and_time_resumes(tmp_path: Path
 async def test_a_window_of_write_errors_through_the_embedded_service(tmp_path: Path, message: str, kind: str) -> None:
     db = tmp_path / "hvdm.db"
     faults = FaultyConnect()
-    log = SqliteLog(db, connect=faults)
+    log = SqliteLog(db, connect=faults)  # type: ignore[arg-type]  # a wrapper around a real connection
     runner = EngineRunner(log, FAST)
     service = EmbeddedService(log, runner, TickClock(tick_seconds=runner.config.tick_seconds, speed=SPEED))
     await service.start()
@@ -243,7 +244,7 @@ async def test_a_window_of_write_errors_through_the_embedded_service(tmp_path: P
 async def test_a_stop_on_a_failing_disk_gives_up_loudly_and_loses_nothing(tmp_path: Path) -> None:
     db = tmp_path / "hvdm.db"
     faults = FaultyConnect()
-    log = SqliteLog(db, connect=faults)
+    log = SqliteLog(db, connect=faults)  # type: ignore[arg-type]  # a wrapper around a real connection
     runner = EngineRunner(log, FAST)
     service = EmbeddedService(log, runner, TickClock(tick_seconds=runner.config.tick_seconds, speed=SPEED))
     await service.start()

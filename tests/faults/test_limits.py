@@ -8,6 +8,7 @@ import importlib
 
 import pytest
 
+from services import units
 from services.dm_engine import decider, limits
 from services.dm_engine import events as ev
 from services.dm_engine import inputs as inp
@@ -35,11 +36,11 @@ def test_the_engine_places_a_default_window_no_later_than_the_bound_assumes(boot
     """``check_window`` is conservative only if the engine's window starts at or before
     ``default_window_start``: then a window the bound accepts ends below page 2**40."""
     boot = boot_gib << 30
-    ram = x86_ram_ranges(machine, boot >> limits.PAGE_SHIFT)  # type: ignore[arg-type]
+    ram = x86_ram_ranges(machine, boot >> units.PAGE_SHIFT)  # type: ignore[arg-type]
     opened = inp.ChannelOpened(boot_bytes=boot, maxmem_bytes=2 * boot, ram=ram)
     [described] = [e for e in decider.process(decider.initial_state("vm"), opened) if isinstance(e, ev.VmDescribed)]
-    assert described.window_start_page <= limits.default_window_start(boot >> limits.PAGE_SHIFT, ram)
-    assert limits.PAGE_SHIFT == decider.PAGE_SHIFT
+    assert described.window_start_page <= limits.default_window_start(boot >> units.PAGE_SHIFT, ram)
+    assert units.PAGE_SHIFT == decider.PAGE_SHIFT
 
 
 def test_the_bounds_are_the_wire_formats() -> None:
@@ -52,8 +53,8 @@ def test_the_bounds_are_the_wire_formats() -> None:
 
 def test_the_largest_layout_a_hello_may_describe_fits_the_wire() -> None:
     boot = 4 << 30
-    window = limits.PAGE_LIMIT - limits.default_window_start(boot >> limits.PAGE_SHIFT)
-    maxmem = boot + (window << limits.PAGE_SHIFT)
+    window = limits.PAGE_LIMIT - limits.default_window_start(boot >> units.PAGE_SHIFT)
+    maxmem = boot + (window << units.PAGE_SHIFT)
     limits.check_layout(boot, maxmem, None)
     with pytest.raises(limits.BoundsError):
         limits.check_layout(boot, maxmem + 4096, None)

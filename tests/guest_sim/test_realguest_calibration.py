@@ -27,6 +27,7 @@ from services.dm_protocol import (
     BalloonRequest,
     BalloonResponse,
     CapabilitiesResponse,
+    Message,
     StatusReport,
     UnballoonRequest,
     UnballoonResponse,
@@ -69,7 +70,7 @@ def test_first_status_report_about_45_s_after_binding() -> None:
 def test_simulator_replays_the_real_guest_side_of_the_trace() -> None:
     """balloon_up / alloc_balloon_pages / balloon_down against QEMU's trace: ids, ranges, runs."""
     g = _trace_guest()
-    sent: list[object] = []
+    sent: list[Message] = []
     sent += dec(g.connect(0.0))
     assert TRACE.version is not None and TRACE.caps is not None
     sent += send(g, VersionResponse(trans_id=1, is_accepted=True), TRACE.version[0])

@@ -254,7 +254,8 @@ class KafkaLockstep:
         return {p: self.published_ends.get(p, 0) for p in range(self.partitions)}
 
     def _committed(self) -> dict[int, int]:
-        return self.group.committed(self.partitions)
+        committed: dict[int, int] = self.group.committed(self.partitions)
+        return committed
 
     async def settle(self, timeout: float = 120.0) -> None:
         """Run until nobody has anything left to say (see the module docstring, step 3)."""
@@ -334,7 +335,7 @@ class KafkaLockstep:
             if on_tick is not None:
                 await on_tick(self)
             for script in scripts.values():
-                await advance_demo(script, self)  # type: ignore[arg-type]
+                await advance_demo(script, self)
         return RunResult(
             self.tick,
             all(s.done for s in scripts.values()),

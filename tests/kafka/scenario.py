@@ -129,7 +129,7 @@ async def embedded_run(
     fleet = LockstepFleet(log, config or EngineConfig())
     models = make_guests(guests)
     for vm, guest in models.items():
-        fleet.add_vm(vm, guest, BOOT, MAXMEM)  # type: ignore[arg-type]
+        fleet.add_vm(vm, guest, BOOT, MAXMEM)
     for vm in models:
         fleet.connect(vm)
 
@@ -146,7 +146,7 @@ async def embedded_run(
     while fleet.tick < max_ticks and not all(s.done for s in scripts.values()):
         fleet.advance()
         for script in scripts.values():
-            await advance_demo(script, service)  # type: ignore[arg-type]
+            await advance_demo(script, service)
     events = {vm: [row.record for row in log.iter_events(vm)] for vm in models}
     result = RunResult(fleet.tick, all(s.done for s in scripts.values()), events, accounting(fleet.runner.states))
     log.close()

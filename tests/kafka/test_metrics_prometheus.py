@@ -217,12 +217,12 @@ def test_prometheus_scrapes_two_workers_and_a_gateway(
         hvdm("engine1", "engine", "--broker", url, "--metrics-port", str(ports[1]), "--metrics-host-label", "kw1", "-v")
         await asyncio.to_thread(wait_for, "the gateway socket", lambda: Path(sock).exists(), procs=procs)
         for i in range(2):
-            await asyncio.to_thread(
-                wait_for,
-                f"/-/ready of {endpoint(i)}",
-                lambda i=i: fetch(f"{endpoint(i)}/-/ready")[0] == 200,
-                procs=procs,
-            )
+            ready_url = f"{endpoint(i)}/-/ready"
+
+            def ready(url: str = ready_url) -> bool:
+                return fetch(url)[0] == 200
+
+            await asyncio.to_thread(wait_for, f"/-/ready of {endpoint(i)}", ready, procs=procs)
         assert (await asyncio.to_thread(fetch, f"{endpoint(0)}/-/healthy"))[0] == 200
         assert (await asyncio.to_thread(fetch, f"{endpoint(1)}/"))[0] == 404  # only /metrics serves metrics
 

@@ -102,7 +102,8 @@ def test_crash_anywhere_then_replay_from_an_earlier_offset_gives_the_same_log(da
     # send followed by a successful one), and had committed some offset at or before its progress.
     crash_at = data.draw(st.integers(0, len(ref_events)))
     durable = list(ref_events[:crash_at])
-    if durable and data.draw(st.booleans()):
+    lose_one: bool = data.draw(st.booleans())
+    if durable and lose_one:
         lost = data.draw(st.integers(0, len(durable) - 1))
         durable = durable[:lost] + durable[lost + 1 :]
     progress = max((r.offset for r in durable), default=-1)

@@ -120,7 +120,7 @@ def start_prometheus(workdir: Path, target: str | Sequence[str]) -> PrometheusSe
 
     def ready() -> bool:
         with urllib.request.urlopen(f"{server.url}/-/ready", timeout=2) as resp:
-            return resp.status == 200
+            return bool(resp.status == 200)
 
     try:
         server.wait_until("Prometheus to be ready", ready, timeout=60)

@@ -11,6 +11,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -168,7 +169,12 @@ def test_twenty_scrapers_cost_the_engine_about_one_read_per_second(tmp_path: Pat
         reads: list[float] = []
         served = serve_for_service(service, "127.0.0.1", 0)
         original = served.metrics.collector._extract
-        served.metrics.collector._extract = lambda: (reads.append(time.monotonic()), original())[1]  # type: ignore[method-assign]
+
+        def counted_extract() -> Any:
+            reads.append(time.monotonic())
+            return original()
+
+        served.metrics.collector._extract = counted_extract  # type: ignore[method-assign]
         try:
             await drive_fleet(service)
             stop = time.monotonic() + 2.5

@@ -369,7 +369,9 @@ def test_status_report_query_and_simple_queries(tmp_path: Path) -> None:
                 "GenericError",
                 "no hv-balloon device present",
             )
-            names = [e["name"] for e in await c.execute("query-commands")]
+            commands = await c.execute("query-commands")
+            assert isinstance(commands, list)
+            names = [e["name"] for e in commands]
             assert sorted(names) == sorted([*COMMANDS, "qmp_capabilities"])
             assert await c.execute("query-status") == {"status": "running", "running": True}
             assert await c.execute("query-version") == {

@@ -20,7 +20,8 @@ def demand_for(used_gib: list[float], current_gib: list[float]) -> list[int]:
     """The view's demand (used + floor at the current size) for these uses and sizes."""
     current = np.array([int(c * GIB) for c in current_gib], dtype=np.int64)
     used = np.array([int(u * GIB) for u in used_gib], dtype=np.int64)
-    return (used + balloon_floor_pages(current)).tolist()
+    demand: list[int] = (used + balloon_floor_pages(current)).tolist()
+    return demand
 
 
 def two_hosts(used_gib: list[float], hosts: list[int], capacity_gib: list[int]) -> FleetView:

@@ -18,7 +18,7 @@ from services.rebalancer.policy import guest_floor_size, size_for
 GIB = GIB_PAGES
 
 
-def view(n: int = 1, now: float = 100.0, capacity: int = 1000 * GIB, **per_vm: Any) -> FleetView:
+def view(n: int = 1, now: float = 100.0, capacity: int | list[int] = 1000 * GIB, **per_vm: Any) -> FleetView:
     """A one-host view of ``n`` VMs; keyword arrays override the defaults (pages)."""
     base: dict[str, Any] = {
         "boot": [4 * GIB] * n,

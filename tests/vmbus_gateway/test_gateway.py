@@ -247,7 +247,7 @@ async def test_resume_is_exact_across_two_gateway_restarts(service: EmbeddedServ
         gateway = GatewayServer(backend)
         await gateway.start(unix_path=sock)
         await link.open(unix_path=sock, resume=True)
-        await wait_for(lambda t=target: service.runner.states["vm1"].current_pages == t >> 12)  # type: ignore[misc]
+        await wait_for(lambda t=target: service.runner.states["vm1"].current_pages == t >> 12)
     high = service.log.outbox_high_watermark("vm1")
     assert link.last_host_seq == high
     assert link.host_messages == high - base == len(guest.received)  # nothing lost, nothing repeated
