@@ -24,8 +24,7 @@ from services.dm_engine.inputs import SetTarget
 from services.embedded.lockstep import LockstepFleet
 from services.event_log.sqlite_log import SqliteLog
 from services.guest_sim import GuestConfig, SimulatedGuest
-
-GIB = 1 << 30
+from services.units import GIB
 
 
 class TimedGuest:

@@ -42,6 +42,7 @@ from services.dm_engine.state import ProtocolState
 from services.embedded.gateway_backend import EmbeddedBackend
 from services.embedded.service import EmbeddedService
 from services.guest_sim import GuestConfig, SimulatedGuest
+from services.units import GIB
 from services.vmbus_gateway.client import GuestLink
 from services.vmbus_gateway.hello import Hello
 from services.vmbus_gateway.server import GatewayLimits, GatewayServer
@@ -51,7 +52,6 @@ ROOT = Path(__file__).resolve().parents[1]
 #: 45 s skips all but the last, and the first report then comes at the normal pace (a longer warp
 #: would squeeze real reports into one engine tick, which the engine calls a flood).
 STATUS_DELAY_SECONDS = 45.0
-GIB = 1 << 30
 BOOT = 4 * GIB
 MAXMEM = 16 * GIB
 

@@ -40,13 +40,14 @@ from prometheus_client import (
 )
 
 from services.dm_engine.state import Capabilities, GuestStatus, ProtocolState, VmCounters, VmState
-from services.metrics.collector import MIB, EngineMetrics, MetricsLabels, info_labels
+from services.metrics.collector import EngineMetrics, MetricsLabels, info_labels
 from services.metrics.exposition import GZIP_LEVEL, render
 from services.range_store import PageRangeSet
+from services.units import MIB
+from services.units import PAGE_SIZE as PAGE
 
 GIB_PAGES = 1 << 18
 HOST = "hv01"
-PAGE = 4096
 _STATES = list(ProtocolState)
 
 

@@ -41,7 +41,6 @@ from services.qemu_agent.simulated_qemu import SimulatedQemu
 from services.qmp import start_qmp_servers
 
 GIB = 1 << 30
-MIB = 1 << 20
 
 
 def machine() -> str:

@@ -23,10 +23,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from services.audit.transactions import GB, PAGE_SIZE
+from services.audit.transactions import GB
 from services.dm_engine import events as ev
 from services.dm_engine.machine import TxnKind
 from services.range_store import PageRangeSet
+from services.units import PAGE_SIZE
 
 #: A status-report interval longer than this many ticks (and seconds, below) is a gap.
 DEFAULT_GAP_TICKS: Final = 3

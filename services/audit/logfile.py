@@ -12,9 +12,8 @@ import sqlite3
 from contextlib import closing
 from pathlib import Path
 from typing import Final
-from urllib.parse import quote
 
-from services.audit.reader import LogReader, SqliteReader
+from services.audit.reader import LogReader, SqliteReader, UnreadableLog, connect_read_only
 from services.dm_engine.config import EngineConfig
 from services.event_log.sqlite_log import SqliteLog
 
@@ -31,10 +30,11 @@ def _check(path: str | Path) -> Path:
     file = Path(path)
     if not file.is_file():
         raise LogError(f"no such log file: {path}")
-    uri = f"file:{quote(str(file.resolve()))}?mode=ro"
     try:
-        with closing(sqlite3.connect(uri, uri=True)) as db:
+        with closing(connect_read_only(file)) as db:
             tables = {str(r[0]) for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except UnreadableLog as exc:
+        raise LogError(str(exc)) from None
     except sqlite3.DatabaseError as exc:
         raise LogError(f"{path}: not a readable SQLite database ({exc})") from None
     missing = sorted(REQUIRED_TABLES - tables)

@@ -15,8 +15,7 @@ from typing import Any
 from services.dm_engine import events as ev
 from services.dm_engine.qemu_vm import shadow_divergence
 from services.dm_engine.state import VmState
-
-PAGE_SIZE = 4096
+from services.units import PAGE_SIZE
 
 
 @dataclass(slots=True)

@@ -6,7 +6,8 @@ through these few methods (the reading half of ``SqliteLog``), so ``SqliteLog`` 
 read-only ``SqliteReader`` below, or a Kafka reader (``open_broker_reader``) can be handed in.
 
 Why a separate SQLite reader: ``SqliteLog`` creates its tables in the file it opens and expects
-today's schema. An audit must neither change the file it judges (``mode=ro``) nor refuse a log
+today's schema. An audit must neither change the file it judges (``mode=ro``, or ``immutable=1``
+on read-only media: see ``connect_read_only``) nor refuse a log
 written before a column or table existed: ``SqliteReader`` selects only the columns every
 version had (``inbox(pos, vm, tick, record)``, ``events(vm, seq, inbox_pos, record)``,
 ``meta``, ``positions``) and treats a missing ``snapshots`` table as "no snapshots". Records are
@@ -48,13 +49,52 @@ class LogReader(Protocol):
     def close(self) -> None: ...
 
 
+class UnreadableLog(sqlite3.OperationalError):
+    """The log cannot be read where it is (read-only media holding a WAL that was never checkpointed)."""
+
+
+def connect_read_only(path: str | Path) -> sqlite3.Connection:
+    """Open ``path`` for reading without ever writing to it or next to it.
+
+    ``mode=ro`` first: it sees everything committed, including what is still in the WAL, and
+    works next to a live service. On read-only media a WAL-mode file cannot be opened that way
+    (SQLite needs to create its ``-shm`` file), so then the file is opened ``immutable=1``, which
+    reads the main file alone. That is the whole log when the writer stopped cleanly (closing
+    checkpoints the WAL into the file and removes it); when a non-empty ``-wal`` is still there
+    (the writer crashed, or the copy took the WAL along) immutable would silently miss its
+    commits, so that case is refused with ``UnreadableLog`` instead.
+    """
+    file = Path(path).resolve()
+    db = sqlite3.connect(f"file:{quote(str(file))}?mode=ro", uri=True, check_same_thread=False)
+    try:
+        db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+        return db
+    except sqlite3.Error as exc:
+        db.close()
+        if not isinstance(exc, sqlite3.OperationalError):
+            raise  # not a database at all: no other way of opening it helps
+        first_error = exc
+    wal = Path(f"{file}-wal")
+    if wal.exists() and wal.stat().st_size > 0:
+        raise UnreadableLog(
+            f"{path}: cannot be opened read-only ({first_error}) and its write-ahead log {wal.name} holds "
+            "commits that an immutable open would miss; copy the file with its -wal to writable storage"
+        ) from None
+    db = sqlite3.connect(f"file:{quote(str(file))}?mode=ro&immutable=1", uri=True, check_same_thread=False)
+    try:
+        db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+    except sqlite3.Error:
+        db.close()
+        raise
+    return db
+
+
 class SqliteReader:
     """A read-only view of an embedded log, of any schema version that has the core tables."""
 
     def __init__(self, path: str | Path) -> None:
         self._path = str(path)
-        uri = f"file:{quote(str(Path(path).resolve()))}?mode=ro"
-        self._db = sqlite3.connect(uri, uri=True, check_same_thread=False)
+        self._db = connect_read_only(path)
         self._db.execute("PRAGMA busy_timeout=10000")
         self._tables = {str(r[0]) for r in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         self._has_wall = "wall" in {str(r[1]) for r in self._db.execute("PRAGMA table_info(inbox)")}

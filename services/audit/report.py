@@ -20,13 +20,14 @@ from services.audit.logfile import LogError, engine_config
 from services.audit.qemu_findings import QemuFold
 from services.audit.reader import LogReader
 from services.audit.replay import Progress, replay_inbox
-from services.audit.transactions import PAGE_SIZE, TransactionLog
+from services.audit.transactions import TransactionLog
 from services.dm_engine import events as ev
 from services.dm_engine.config import EngineConfig
 from services.dm_engine.decider import evolve, initial_state
 from services.dm_engine.records import event_from_dict, event_json, loads
 from services.dm_engine.state import VmState
 from services.event_log.sqlite_log import EventRow
+from services.units import PAGE_SIZE
 
 
 def version_text(version: int | None) -> str | None:

@@ -18,8 +18,8 @@ from typing import Any, Final
 
 from services.dm_engine import events as ev
 from services.dm_engine.machine import TxnKind
+from services.units import PAGE_SIZE
 
-PAGE_SIZE: Final = 4096
 GB: Final = 10**9
 
 #: Outcomes besides the engine's own (complete / partial / timeout).

@@ -12,17 +12,27 @@ from types import SimpleNamespace
 from services.cli.arg_types import BROKER, FloatArg, IntArg
 from services.cli.config_file import add_config_argument, config_of
 from services.cli.log_output import add_log_arguments
+from services.cli.main import EXIT_ERROR, error_line
 from services.cli.metrics_args import add_metrics_arguments, metrics_labels_of
 from services.embedded.runner import ARCHIVE_EVERY, EngineRunner
-from services.event_log.sqlite_log import SqliteLog
+from services.event_log.retry import Backoff
+from services.event_log.sqlite_log import LogWriteError, NotAnHvdmLog, SqliteLog
 
 
 def _run_sqlite(args: argparse.Namespace) -> int:
-    log = SqliteLog(args.db)
+    try:
+        log = SqliteLog(args.db)
+    except NotAnHvdmLog as exc:
+        print(error_line("engine", exc), file=sys.stderr)
+        return EXIT_ERROR
     runner = EngineRunner(log, args.engine_config, snapshot_every=args.snapshot_every, archive_every=args.archive_every)
     try:
         if args.exit_when_idle:
-            n = runner.run_until_idle(args.batch)
+            try:
+                n = runner.run_until_idle(args.batch)
+            except LogWriteError as exc:
+                print(error_line("engine", f"{exc}; processed up to {runner.consumed}"), file=sys.stderr)
+                return EXIT_ERROR
             print(f"hvdm engine: processed {n} inbox records; consumed position {runner.consumed}", file=sys.stderr)
             return 0
 
@@ -39,10 +49,17 @@ def _run_sqlite(args: argparse.Namespace) -> int:
                     args.metrics_port,
                     labels=metrics_labels_of(args),
                 )
+            backoff = Backoff()
             try:
                 while True:
                     started = time.perf_counter()
-                    n = runner.run_batch(args.batch)
+                    try:
+                        n = runner.run_batch(args.batch)
+                        backoff.reset()
+                    except LogWriteError:
+                        # A full disk: logged and counted by the log; retried from the committed state.
+                        await asyncio.sleep(backoff.next_delay())
+                        continue
                     if not n:
                         await asyncio.sleep(args.poll_interval)
                         continue

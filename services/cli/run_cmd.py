@@ -9,12 +9,14 @@ from services.cli.arg_types import BROKER, HOST_PORT, SEED, FloatArg, IntArg, Si
 from services.cli.config_file import add_config_argument, config_of
 from services.cli.gateway_args import add_gateway_arguments, gateway_auth, gateway_limits
 from services.cli.log_output import add_log_arguments
-from services.cli.main import EXIT_USAGE, error_line
+from services.cli.main import EXIT_ERROR, EXIT_USAGE, error_line
 from services.cli.metrics_args import add_metrics_arguments, metrics_labels_of
 from services.embedded.run import RunConfig, main_run
+from services.event_log.sqlite_log import NotAnHvdmLog
 from services.guest_sim.profiles import PROFILES
 from services.guest_sim.workload import WORKLOADS
 from services.qmp.paths import default_qmp_dir
+from services.socket_files import SocketPathInUse
 
 #: Simulated guests' RAM: what ``GuestConfig`` accepts (2 MiB granules), up to what hvdm can address.
 GUEST_MEMORY = SizeArg(2 << 20, 1 << 50, align=2 << 20)
@@ -65,6 +67,7 @@ def _run(args: argparse.Namespace) -> int:
         qmp_dir=args.qmp_dir or None,
         progress_interval=args.progress_interval,
         json_summary=args.json,
+        fresh=args.fresh,
         broker=args.broker,
         auth=auth,
         gateway_limits=gateway_limits(args),
@@ -74,12 +77,17 @@ def _run(args: argparse.Namespace) -> int:
         qemu_trace=args.qemu_trace,
         engine_config=config_of(args).engine_config(),
     )
-    if cfg.broker:
-        # The Kafka deployment (gateway + engine workers + guests on the topics).
-        from services.kafka_engine.run import run_on_broker
+    try:
+        if cfg.broker:
+            # The Kafka deployment (gateway + engine workers + guests on the topics).
+            from services.kafka_engine.run import run_on_broker
 
-        return main_run(cfg, run_on_broker)
-    return main_run(cfg)
+            return main_run(cfg, run_on_broker)
+        return main_run(cfg)
+    except (NotAnHvdmLog, SocketPathInUse) as exc:
+        # Refused before anything started or changed: the path is named in the message.
+        print(error_line("run", exc), file=sys.stderr)
+        return EXIT_ERROR
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -113,6 +121,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="seconds between progress tables (0: off)",
     )
     p.add_argument("--json", action="store_true", help="print the final summary as JSON")
+    p.add_argument(
+        "--fresh", action="store_true", help="move an existing --db aside (PATH.<timestamp>.bak) and start a new log"
+    )
     p.add_argument(
         "--broker", type=BROKER, help="run on Kafka instead: kafka://HOST:PORT (gateway, engine worker, guests)"
     )

@@ -17,9 +17,8 @@ from services.demo.host import DemoHost
 from services.demo.scenario import DemoScript, advance_demo
 from services.dm_engine.state import ProtocolState, VmState
 from services.metrics.collector import demand_pages
+from services.units import MIB
 from services.vmbus_gateway.client import GuestLink
-
-MIB = 1 << 20
 
 #: Re-reads the host's states (the Kafka deployment's projection); None where they are live.
 Refresh = Callable[[], Awaitable[None]]

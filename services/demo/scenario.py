@@ -14,8 +14,6 @@ from services.demo.host import DemoHost
 from services.dm_engine.inputs import AddBackend, PlugBackend, SetTarget, SystemReset
 from services.dm_engine.state import ProtocolState, VmState
 
-PAGE = 4096
-
 
 @dataclass(slots=True)
 class DemoScript:

@@ -18,11 +18,12 @@ from services.dm_engine import events as ev
 from services.dm_engine import inputs as inp
 from services.dm_engine import qemu_vm
 from services.dm_engine.config import EngineConfig
-from services.dm_engine.decisions import DEFAULT_CONFIG, PAGE_SHIFT, PAGE_SIZE, decide, decide_steps
+from services.dm_engine.decisions import DEFAULT_CONFIG, decide, decide_steps
 from services.dm_engine.fold import evolve
 from services.dm_engine.idle import advance
 from services.dm_engine.machine import ProtocolState, check_step
 from services.dm_engine.state import VmState
+from services.units import PAGE_SHIFT, PAGE_SIZE
 
 __all__ = [
     "PAGE_SHIFT",

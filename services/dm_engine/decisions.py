@@ -35,6 +35,7 @@ from services.dm_protocol import (
     decode,
 )
 from services.range_store import PageRangeSet, coalesce
+from services.units import PAGE_SHIFT, PAGE_SIZE
 from services.vdimm_allocator import AllocationError, plug, release_all
 from services.vdimm_allocator.ram_layout import (
     RamLayoutError,
@@ -44,8 +45,6 @@ from services.vdimm_allocator.ram_layout import (
     ram_end_page,
 )
 
-PAGE_SIZE = 4096
-PAGE_SHIFT = 12
 #: QEMU places the hot-add window at a 32 GiB boundary, the largest alignment a guest can ask for.
 WINDOW_ALIGN_PAGES = (32 << 30) >> PAGE_SHIFT
 #: Protocol versions QEMU accepts: a numeric range test, 0.3 ("WIN7") .. 2.0 ("WIN10").

@@ -29,10 +29,8 @@ import re
 from typing import Final
 
 from services.dm_protocol.messages import PAGE_COUNT_LIMIT, START_PAGE_LIMIT
+from services.units import PAGE_SHIFT, PAGE_SIZE
 from services.vdimm_allocator.ram_layout import RamRanges, hot_add_window_start_page, legacy_ram_ranges
-
-PAGE_SHIFT: Final = 12
-PAGE_SIZE: Final = 1 << PAGE_SHIFT
 
 #: Exclusive bound of a guest page number (a DM range's 40-bit start page).
 PAGE_LIMIT: Final = START_PAGE_LIMIT

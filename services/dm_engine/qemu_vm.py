@@ -27,8 +27,8 @@ from services.dm_engine.config import EngineConfig
 from services.dm_engine.qemu_state import QemuVm
 from services.dm_engine.state import VmState
 from services.range_store import coalesce
+from services.units import PAGE_SHIFT
 
-PAGE_SHIFT = 12
 #: Sizes above 2^52 bytes (4 PiB) are no machine's memory: a number beyond it is a broken report.
 MAX_BYTES = 1 << 52
 TRACE_OPS = ("ballooned", "unballooned", "hot_added", "reset")

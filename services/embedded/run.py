@@ -3,34 +3,42 @@
 Everything a single host needs in one process: the SQLite log, the engine loop, the gateway
 socket, and (when asked) metrics, QMP sockets, simulated guests connected over the real gateway
 socket, and a scripted demo per VM with a live progress table.
+
+It runs until the scenario or ``--duration`` ends, or until SIGINT or SIGTERM (either one: the
+same clean stop, exit 0). A stop closes every guest channel still open in the log (reason "host
+shutdown"), processes the inbox to its end, removes the gateway and QMP sockets and prints the
+summary. Refused before anything starts (``NotAnHvdmLog``, ``SocketPathInUse``, which the CLI
+turns into one line on stderr and exit 1): a ``--db`` that is not an hvdm log, and a ``--socket``
+path holding anything but a stale socket.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
 import sys
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, TextIO
 
 from services.demo.loop import rebooter, run_scripts, vm_lines, vm_summary
 from services.demo.scenario import DemoScript
 from services.dm_engine.config import EngineConfig
 from services.embedded.gateway_backend import EmbeddedBackend
+from services.embedded.log_file import describe_log, move_aside
 from services.embedded.qemu_sink import attach_to_service
 from services.embedded.service import EmbeddedService
+from services.embedded.stop_signals import StopSignals
+from services.event_log.sqlite_log import check_log_file
 from services.metrics import MetricsLabels, ServedMetrics, serve_for_service
 from services.qemu_agent import QemuAgent
 from services.qmp import QmpServers, start_qmp_servers
+from services.socket_files import SocketPathInUse, remove_stale_socket
 from services.vmbus_gateway.auth import AuthConfigError, GatewayAuth, vm_token
 from services.vmbus_gateway.client import GuestLink
 from services.vmbus_gateway.hello import Hello
 from services.vmbus_gateway.server import GatewayLimits, GatewayServer
-
-MIB = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +62,8 @@ class RunConfig:
     qmp_dir: str | None = None
     progress_interval: float = 2.0
     json_summary: bool = False
+    #: Move an existing log aside (``PATH.<timestamp>.bak``) and start a new one.
+    fresh: bool = False
     #: Distributed deployment (``kafka://HOST:PORT``): ``services.kafka_engine.run.run_on_broker``.
     broker: str | None = None
     #: Who may connect to the gateway (None: the UNIX socket for this uid and root, TCP refused).
@@ -109,46 +119,49 @@ def summary(service: EmbeddedService, scripts: dict[str, DemoScript]) -> dict[st
 
 async def run_service(cfg: RunConfig, out: TextIO = sys.stdout) -> int:
     check_gateway_config(cfg)
+    existed = check_log_file(cfg.db)
     service = EmbeddedService.open(cfg.db, speed=cfg.speed, config=cfg.engine_config)
+    stop = StopSignals().install()
     await service.start()
     gateway = GatewayServer(EmbeddedBackend(service), run_gateway_limits(cfg), cfg.auth)
-    await gateway.start(unix_path=cfg.socket, tcp=cfg.tcp)
     served: ServedMetrics | None = None
     qmp: QmpServers | None = None
-    if cfg.qmp_dir:
-        qmp = await start_qmp_servers(service, cfg.qmp_dir)
-    if cfg.metrics_port is not None:
-        served = serve_for_service(
-            service,
-            cfg.metrics_host,
-            cfg.metrics_port,
-            labels=cfg.metrics_labels or MetricsLabels.default(),
-            gateway=gateway,
-            qmp=qmp,
-        )
     agent: QemuAgent | None = None
-    if cfg.qemu or cfg.qemu_dir:
-        agent = await attach_to_service(
-            service, cfg.qemu, directory=cfg.qemu_dir, poll_seconds=cfg.qemu_poll, trace_file=cfg.qemu_trace
-        )
     links: dict[str, GuestLink] = {}
     scripts: dict[str, DemoScript] = {}
-    endpoint = sim_endpoint(cfg, gateway.tcp_port) if cfg.guests else {}
-    # With --json, stdout carries the JSON summary only; everything for humans goes to stderr.
-    human = sys.stderr if cfg.json_summary else out
-    extras = "".join(
-        [
-            f"; metrics {served.url}" if served is not None else "",
-            f"; QMP sockets in {cfg.qmp_dir}" if cfg.qmp_dir else "",
-        ]
-    )
-    print(
-        f"hvdm: embedded service on {cfg.db}; gateway "
-        f"{cfg.socket or f'tcp://127.0.0.1:{gateway.tcp_port}'}; speed x{cfg.speed:g}{extras}",
-        file=human,
-        flush=True,
-    )
     try:
+        await gateway.start(unix_path=cfg.socket, tcp=cfg.tcp)
+        if cfg.qmp_dir:
+            qmp = await start_qmp_servers(service, cfg.qmp_dir)
+        if cfg.metrics_port is not None:
+            served = serve_for_service(
+                service,
+                cfg.metrics_host,
+                cfg.metrics_port,
+                labels=cfg.metrics_labels or MetricsLabels.default(),
+                gateway=gateway,
+                qmp=qmp,
+            )
+        if cfg.qemu or cfg.qemu_dir:
+            agent = await attach_to_service(
+                service, cfg.qemu, directory=cfg.qemu_dir, poll_seconds=cfg.qemu_poll, trace_file=cfg.qemu_trace
+            )
+        endpoint = sim_endpoint(cfg, gateway.tcp_port) if cfg.guests else {}
+        # With --json, stdout carries the JSON summary only; everything for humans goes to stderr.
+        human = sys.stderr if cfg.json_summary else out
+        extras = "".join(
+            [
+                f"; metrics {served.url}" if served is not None else "",
+                f"; QMP sockets in {cfg.qmp_dir}" if cfg.qmp_dir else "",
+            ]
+        )
+        print(
+            f"hvdm: embedded service on {cfg.db}; gateway "
+            f"{cfg.socket or f'tcp://127.0.0.1:{gateway.tcp_port}'}; speed x{cfg.speed:g}{extras}\n"
+            f"hvdm: {describe_log(service.log, existed)}",
+            file=human,
+            flush=True,
+        )
         if cfg.guests:
             from services.guest_sim import GuestConfig, SimulatedGuest
 
@@ -175,25 +188,51 @@ async def run_service(cfg: RunConfig, out: TextIO = sys.stdout) -> int:
             progress_interval=cfg.progress_interval,
             duration=cfg.duration,
             poll_seconds=0.02,
+            stop=lambda: _stop_reason(service, stop),
         )
     finally:
         # The summary describes the run, not its teardown (closing links closes channels).
         report = summary(service, scripts)
+        report["stopped_by"] = stop.received
+        # The gateway goes first, so every channel still open is closed as one host shutdown
+        # (by ``service.stop`` below), the in-process guests' included.
+        await gateway.close()
         for link in links.values():
             await link.stop()
         if agent is not None:
             await agent.close()
-        await gateway.close()
         if served is not None:
             served.close()
         if qmp is not None:
             await qmp.close()
-        await service.stop()
+        clean = await service.stop(close_channels=True)
+        stop.uninstall()
     if cfg.json_summary:
         print(json.dumps(report, sort_keys=True), file=out)
     else:
         print(progress_table_from_summary(report), file=out)
-    if scripts and not report["scenario_completed"]:
+    return _exit_code(service, clean, stop, scripts, report)
+
+
+def _stop_reason(service: EmbeddedService, stop: StopSignals) -> str | None:
+    if stop.received is not None:
+        return f"{stop.received} received"
+    if service.failure is not None:
+        return "a service loop failed"
+    return None
+
+
+def _exit_code(
+    service: EmbeddedService, clean: bool, stop: StopSignals, scripts: dict[str, DemoScript], report: dict[str, Any]
+) -> int:
+    """0, 3 for an unfinished scenario, 1 when the service failed or could not stop cleanly."""
+    if service.failure is not None:
+        print(f"hvdm run: error: the service stopped on an error: {service.failure!r}", file=sys.stderr)
+        return 1
+    if not clean:
+        print("hvdm run: error: the log could not be written at shutdown (see the log lines above)", file=sys.stderr)
+        return 1
+    if stop.received is None and scripts and not report["scenario_completed"]:
         return 3
     return 0
 
@@ -206,15 +245,33 @@ def progress_table_from_summary(report: dict[str, Any]) -> str:
     return "\n".join(lines + vm_lines(report))
 
 
+def check_paths(cfg: RunConfig) -> None:
+    """Refuse, before anything starts, paths a run must not touch: a ``--socket`` that is not a
+    stale socket (removing it then) and a ``--db`` that is not an hvdm log."""
+    if cfg.socket and Path(cfg.socket).resolve() == Path(cfg.db).resolve():
+        raise SocketPathInUse(f"--socket and --db name the same file ({cfg.db})")
+    if cfg.socket:
+        remove_stale_socket(cfg.socket)
+    check_log_file(cfg.db)
+
+
+def start_fresh(cfg: RunConfig, out: TextIO = sys.stdout) -> None:
+    """``--fresh``: the old log (if any) is moved aside, never deleted."""
+    moved = move_aside(cfg.db)
+    if moved is not None:
+        print(f"hvdm: --fresh: moved the old log {cfg.db} to {moved}", file=out, flush=True)
+
+
 def main_run(cfg: RunConfig, serve: Callable[[RunConfig], Coroutine[Any, Any, int]] | None = None) -> int:
     """Run ``hvdm run``: the embedded service, or ``serve`` (the CLI passes the Kafka deployment's
     ``run_on_broker`` for ``--broker``, so this package never imports the other deployment)."""
-    with contextlib.suppress(FileNotFoundError):
-        if cfg.socket and os.path.exists(cfg.socket):
-            os.unlink(cfg.socket)
     try:
+        if serve is None:
+            check_paths(cfg)
+            if cfg.fresh:
+                start_fresh(cfg, sys.stderr if cfg.json_summary else sys.stdout)
         return asyncio.run((serve or run_service)(cfg))
-    except (AuthConfigError, FileExistsError) as e:
+    except AuthConfigError as e:
         print(f"hvdm: run error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -4,6 +4,14 @@ Gateways, the QMP server and the metrics exporter talk to the engine only throug
 ``submit`` appends an input to the inbox (stamped with the current tick) and wakes the engine
 loop, and listeners hear about every committed batch. Everything runs on one asyncio loop, so the
 SQLite connection is used from one thread only.
+
+Faults: when the log cannot be written (a full disk, an I/O error), ``submit`` raises
+``LogWriteError`` having stored nothing, so the caller can tell its peer or retry; the ticker and
+the engine loop retry with back-off and carry on by themselves once writes succeed again (ticks
+missed meanwhile are appended then, one per tick, as timeouts count ticks). Neither loop ends
+on an error: an unexpected exception is logged with its traceback and retried, and a loop that
+ends anyway is reported in ``failure`` so ``hvdm run`` stops loudly instead of running without
+time.
 """
 
 from __future__ import annotations
@@ -17,14 +25,21 @@ from dataclasses import replace
 from pathlib import Path
 
 from services.dm_engine.config import EngineConfig
-from services.dm_engine.inputs import ALL_VMS, Input, Tick
+from services.dm_engine.inputs import ALL_VMS, ChannelClosed, Input, Tick
 from services.dm_engine.records import to_dict
-from services.dm_engine.state import VmState
+from services.dm_engine.state import ProtocolState, VmState
 from services.embedded.clock import TickClock
 from services.embedded.runner import EngineRunner, Processed
-from services.event_log.sqlite_log import SqliteLog
+from services.event_log.retry import Backoff, retry_write
+from services.event_log.sqlite_log import LogWriteError, SqliteLog
 
 log = logging.getLogger("hvdm.service")
+
+#: Ticks appended per transaction when the ticker catches up after an outage.
+MAX_TICKS_PER_APPEND = 1000
+
+#: ``ChannelClosed.reason`` of the channels a clean stop closes.
+HOST_SHUTDOWN = "host shutdown"
 
 
 class EmbeddedService:
@@ -40,6 +55,8 @@ class EmbeddedService:
         self._tasks: list[asyncio.Task[None]] = []
         self._last_tick = int(log_.get_meta("last_tick") or -1)
         self.on_batch: list[Callable[[int, float], None]] = []  # (records, seconds) per batch
+        #: Set when a loop of the service ended on an error: the service is not running any more.
+        self.failure: BaseException | None = None
 
     @classmethod
     def open(
@@ -74,7 +91,9 @@ class EmbeddedService:
         return self.clock.now_seconds()
 
     def submit(self, vm: str, record: Input) -> int:
-        """Append one input for ``vm`` to the inbox, stamped with the current tick."""
+        """Append one input for ``vm`` to the inbox, stamped with the current tick.
+
+        Raises ``LogWriteError`` (nothing stored) while the log cannot be written."""
         tick = self.now_tick()
         record = replace(record, tick=tick)
         # The raw guest bytes are the one stored fact (no decoded copy: issue 14).
@@ -99,17 +118,75 @@ class EmbeddedService:
             asyncio.create_task(self._engine_loop(), name="hvdm-engine"),
             asyncio.create_task(self._ticker(), name="hvdm-ticker"),
         ]
+        for task in self._tasks:
+            task.add_done_callback(self._loop_ended)
 
-    async def stop(self) -> None:
+    def _loop_ended(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            self.failure = exc
+            log.critical("event=service_loop_died loop=%s error=%r", task.get_name(), exc, exc_info=exc)
+
+    async def stop(self, *, close_channels: bool = False, timeout: float = 10.0) -> bool:
+        """Stop the loops, drain the inbox and close the log; True when nothing was left undone.
+
+        ``close_channels``: a host shutdown (``hvdm run`` ending): every channel still open is
+        closed in the log (``ChannelClosed(reason="host shutdown")``), so the log says the guests
+        lost their host. Without it (tests, a restart in place) channels stay open for a resume.
+        While the log cannot be written this waits up to ``timeout`` seconds, then gives up
+        loudly: what is in the inbox is processed at the next start, nothing is lost.
+        """
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks = []
-        # Drain what is already in the inbox so a clean stop leaves nothing half-done.
-        self.runner.run_until_idle(self.batch_size)
+        deadline = time.monotonic() + timeout
+        try:
+            # Drain what is already in the inbox so a clean stop leaves nothing half-done.
+            await self._drain(deadline)
+            if close_channels:
+                await self._close_open_channels(deadline)
+            clean = True
+        except LogWriteError as exc:
+            log.error(
+                "event=stop_incomplete kind=%s unprocessed_inbox_records=%d; they are processed at the next start",
+                exc.kind,
+                self.runner.lag(),
+            )
+            clean = False
         self.log.close()
+        return clean
+
+    async def _drain(self, deadline: float) -> None:
+        """Process the inbox to its end, retrying failed commits until ``deadline``."""
+        await retry_write(
+            lambda: self.runner.run_until_idle(self.batch_size),
+            what="drain inbox",
+            give_up_after=max(0.0, deadline - time.monotonic()),
+        )
+
+    async def _close_open_channels(self, deadline: float) -> None:
+        # DM-gateway VMs only: a QEMU-managed VM's channel is QEMU's, and its agent detaches it.
+        open_vms = [
+            vm
+            for vm, s in sorted(self.runner.states.items())
+            if s.protocol is not ProtocolState.CLOSED and s.qemu is None
+        ]
+        if not open_vms:
+            return
+        tick = self.now_tick()
+        rows = [(vm, tick, to_dict(ChannelClosed(tick=tick, reason=HOST_SHUTDOWN)), None) for vm in open_vms]
+        await retry_write(
+            lambda: self.log.append_inputs(rows),
+            what="close channels",
+            give_up_after=max(0.0, deadline - time.monotonic()),
+        )
+        await self._drain(deadline)
+        log.info("event=channels_closed reason=%r vms=%s", HOST_SHUTDOWN, ",".join(open_vms))
 
     def process_pending(self) -> int:
         """Run the engine until the inbox is drained (synchronously); returns records consumed."""
@@ -125,31 +202,50 @@ class EmbeddedService:
                 cb(n, elapsed)
 
     async def _engine_loop(self) -> None:
+        backoff = Backoff()
         while True:
             await self._wake.wait()
             self._wake.clear()
             try:
                 self.process_pending()
+                backoff.reset()
+            except LogWriteError:
+                # Logged and counted by the log; the batch is retried from the committed state.
+                await asyncio.sleep(backoff.next_delay())
+                self._wake.set()
             except Exception:
                 log.exception("engine batch failed; state rebuilt from the log, retrying")
-                await asyncio.sleep(0.1)
+                await asyncio.sleep(backoff.next_delay())
                 self._wake.set()
             async with self._processed:
                 self._processed.notify_all()
 
     def append_tick(self, tick: int) -> int:
         """One broadcast tick for every VM; the engine's only source of time."""
-        pos = self.log.append_input(ALL_VMS, tick, to_dict(Tick(tick=tick)))
-        self.log.set_meta("last_tick", str(tick))
-        self._last_tick = tick
+        return self.append_ticks(tick, tick)
+
+    def append_ticks(self, first: int, last: int) -> int:
+        """Ticks ``first..last`` and the clock's ``last_tick``, in one transaction (all or none)."""
+        rows = [(ALL_VMS, t, to_dict(Tick(tick=t)), None) for t in range(first, last + 1)]
+        pos = self.log.append_inputs(rows, meta={"last_tick": str(last)})
+        self._last_tick = last
         self._wake.set()
         return pos
 
     async def _ticker(self) -> None:
+        backoff = Backoff()
         while True:
             now = self.clock.now_tick()
-            if now > self._last_tick:
-                # Catch up one tick at a time: timeouts count ticks, so none may be skipped.
-                for tick in range(self._last_tick + 1, now + 1):
-                    self.append_tick(tick)
+            try:
+                # Catch up tick by tick: timeouts count ticks, so none may be skipped.
+                while now > self._last_tick:
+                    self.append_ticks(self._last_tick + 1, min(now, self._last_tick + MAX_TICKS_PER_APPEND))
+                backoff.reset()
+            except LogWriteError:
+                await asyncio.sleep(backoff.next_delay())  # logged and counted by the log
+                continue
+            except Exception:
+                log.exception("ticker failed to append ticks; retrying")
+                await asyncio.sleep(backoff.next_delay())
+                continue
             await asyncio.sleep(max(0.001, self.clock.wall_seconds_until_tick(self._last_tick + 1)))

@@ -4,17 +4,33 @@ One file, WAL mode, and every engine step commits its events, outbox messages, s
 consumed inbox position in a single transaction, so a ``kill -9`` at any instant leaves either
 all of a step or none of it: restarting re-decides exactly the inputs whose effects were lost.
 WAL with ``synchronous=NORMAL`` survives process crashes (not power loss, which needs FULL).
+
+Why the file is marked and checked: the log is the source of truth, so ``SqliteLog`` refuses to
+add its tables to a file that is not an hvdm log (another application's database, or not SQLite
+at all). An hvdm log carries ``PRAGMA application_id`` = ``APPLICATION_ID``; a log written before
+the marker existed is recognised by its tables and marked in place.
+
+Why writes raise ``LogWriteError``: a full disk, an I/O error or a read-only file must be told
+apart from a bug, and must never leave half a transaction behind. Every write is one
+transaction; a failed one is rolled back (SQLite has often rolled it back already, so ROLLBACK
+itself must not fail and hide the cause, which is what ``cannot rollback - no transaction is
+active`` used to do) and reported as ``LogWriteError(kind)``, and the log keeps count
+(``write_errors``, ``writable``) so metrics and the service's retry loops can see the outage.
+Retrying a failed write is safe: nothing of it is in the file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
+from urllib.parse import quote
 
 import orjson
 
@@ -22,9 +38,68 @@ from services.dm_engine.inputs import ALL_VMS
 from services.dm_engine.records import LOG_FORMAT, stored_event_json, stored_input, stored_input_dict
 from services.event_log import segments
 
+log = logging.getLogger("hvdm.log")
+
 #: Records are parsed with orjson (about four times faster than json.loads, same values).
 _loads = orjson.loads
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
+
+#: ``PRAGMA application_id`` of an hvdm log: "hvdm" in ASCII (``file(1)`` and we can tell the file).
+APPLICATION_ID: Final = 0x6876646D
+
+#: Tables every hvdm log has had since the first version, and every table it may have: a file
+#: holding the first and nothing beyond the second is an hvdm log written before the marker.
+CORE_TABLES: Final = frozenset({"meta", "inbox", "events", "outbox", "positions"})
+KNOWN_TABLES: Final = CORE_TABLES | {"snapshots", "segments", "archived"}
+
+#: ``LogWriteError.kind`` values, each a series of ``hvdm_log_write_errors_total{kind}``.
+WRITE_ERROR_KINDS: Final = ("full", "io", "readonly", "busy", "other")
+
+#: SQLite primary result codes -> kind (``sqlite3.Error.sqlite_errorcode`` & 0xFF).
+_KIND_OF_CODE: Final = {13: "full", 10: "io", 14: "io", 8: "readonly", 5: "busy", 6: "busy"}
+_KIND_OF_MESSAGE: Final = (
+    ("disk is full", "full"),
+    ("disk i/o error", "io"),
+    ("unable to open", "io"),
+    ("readonly database", "readonly"),
+    ("database is locked", "busy"),
+    ("database table is locked", "busy"),
+)
+
+
+class NotAnHvdmLog(Exception):
+    """The file exists but is not an hvdm log: refused rather than given hvdm's tables."""
+
+
+class LogWriteError(sqlite3.OperationalError):
+    """A write transaction failed for a reason outside the program and was rolled back.
+
+    ``kind`` is one of :data:`WRITE_ERROR_KINDS`. Nothing of the failed transaction is in the
+    log, so the same write may be retried once the cause (a full disk, say) has gone.
+    """
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def write_error_kind(exc: sqlite3.Error) -> str:
+    """What kind of outage ``exc`` is: by SQLite's result code, else by its message.
+
+    >>> write_error_kind(sqlite3.OperationalError("database or disk is full"))
+    'full'
+    >>> write_error_kind(sqlite3.OperationalError("no such table: x"))
+    'other'
+    """
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(code, int) and (code & 0xFF) in _KIND_OF_CODE:
+        return _KIND_OF_CODE[code & 0xFF]
+    text = str(exc).lower()
+    for needle, kind in _KIND_OF_MESSAGE:
+        if needle in text:
+            return kind
+    return "other"
+
 
 _SCHEMA = (
     """
@@ -104,31 +179,141 @@ class StepWrite:
     outbox: Sequence[tuple[int, bytes]]  # (index into events, encoded DM message)
 
 
+def _identify(db: sqlite3.Connection, path: str) -> int:
+    """``db``'s application_id if it is empty or an hvdm log, else ``NotAnHvdmLog``. Reads only."""
+    try:
+        app_id = int(db.execute("PRAGMA application_id").fetchone()[0])
+        tables = {str(r[0]) for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.DatabaseError as exc:
+        raise NotAnHvdmLog(f"{path}: not an SQLite database ({exc}); refusing to use it as the log") from None
+    if app_id not in (0, APPLICATION_ID):
+        raise NotAnHvdmLog(
+            f"{path}: SQLite file of another application (application_id 0x{app_id:08x}); "
+            "refusing to add hvdm's tables to it"
+        )
+    if app_id == 0 and tables and not (CORE_TABLES <= tables <= KNOWN_TABLES):
+        shown = ", ".join(sorted(tables)[:6]) + (", ..." if len(tables) > 6 else "")
+        raise NotAnHvdmLog(f"{path}: not an hvdm log (it holds the tables {shown}); refusing to add hvdm's tables")
+    return app_id
+
+
+def check_log_file(path: str | Path) -> bool:
+    """True if ``path`` is an hvdm log, False if there is nothing there yet (missing or empty file);
+    ``NotAnHvdmLog`` otherwise. Opens the file read-only and changes nothing."""
+    file = Path(path)
+    if not file.exists() or (file.is_file() and file.stat().st_size == 0):
+        return False
+    if not file.is_file():
+        raise NotAnHvdmLog(f"{path}: not a regular file; refusing to use it as the log")
+    uri = f"file:{quote(str(file.resolve()))}?mode=ro"
+    try:
+        db = sqlite3.connect(uri, uri=True)
+    except sqlite3.Error as exc:
+        raise NotAnHvdmLog(f"{path}: cannot be opened ({exc})") from None
+    try:
+        return _identify(db, str(path)) != 0 or bool(
+            db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' LIMIT 1").fetchone()
+        )
+    finally:
+        db.close()
+
+
 class SqliteLog:
     """All three logs in one file. Not thread-safe: one instance per thread (asyncio: one loop)."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, connect: Callable[..., sqlite3.Connection] = sqlite3.connect) -> None:
+        """``connect`` opens the connection (``sqlite3.connect``; fault-injection tests wrap it)."""
         self.path = str(path)
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=10000")
-        self._db.executescript(_SCHEMA)
-        columns = {str(r[1]) for r in self._db.execute("PRAGMA table_info(inbox)")}
-        if "wall" not in columns:
-            # A log from before wall-clock stamps: its old rows stay NULL (audits say so).
-            self._db.execute("ALTER TABLE inbox ADD COLUMN wall REAL")
-        stored = self._db.execute("SELECT value FROM meta WHERE key = 'log_format'").fetchone()
-        if stored is None or int(stored[0]) < LOG_FORMAT:
-            # Rows say their own form (TEXT = JSON, BLOB = compact), so a format-1 log simply goes on
-            # as format 2; the key tells an older reader that it may meet rows it cannot read.
-            self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('log_format', ?)", (str(LOG_FORMAT),))
+        #: False from a failed write until the next successful one (``hvdm_log_writable``).
+        self.writable = True
+        #: Failed write transactions by kind (``hvdm_log_write_errors_total``).
+        self.write_errors: dict[str, int] = dict.fromkeys(WRITE_ERROR_KINDS, 0)
+        self._unwritable_since = 0.0
+        self._failed_since_writable = 0
+        if Path(path).exists() and not Path(path).is_file():
+            raise NotAnHvdmLog(f"{path}: not a regular file; refusing to use it as the log")
+        self._db = connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            self._db.execute("PRAGMA busy_timeout=10000")
+            self._adopt()
+        except BaseException:
+            self._db.close()
+            raise
         self._next_event_seq: dict[str, int] = {}
         self._next_outbox_seq: dict[str, int] = {}
         self._archived_until = segments.archived_until(self._db)
 
+    def _adopt(self) -> None:
+        """Check the file is empty or an hvdm log (before writing anything), then set it up."""
+        db = self._db
+        app_id = _identify(db, self.path)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.executescript(_SCHEMA)
+        columns = {str(r[1]) for r in db.execute("PRAGMA table_info(inbox)")}
+        if "wall" not in columns:
+            # A log from before wall-clock stamps: its old rows stay NULL (audits say so).
+            db.execute("ALTER TABLE inbox ADD COLUMN wall REAL")
+        if app_id == 0:
+            # A new file, or an hvdm log from before the marker: mark it.
+            db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        stored = db.execute("SELECT value FROM meta WHERE key = 'log_format'").fetchone()
+        if stored is None or int(stored[0]) < LOG_FORMAT:
+            # Rows say their own form (TEXT = JSON, BLOB = compact), so a format-1 log simply goes on
+            # as format 2; the key tells an older reader that it may meet rows it cannot read.
+            db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('log_format', ?)", (str(LOG_FORMAT),))
+
     def close(self) -> None:
+        """Close the connection; SQLite checkpoints the WAL into the file and removes it, so a
+        cleanly closed log is one self-contained file (which an immutable read-only open needs)."""
         self._db.close()
+
+    # ------------------------------------------------------------------ write transactions
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: all of it committed, or none of it and a ``LogWriteError``."""
+        db = self._db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+                db.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                raise
+        except sqlite3.OperationalError as exc:
+            raise self._write_failed(exc) from exc
+        if not self.writable:
+            self._write_recovered()
+
+    def _rollback(self) -> None:
+        # SQLite rolls a transaction back by itself after e.g. SQLITE_FULL; a second ROLLBACK
+        # would raise "no transaction is active" and hide the real error.
+        if self._db.in_transaction:
+            try:
+                self._db.execute("ROLLBACK")
+            except sqlite3.Error as exc:
+                log.warning("event=log_rollback_failed path=%s error=%r", self.path, str(exc))
+
+    def _write_failed(self, exc: sqlite3.OperationalError) -> LogWriteError:
+        kind = exc.kind if isinstance(exc, LogWriteError) else write_error_kind(exc)
+        self.write_errors[kind] = self.write_errors.get(kind, 0) + 1
+        self._failed_since_writable += 1
+        if self.writable:
+            self.writable = False
+            self._unwritable_since = time.monotonic()
+            log.error("event=log_unwritable path=%s kind=%s error=%r; writes are retried", self.path, kind, str(exc))
+        return exc if isinstance(exc, LogWriteError) else LogWriteError(kind, f"event log write failed: {exc}")
+
+    def _write_recovered(self) -> None:
+        log.warning(
+            "event=log_writable path=%s after_seconds=%.1f failed_writes=%d",
+            self.path,
+            time.monotonic() - self._unwritable_since,
+            self._failed_since_writable,
+        )
+        self.writable = True
+        self._failed_since_writable = 0
 
     # ------------------------------------------------------------------ meta and positions
     def get_meta(self, key: str) -> str | None:
@@ -136,40 +321,41 @@ class SqliteLog:
         return None if row is None else str(row[0])
 
     def set_meta(self, key: str, value: str) -> None:
-        self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+        with self._transaction() as db:
+            db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
 
     def get_position(self, name: str) -> int:
         row = self._db.execute("SELECT pos FROM positions WHERE name = ?", (name,)).fetchone()
         return 0 if row is None else int(row[0])
 
     def set_position(self, name: str, pos: int) -> None:
-        self._db.execute("INSERT OR REPLACE INTO positions (name, pos) VALUES (?, ?)", (name, pos))
+        with self._transaction() as db:
+            db.execute("INSERT OR REPLACE INTO positions (name, pos) VALUES (?, ?)", (name, pos))
 
     # ------------------------------------------------------------------ inbox
-    def append_inputs(self, rows: Iterable[tuple[str, int, dict[str, Any], str | None]]) -> int:
+    def append_inputs(
+        self, rows: Iterable[tuple[str, int, dict[str, Any], str | None]], meta: dict[str, str] | None = None
+    ) -> int:
         """Append (vm, tick, input record, decoded JSON or None) rows atomically; returns the last pos.
 
+        ``meta`` keys are set in the same transaction (the clock's ``last_tick`` moves with its ticks).
         The decoded copy is no longer stored (format 2): it repeated the raw guest bytes, which the
         record keeps and today's decoder reads again. The ``decoded`` column stays for old files.
 
         Each row is stamped with the Unix time of the append (``wall``), so audits can be lined up
         with other logs and cut at a wall-clock time. The stamp is beside the record, not in it: the
         engine never sees it (ticks stay its only clock) and replays do not depend on it."""
-        db = self._db
+        last = 0
         wall = time.time()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            last = 0
+        with self._transaction() as db:
             for vm, tick, record, _decoded in rows:
                 cur = db.execute(
                     "INSERT INTO inbox (vm, tick, kind, record, wall) VALUES (?, ?, ?, ?, ?)",
                     (vm, tick, record["type"], stored_input(record, tick), wall),
                 )
                 last = int(cur.lastrowid or 0)
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
+            for key, value in (meta or {}).items():
+                db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
         return last
 
     def append_input(self, vm: str, tick: int, record: dict[str, Any], decoded: str | None = None) -> int:
@@ -230,7 +416,6 @@ class SqliteLog:
     ) -> None:
         """Append events and outbox messages, replace snapshots and move the consumed position,
         all in one transaction."""
-        db = self._db
         ev_seq: dict[str, int] = {}
         ob_seq: dict[str, int] = {}
         event_rows: list[tuple[str, int, int, str, str | bytes]] = []
@@ -243,8 +428,7 @@ class SqliteLog:
                 oseq = ob_seq.get(w.vm) or self._next_seq(self._next_outbox_seq, "outbox", w.vm)
                 outbox_rows.extend((w.vm, oseq + i, first + idx, msg) for i, (idx, msg) in enumerate(w.outbox))
                 ob_seq[w.vm] = oseq + len(w.outbox)
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction() as db:
             db.executemany("INSERT INTO events (vm, seq, inbox_pos, kind, record) VALUES (?, ?, ?, ?, ?)", event_rows)
             if outbox_rows:
                 db.executemany("INSERT INTO outbox (vm, seq, event_seq, message) VALUES (?, ?, ?, ?)", outbox_rows)
@@ -254,10 +438,6 @@ class SqliteLog:
                     (vm, seq, inbox_pos, state),
                 )
             db.execute("INSERT OR REPLACE INTO positions (name, pos) VALUES ('engine', ?)", (consumed_pos,))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
         self._next_event_seq.update(ev_seq)
         self._next_outbox_seq.update(ob_seq)
 
@@ -311,9 +491,7 @@ class SqliteLog:
         start = self._archived_until
         if until <= start:
             return 0
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction() as db:
             inbox = db.execute(
                 "SELECT pos, vm, tick, kind, record, wall FROM inbox WHERE pos > ? AND pos <= ? ORDER BY pos",
                 (start, until),
@@ -322,7 +500,6 @@ class SqliteLog:
                 "SELECT id, vm, seq, inbox_pos, kind, record FROM events WHERE inbox_pos <= ? ORDER BY id", (until,)
             ).fetchall()
             if not inbox:
-                db.execute("ROLLBACK")
                 return 0
             db.execute(
                 "INSERT INTO segments (first_pos, last_pos, inbox_rows, event_rows, inbox, events)"
@@ -345,10 +522,6 @@ class SqliteLog:
                     (vm, seq, inbox_pos, state),
                 )
             db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('log_format', ?)", (str(ARCHIVED_FORMAT),))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
         self._archived_until = until
         return len(inbox)
 

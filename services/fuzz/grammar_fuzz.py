@@ -37,9 +37,8 @@ from services.dm_engine.state import VmState
 from services.dm_protocol import CapabilitiesReport, VersionRequest, encode
 from services.qmp.commands import COMMANDS, execute
 from services.qmp.protocol import QmpError, parse_request
+from services.units import GIB
 from services.vmbus_gateway.hello import HELLO_REASONS, Hello, HelloError, parse_hello
-
-GIB = 1 << 30
 
 #: Numbers a hostile peer tries: type confusions and values around every bound hvdm has.
 HOSTILE_NUMBERS: tuple[Any, ...] = (

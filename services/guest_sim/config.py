@@ -12,9 +12,9 @@ from typing import Final, Literal
 
 from services.guest_sim.profiles import get_profile
 from services.guest_sim.workload import make_workload
+from services.units import PAGE_SIZE
 from services.vdimm_allocator.ram_layout import MACHINES, RamRanges, check_ram_ranges, legacy_ram_ranges, x86_ram_ranges
 
-PAGE_SIZE: Final = 4096
 MIB_PAGES: Final = 256
 
 #: Kinds of ``add_memory`` failure a test can inject (guest-behaviour.md 6, "Adding blocks").

@@ -21,8 +21,6 @@ from functools import lru_cache
 from types import MappingProxyType
 from typing import Final, Protocol
 
-PAGE_SIZE: Final = 4096
-
 
 class Workload(Protocol):
     """Anything that says how many pages the guest has committed ``t`` seconds after boot."""

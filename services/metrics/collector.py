@@ -38,9 +38,8 @@ from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 
 from services.dm_engine.state import Capabilities, ProtocolState, VmState
-
-PAGE_SIZE = 4096
-MIB = 1 << 20
+from services.metrics.log_health import WRITABLE, WRITE_ERRORS, LogHealthCollector, log_health_of
+from services.units import MIB, PAGE_SIZE
 
 #: Engine batches take from tens of microseconds (one tick) to seconds (a recovery-sized backlog).
 LATENCY_BUCKETS = (
@@ -545,6 +544,9 @@ class EngineMetrics:
         self.latency = Histogram(LATENCY_METRIC, LATENCY_HELP, common, registry=self.extra, buckets=LATENCY_BUCKETS)
         self._latency = self.latency.labels(*self.labels.common().values()) if common else self.latency
         self.registry.register(_Forward(self.extra))
+        log_health = log_health_of(runner)
+        if log_health is not None:
+            self.add_collector(LogHealthCollector(log_health, self.labels.common()))
 
     def add_collector(self, collector: Collector) -> None:
         """Export another source from this process (gateway, QMP, ``rejections``) beside the engine's
@@ -574,4 +576,5 @@ def metric_names() -> list[str]:
     names += [f"{n}_total" if typ == "counter" else n for n, (_, typ) in {**GATEWAY_METRICS, **QMP_METRICS}.items()]
     names.append(BUILD_INFO)
     names += DEFAULT_COLLECTOR_METRICS
+    names += [WRITABLE, f"{WRITE_ERRORS}_total"]  # log_health.py
     return names

@@ -18,7 +18,6 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from services.metrics.collector import (
     METRICS,
-    PAGE_SIZE,
     PROTOCOL_STATES,
     HvdmCollector,
     MetricsLabels,
@@ -26,6 +25,7 @@ from services.metrics.collector import (
     demand_pages,
     info_labels,
 )
+from services.units import PAGE_SIZE
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 #: gzip level for scrapes that accept it: level 1 is ~10x faster than 9 and only ~15% larger.

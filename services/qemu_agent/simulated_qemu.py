@@ -19,8 +19,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-PAGE = 4096
-
 
 @dataclass
 class SimulatedQemu:

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from services.dm_engine import inputs as inp
-from services.dm_engine.decider import PAGE_SHIFT
 from services.dm_engine.limits import MAX_BACKEND_BYTES, MAX_MEMORY_BYTES, MAX_RECORD_INT
 from services.dm_engine.state import NEGOTIATED_STATES, VmState
 from services.qmp import hmp
@@ -28,6 +27,7 @@ from services.qmp.protocol import (
     QmpError,
     generic,
 )
+from services.units import PAGE_SHIFT
 
 #: The hv-balloon device's id in ``query-memory-devices`` (the seed's ``-device hv-balloon,id=hvb``).
 HV_BALLOON_ID = "hvb"

@@ -13,6 +13,8 @@ import stat
 from pathlib import Path
 from urllib.parse import quote
 
+from services.socket_files import remove_stale_socket as remove_unused_socket
+
 #: Longest ``sun_path`` Linux accepts, without the terminating NUL.
 MAX_SOCKET_PATH = 107
 
@@ -71,11 +73,5 @@ def ensure_private_dir(qmp_dir: str | Path) -> Path:
 
 
 def remove_stale_socket(path: Path) -> None:
-    """Unlink a socket left behind by a previous run; refuse to unlink anything that is not a socket."""
-    try:
-        st = path.lstat()
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(st.st_mode):
-        raise FileExistsError(f"{path} exists and is not a socket")
-    path.unlink()
+    """Unlink a socket left behind by a previous run; refuse anything else (a file, a live socket)."""
+    remove_unused_socket(path)

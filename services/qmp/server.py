@@ -21,9 +21,9 @@ from typing import Any, Protocol
 
 from services.dm_engine import events as ev
 from services.dm_engine import inputs as inp
-from services.dm_engine.decider import PAGE_SHIFT
 from services.dm_engine.state import VmState
 from services.dm_engine.step import Processed
+from services.event_log.sqlite_log import LogWriteError
 from services.qmp.commands import COMMANDS, execute
 from services.qmp.paths import MAX_SOCKET_PATH, ensure_private_dir, remove_stale_socket, socket_path
 from services.qmp.protocol import (
@@ -40,6 +40,7 @@ from services.qmp.protocol import (
     reply,
 )
 from services.qmp.ratelimit import RateLimiter
+from services.units import PAGE_SHIFT
 
 log = logging.getLogger("hvdm.qmp")
 
@@ -396,7 +397,10 @@ class QmpServers:
 
     async def submit(self, vm: str, record: inp.Input) -> None:
         """Inbox append + wait; a ``CommandRejected`` the engine recorded becomes the QMP error."""
-        pos = self.service.submit(vm, record)
+        try:
+            pos = self.service.submit(vm, record)
+        except LogWriteError as exc:
+            raise generic(f"event log not writable ({exc.kind}); command not recorded, retry later") from None
         rejected: list[ev.CommandRejected] = []
         self._watch[pos] = rejected
         try:

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-PAGE_SIZE = 4096
+from services.units import PAGE_SIZE
+
 GIB_PAGES = (1 << 30) // PAGE_SIZE
 
 Pages = npt.NDArray[np.int64]

@@ -44,11 +44,12 @@ from services.kafka_engine.kafka_log import PartitionReader, ensure_topics, new_
 from services.kafka_engine.projection import EventsProjection
 from services.kafka_engine.settings import KafkaSettings
 from services.kafka_engine.worker import engine_config_of
-from services.rebalancer.fleet_view import NO_TARGET, PAGE_SIZE, FleetView
+from services.rebalancer.fleet_view import NO_TARGET, FleetView
 from services.rebalancer.kafka_hosts import HostDirectory, ensure_rebalancer_topics, hosts_topic, rebalancer_topic
 from services.rebalancer.migration import Migration, recommend
 from services.rebalancer.policy import Policy
 from services.rebalancer.projection import LiveLimits, build_view
+from services.units import PAGE_SIZE
 
 log = logging.getLogger("hvdm.rebalancer")
 

@@ -18,9 +18,10 @@ import numpy as np
 from services.dm_engine.inputs import SetTarget
 from services.dm_engine.records import to_dict
 from services.event_log.sqlite_log import SqliteLog
-from services.rebalancer.fleet_view import NO_TARGET, PAGE_SIZE, FleetView, Pages
+from services.rebalancer.fleet_view import NO_TARGET, FleetView, Pages
 from services.rebalancer.policy import Policy
 from services.rebalancer.projection import FleetProjection, LiveLimits
+from services.units import PAGE_SIZE
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,8 +28,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from services.rebalancer.fleet_view import PAGE_SIZE, Flags, FleetView, Pages
+from services.rebalancer.fleet_view import Flags, FleetView, Pages
 from services.rebalancer.policy import guest_used, size_for
+from services.units import PAGE_SIZE
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,8 +38,7 @@ import numpy as np
 
 from services.dm_engine.config import BALLOON_REQUEST_MAX_PAGES
 from services.rebalancer.fleet_view import NO_TARGET, Flags, FleetView, Floats, Index, Pages, balloon_floor_pages
-
-PAGE_SIZE = 4096
+from services.units import PAGE_SIZE
 
 
 @dataclass(frozen=True, slots=True)

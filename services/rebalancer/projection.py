@@ -21,8 +21,9 @@ from services.dm_engine.decider import evolve, initial_state
 from services.dm_engine.records import event_from_dict
 from services.dm_engine.state import NEGOTIATED_STATES, ProtocolState, VmState
 from services.event_log.sqlite_log import SqliteLog
-from services.rebalancer.fleet_view import NO_TARGET, PAGE_SIZE, FleetView
+from services.rebalancer.fleet_view import NO_TARGET, FleetView
 from services.rebalancer.migration import UNKNOWN_HOST as MIGRATION_UNKNOWN_HOST
+from services.units import PAGE_SIZE
 
 #: The host of VMs whose gateway has not said where they run (no migrations to or from it).
 UNKNOWN_HOST = MIGRATION_UNKNOWN_HOST

@@ -4,10 +4,10 @@ See :mod:`services.vdimm_allocator.allocator` for the design and the QEMU behavi
 :mod:`services.vdimm_allocator.ram_layout` for where guest RAM and the hot-add window are.
 """
 
+from services.units import PAGE_SIZE
 from services.vdimm_allocator.allocator import (
     HOT_ADD_CHUNK_PAGES,
     MAX_HOT_ADD_ALIGNMENT,
-    PAGE_SIZE,
     SNAPSHOT_FORMAT,
     AllocationError,
     AllocationReason,

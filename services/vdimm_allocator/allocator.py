@@ -37,6 +37,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from services.units import PAGE_SIZE
+
 __all__ = [
     "HOT_ADD_CHUNK_PAGES",
     "MAX_HOT_ADD_ALIGNMENT",
@@ -60,7 +62,6 @@ __all__ = [
 ]
 
 #: Bytes per page; the DM protocol's page-frame shift is 12 (QEMU INT L15-16).
-PAGE_SIZE: Final = 4096
 
 #: QEMU's "HA chunk": at most 2 GiB per DM_MEM_HOT_ADD_REQUEST (HVB L56-57), or the alignment if larger.
 HOT_ADD_CHUNK_PAGES: Final = 524_288

@@ -30,7 +30,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Final, Literal
 
-PAGE_SHIFT: Final = 12
+from services.units import PAGE_SHIFT
+
 GIB_PAGES: Final = (1 << 30) >> PAGE_SHIFT
 #: 4 GiB in pages: where relocated RAM starts.
 FOUR_GIB_PAGE: Final = 4 * GIB_PAGES

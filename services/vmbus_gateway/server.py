@@ -31,13 +31,15 @@ import math
 import os
 import socket
 import ssl
-import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from services.dm_engine.inputs import ChannelClosed, ChannelOpened, GuestMessage, MalformedFrame
+from services.dm_engine.inputs import ChannelClosed, ChannelOpened, GuestMessage, Input, MalformedFrame
 from services.dm_protocol import DecodeError, FrameReader, StatusReport, decode, dm_message_bytes, dm_trans_id, frame
+from services.event_log.retry import retry_write
+from services.event_log.sqlite_log import LogWriteError
+from services.socket_files import remove_own_socket, remove_stale_socket, socket_identity
 from services.vmbus_gateway.auth import GatewayAuth, PeerIdentity, certificate_names, peer_uid, token_matches
 from services.vmbus_gateway.backend import GatewayBackend
 from services.vmbus_gateway.counters import VM_CONNECTED, GatewayCounters
@@ -123,6 +125,8 @@ class GatewayServer:
         self._new_vms_by_peer: collections.Counter[str] = collections.Counter()
         self._new_vm_times: collections.deque[float] = collections.deque()
         self._listeners: list[socket.socket] = []
+        #: (path, identity) of the UNIX sockets we bound, removed on close if still ours.
+        self._unix_sockets: list[tuple[str, tuple[int, int] | None]] = []
         self._acceptors: list[asyncio.Task[None]] = []
         self._handlers: set[asyncio.Task[None]] = set()
         #: Refused hellos by reason code (``hello.HELLO_REASONS``): ``hvdm_gateway_hello_rejected_total``.
@@ -137,7 +141,7 @@ class GatewayServer:
         if tcp:
             self.auth.check_tcp()
         if unix_path:
-            _remove_stale_socket(unix_path)
+            remove_stale_socket(unix_path)  # refuses anything but a socket nobody listens on
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
                 sock.bind(unix_path)
@@ -148,6 +152,7 @@ class GatewayServer:
             except OSError:
                 sock.close()
                 raise
+            self._unix_sockets.append((unix_path, socket_identity(unix_path)))
             self._listen(sock, "unix")
         if tcp:
             self._listen(socket.create_server(tcp, backlog=1024), "tcp")
@@ -177,6 +182,9 @@ class GatewayServer:
         for sock in self._listeners:
             sock.close()
         self._listeners = []
+        for path, identity in self._unix_sockets:
+            remove_own_socket(path, identity)
+        self._unix_sockets = []
         for conn in list(self.connections.values()):
             conn.closing = True
             conn.writer.close()
@@ -379,19 +387,26 @@ class GatewayServer:
         backend = self.backend
         if hello.resume_after is None:
             # A new channel: anything still in the outbox belongs to the old one.
-            backend.submit(
-                vm,
-                ChannelOpened(
-                    boot_bytes=hello.boot_bytes,
-                    maxmem_bytes=hello.maxmem_bytes,
-                    hot_add_base_page=hello.hot_add_base_page,
-                    status_reports=hello.status_reports,
-                    ram=hello.ram_ranges(),
-                    reset=hello.reset,
-                ),
-            )
+            try:
+                backend.submit(
+                    vm,
+                    ChannelOpened(
+                        boot_bytes=hello.boot_bytes,
+                        maxmem_bytes=hello.maxmem_bytes,
+                        hot_add_base_page=hello.hot_add_base_page,
+                        status_reports=hello.status_reports,
+                        ram=hello.ram_ranges(),
+                        reset=hello.reset,
+                    ),
+                )
+            except LogWriteError as exc:
+                # Nothing was recorded: refuse the channel; the guest may retry later.
+                detail = f"event log not writable ({exc.kind}); retry later"
+                self._refuse("log_unwritable", detail, vm=vm, peer=identity.name)
+                await self._reply(writer, {"ok": False, "error": detail, "reason": "log_unwritable"})
+                return
             delivered = backend.outbox_high_watermark(vm)
-            backend.set_delivered(vm, delivered)
+            self._save_delivered(vm, delivered)
         else:
             delivered = min(hello.resume_after, backend.outbox_high_watermark(vm))
         self._seen_vms.add(vm)
@@ -417,12 +432,12 @@ class GatewayServer:
             sender.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await sender
-            self._flush_status(conn)
+            self._flush_status(conn, final=True)
             self.connections.pop(vm, None)
             self.counters.frames_in_closed += conn.frames_in
             self.counters.frames_out_closed += conn.frames_out
             if not conn.closing:
-                backend.submit(vm, ChannelClosed(reason=reason))
+                await self._submit(vm, ChannelClosed(reason=reason))
                 self.closed_reasons.append((vm, reason))
                 self.counters.disconnect(reason)
                 log.info("event=disconnected vm=%s peer=%s reason=%r", vm, holder, reason)
@@ -431,7 +446,6 @@ class GatewayServer:
         vm = conn.hello.vm
         frames = FrameReader(max_payload=self.limits.max_payload)
         limits = self.limits
-        backend = self.backend
         while True:
             try:
                 data = await reader.read(65536)
@@ -449,7 +463,7 @@ class GatewayServer:
                 conn.frames_in += 1
                 if fr.error is not None:
                     conn.violations += 1
-                    backend.submit(vm, MalformedFrame(reason=str(fr.error), raw=fr.payload[:64]))
+                    await self._submit(vm, MalformedFrame(reason=str(fr.error), raw=fr.payload[:64]))
                     if conn.violations > limits.violation_budget:
                         break  # what follows in this read is not stored: the peer is cut off
                     continue
@@ -460,18 +474,18 @@ class GatewayServer:
                     # The engine records what is wrong with it; the connection pays for it too.
                     conn.violations += 1
                     self.undecodable_messages += 1
-                    backend.submit(vm, GuestMessage(raw=raw))
+                    await self._submit(vm, GuestMessage(raw=raw))
                     if conn.violations > limits.violation_budget:
                         break
                     continue
                 if isinstance(message, StatusReport):
                     self._status_report(conn, raw)
                 else:
-                    backend.submit(vm, GuestMessage(raw=raw))
+                    await self._submit(vm, GuestMessage(raw=raw))
             if conn.violations > limits.violation_budget:
                 return f"violation budget of {limits.violation_budget} exceeded"
             if broken is not None:
-                backend.submit(vm, MalformedFrame(reason=str(broken.reason)))
+                await self._submit(vm, MalformedFrame(reason=str(broken.reason)))
                 return f"unrecoverable framing error: {broken}"
             now = time.monotonic()
             if now - conn.window_start >= 1.0:
@@ -486,9 +500,12 @@ class GatewayServer:
         now = self.clock()
         interval = self.limits.status_interval_s
         if conn.pending_status is None and now - conn.status_stored_at >= interval:
-            conn.status_stored_at = now
-            self.backend.submit(conn.hello.vm, GuestMessage(raw=raw))
-            return
+            try:
+                self.backend.submit(conn.hello.vm, GuestMessage(raw=raw))
+                conn.status_stored_at = now
+                return
+            except LogWriteError:
+                pass  # kept as the pending report, stored when the log takes writes again
         if conn.pending_status is not None:
             conn.coalesced += 1
             self.status_coalesced += 1
@@ -497,14 +514,25 @@ class GatewayServer:
             delay = max(0.0, interval - (now - conn.status_stored_at))
             conn.status_timer = asyncio.get_running_loop().call_later(delay, self._flush_status, conn)
 
-    def _flush_status(self, conn: Connection) -> None:
+    def _flush_status(self, conn: Connection, *, final: bool = False) -> None:
         if conn.status_timer is not None:
             conn.status_timer.cancel()
             conn.status_timer = None
         raw, conn.pending_status = conn.pending_status, None
         if raw is not None:
+            try:
+                self.backend.submit(conn.hello.vm, GuestMessage(raw=raw))
+            except LogWriteError:
+                if final:  # the channel is closing: a status report is coalescible, count it
+                    conn.coalesced += 1
+                    self.status_coalesced += 1
+                    return
+                # The log is not writable: keep the newest report and try again an interval later.
+                conn.pending_status = raw
+                delay = max(0.05, self.limits.status_interval_s)
+                conn.status_timer = asyncio.get_running_loop().call_later(delay, self._flush_status, conn)
+                return
             conn.status_stored_at = self.clock()
-            self.backend.submit(conn.hello.vm, GuestMessage(raw=raw))
 
     # ------------------------------------------------------------------ host to guest
     async def _send_loop(self, conn: Connection) -> None:
@@ -519,7 +547,23 @@ class GatewayServer:
                 await conn.writer.drain()
                 conn.delivered = rows[-1].seq
                 conn.frames_out += len(rows)
-                backend.set_delivered(vm, conn.delivered)
+                self._save_delivered(vm, conn.delivered)
+
+    # ------------------------------------------------------------------ log outages
+    async def _submit(self, vm: str, record: Input) -> None:
+        """Hand a guest's input to the log, waiting out a log outage (a full disk) rather than
+        dropping it: the guest is not read from meanwhile, so it is held back, not lost."""
+        backend = self.backend
+        try:
+            backend.submit(vm, record)
+        except LogWriteError:
+            await retry_write(lambda: backend.submit(vm, record), what=f"gateway input vm={vm}")
+
+    def _save_delivered(self, vm: str, seq: int) -> None:
+        """Persist the delivery position; during a log outage the connection's own position
+        stays authoritative and the next successful save catches up."""
+        with contextlib.suppress(LogWriteError):  # counted and logged by the log
+            self.backend.set_delivered(vm, seq)
 
 
 def identity_digest(identity: str) -> int:
@@ -533,22 +577,3 @@ def _host_of(sock: socket.socket) -> str:
     except OSError:
         return "?"
     return str(name[0]) if isinstance(name, tuple) else str(name)
-
-
-def _remove_stale_socket(path: str) -> None:
-    """Remove a socket left by a previous run; never a regular file, never a live socket."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(st.st_mode):
-        raise FileExistsError(f"{path} exists and is not a socket; not replacing it")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(path)
-    except OSError:
-        os.unlink(path)  # nobody listens: stale
-        return
-    finally:
-        probe.close()
-    raise FileExistsError(f"{path} is in use by another process")

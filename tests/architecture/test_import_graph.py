@@ -101,7 +101,40 @@ def test_no_cycle_between_modules() -> None:
 
 
 def test_the_core_imports_no_adapter() -> None:
-    """dm_protocol, range_store, vdimm_allocator and dm_engine do no I/O: they import only each other."""
-    core = {"services.dm_protocol", "services.range_store", "services.vdimm_allocator", "services.dm_engine"}
+    """dm_protocol, range_store, vdimm_allocator and dm_engine do no I/O: they import only each other
+    (and ``services.units``, the constants every package counts in)."""
+    core = {
+        "services.dm_protocol",
+        "services.range_store",
+        "services.vdimm_allocator",
+        "services.dm_engine",
+        "services.units",
+    }
     graph = import_graph(package_level=True)
     assert {pkg: graph[pkg] - core for pkg in core} == {pkg: set() for pkg in core}
+
+
+#: Constants with one home each; a second definition would let the two drift apart.
+ONE_HOME = {
+    "PAGE_SIZE": "services.units",
+    "PAGE_SHIFT": "services.units",
+    "MIB": "services.units",
+    "ALL_VMS": "services.dm_engine.inputs",
+}
+
+
+def test_shared_constants_are_defined_once() -> None:
+    found: dict[str, list[str]] = {name: [] for name in ONE_HOME}
+    for module, path in _modules().items():
+        for node in ast.parse(path.read_text(), str(path)).body:
+            targets = (
+                node.targets
+                if isinstance(node, ast.Assign)
+                else [node.target]
+                if isinstance(node, ast.AnnAssign)
+                else []
+            )
+            for target in targets:
+                if isinstance(target, ast.Name) and target.id in found:
+                    found[target.id].append(module)
+    assert found == {name: [home] for name, home in ONE_HOME.items()}

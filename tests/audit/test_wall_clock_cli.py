@@ -93,6 +93,15 @@ def test_an_old_log_gains_the_column_and_keeps_its_rows(tmp_path: Path) -> None:
     with sqlite3.connect(db) as con:
         con.execute("CREATE TABLE inbox (pos INTEGER PRIMARY KEY, vm TEXT NOT NULL, tick INTEGER NOT NULL, "
                     "kind TEXT NOT NULL, record TEXT NOT NULL, decoded TEXT)")  # fmt: skip
+        # The rest of an old log's tables (a file with only some of them is not taken for a log).
+        con.executescript(
+            "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+            "CREATE TABLE events (id INTEGER PRIMARY KEY, vm TEXT NOT NULL, seq INTEGER NOT NULL,"
+            " inbox_pos INTEGER NOT NULL, record TEXT NOT NULL, UNIQUE (vm, seq));"
+            "CREATE TABLE outbox (id INTEGER PRIMARY KEY, vm TEXT NOT NULL, seq INTEGER NOT NULL,"
+            " event_seq INTEGER NOT NULL, message BLOB NOT NULL, UNIQUE (vm, seq));"
+            "CREATE TABLE positions (name TEXT PRIMARY KEY, pos INTEGER NOT NULL);"
+        )
     log = SqliteLog(db)
     log.close()
     with sqlite3.connect(db) as con:

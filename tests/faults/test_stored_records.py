@@ -20,12 +20,13 @@ from hypothesis import strategies as st
 
 from services.dm_engine import inputs as inp
 from services.dm_engine.config import EngineConfig
-from services.dm_engine.limits import MAX_RECORD_INT, MIN_RECORD_INT, PAGE_LIMIT, PAGE_SHIFT
+from services.dm_engine.limits import MAX_RECORD_INT, MIN_RECORD_INT, PAGE_LIMIT
 from services.dm_engine.records import RecordError, input_from_dict, loads
 from services.embedded.service import EmbeddedService
 from services.kafka_engine import envelope
 from services.kafka_engine.envelope import EnvelopeError
 from services.kafka_engine.partition import PartitionEngine
+from services.units import PAGE_SHIFT
 from tests.kafka.test_partition_engine import CONFIG, inbox
 from tests.metrics.guest_driver import GuestDriver
 

@@ -42,6 +42,8 @@ class TrackedGuest:
 
     def __init__(self, guest: SimulatedGuest) -> None:
         self.guest = guest
+        #: The lockstep fleet announces the guest's RAM layout from it, as the gateway hello does.
+        self.config = guest.config
         self.polled_at = -1.0
 
     @property

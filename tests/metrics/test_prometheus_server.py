@@ -87,7 +87,7 @@ def check_prometheus(prom: PrometheusServer) -> None:
         return []
 
     rules = prom.wait_until("the rules to be evaluated", rules_evaluated)
-    assert len(rules) == 14
+    assert len(rules) == 15
     recorded = prom.api("query", query="hvdm:fleet_current_bytes:sum")["result"]
     assert recorded, "recording rules produce series"
 

@@ -2,7 +2,7 @@
 
 The kit boots real Linux guests behind Debian's QEMU (virtio-balloon) and a nested QEMU 10
 (hv-balloon); see its README. Tests find it next to the repository (``../shared/realguest``, or
-two levels up for a git worktree) or at ``$HVDM_REALGUEST_KIT``, and skip with that reason only
+two levels up for a git worktree), at ``$HVDM_REALGUEST_KIT`` or at ``/work/shared/realguest``, and skip with that reason only
 when it is absent. ``rig setup`` is idempotent (apt-get installs what is missing, as root).
 """
 
@@ -25,6 +25,8 @@ def find_kit() -> Path | None:
     env = os.environ.get("HVDM_REALGUEST_KIT")
     candidates = [Path(env)] if env else []
     candidates += [REPO.parent / "shared" / "realguest", REPO.parent.parent / "shared" / "realguest"]
+    # Where the development machines keep it, for a clone made anywhere else (e.g. CI's).
+    candidates.append(Path("/work/shared/realguest"))
     for path in candidates:
         if (path / "rig").is_file():
             return path

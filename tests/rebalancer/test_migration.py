@@ -7,9 +7,10 @@ import dataclasses
 import numpy as np
 
 from services.rebalancer import make_policy
-from services.rebalancer.fleet_view import GIB_PAGES, PAGE_SIZE, FleetView, balloon_floor_pages
+from services.rebalancer.fleet_view import GIB_PAGES, FleetView, balloon_floor_pages
 from services.rebalancer.migration import host_shortfalls, needs, recommend
 from services.rebalancer.simulation import SimConfig, simulate
+from services.units import PAGE_SIZE
 from tests.rebalancer.test_policies import view
 
 GIB = GIB_PAGES
