@@ -176,7 +176,7 @@ class BehaviourFold:
             self.ticks_busy[txn.kind] = self.ticks_busy.get(txn.kind, 0) + max(1, tick - txn.start_tick)
 
     # ------------------------------------------------------------------ the fold
-    def apply(self, event: ev.Event, seq: int, inbox_pos: int, tick: int) -> None:
+    def apply(self, event: ev.Event, seq: int, inbox_pos: int, tick: int) -> None:  # noqa: C901 -- one case per event
         match event:
             case ev.GuestViolation():
                 occurrence = Occurrence(

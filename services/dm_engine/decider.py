@@ -12,7 +12,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from services.dm_engine import events as ev
 from services.dm_engine import inputs as inp
@@ -28,6 +28,7 @@ from services.units import PAGE_SHIFT, PAGE_SIZE
 __all__ = [
     "PAGE_SHIFT",
     "PAGE_SIZE",
+    "Observer",
     "advance",
     "decide",
     "decide_steps",
@@ -47,17 +48,27 @@ def initial_state(vm_id: str) -> VmState:
     return VmState(vm_id=vm_id)
 
 
-def fold_step(state: VmState, events: Sequence[ev.Event]) -> None:
+#: Called after each event is folded (tests check the accounting invariants event by event).
+Observer = Callable[[VmState, ev.Event], None]
+
+
+def fold_step(state: VmState, events: Sequence[ev.Event], observe: Observer | None = None) -> None:
     """Fold one step's events, after checking they are one legal step of the state machine."""
     check_step(state.protocol, events)
     for event in events:
         evolve(state, event)
+        if observe is not None:
+            observe(state, event)
 
 
-def process(state: VmState, input: inp.Input, config: EngineConfig = DEFAULT_CONFIG) -> list[ev.Event]:
+def process(
+    state: VmState, input: inp.Input, config: EngineConfig = DEFAULT_CONFIG, observe: Observer | None = None
+) -> list[ev.Event]:
     """Decide, fold, and let the IDLE handler act: the engine's whole reaction to one input.
 
     Replaying an inbox through ``process`` from ``initial_state`` reproduces its event log.
+    ``observe`` sees the state after every single event (the fuzzer and the tests' Harness check
+    invariants there), so nobody needs to re-implement this loop to look inside it.
     """
     if state.qemu is not None or type(input) in inp.QEMU_INPUTS:
         # QEMU-managed (``qemu_vm``): QEMU runs the protocol, so there is no IDLE handler to advance.
@@ -65,7 +76,7 @@ def process(state: VmState, input: inp.Input, config: EngineConfig = DEFAULT_CON
             return []
         qemu_events: list[ev.Event] = []
         for step in qemu_vm.decide_steps(state, input, config):
-            fold_step(state, step)
+            fold_step(state, step, observe)
             qemu_events.extend(step)
         return qemu_events
     if (
@@ -79,13 +90,13 @@ def process(state: VmState, input: inp.Input, config: EngineConfig = DEFAULT_CON
         return []
     events: list[ev.Event] = []
     for step in decide_steps(state, input, config):
-        fold_step(state, step)
+        fold_step(state, step, observe)
         events.extend(step)
     now = input.tick
     for _ in range(_MAX_ADVANCES):
         more = advance(state, now, config)
         if not more:
             break
-        fold_step(state, more)
+        fold_step(state, more, observe)
         events.extend(more)
     return events

@@ -16,10 +16,9 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from services.dm_engine import EngineConfig, check_invariants, decide, evolve, initial_state, process
+from services.dm_engine import EngineConfig, VmState, check_invariants, initial_state, process
 from services.dm_engine import events as ev
 from services.dm_engine import inputs as inp
-from services.dm_engine.decider import advance
 from services.dm_engine.records import event_json
 from services.dm_protocol import (
     BalloonResponse,
@@ -176,23 +175,20 @@ def run_case(seed: int, case: int, report: FuzzReport) -> None:
     state = initial_state("fuzz")
     recorded: list[str] = []
     inputs = list(program(seed, case))
+
+    def observe(state: VmState, e: ev.Event) -> None:
+        problems = check_invariants(state)
+        if problems:
+            raise AssertionError(f"after {e.KIND}: {problems}")
+        recorded.append(event_json(e))
+        if isinstance(e, ev.GuestViolation):
+            report.violations[e.reason] += 1
+
     for record in inputs:
         if isinstance(record, inp.GuestMessage):
             with contextlib.suppress(DecodeError):  # the only exception decode may raise
                 decode(record.raw)
-        out = decide(state, record, CONFIG)
-        for _ in range(9):
-            for e in out:
-                evolve(state, e)
-                problems = check_invariants(state)
-                if problems:
-                    raise AssertionError(f"after {e.KIND}: {problems}")
-                recorded.append(event_json(e))
-                if isinstance(e, ev.GuestViolation):
-                    report.violations[e.reason] += 1
-            out = advance(state, record.tick, CONFIG)
-            if not out:
-                break
+        process(state, record, CONFIG, observe)
     # Determinism: a fresh replay of the same inputs decides the same bytes.
     replay_state = initial_state("fuzz")
     replayed = [event_json(e) for record in inputs for e in process(replay_state, record, CONFIG)]

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from services.metrics import DEFAULT_METRICS_PORT, metric_names
-from tests.deploy import mini_yaml
 from tests.deploy.dashboard import (
     DEPLOY,
     RULES,
@@ -26,6 +26,12 @@ from tests.deploy.dashboard import (
     panels,
     substitute,
 )
+
+
+def load_yaml(path: Path) -> Any:
+    """A deploy file, read with PyYAML's safe loader (plain data, no tags)."""
+    return yaml.safe_load(path.read_text())
+
 
 PROMETHEUS_DIR = DEPLOY / "prometheus"
 REPO = DEPLOY.parent
@@ -41,7 +47,7 @@ def promtool(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def rules() -> list[dict[str, Any]]:
-    data = mini_yaml.load_file(RULES)
+    data = load_yaml(RULES)
     return [r for g in data["groups"] for r in g["rules"]]
 
 
@@ -102,12 +108,12 @@ def test_rules_read_only_exported_or_recorded_metrics() -> None:
 
 
 def test_prometheus_scrapes_the_engines_and_the_gateway_of_the_compose_file() -> None:
-    config = mini_yaml.load_file(PROMETHEUS_DIR / "prometheus.yml")
+    config = load_yaml(PROMETHEUS_DIR / "prometheus.yml")
     assert config["rule_files"] == ["rules.yml"]
     (job,) = config["scrape_configs"]
     assert job["job_name"] == "hvdm"  # HvdmExporterDown selects up{job="hvdm"}
     by_role = {group["labels"]["role"]: group["targets"] for group in job["static_configs"]}
-    compose = mini_yaml.load_file(DEPLOY / "docker-compose.yml")
+    compose = load_yaml(DEPLOY / "docker-compose.yml")
     for role in ("engine", "gateway"):
         services = {name: svc for name, svc in compose["services"].items() if svc.get("command", [""])[0] == role}
         assert services, role
@@ -183,15 +189,15 @@ def test_dashboard_structure() -> None:
 
 
 def test_grafana_provisioning_matches_the_dashboard_and_compose() -> None:
-    ds = mini_yaml.load_file(DEPLOY / "grafana/provisioning/datasources/prometheus.yml")
+    ds = load_yaml(DEPLOY / "grafana/provisioning/datasources/prometheus.yml")
     (source,) = ds["datasources"]
     assert source["type"] == "prometheus" and source["url"] == "http://prometheus:9090"
     dash = load_dashboard()
     default = next(v for v in dash["templating"]["list"] if v["name"] == "datasource")["current"]["value"]
     assert source["uid"] == default
-    providers = mini_yaml.load_file(DEPLOY / "grafana/provisioning/dashboards/hvdm.yml")["providers"]
+    providers = load_yaml(DEPLOY / "grafana/provisioning/dashboards/hvdm.yml")["providers"]
     path = providers[0]["options"]["path"]
-    grafana = mini_yaml.load_file(DEPLOY / "docker-compose.yml")["services"]["grafana"]
+    grafana = load_yaml(DEPLOY / "docker-compose.yml")["services"]["grafana"]
     mounts = dict(v.rsplit(":", 1)[0].split(":", 1) for v in grafana["volumes"] if v.startswith("./"))
     assert mounts["./grafana/dashboards"] == path
     assert mounts["./grafana/provisioning"] == "/etc/grafana/provisioning"
@@ -199,7 +205,7 @@ def test_grafana_provisioning_matches_the_dashboard_and_compose() -> None:
 
 # ------------------------------------------------------------------------------ compose, Docker
 def test_compose_file() -> None:
-    compose = mini_yaml.load_file(DEPLOY / "docker-compose.yml")
+    compose = load_yaml(DEPLOY / "docker-compose.yml")
     services = compose["services"]
     assert set(services) == {"kafka", "gateway", "engine1", "engine2", "prometheus", "grafana"}
 
@@ -266,35 +272,3 @@ def test_dockerfile() -> None:
     assert 'ENTRYPOINT ["hvdm"]' in lines
     for copied in ("pyproject.toml", "services", "constraints.txt"):
         assert (REPO / copied).exists()
-
-
-# ------------------------------------------------------------------------------ the YAML reader
-def test_mini_yaml_reads_the_subset_deploy_uses() -> None:
-    text = """
-# comment
-a: 1
-b: "two # not a comment"
-c: [x, "y"]
-d:
-  - e: 'it''s'
-    f: true
-  - plain text
-g: >-
-  folded
-  lines
-h:
-i: ~
-"""
-    assert mini_yaml.loads(text.replace("[x, ", '["x", ')) == {
-        "a": 1,
-        "b": "two # not a comment",
-        "c": ["x", "y"],
-        "d": [{"e": "it's", "f": True}, "plain text"],
-        "g": "folded lines",
-        "h": None,
-        "i": None,
-    }
-    with pytest.raises(mini_yaml.MiniYamlError):
-        mini_yaml.loads("a: &anchor 1\nb: *anchor\n")
-    with pytest.raises(mini_yaml.MiniYamlError):
-        mini_yaml.loads("a: 1\na: 2\n")

@@ -9,10 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.dm_engine import EngineConfig, check_invariants, decide, evolve, initial_state, outbox_messages
+from services.dm_engine import EngineConfig, check_invariants, initial_state, outbox_messages, process
 from services.dm_engine import events as ev
 from services.dm_engine import inputs as inp
-from services.dm_engine.decider import advance
 from services.dm_engine.records import event_json, input_json
 from services.dm_engine.state import VmState
 from services.dm_protocol import CapabilitiesReport, Message, VersionRequest, encode
@@ -37,23 +36,12 @@ class Harness:
         self.state = initial_state(self.vm_id)
 
     def feed(self, record: inp.Input) -> list[ev.Event]:
-        """process(), but checking the invariants after every single event."""
+        """The engine's own ``process``, checking the invariants after every single event."""
         self.inputs.append(record)
-        out = decide(self.state, record, self.config)
-        for e in out:
-            self._fold(e)
-        for _ in range(8):
-            more = advance(self.state, record.tick, self.config)
-            if not more:
-                break
-            for e in more:
-                self._fold(e)
-            out.extend(more)
-        return out
+        return process(self.state, record, self.config, self._observe)
 
-    def _fold(self, e: ev.Event) -> None:
-        evolve(self.state, e)
-        problems = check_invariants(self.state)
+    def _observe(self, state: VmState, e: ev.Event) -> None:
+        problems = check_invariants(state)
         assert not problems, f"after {e}: {problems}"
         self.events.append(e)
         self.sent.extend(outbox_messages(e))

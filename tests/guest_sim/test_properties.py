@@ -94,7 +94,8 @@ def _check(g: SimulatedGuest, out: list[bytes], last_id: int, honest: bool, host
     assert snap["ballooned_pages"] + snap["free_pages"] + snap["used_pages"] == snap["total_ram_pages"]
     assert not g.memory.online.difference(g.memory.ballooned.to_list())
     assert snap["managed_pages"] == snap["total_ram_pages"] - snap["reserved_pages"] - snap["ballooned_pages"]
-    assert snap["onlined_pages"] >= 0
+    # Online RAM is boot RAM plus exactly the hot-added pages the guest onlined.
+    assert snap["total_ram_pages"] == snap["boot_pages"] + snap["onlined_pages"]
     return last_id
 
 

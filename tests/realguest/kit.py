@@ -2,8 +2,8 @@
 
 The kit boots real Linux guests behind Debian's QEMU (virtio-balloon) and a nested QEMU 10
 (hv-balloon); see its README. Tests find it next to the repository (``../shared/realguest``, or
-two levels up for a git worktree), at ``$HVDM_REALGUEST_KIT`` or at ``/work/shared/realguest``, and skip with that reason only
-when it is absent. ``rig setup`` is idempotent (apt-get installs what is missing, as root).
+two levels up for a git worktree), at ``$HVDM_REALGUEST_KIT`` or at ``/work/shared/realguest``, and
+skip with that reason only when it is absent. ``rig setup`` is idempotent (apt-get installs what is missing, as root).
 """
 
 from __future__ import annotations

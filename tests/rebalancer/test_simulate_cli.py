@@ -57,7 +57,6 @@ def test_one_policy_with_parameters() -> None:
 
 
 def test_plot_is_a_png(tmp_path: Path) -> None:
-    pytest.importorskip("matplotlib")
     png = tmp_path / "fleet.png"
     result = hvdm("rebalance", "--simulate", "--vms", "10", "--hours", "0.2", "--policy", "all", "--plot", png)
     assert result.returncode == 0, result.stderr
