@@ -131,7 +131,7 @@ class SqliteReader:
         return sorted(set(live) | set(segments.archived_vms(self._db)) - {ALL_VMS})
 
     def read_inbox(self, after: int, limit: int = 1000, vm: str | None = None) -> list[InboxRow]:
-        if after < self._archived_until:
+        if after < self._archived_until - 1:  # (the row at the cut is still live: see archive)
             rows = (r for r in self.iter_inbox(after) if vm is None or r.vm in (vm, ALL_VMS))
             return [r for _, r in zip(range(limit), rows, strict=False)]
         if vm is None:

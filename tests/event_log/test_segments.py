@@ -62,6 +62,9 @@ def test_archived_history_reads_back_as_the_live_tables_did(pair: tuple[Path, Pa
             assert list(archived.iter_events(vm, 5)) == list(plain.iter_events(vm, 5))
             assert archived.read_inbox(100, 50, vm) == plain.read_inbox(100, 50, vm)
         assert archived.read_inbox(0, 10) == plain.read_inbox(0, 10)
+        cut = archived.archived_until
+        for after in (cut - 2, cut - 1, cut, cut + 1):
+            assert archived.read_inbox(after, 3) == plain.read_inbox(after, 3)
         assert archived.vms() == plain.vms()
         assert archived.event_count() == plain.event_count()
         assert archived.inbox_high_watermark() == plain.inbox_high_watermark()
