@@ -17,6 +17,7 @@ from services.cli.metrics_args import add_metrics_arguments, metrics_labels_of
 from services.embedded.runner import ARCHIVE_EVERY, EngineRunner
 from services.event_log.retry import Backoff
 from services.event_log.sqlite_log import LogWriteError, NotAnHvdmLog, SqliteLog
+from services.kafka_engine.worker_options import WorkerOptions
 
 
 def _run_sqlite(args: argparse.Namespace) -> int:
@@ -81,11 +82,23 @@ def _run_sqlite(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     args.engine_config = config_of(args).engine_config()
     if args.broker:
-        from services.kafka_engine.worker import run_worker
+        from services.kafka_engine.worker_main import run_worker
 
-        args.metrics_labels = metrics_labels_of(args)  # validated here, used by the worker's exporter
-        return run_worker(args)
+        return run_worker(worker_options_of(args))
     return _run_sqlite(args)
+
+
+def worker_options_of(args: argparse.Namespace) -> WorkerOptions:
+    """The Kafka worker's options from validated flags (the metrics labels are checked here too)."""
+    return WorkerOptions(
+        broker=args.broker,
+        engine_config=args.engine_config,
+        batch=args.batch,
+        snapshot_every=args.snapshot_every,
+        verbose=args.verbose,
+        metrics=(args.metrics_host, args.metrics_port) if args.metrics_port is not None else None,
+        metrics_labels=metrics_labels_of(args),
+    )
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

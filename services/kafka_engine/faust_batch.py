@@ -25,13 +25,65 @@ Contract of a sink:
 * ``wait_idle()`` returns when nothing delivered is still being worked on. A rebalance waits for
   it (``Consumer.wait_empty``) before it revokes partitions, as it waits for an agent's
   unacknowledged events, so a revoked partition's last batch is usually committed by its owner.
+
+Every Faust (and aiokafka-through-Faust) internal the engine worker relies on is used here and
+nowhere else: the consumer's private drain loop and acknowledgement state (``FAUST_INTERNALS``),
+its committed offsets (``committed_offset``), the transport registry (``faust_broker_url``) and
+the producer's aiokafka client with its batch API (``aiokafka_producer``). They are written
+against one release line (``SUPPORTED_FAUST``); ``check_faust_version`` refuses any other when
+the app is built, so an upgrade fails at start with a clear message instead of misbehaving.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from services.kafka_engine.settings import KafkaSettings
+
+#: The faust-streaming release line(s) whose internals this module is written against
+#: (``pyproject.toml`` pins the same range).
+SUPPORTED_FAUST = ("0.15",)
+
+
+class UnsupportedFaust(RuntimeError):
+    """The installed Faust is not a release whose internals ``faust_batch`` knows."""
+
+
+def check_faust_version(version: str | None = None) -> str:
+    """The installed Faust version (or ``version``), if it is one of ``SUPPORTED_FAUST``.
+
+    Why refuse rather than try: the drain loop replaces a private Faust method and reads its
+    private state; on another release it could acknowledge offsets whose effects are not durable.
+    """
+    if version is None:
+        import faust
+
+        version = str(getattr(faust, "__version__", "unknown"))
+    line = ".".join(version.split(".")[:2])
+    if line not in SUPPORTED_FAUST:
+        raise UnsupportedFaust(
+            f"faust-streaming {version} is not supported: the Kafka engine worker relies on Consumer "
+            f"internals of faust-streaming {', '.join(v + '.x' for v in SUPPORTED_FAUST)} "
+            "(services/kafka_engine/faust_batch.py); install a supported version (see constraints.txt)"
+        )
+    return version
+
+
+def committed_offset(app: Any, tp: Any) -> int | None:
+    """The offset Faust's consumer has committed for ``tp`` (None: nothing committed yet)."""
+    consumer: Any = app.consumer
+    committed = consumer._committed_offset.get(tp)
+    return None if committed is None else int(committed)
+
+
+def aiokafka_producer(app: Any) -> Any:
+    """The aiokafka producer under Faust's: its ``create_batch`` / ``send_batch`` write one batch per
+    partition, which Faust's per-record ``send`` cannot."""
+    return app.producer._ensure_producer()
+
 
 AckRange = Callable[[Any, int, int], None]
 
@@ -47,7 +99,7 @@ _SINKS_ATTR = "_hvdm_batch_sinks"
 
 def register_batch_sink(app: Any, topic: str, sink: BatchSink) -> None:
     """Deliver ``topic``'s records to ``sink`` in whole fetches (the app's transport must be one
-    built with ``BatchingConsumer``, as ``kafka_log.faust_broker_url`` builds it)."""
+    built with ``BatchingConsumer``, as ``faust_broker_url`` builds it)."""
     sinks: dict[str, BatchSink] = getattr(app, _SINKS_ATTR, None) or {}
     sinks[topic] = sink
     setattr(app, _SINKS_ATTR, sinks)
@@ -73,6 +125,14 @@ FAUST_INTERNALS = (
     "perform_seek",
     "flow_active",
 )
+
+
+def require_internals(consumer: Any) -> None:
+    """Refuse a consumer without every one of ``FAUST_INTERNALS`` (a Faust release that renamed
+    what the drain loop relies on): never guess."""
+    missing = [name for name in FAUST_INTERNALS if not hasattr(consumer, name)]
+    if missing:
+        raise UnsupportedFaust(f"faust_batch does not support this Faust version (no {', '.join(missing)})")
 
 
 def batching_consumer(base: type[Any]) -> type[Any]:  # noqa: C901 -- one class body around Faust's
@@ -113,10 +173,7 @@ def batching_consumer(base: type[Any]) -> type[Any]:  # noqa: C901 -- one class 
             if not sinks:
                 await super()._drain_messages(fetcher)
                 return
-            missing = [name for name in FAUST_INTERNALS if not hasattr(self, name)]
-            if missing:
-                # A Faust release that renamed what this loop relies on: refuse, never guess.
-                raise RuntimeError(f"faust_batch does not support this Faust version (no {', '.join(missing)})")
+            require_internals(self)
             callback = self.callback
             consumer_stopped = self._stopped.is_set
             fetcher_stopped = fetcher._stopped.is_set
@@ -177,3 +234,38 @@ def batching_consumer(base: type[Any]) -> type[Any]:  # noqa: C901 -- one class 
                 self.diag.unset_flag(CONSUMER_FETCHING)
 
     return BatchingConsumer
+
+
+# ---------------------------------------------------------------------------------------- the transport
+FAUST_SCHEME = "hvdmkafka"
+#: The Faust transport with a short fetch wait, set by ``faust_broker_url`` (QUIRK(tansu) long-poll).
+FaustTransport: Any = None
+
+
+def faust_broker_url(settings: KafkaSettings) -> str:
+    """The ``broker`` argument for ``faust.App``: Faust's aiokafka transport, but with consumers
+    that ask for ``settings.fetch_wait`` instead of Faust's fixed 1500 ms (QUIRK(tansu) long-poll)
+    and that can hand whole fetches to a batch sink (``faust_batch``, not a quirk: performance)."""
+    global FaustTransport
+    if FaustTransport is None:
+        from faust.transport.drivers import TRANSPORTS
+        from faust.transport.drivers import aiokafka as faust_aiokafka
+
+        wait_ms = max(1, int(settings.fetch_wait * 1000))
+
+        class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+            def _create_worker_consumer(self, transport: Any) -> Any:
+                consumer = super()._create_worker_consumer(transport)
+                consumer._fetch_max_wait_ms = wait_ms  # read by AIOKafkaConsumer.start()
+                return consumer
+
+        class _Consumer(batching_consumer(faust_aiokafka.Consumer)):  # type: ignore[misc]
+            def _new_consumer_thread(self) -> Any:
+                return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+        class _Transport(faust_aiokafka.Transport):
+            Consumer = _Consumer
+
+        FaustTransport = _Transport
+        TRANSPORTS.aliases[FAUST_SCHEME] = f"{__name__}:FaustTransport"
+    return ";".join(f"{FAUST_SCHEME}://{host}" for host in settings.bootstrap.split(","))

@@ -22,8 +22,8 @@ is marked ``QUIRK(tansu)`` with what it avoids, and none changes the meaning of 
 * QUIRK(tansu) long-poll fetches: a fetch waiting for data is answered only when its
   ``fetch_max_wait_ms`` expires, not when a record arrives (measured: 650 ms per hop with
   Faust's hard-wired 1500 ms). Every consumer here asks for a short wait instead
-  (``settings.fetch_wait``; Faust's through ``FaustTransport``, registered as the ``hvdmkafka://``
-  broker scheme). On Kafka a short wait only costs a few more idle fetches.
+  (``settings.fetch_wait``; Faust's through ``faust_batch.FaustTransport``, registered as the
+  ``hvdmkafka://`` broker scheme). On Kafka a short wait only costs a few more idle fetches.
 * QUIRK(tansu) Faust table recovery loses updates: the engine keeps no Faust table; all state is
   rebuilt from our own snapshots and events topics (``faust_options`` declares no store).
 * QUIRK(tansu) JoinGroup is answered 2.0 s after it is sent, whatever the rebalance timeout
@@ -140,43 +140,6 @@ def _admin(settings: KafkaSettings, timeout: float) -> KafkaAdminClient:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.5)
-
-
-# ---------------------------------------------------------------------------------------- Faust
-FAUST_SCHEME = "hvdmkafka"
-#: The Faust transport with a short fetch wait, set by ``faust_broker_url`` (QUIRK(tansu) long-poll).
-FaustTransport: Any = None
-
-
-def faust_broker_url(settings: KafkaSettings) -> str:
-    """The ``broker`` argument for ``faust.App``: Faust's aiokafka transport, but with consumers
-    that ask for ``settings.fetch_wait`` instead of Faust's fixed 1500 ms (QUIRK(tansu) long-poll)
-    and that can hand whole fetches to a batch sink (``faust_batch``, not a quirk: performance)."""
-    global FaustTransport
-    if FaustTransport is None:
-        from faust.transport.drivers import TRANSPORTS
-        from faust.transport.drivers import aiokafka as faust_aiokafka
-
-        wait_ms = max(1, int(settings.fetch_wait * 1000))
-
-        class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
-            def _create_worker_consumer(self, transport: Any) -> Any:
-                consumer = super()._create_worker_consumer(transport)
-                consumer._fetch_max_wait_ms = wait_ms  # read by AIOKafkaConsumer.start()
-                return consumer
-
-        from services.kafka_engine.faust_batch import batching_consumer
-
-        class _Consumer(batching_consumer(faust_aiokafka.Consumer)):  # type: ignore[misc]
-            def _new_consumer_thread(self) -> Any:
-                return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
-
-        class _Transport(faust_aiokafka.Transport):
-            Consumer = _Consumer
-
-        FaustTransport = _Transport
-        TRANSPORTS.aliases[FAUST_SCHEME] = f"{__name__}:FaustTransport"
-    return ";".join(f"{FAUST_SCHEME}://{host}" for host in settings.bootstrap.split(","))
 
 
 # ---------------------------------------------------------------------------------------- producing

@@ -25,11 +25,11 @@ from services.dm_engine.state import VmState
 from services.embedded.clock import TickClock
 from services.embedded.run import check_gateway_config, run_gateway_limits, sim_endpoint, sim_hello
 from services.kafka_engine import envelope
+from services.kafka_engine.deployment_config import engine_config_of
 from services.kafka_engine.gateway import start_gateway, stop_gateway
 from services.kafka_engine.kafka_log import GroupOffsets, PartitionReader, ensure_topics, new_producer
 from services.kafka_engine.projection import EventsProjection
 from services.kafka_engine.settings import KafkaSettings
-from services.kafka_engine.worker import engine_config_of
 from services.metrics import serve_gateway
 from services.vmbus_gateway.client import GuestLink
 

@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 from services.dm_engine.state import VmState
 
 if TYPE_CHECKING:
-    from services.kafka_engine.worker import EngineWorker, OwnedPartition
+    from services.kafka_engine.ownership import OwnedPartition
+    from services.kafka_engine.worker import EngineWorker
 
 
 class WorkerView:

@@ -40,10 +40,10 @@ from kafka import KafkaConsumer, KafkaProducer
 from services.dm_engine.inputs import SetTarget
 from services.dm_engine.records import to_dict
 from services.kafka_engine import envelope
+from services.kafka_engine.deployment_config import engine_config_of
 from services.kafka_engine.kafka_log import PartitionReader, ensure_topics, new_producer
 from services.kafka_engine.projection import EventsProjection
 from services.kafka_engine.settings import KafkaSettings
-from services.kafka_engine.worker import engine_config_of
 from services.rebalancer.fleet_view import NO_TARGET, FleetView
 from services.rebalancer.kafka_hosts import HostDirectory, ensure_rebalancer_topics, hosts_topic, rebalancer_topic
 from services.rebalancer.migration import Migration, recommend

@@ -26,12 +26,12 @@ import pytest
 
 from services.embedded.clock import TickClock
 from services.guest_sim import GuestConfig, SimulatedGuest
+from services.kafka_engine.deployment_config import engine_config_of
 from services.kafka_engine.gateway import start_gateway, stop_gateway
 from services.kafka_engine.kafka_log import GroupOffsets, PartitionReader, ensure_topics
 from services.kafka_engine.projection import EventsProjection
 from services.kafka_engine.settings import KafkaSettings
 from services.kafka_engine.tansu import LocalBroker, free_port
-from services.kafka_engine.worker import engine_config_of
 from services.rebalancer.kafka_hosts import HostDirectory, HostSpec
 from services.rebalancer.kafka_live import read_recommendations
 from services.vmbus_gateway.client import GuestLink

@@ -1,0 +1,20 @@
+"""The engine config a Kafka deployment decides with: one for every worker and every audit.
+
+Why in the meta topic: workers started with different flags must still decide identically (a
+partition moving between them must replay to the same events), so the first proposal recorded wins.
+"""
+
+from __future__ import annotations
+
+import json
+
+from services.dm_engine.config import EngineConfig
+from services.kafka_engine.kafka_log import put_meta_if_absent
+from services.kafka_engine.settings import KafkaSettings
+
+
+def engine_config_of(settings: KafkaSettings, default: EngineConfig | None = None) -> EngineConfig:
+    """The deployment's engine config: the first one recorded in the meta topic wins, so every
+    worker and every audit decides with the same one."""
+    proposed = json.dumps((default or EngineConfig()).to_dict(), sort_keys=True)
+    return EngineConfig.from_dict(json.loads(put_meta_if_absent(settings, "engine_config", proposed)))
