@@ -58,7 +58,7 @@ import os
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from services.dm_engine.config import EngineConfig
@@ -92,7 +92,9 @@ CHECKPOINT_VM_FACTOR = 8
 def engine_config_of(settings: KafkaSettings, default: EngineConfig | None = None) -> EngineConfig:
     """The deployment's engine config: the first one recorded in the meta topic wins, so every
     worker and every audit decides with the same one."""
-    proposed = json.dumps((default or EngineConfig()).to_dict(), sort_keys=True)
+    # Retention (forgetting VMs) is the embedded service's: a partition keeps every VM's cursor, so
+    # a forgotten VM would be counted down and forgotten again forever. Kafka logs keep every VM.
+    proposed = json.dumps(replace(default or EngineConfig(), retention_ticks=0).to_dict(), sort_keys=True)
     return EngineConfig.from_dict(json.loads(put_meta_if_absent(settings, "engine_config", proposed)))
 
 
