@@ -18,9 +18,10 @@ from services.audit.logfile import LogError, engine_config
 from services.audit.reader import LogReader
 from services.audit.replay import ReplayError, replay_inbox
 from services.audit.report import accounting, version_text
-from services.dm_engine.decider import evolve, initial_state
+from services.dm_engine.decider import initial_state
 from services.dm_engine.records import event_from_dict, loads
 from services.dm_engine.state import VmState
+from services.dm_engine.step import fold_recorded
 
 EVENTS_SOURCE = "events"
 INBOX_SOURCE = "inbox"
@@ -108,7 +109,7 @@ def state_at(
         if row.inbox_pos > pos:
             break
         try:
-            evolve(state, event_from_dict(loads(row.record)))
+            state = fold_recorded(state, event_from_dict(loads(row.record)))
         except Exception as exc:  # a corrupt row: say which, instead of a traceback
             raise ReplayError(f"recorded event {vm} seq {row.seq} cannot be folded: {exc!r}") from None
         count += 1

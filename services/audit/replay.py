@@ -22,12 +22,12 @@ from dataclasses import dataclass
 
 from services.audit.reader import LogReader
 from services.dm_engine.config import EngineConfig
-from services.dm_engine.decider import evolve, initial_state
+from services.dm_engine.decider import initial_state
 from services.dm_engine.events import Event
 from services.dm_engine.inputs import ALL_VMS
 from services.dm_engine.records import event_from_dict, loads
 from services.dm_engine.state import VmState
-from services.dm_engine.step import Rebuild, Unreadable, read_input, step
+from services.dm_engine.step import Rebuild, Unreadable, fold_recorded, read_input, step
 from services.event_log.sqlite_log import InboxRow
 
 #: Called with the fraction of the inbox read so far (a progress bar).
@@ -107,6 +107,9 @@ class InboxReplay:
             rebuild=self._rebuilder(row.pos),
             order=self._order,
         )
+        if len(self._order) != len(self.states):
+            # A VM was forgotten (``step.forgets``); its next record makes it appear again.
+            self._order = [v for v in self._order if v in self.states]
         return [Decision(r.vm, row.pos, row.tick, r.events) for r in results]
 
 
@@ -118,7 +121,7 @@ def recorded_state(log: LogReader) -> Callable[[str, int], VmState]:
         for row in log.iter_events(vm):
             if row.inbox_pos >= pos:
                 break
-            evolve(state, event_from_dict(loads(row.record)))
+            state = fold_recorded(state, event_from_dict(loads(row.record)))
         return state
 
     return rebuild

@@ -75,6 +75,8 @@ ENGINE_CONFIG_TYPES: dict[str, Any] = {
     "suppress_status_reports": bool,
     "use_hot_remove": bool,
     "qemu_stall_ticks": POSITIVE_TICKS,
+    # Forget VMs disconnected this long (0: never).
+    "retention_ticks": TICKS,
 }
 
 #: GatewayLimits fields the file may set. ``status_interval_s`` is not one: ``hvdm run`` derives it

@@ -52,6 +52,10 @@ class EngineConfig:
     #: A QEMU-managed VM whose actual size has not moved toward its target for this many ticks
     #: has a stalled target (recorded once per target; the target stays in force).
     qemu_stall_ticks: int = 30
+    #: A VM without a channel (or QEMU monitor) for this many ticks is forgotten (``VmForgotten``,
+    #: reason "retention"): its state, metric series and QMP socket go. 0 keeps every VM forever
+    #: (the default, so existing logs replay unchanged).
+    retention_ticks: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -18,7 +18,7 @@ from services.dm_engine import events as ev
 from services.dm_engine import inputs as inp
 from services.dm_engine import qemu_vm
 from services.dm_engine.config import EngineConfig
-from services.dm_engine.decisions import DEFAULT_CONFIG, decide, decide_steps
+from services.dm_engine.decisions import DEFAULT_CONFIG, decide, decide_steps, retention
 from services.dm_engine.fold import evolve
 from services.dm_engine.idle import advance
 from services.dm_engine.machine import ProtocolState, check_step
@@ -70,6 +70,16 @@ def process(
     ``observe`` sees the state after every single event (the fuzzer and the tests' Harness check
     invariants there), so nobody needs to re-implement this loop to look inside it.
     """
+    if type(input) is inp.ForgetVm:
+        # The same for both kinds of VM: allowed only while disconnected (``decisions``).
+        forget = decide_steps(state, input, config)[0]
+        fold_step(state, forget, observe)
+        return forget
+    if type(input) is inp.Tick and config.retention_ticks and state.protocol is ProtocolState.CLOSED:
+        # Nothing else happens to a disconnected VM on a tick: only its retention countdown.
+        kept = retention(state, input.tick, config)
+        fold_step(state, kept, observe)
+        return kept
     if state.qemu is not None or type(input) in inp.QEMU_INPUTS:
         # QEMU-managed (``qemu_vm``): QEMU runs the protocol, so there is no IDLE handler to advance.
         if type(input) is inp.Tick and not qemu_vm.wants_tick(state):

@@ -56,6 +56,8 @@ DEFAULT_CONFIG = EngineConfig()
 
 def decide(state: VmState, input: inp.Input, config: EngineConfig = DEFAULT_CONFIG) -> list[ev.Event]:
     """The events one inbox input causes. Reads ``state``, never changes it."""
+    if type(input) is inp.ForgetVm:
+        return _on_forget_vm(state, input, config)
     if state.qemu is not None or type(input) in inp.QEMU_INPUTS:
         return [e for step in qemu_vm.decide_steps(state, input, config) for e in step]
     if type(input) is inp.ChannelOpened and (state.protocol is not ProtocolState.CLOSED or input.reset):
@@ -66,6 +68,8 @@ def decide(state: VmState, input: inp.Input, config: EngineConfig = DEFAULT_CONF
 
 def decide_steps(state: VmState, input: inp.Input, config: EngineConfig = DEFAULT_CONFIG) -> list[list[ev.Event]]:
     """``decide``, cut into the state machine's steps (each at most one protocol transition)."""
+    if type(input) is inp.ForgetVm:
+        return [_on_forget_vm(state, input, config)]
     if state.qemu is not None or type(input) in inp.QEMU_INPUTS:
         return qemu_vm.decide_steps(state, input, config)
     if type(input) is inp.ChannelOpened and input.reset and state.described:
@@ -730,6 +734,34 @@ _MESSAGE_HANDLERS: dict[type, Callable[[VmState, Any, int, EngineConfig], list[e
     HotRemoveResponse: _on_hot_remove_response,
 }
 
+
+def _on_forget_vm(state: VmState, i: inp.ForgetVm, config: EngineConfig) -> list[ev.Event]:
+    """A connected VM is not forgotten: its guest (or QEMU) would keep talking to a VM that no
+    longer exists, and the next message would silently create a fresh one."""
+    if state.protocol is not ProtocolState.CLOSED:
+        return [
+            ev.CommandRejected(
+                command="x-hvdm-forget",
+                error_class="GenericError",
+                desc=f"VM is connected (protocol state {state.protocol}); close its channel first",
+            )
+        ]
+    return [ev.VmForgotten(reason=i.reason)]
+
+
+def retention(state: VmState, tick: int, config: EngineConfig) -> list[ev.Event]:
+    """What a tick does to a disconnected VM under ``retention_ticks``: start its countdown, or
+    forget it once the countdown ran out. Decided from ticks in the log, so replays agree."""
+    if not config.retention_ticks or state.protocol is not ProtocolState.CLOSED:
+        return []
+    since = state.retention_since_tick
+    if since is None:
+        return [ev.RetentionStarted(since_tick=tick)]
+    if tick - since >= config.retention_ticks:
+        return [ev.VmForgotten(reason="retention")]
+    return []
+
+
 _INPUT_HANDLERS: dict[type, Callable[[VmState, Any, EngineConfig], list[ev.Event]]] = {
     inp.ChannelOpened: _on_channel_opened,
     inp.ChannelClosed: _on_channel_closed,
@@ -742,4 +774,5 @@ _INPUT_HANDLERS: dict[type, Callable[[VmState, Any, EngineConfig], list[ev.Event
     inp.RemoveBackend: _on_remove_backend,
     inp.PlugBackend: _on_plug_backend,
     inp.Tick: _on_tick,
+    inp.ForgetVm: _on_forget_vm,
 }

@@ -355,6 +355,25 @@ class CommandRejected(EventBase):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class RetentionStarted(EventBase):
+    """A tick found the VM disconnected with ``retention_ticks`` set: it is forgotten once that
+    many ticks pass without a new channel. Recorded (events carry no time of their own) so that
+    recovery from the log knows when the countdown began."""
+
+    KIND: ClassVar[str] = "RetentionStarted"
+    since_tick: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VmForgotten(EventBase):
+    """The VM was retired while disconnected: every runner drops its state when it folds this
+    (``step.forget``), and the next record for the same id starts from ``initial_state``."""
+
+    KIND: ClassVar[str] = "VmForgotten"
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class InputRejected(EventBase):
     """The engine raised while processing one input for this VM (deciding, folding or encoding
     what it decided). The input changed nothing but this record; the VM needs attention.
@@ -482,6 +501,8 @@ Event = (
     | GuestViolation
     | CommandRejected
     | InputRejected
+    | RetentionStarted
+    | VmForgotten
     | QemuAttached
     | QemuActualChanged
     | QemuBalloonCommanded

@@ -14,7 +14,7 @@ from typing import Any
 
 from services.dm_engine import events as ev
 from services.dm_engine import qemu_vm
-from services.dm_engine.machine import TxnKind, next_state
+from services.dm_engine.machine import ProtocolState, TxnKind, next_state
 from services.dm_engine.state import Capabilities, GuestStatus, Transaction, VmState
 from services.range_store import PageRangeSet
 from services.vdimm_allocator import new_layout, plug, record_hot_add, record_hot_remove, release_all, unplug
@@ -25,6 +25,8 @@ def evolve(state: VmState, event: ev.Event) -> VmState:
     """Fold one event into ``state`` (in place) and return it."""
     _EVOLVERS[type(event)](state, event)
     state.protocol = next_state(state.protocol, event)
+    if state.retention_since_tick is not None and state.protocol is not ProtocolState.CLOSED:
+        state.retention_since_tick = None  # connected again: a later close starts a new countdown
     return state
 
 
@@ -269,6 +271,14 @@ def _ev_input_rejected(s: VmState, e: ev.InputRejected) -> None:
     s.counters.inputs_rejected_total += 1
 
 
+def _ev_retention_started(s: VmState, e: ev.RetentionStarted) -> None:
+    s.retention_since_tick = e.since_tick
+
+
+def _ev_vm_forgotten(s: VmState, e: ev.VmForgotten) -> None:
+    """Nothing to fold: the state itself is dropped by whoever keeps the states (``step.forget``)."""
+
+
 _EVOLVERS: dict[type, Callable[[VmState, Any], None]] = {
     ev.VmDescribed: _ev_vm_described,
     ev.ChannelOpened: _ev_channel_opened,
@@ -301,5 +311,7 @@ _EVOLVERS: dict[type, Callable[[VmState, Any], None]] = {
     ev.GuestViolation: _ev_violation,
     ev.CommandRejected: _ev_command_rejected,
     ev.InputRejected: _ev_input_rejected,
+    ev.RetentionStarted: _ev_retention_started,
+    ev.VmForgotten: _ev_vm_forgotten,
     **qemu_vm.EVENT_HANDLERS,
 }

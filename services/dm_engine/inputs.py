@@ -116,6 +116,19 @@ class PlugBackend(InputBase):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ForgetVm(InputBase):
+    """Drop a disconnected VM: its state, metric series and QMP socket go; a later hello with the
+    same id starts a fresh VM. Refused (``CommandRejected``) while its channel or monitor is open.
+
+    Why: every hello with a new id creates a VM, so without a way to retire them the state, the
+    series and one socket fd per VM grow without bound. ``reason`` is "operator" (``hvdm ctl VM
+    forget``) or "retention" (closed for ``retention_ticks``)."""
+
+    KIND: ClassVar[str] = "ForgetVm"
+    reason: str = "operator"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Tick(InputBase):
     """The clock moved; drives the post-init wait, timeouts and back-off."""
 
@@ -202,6 +215,7 @@ Input = (
     | RemoveBackend
     | PlugBackend
     | Tick
+    | ForgetVm
     | QemuAttached
     | QemuActualChanged
     | QemuStatusReport

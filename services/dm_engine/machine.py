@@ -106,6 +106,9 @@ TABLE: Final[tuple[Transition, ...]] = (
     _t(ev.GuestViolation, ANY),
     _t(ev.CommandRejected, ANY),
     _t(ev.InputRejected, ANY),
+    # retiring a VM: only without a channel (or QEMU monitor); the runners then drop its state
+    _t(ev.RetentionStarted, {S.CLOSED}),
+    _t(ev.VmForgotten, {S.CLOSED}),
     # QEMU-managed VMs (qemu_vm): the protocol runs inside QEMU, so hvdm's state is only whether
     # QEMU's monitor is attached (IDLE) or not (CLOSED); targets in flight are QEMU's business.
     _t(ev.QemuAttached, {S.CLOSED}, S.IDLE),

@@ -122,6 +122,9 @@ class VmState:
     status_in_tick: int = 0
     #: An input for this VM made the engine raise (``InputRejected``): an operator should look.
     needs_attention: bool = False
+    #: With ``retention_ticks`` set: the tick from which this disconnected VM's retention runs
+    #: (``RetentionStarted``); None while connected or when retention is off.
+    retention_since_tick: int | None = field(default=None, metadata={"omit_if_none": True})
     #: Set when the VM is QEMU-managed (attached through its QMP monitor, not the DM gateway).
     qemu: QemuVm | None = field(default=None, metadata={"omit_if_none": True})
     #: What projections count; nothing in decide or advance reads it.

@@ -17,6 +17,9 @@ written once, and a replay reproduces what a runner recorded byte for byte.
   half-changed; the caller's ``rebuild`` knows where the last good state is), one
   ``InputRejected`` event records the input, its position and the exception, and the VM is
   flagged ``needs_attention``. The other VMs, and the next inputs, carry on.
+* **Forgetting.** A VM whose step produced ``VmForgotten`` leaves ``states`` after the step (the
+  record of it stays in the log); its next record starts it again from ``initial_state``. Whoever
+  folds a stored log does the same with ``fold_recorded``, so recovery, replay and audits agree.
 """
 
 from __future__ import annotations
@@ -110,6 +113,7 @@ def step(
 ) -> list[Processed]:
     """Deliver one inbox record; one result per VM it reached (events may be empty)."""
     out: list[Processed] = []
+    forgotten: list[str] = []
     for name in targets(states, vm, order):
         state = states.get(name)
         if state is None:
@@ -118,7 +122,24 @@ def step(
         if result.state is not state:
             states[name] = result.state
         out.append(result)
+        if forgets(result.events):
+            forgotten.append(name)
+    for name in forgotten:
+        del states[name]
     return out
+
+
+def forgets(events: Sequence[ev.Event]) -> bool:
+    """Whether a step retired its VM (``VmForgotten``): the keeper of the states drops it."""
+    return any(type(e) is ev.VmForgotten for e in events)
+
+
+def fold_recorded(state: VmState, event: ev.Event) -> VmState:
+    """Fold one stored event; after ``VmForgotten`` the VM starts over from ``initial_state``
+    (recovery keeps it only if later records brought it back, see ``forgets``)."""
+    if type(event) is ev.VmForgotten:
+        return initial_state(state.vm_id)
+    return evolve(state, event)
 
 
 def step_vm(

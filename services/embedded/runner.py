@@ -14,10 +14,10 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from services.dm_engine.config import EngineConfig
-from services.dm_engine.decider import evolve, initial_state
+from services.dm_engine.decider import initial_state
 from services.dm_engine.records import compact_event, event_from_dict, loads, stored_event_json
 from services.dm_engine.state import VmState
-from services.dm_engine.step import Processed, read_input, step
+from services.dm_engine.step import Processed, fold_recorded, forgets, read_input, step
 from services.event_log.sqlite_log import InboxRow, SqliteLog, StepWrite
 
 __all__ = ["EngineRunner", "Processed", "ProcessedListener"]
@@ -81,11 +81,19 @@ class EngineRunner:
                 state = self.states[vm] = initial_state(vm)
             after = self._last_seq.get(vm, 0)
             count = 0
+            gone = False
             for row in self.log.iter_events(vm, after):
-                evolve(state, event_from_dict(loads(row.record)))
+                event = event_from_dict(loads(row.record))
+                state = fold_recorded(state, event)
+                gone = forgets((event,))
                 self._last_seq[vm] = row.seq
                 count += 1
             self._events_since_snapshot[vm] = count
+            if gone:
+                # Forgotten and not back since: no state, so no QMP socket or metric series either.
+                del self.states[vm]
+            else:
+                self.states[vm] = state
 
     @property
     def consumed(self) -> int:
@@ -165,7 +173,9 @@ class EngineRunner:
                 self._last_seq[vm] = self._last_seq.get(vm, 0) + len(events)
                 count = self._events_since_snapshot.get(vm, 0) + len(events)
                 self._events_since_snapshot[vm] = count
-                if count >= self.snapshot_every:
+                if forgets(events):
+                    due.pop(vm, None)  # nothing to snapshot; recovery replays the forget
+                elif count >= self.snapshot_every:
                     due[vm] = row.pos
                 processed.append(result)
         snapshots = []
@@ -187,9 +197,9 @@ class EngineRunner:
         snap = self.log.snapshot(vm)
         state = initial_state(vm) if snap is None else VmState.from_snapshot(snap[2])
         for row in self.log.iter_events(vm, 0 if snap is None else snap[0]):
-            evolve(state, event_from_dict(loads(row.record)))
+            state = fold_recorded(state, event_from_dict(loads(row.record)))
         for write in pending:
             if write.vm == vm:
                 for _, record in write.events:
-                    evolve(state, event_from_dict(loads(stored_event_json(record))))
+                    state = fold_recorded(state, event_from_dict(loads(stored_event_json(record))))
         return state

@@ -122,6 +122,15 @@ async def _balloon(ctx: CommandContext, args: dict[str, Any]) -> Any:
     return {}
 
 
+async def _forget(ctx: CommandContext, args: dict[str, Any]) -> Any:
+    """``x-hvdm-forget``: retire this VM (``inputs.ForgetVm``). Not pre-checked here: whether the
+    VM is connected is the engine's call, and a refusal is recorded (``CommandRejected``) so the
+    audit shows who tried to retire a live VM. On success this socket goes away."""
+    _state(ctx)
+    await ctx.submit(inp.ForgetVm(reason="operator"))
+    return {}
+
+
 async def _query_balloon(ctx: CommandContext, args: dict[str, Any]) -> Any:
     state = _balloon_device(ctx)
     return {"actual": state.current_pages << PAGE_SHIFT}
@@ -270,6 +279,7 @@ COMMANDS: dict[str, Command] = {
         Command("query-memory-devices", {}, _query_memory_devices),
         Command("query-hv-balloon-status-report", {}, _query_status_report),
         Command("query-commands", {}, _query_commands),
+        Command("x-hvdm-forget", {}, _forget),
         Command("query-status", {}, _query_status),
         Command("query-version", {}, _query_version),
         Command(

@@ -129,6 +129,7 @@ def render_status_report(result: Any) -> str:
 
 HELP = """\
 balloon target -- request VM to change its memory allocation (in MB)
+forget -- retire this disconnected VM: state, metric series and QMP socket go (x-hvdm-forget)
 hv-balloon-add-memory id=backend -- hot-add a memory backend through the guest's DM driver
 info balloon -- show balloon information
 info hv-balloon-status-report -- show the guest's last memory status report
@@ -184,6 +185,14 @@ def parse_object_add(spec: str) -> dict[str, Any]:
     return args
 
 
+def _without_arguments(name: str, rest: list[str]) -> HmpCommand:
+    if name == "forget":
+        if rest:
+            raise HmpError("forget: takes no arguments")
+        return HmpCommand("x-hvdm-forget")
+    return HmpCommand(None, text=HELP)
+
+
 def parse_line(line: str) -> HmpCommand:
     """Parse one HMP line; raises ``HmpError`` with the text QEMU's HMP would print.
 
@@ -200,8 +209,8 @@ def parse_line(line: str) -> HmpCommand:
     if not words:
         return HmpCommand(None)
     name, rest = words[0], words[1:]
-    if name in ("help", "?"):
-        return HmpCommand(None, text=HELP)
+    if name in ("help", "?", "forget"):
+        return _without_arguments(name, rest)
     if name == "balloon":
         if len(rest) != 1:
             raise HmpError("balloon: missing or extra arguments (usage: balloon target-MiB)")

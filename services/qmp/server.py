@@ -51,6 +51,8 @@ MAX_REQUEST = 1 << 20
 READ_CHUNK = 1 << 16
 #: A client that stops reading is dropped once this much output is queued for it.
 MAX_QUEUED_OUTPUT = 4 << 20
+#: How long a forgotten VM's open sessions may take to finish answering before they are dropped.
+FORGET_GRACE_SECONDS = 1.0
 
 
 class _Runner(Protocol):
@@ -229,9 +231,17 @@ class VmMonitor:
             if task is not None:
                 self.tasks.discard(task)
 
-    async def close(self) -> None:
+    async def close(self, grace: float = 0.0) -> None:
+        """Stop listening, remove the socket file, then drop the clients; ``grace`` seconds let
+        a session finish what it is answering (``x-hvdm-forget`` closes the socket it came on)."""
         if self.server is not None:
             self.server.close()
+        if self.path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+            self.path = None  # a VM back under the same id may already listen at this path
+        if grace > 0 and self.tasks:
+            await asyncio.wait(list(self.tasks), timeout=grace)
         for task in list(self.tasks):
             task.cancel()
         for task in list(self.tasks):
@@ -322,7 +332,7 @@ class QmpServers:
             opening = self._opening.pop(vm, None)
             if opening is not None:
                 opening.cancel()
-            task = asyncio.get_running_loop().create_task(monitor.close())
+            task = asyncio.get_running_loop().create_task(monitor.close(grace=FORGET_GRACE_SECONDS))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
             log.info("qmp socket closed; VM gone vm=%s", vm)
@@ -358,6 +368,8 @@ class QmpServers:
         for p in batch:
             monitor = self.monitors.get(p.vm)
             if monitor is None:
+                if p.vm not in self.service.runner.states:
+                    continue  # forgotten in this batch: it gets no socket
                 monitor = self._add(p.vm, 0)  # a new VM starts from nothing
             if watch and p.inbox_pos in watch:
                 watch[p.inbox_pos].extend(e for e in p.events if isinstance(e, ev.CommandRejected))

@@ -17,9 +17,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from services.dm_engine.config import EngineConfig
-from services.dm_engine.decider import evolve, initial_state
+from services.dm_engine.decider import initial_state
 from services.dm_engine.records import event_from_dict
 from services.dm_engine.state import NEGOTIATED_STATES, ProtocolState, VmState
+from services.dm_engine.step import fold_recorded
 from services.event_log.sqlite_log import SqliteLog
 from services.rebalancer.fleet_view import NO_TARGET, FleetView
 from services.rebalancer.migration import UNKNOWN_HOST as MIGRATION_UNKNOWN_HOST
@@ -64,7 +65,8 @@ class FleetProjection:
             if state is None:
                 state = self.states[vm] = initial_state(vm)
             for row in self.log.iter_events(vm, self._last_seq.get(vm, 0)):
-                evolve(state, event_from_dict(json.loads(row.record)))
+                # A forgotten VM (VmForgotten) is back to its initial state: undescribed, closed.
+                state = self.states[vm] = fold_recorded(state, event_from_dict(json.loads(row.record)))
                 self._last_seq[vm] = row.seq
                 folded += 1
         self.events_folded += folded

@@ -183,11 +183,16 @@ def stored_engine_config(db: Path) -> dict[str, object]:
 
 def test_engine_config_from_the_file_goes_into_a_new_logs_meta_and_a_log_keeps_its_own(tmp_path: Path) -> None:
     db = tmp_path / "hvdm.db"
-    first = write(tmp_path, "[engine_config]\npost_init_wait_ticks = 7\nhot_add_timeout_ticks = 99\n", "a.toml")
+    first = write(
+        tmp_path,
+        "[engine_config]\npost_init_wait_ticks = 7\nhot_add_timeout_ticks = 99\nretention_ticks = 3600\n",
+        "a.toml",
+    )
     out = hvdm("engine", "--config", first, "--db", str(db), "--exit-when-idle")
     assert out.returncode == 0, out.stderr
     meta = stored_engine_config(db)
     assert meta["post_init_wait_ticks"] == 7 and meta["hot_add_timeout_ticks"] == 99
+    assert meta["retention_ticks"] == 3600
     assert meta["balloon_timeout_ticks"] == 60
     second = write(tmp_path, '[log]\nformat = "json"\n[engine_config]\npost_init_wait_ticks = 1\n', "b.toml")
     out = hvdm("engine", "--config", second, "--db", str(db), "--exit-when-idle")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from services.dm_engine import ProtocolState
 from services.dm_engine import events as ev
 from services.dm_engine import inputs as inp
@@ -20,7 +22,7 @@ from services.dm_protocol import (
     VersionRequest,
     VersionResponse,
 )
-from tests.dm_engine.harness import GIB_PAGES, Harness
+from tests.dm_engine.harness import FAST, GIB_PAGES, Harness
 
 
 def blocks(start: int, n: int, size: int = 512) -> tuple[tuple[int, int], ...]:
@@ -258,3 +260,29 @@ def test_plugging_a_backend_does_not_restart_a_refused_shrink() -> None:
     h.command(inp.AddBackend(tick=h.tick, backend_id="m", size_bytes=1 << 30))
     h.command(inp.PlugBackend(tick=h.tick, backend_id="m"))
     assert len(h.sent) == sent  # no new balloon request toward the old target
+
+
+def test_forget_is_refused_while_connected_and_taken_once_closed() -> None:
+    h = Harness()
+    h.handshake()
+    refused = h.command(inp.ForgetVm(tick=h.tick))
+    assert [type(e) for e in refused] == [ev.CommandRejected]
+    assert isinstance(refused[0], ev.CommandRejected) and refused[0].command == "x-hvdm-forget"
+    assert h.state.protocol is ProtocolState.IDLE
+    h.feed(inp.ChannelClosed(tick=h.tick, reason="guest left"))
+    assert h.command(inp.ForgetVm(tick=h.tick, reason="operator")) == [ev.VmForgotten(reason="operator")]
+
+
+def test_retention_forgets_a_vm_closed_for_retention_ticks_and_a_reopen_restarts_it() -> None:
+    h = Harness(config=replace(FAST, retention_ticks=5))
+    h.handshake()
+    assert h.advance_ticks(10) == []  # connected: never retired
+    h.feed(inp.ChannelClosed(tick=h.tick, reason="guest left"))
+    assert h.advance_ticks(1) == [ev.RetentionStarted(since_tick=h.tick)]
+    assert h.advance_ticks(2) == []
+    h.open()  # back within the retention time: the countdown stops
+    assert h.state.retention_since_tick is None
+    h.feed(inp.ChannelClosed(tick=h.tick, reason="guest left again"))
+    started = h.tick + 1
+    assert h.advance_ticks(5) == [ev.RetentionStarted(since_tick=started)]
+    assert h.advance_ticks(1) == [ev.VmForgotten(reason="retention")]

@@ -10,7 +10,7 @@ state -- otherwise the round trip would prove nothing for it.
 from __future__ import annotations
 
 import json
-from dataclasses import MISSING, fields
+from dataclasses import MISSING, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +80,13 @@ def _states(tmp_path: Path) -> list[VmState]:
         "bad", initial_state("bad"), read_input({"type": "?"}), CONFIG, inbox_pos=3, rebuild=initial_state
     )
     out.append(rejected.state)
+    # A disconnected VM whose retention countdown runs.
+    retained = Harness(config=replace(Harness().config, retention_ticks=100))
+    retained.handshake()
+    retained.feed(inp.ChannelClosed(tick=retained.tick, reason="gone"))
+    retained.advance_ticks(1)
+    assert retained.state.retention_since_tick == retained.tick
+    out.append(retained.state)
     return out
 
 
