@@ -16,10 +16,23 @@ from services.cli.main import EXIT_ERROR, error_line
 from services.cli.metrics_args import add_metrics_arguments, metrics_labels_of
 from services.embedded.runner import ARCHIVE_EVERY, EngineRunner
 from services.event_log.retry import Backoff
-from services.event_log.sqlite_log import LogWriteError, NotAnHvdmLog, SqliteLog
+from services.event_log.sqlite_log import LogWriteError, NotAnHvdmLog, SqliteLog, check_log_file
+from services.event_log.writer_lock import LogLockError, WriterLock
 
 
 def _run_sqlite(args: argparse.Namespace) -> int:
+    """One engine per log: the writer lock is held while it runs (``hvdm run`` holds it too)."""
+    try:
+        check_log_file(args.db)  # a foreign file is refused before a lock file is created next to it
+        lock = WriterLock.acquire(args.db)
+    except (NotAnHvdmLog, LogLockError) as exc:
+        print(error_line("engine", exc), file=sys.stderr)
+        return EXIT_ERROR
+    with lock:
+        return _run_locked(args)
+
+
+def _run_locked(args: argparse.Namespace) -> int:
     try:
         log = SqliteLog(args.db)
     except NotAnHvdmLog as exc:

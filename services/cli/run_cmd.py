@@ -13,6 +13,7 @@ from services.cli.main import EXIT_ERROR, EXIT_USAGE, error_line
 from services.cli.metrics_args import add_metrics_arguments, metrics_labels_of
 from services.embedded.run import RunConfig, main_run
 from services.event_log.sqlite_log import NotAnHvdmLog
+from services.event_log.writer_lock import LogLockError
 from services.guest_sim.profiles import PROFILES
 from services.guest_sim.workload import WORKLOADS
 from services.qmp.paths import default_qmp_dir
@@ -84,7 +85,7 @@ def _run(args: argparse.Namespace) -> int:
 
             return main_run(cfg, run_on_broker)
         return main_run(cfg)
-    except (NotAnHvdmLog, SocketPathInUse) as exc:
+    except (NotAnHvdmLog, LogLockError, SocketPathInUse) as exc:
         # Refused before anything started or changed: the path is named in the message.
         print(error_line("run", exc), file=sys.stderr)
         return EXIT_ERROR

@@ -7,9 +7,10 @@ socket, and a scripted demo per VM with a live progress table.
 It runs until the scenario or ``--duration`` ends, or until SIGINT or SIGTERM (either one: the
 same clean stop, exit 0). A stop closes every guest channel still open in the log (reason "host
 shutdown"), processes the inbox to its end, removes the gateway and QMP sockets and prints the
-summary. Refused before anything starts (``NotAnHvdmLog``, ``SocketPathInUse``, which the CLI
-turns into one line on stderr and exit 1): a ``--db`` that is not an hvdm log, and a ``--socket``
-path holding anything but a stale socket.
+summary. Refused before anything starts (``NotAnHvdmLog``, ``LogLockError``, ``SocketPathInUse``,
+which the CLI turns into one line on stderr and exit 1): a ``--db`` that is not an hvdm log, a
+``--db`` another process writes (its writer lock, ``services.event_log.writer_lock``, is held; also
+before ``--fresh`` moves anything), and a ``--socket`` path holding anything but a stale socket.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from services.embedded.qemu_sink import attach_to_service
 from services.embedded.service import EmbeddedService
 from services.embedded.stop_signals import StopSignals
 from services.event_log.sqlite_log import check_log_file
+from services.event_log.writer_lock import WriterLock
 from services.metrics import MetricsLabels, ServedMetrics, serve_for_service
 from services.qemu_agent import QemuAgent
 from services.qmp import QmpServers, start_qmp_servers
@@ -266,11 +268,16 @@ def main_run(cfg: RunConfig, serve: Callable[[RunConfig], Coroutine[Any, Any, in
     """Run ``hvdm run``: the embedded service, or ``serve`` (the CLI passes the Kafka deployment's
     ``run_on_broker`` for ``--broker``, so this package never imports the other deployment)."""
     try:
-        if serve is None:
+        if serve is not None:
+            return asyncio.run(serve(cfg))
+        # A foreign file is refused before anything (the lock file) is created next to it.
+        check_log_file(cfg.db)
+        # Held from before --fresh moves the old log until the summary is printed (issue 9 §4).
+        with WriterLock.acquire(cfg.db):
             check_paths(cfg)
             if cfg.fresh:
                 start_fresh(cfg, sys.stderr if cfg.json_summary else sys.stdout)
-        return asyncio.run((serve or run_service)(cfg))
+            return asyncio.run(run_service(cfg))
     except AuthConfigError as e:
         print(f"hvdm: run error: {e}", file=sys.stderr)
         return 2
