@@ -2,10 +2,9 @@
 
 The audit's whole claim rests on this module running the runner's step (``dm_engine.step``): each
 record goes to its VM; a broadcast record (vm ``*``, the clock ticks) goes to every VM that has
-appeared in the inbox so far, in sorted order; a VM appears at its first inbox record, with
-``initial_state``. (A recovering runner also knows VMs whose first record it has not consumed yet,
-but a tick to a VM in its initial state decides nothing and changes nothing, so the two rules
-produce the same events.)
+appeared in the inbox so far, in sorted order; a VM appears at its first inbox record that decides
+something, from ``initial_state``, and leaves at ``VmForgotten`` -- the runner's rules (``step``),
+which matter once ``retention_ticks`` makes ticks decide for disconnected VMs.
 
 An input the engine rejected (``InputRejected``) is rejected here too. The step then needs the
 VM's state from before that input; the replay takes it from the *recorded* events before it (the
@@ -75,9 +74,9 @@ class InboxReplay:
         self._rebuild = rebuild
 
     def _appear(self, vm: str) -> None:
-        if vm not in self.states:
-            self.states[vm] = initial_state(vm)
-            bisect.insort(self._order, vm)
+        i = bisect.bisect_left(self._order, vm)
+        if i == len(self._order) or self._order[i] != vm:
+            self._order.insert(i, vm)
 
     def _rebuilder(self, pos: int) -> Rebuild:
         def rebuild(vm: str) -> VmState:
@@ -97,7 +96,6 @@ class InboxReplay:
         else:
             if self.only_vms is not None and row.vm not in self.only_vms:
                 return []
-            self._appear(row.vm)
         results = step(
             self.states,
             row.vm,
@@ -108,7 +106,10 @@ class InboxReplay:
             order=self._order,
         )
         if len(self._order) != len(self.states):
-            # A VM was forgotten (``step.forgets``); its next record makes it appear again.
+            # A VM appeared, or was forgotten (``step.forgets``), exactly as in the runner: ticks
+            # reach the same VMs (with ``retention_ticks`` that decides events).
+            if row.vm in self.states and row.vm != ALL_VMS:
+                self._appear(row.vm)
             self._order = [v for v in self._order if v in self.states]
         return [Decision(r.vm, row.pos, row.tick, r.events) for r in results]
 

@@ -8,6 +8,7 @@ Examples (as in the seed's HMP session)::
     hvdm ctl vm1 hv-balloon-add-memory id=mem1
     hvdm ctl vm1 object_del mem1
     hvdm ctl vm1 info memory-devices
+    hvdm ctl vm1 forget                                        # retire a disconnected VM
     hvdm ctl vm1 events [--count N]                            # follow QMP events (JSON lines)
     hvdm ctl vm1 qmp query-balloon ['{"arg": ...}']            # raw QMP, JSON out
 

@@ -18,7 +18,8 @@ written once, and a replay reproduces what a runner recorded byte for byte.
   ``InputRejected`` event records the input, its position and the exception, and the VM is
   flagged ``needs_attention``. The other VMs, and the next inputs, carry on.
 * **Forgetting.** A VM whose step produced ``VmForgotten`` leaves ``states`` after the step (the
-  record of it stays in the log); its next record starts it again from ``initial_state``. Whoever
+  record of it stays in the log); its next record that decides something starts it again from
+  ``initial_state`` (a new VM whose first record decides nothing is not kept either). Whoever
   folds a stored log does the same with ``fold_recorded``, so recovery, replay and audits agree.
 """
 
@@ -116,13 +117,16 @@ def step(
     forgotten: list[str] = []
     for name in targets(states, vm, order):
         state = states.get(name)
+        created = state is None
         if state is None:
             state = states[name] = initial_state(name)
         result = step_vm(name, state, record, config, inbox_pos=inbox_pos, rebuild=rebuild)
         if result.state is not state:
             states[name] = result.state
         out.append(result)
-        if forgets(result.events):
+        if forgets(result.events) or (created and not result.events):
+            # A record that decided nothing for an unknown VM (a close after a forget) does not
+            # bring it back: only events make a VM, which is what recovery rebuilds from.
             forgotten.append(name)
     for name in forgotten:
         del states[name]

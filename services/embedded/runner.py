@@ -89,8 +89,9 @@ class EngineRunner:
                 self._last_seq[vm] = row.seq
                 count += 1
             self._events_since_snapshot[vm] = count
-            if gone:
-                # Forgotten and not back since: no state, so no QMP socket or metric series either.
+            if gone or (after == 0 and count == 0):
+                # Forgotten and not back since, or never decided anything (``step``): no state, so
+                # no QMP socket or metric series either.
                 del self.states[vm]
             else:
                 self.states[vm] = state

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, TextIO
 
@@ -24,6 +26,7 @@ from services.dm_engine.records import to_dict
 from services.dm_engine.state import VmState
 from services.embedded.clock import TickClock
 from services.embedded.run import check_gateway_config, run_gateway_limits, sim_endpoint, sim_hello
+from services.embedded.stop_signals import StopSignals
 from services.kafka_engine import envelope
 from services.kafka_engine.deployment_config import engine_config_of
 from services.kafka_engine.gateway import start_gateway, stop_gateway
@@ -102,8 +105,13 @@ async def run_on_broker(cfg: Any, out: TextIO = sys.stdout, *, engines: int = 1)
     counts = await asyncio.to_thread(ensure_topics, settings)
     config = await asyncio.to_thread(engine_config_of, settings, cfg.engine_config)
     clock = TickClock(tick_seconds=config.tick_seconds, speed=cfg.speed)
+    stop = StopSignals().install()
+    preexec = _die_with_parent()
     children = [
-        subprocess.Popen([sys.executable, "-m", "services", "engine", "--broker", settings.url, *_metrics_args(cfg, i)])
+        subprocess.Popen(
+            [sys.executable, "-m", "services", "engine", "--broker", settings.url, *_metrics_args(cfg, i)],
+            preexec_fn=preexec,
+        )
         for i in range(engines)
     ]
     server, backend = await start_gateway(
@@ -132,13 +140,7 @@ async def run_on_broker(cfg: Any, out: TextIO = sys.stdout, *, engines: int = 1)
         await asyncio.to_thread(service.refresh)
 
     try:
-        # Guests time out a silent host within seconds of guest time: connect them once the
-        # workers are up, i.e. once every partition has a tick processed.
-        deadline = time.monotonic() + 120
-        while min((await asyncio.to_thread(service.group.committed, service.partitions)).values()) == 0:
-            if time.monotonic() > deadline or any(p.poll() is not None for p in children):
-                raise RuntimeError("the engine workers did not start processing")
-            await asyncio.sleep(0.2)
+        await _workers_processing(service, children, stop)
         for i in range(cfg.guests):
             vm = f"vm{i + 1}"
             guest = SimulatedGuest(
@@ -154,6 +156,8 @@ async def run_on_broker(cfg: Any, out: TextIO = sys.stdout, *, engines: int = 1)
                 scripts[vm] = DemoScript(vm, cfg.guest_memory, reboot)
 
         def worker_exited() -> str | None:
+            if stop.received:
+                return f"{stop.received} received"
             return "an engine worker exited" if any(p.poll() is not None for p in children) else None
 
         await run_scripts(
@@ -167,6 +171,7 @@ async def run_on_broker(cfg: Any, out: TextIO = sys.stdout, *, engines: int = 1)
             stop=worker_exited,
         )
     finally:
+        stop.uninstall()
         report = summary(service, scripts)
         for link in links.values():
             await link.stop()
@@ -187,6 +192,47 @@ async def run_on_broker(cfg: Any, out: TextIO = sys.stdout, *, engines: int = 1)
     else:
         print("\n".join(vm_lines(report)), file=out)
     return 3 if scripts and not report["scenario_completed"] else 0
+
+
+async def _workers_processing(
+    service: BrokerService, children: list[subprocess.Popen[bytes]], stop: StopSignals
+) -> None:
+    """Wait until every partition has a tick processed (or a stop is asked for).
+
+    Guests time out a silent host within seconds of guest time, so they connect only once the
+    workers are up.
+    """
+    deadline = time.monotonic() + 120
+    while min((await asyncio.to_thread(service.group.committed, service.partitions)).values()) == 0:
+        if stop.received:
+            return
+        if time.monotonic() > deadline or any(p.poll() is not None for p in children):
+            raise RuntimeError("the engine workers did not start processing")
+        await asyncio.sleep(0.2)
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` making the kernel send an engine child SIGTERM when this process dies.
+
+    Why: the parent stops its workers on the way out, but a parent killed with SIGKILL (or stuck
+    and then killed by its supervisor) would leave them running, holding partitions and metrics
+    ports. ``PR_SET_PDEATHSIG`` is Linux's; elsewhere the orderly stop is all there is. libc is
+    resolved here, in the parent: the child between fork and exec must not import anything.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    pr_set_pdeathsig, sigterm = 1, int(signal.SIGTERM)
+
+    def preexec() -> None:
+        prctl(pr_set_pdeathsig, sigterm)
+
+    return preexec
 
 
 def _metrics_args(cfg: Any, i: int) -> list[str]:

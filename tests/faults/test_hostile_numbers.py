@@ -31,7 +31,7 @@ from services.vmbus_gateway.client import GuestLink
 from services.vmbus_gateway.hello import HELLO_REASONS, Hello
 from services.vmbus_gateway.server import GatewayServer
 from tests.qmp.qmp_env import qmp_env
-from tests.vmbus_gateway.test_gateway import EchoGuest
+from tests.vmbus_gateway.peers import EchoGuest
 
 GIB = 1 << 30
 BOOT = 4 * GIB

@@ -16,7 +16,6 @@ from services.dm_engine.inputs import SetTarget
 from services.dm_engine.state import ProtocolState
 from services.dm_protocol import (
     BalloonRequest,
-    BalloonResponse,
     CapabilitiesReport,
     FrameReader,
     StatusReport,
@@ -31,56 +30,13 @@ from services.embedded.service import EmbeddedService
 from services.vmbus_gateway.client import GuestLink
 from services.vmbus_gateway.hello import Hello
 from services.vmbus_gateway.server import GatewayLimits, GatewayServer
-
-GIB = 1 << 30
-
-
-class EchoGuest:
-    """A minimal guest model: handshakes, then answers each balloon request with that many pages."""
-
-    def __init__(self) -> None:
-        self.closed = False
-        self.received: list[object] = []
-        self.next_page = 0
-        self.trans_id = 0
-
-    def _id(self) -> int:
-        self.trans_id += 1
-        return self.trans_id
-
-    def connect(self, now: float) -> list[bytes]:
-        return [encode(VersionRequest(trans_id=self._id(), version=0x20000))]
-
-    def receive(self, message: bytes, now: float) -> list[bytes]:
-        msg = decode(message)
-        self.received.append(msg)
-        if type(msg).__name__ == "VersionResponse":
-            return [encode(CapabilitiesReport(trans_id=self._id(), balloon=True, hot_add=True, hot_add_alignment=7))]
-        if isinstance(msg, BalloonRequest):
-            start, self.next_page = self.next_page, self.next_page + msg.num_pages
-            return [encode(BalloonResponse(trans_id=self._id(), more_pages=False, ranges=((start, msg.num_pages),)))]
-        return []
-
-    def poll(self, now: float) -> list[bytes]:
-        return []
+from tests.vmbus_gateway.peers import GIB, EchoGuest, running_service, wait_for
 
 
 @pytest.fixture
 async def service(tmp_path: Path) -> AsyncIterator[EmbeddedService]:
-    from services.dm_engine.config import EngineConfig
-
-    svc = EmbeddedService.open(tmp_path / "hvdm.db", speed=1000.0, config=EngineConfig(post_init_wait_ticks=1))
-    await svc.start()
-    yield svc
-    await svc.stop()
-
-
-async def wait_for(predicate, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not reached")
-        await asyncio.sleep(0.01)
+    async with running_service(tmp_path) as svc:
+        yield svc
 
 
 def idle(service: EmbeddedService, vm: str) -> bool:
@@ -247,7 +203,11 @@ async def test_resume_is_exact_across_two_gateway_restarts(service: EmbeddedServ
         gateway = GatewayServer(backend)
         await gateway.start(unix_path=sock)
         await link.open(unix_path=sock, resume=True)
-        await wait_for(lambda t=target: service.runner.states["vm1"].current_pages == t >> 12)
+
+        def reached(t: int = target) -> bool:
+            return service.runner.states["vm1"].current_pages == t >> 12
+
+        await wait_for(reached)
     high = service.log.outbox_high_watermark("vm1")
     assert link.last_host_seq == high
     assert link.host_messages == high - base == len(guest.received)  # nothing lost, nothing repeated

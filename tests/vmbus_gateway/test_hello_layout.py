@@ -128,7 +128,7 @@ async def test_gateway_puts_layout_and_reset_in_channel_opened(service: Embedded
 
 
 async def _idle(service: EmbeddedService, vm: str) -> None:
-    from tests.vmbus_gateway.test_gateway import wait_for
+    from tests.vmbus_gateway.peers import wait_for
 
     await wait_for(
         lambda: service.runner.states.get(vm) is not None and service.runner.states[vm].protocol is ProtocolState.IDLE
@@ -139,7 +139,7 @@ async def test_a_rebooted_guest_does_not_keep_the_old_boots_books(service: Embed
     """Issue 12 s1 through the socket: the guest's connection closes and a fresh hello opens a new
     channel (QEMU: only after hv_balloon_vmdev_reset). The pages the old boot gave are forgotten,
     so growing never unballoons pages the new boot did not give; resuming keeps them."""
-    from tests.vmbus_gateway.test_gateway import EchoGuest, wait_for
+    from tests.vmbus_gateway.peers import EchoGuest, wait_for
 
     sock = str(tmp_path / "gw.sock")
     gateway = GatewayServer(EmbeddedBackend(service))
