@@ -18,12 +18,13 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TextIO
 
-from services.demo.loop import rebooter, run_scripts, vm_lines, vm_summary
+from services.demo.host import DemoHost
+from services.demo.loop import Refresh, rebooter, run_scripts, vm_lines, vm_summary
 from services.demo.scenario import DemoScript
 from services.dm_engine.config import EngineConfig
 from services.embedded.gateway_backend import EmbeddedBackend
@@ -108,6 +109,40 @@ def sim_hello(cfg: RunConfig, vm: str) -> Hello:
     return Hello(vm=vm, boot_bytes=cfg.guest_memory, maxmem_bytes=cfg.guest_maxmem, token=token)
 
 
+async def connect_sim_guests(
+    cfg: RunConfig,
+    host: DemoHost,
+    endpoint: Mapping[str, Any],
+    links: dict[str, GuestLink],
+    scripts: dict[str, DemoScript],
+    *,
+    reboot_wait_seconds: float,
+    refresh: Refresh | None = None,
+) -> None:
+    """Connect ``cfg.guests`` simulated guests to the gateway, with a demo script each under ``--scenario demo``.
+
+    Both deployments run their simulated guests this way; ``links`` and ``scripts`` are filled as
+    guests connect, so the caller's shutdown sees every guest that got that far.
+    """
+    if not cfg.guests:
+        return
+    from services.guest_sim import GuestConfig, SimulatedGuest
+
+    for i in range(cfg.guests):
+        vm = f"vm{i + 1}"
+        guest = SimulatedGuest(
+            GuestConfig(
+                boot_bytes=cfg.guest_memory, profile=cfg.guest_profile, workload=cfg.workload, seed=cfg.seed + i
+            )
+        )
+        link = GuestLink(guest, sim_hello(cfg, vm), host.now_seconds)
+        await link.open(**endpoint)
+        links[vm] = link
+        if cfg.scenario == "demo":
+            reboot = rebooter(link, guest, host, endpoint, wait_seconds=reboot_wait_seconds, refresh=refresh)
+            scripts[vm] = DemoScript(vm, cfg.guest_memory, reboot)
+
+
 def summary(service: EmbeddedService, scripts: dict[str, DemoScript]) -> dict[str, Any]:
     vms = {vm: vm_summary(s, scripts.get(vm)) for vm, s in sorted(service.states.items())}
     return {
@@ -164,25 +199,7 @@ async def run_service(cfg: RunConfig, out: TextIO = sys.stdout) -> int:
             file=human,
             flush=True,
         )
-        if cfg.guests:
-            from services.guest_sim import GuestConfig, SimulatedGuest
-
-            for i in range(cfg.guests):
-                vm = f"vm{i + 1}"
-                guest = SimulatedGuest(
-                    GuestConfig(
-                        boot_bytes=cfg.guest_memory,
-                        profile=cfg.guest_profile,
-                        workload=cfg.workload,
-                        seed=cfg.seed + i,
-                    )
-                )
-                link = GuestLink(guest, sim_hello(cfg, vm), service.now_seconds)
-                await link.open(**endpoint)
-                links[vm] = link
-                if cfg.scenario == "demo":
-                    reboot = rebooter(link, guest, service, endpoint, wait_seconds=10)
-                    scripts[vm] = DemoScript(vm, cfg.guest_memory, reboot)
+        await connect_sim_guests(cfg, service, endpoint, links, scripts, reboot_wait_seconds=10)
         await run_scripts(
             service,
             scripts,

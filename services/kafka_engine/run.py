@@ -19,13 +19,13 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, TextIO
 
-from services.demo.loop import rebooter, run_scripts, vm_lines, vm_summary
+from services.demo.loop import run_scripts, vm_lines, vm_summary
 from services.demo.scenario import DemoScript
 from services.dm_engine.inputs import Input
 from services.dm_engine.records import to_dict
 from services.dm_engine.state import VmState
 from services.embedded.clock import TickClock
-from services.embedded.run import check_gateway_config, run_gateway_limits, sim_endpoint, sim_hello
+from services.embedded.run import check_gateway_config, connect_sim_guests, run_gateway_limits, sim_endpoint
 from services.embedded.stop_signals import StopSignals
 from services.kafka_engine import envelope
 from services.kafka_engine.deployment_config import engine_config_of
@@ -98,7 +98,6 @@ def summary(service: BrokerService, scripts: dict[str, DemoScript]) -> dict[str,
 
 async def run_on_broker(cfg: Any, out: TextIO = sys.stdout, *, engines: int = 1) -> int:
     """``cfg`` is ``hvdm run``'s ``RunConfig`` with ``broker`` set."""
-    from services.guest_sim import GuestConfig, SimulatedGuest
 
     check_gateway_config(cfg)
     settings = replace(KafkaSettings.from_url(cfg.broker), speed=cfg.speed)
@@ -141,19 +140,7 @@ async def run_on_broker(cfg: Any, out: TextIO = sys.stdout, *, engines: int = 1)
 
     try:
         await _workers_processing(service, children, stop)
-        for i in range(cfg.guests):
-            vm = f"vm{i + 1}"
-            guest = SimulatedGuest(
-                GuestConfig(
-                    boot_bytes=cfg.guest_memory, profile=cfg.guest_profile, workload=cfg.workload, seed=cfg.seed + i
-                )
-            )
-            link = GuestLink(guest, sim_hello(cfg, vm), clock.now_seconds)
-            await link.open(**endpoint)
-            links[vm] = link
-            if cfg.scenario == "demo":
-                reboot = rebooter(link, guest, service, endpoint, wait_seconds=30, refresh=refresh)
-                scripts[vm] = DemoScript(vm, cfg.guest_memory, reboot)
+        await connect_sim_guests(cfg, service, endpoint, links, scripts, reboot_wait_seconds=30, refresh=refresh)
 
         def worker_exited() -> str | None:
             if stop.received:
