@@ -21,7 +21,6 @@ from typing import Any
 import pytest
 from qemu.qmp import ExecuteError
 
-from services.dm_engine.config import EngineConfig
 from services.dm_engine.inputs import SetTarget
 from services.dm_engine.state import ProtocolState
 from services.embedded.gateway_backend import EmbeddedBackend
@@ -31,7 +30,7 @@ from services.vmbus_gateway.client import GuestLink
 from services.vmbus_gateway.hello import HELLO_REASONS, Hello
 from services.vmbus_gateway.server import GatewayServer
 from tests.qmp.qmp_env import qmp_env
-from tests.vmbus_gateway.peers import EchoGuest
+from tests.vmbus_gateway.peers import EchoGuest, running_service
 
 GIB = 1 << 30
 BOOT = 4 * GIB
@@ -39,10 +38,8 @@ BOOT = 4 * GIB
 
 @pytest.fixture
 async def service(tmp_path: Path) -> AsyncIterator[EmbeddedService]:
-    svc = EmbeddedService.open(tmp_path / "hvdm.db", speed=1000.0, config=EngineConfig(post_init_wait_ticks=1))
-    await svc.start()
-    yield svc
-    await svc.stop()
+    async with running_service(tmp_path) as svc:
+        yield svc
 
 
 async def wait_until(predicate: Any, what: str, timeout: float = 10.0) -> None:

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 
-from services.dm_engine.config import EngineConfig
 from services.dm_engine.inputs import SetTarget
 from services.dm_engine.state import ProtocolState
 from services.embedded.gateway_backend import EmbeddedBackend
@@ -27,6 +26,7 @@ from services.embedded.service import EmbeddedService
 from services.vmbus_gateway.client import GuestLink
 from services.vmbus_gateway.hello import Hello, HelloError, parse_hello
 from services.vmbus_gateway.server import GatewayServer
+from tests.vmbus_gateway.peers import EchoGuest, running_service, wait_for
 
 GIB = 1 << 30
 GIB_PAGES = GIB >> 12
@@ -96,10 +96,8 @@ def test_hello_round_trips(hello: Hello) -> None:
 # ----------------------------------------------------------------------------- through the gateway
 @pytest.fixture
 async def service(tmp_path: Path) -> AsyncIterator[EmbeddedService]:
-    svc = EmbeddedService.open(tmp_path / "hvdm.db", speed=1000.0, config=EngineConfig(post_init_wait_ticks=1))
-    await svc.start()
-    yield svc
-    await svc.stop()
+    async with running_service(tmp_path) as svc:
+        yield svc
 
 
 async def _hello(sock: str, hello: Hello) -> dict[str, object]:
@@ -128,8 +126,6 @@ async def test_gateway_puts_layout_and_reset_in_channel_opened(service: Embedded
 
 
 async def _idle(service: EmbeddedService, vm: str) -> None:
-    from tests.vmbus_gateway.peers import wait_for
-
     await wait_for(
         lambda: service.runner.states.get(vm) is not None and service.runner.states[vm].protocol is ProtocolState.IDLE
     )
@@ -139,8 +135,6 @@ async def test_a_rebooted_guest_does_not_keep_the_old_boots_books(service: Embed
     """Issue 12 s1 through the socket: the guest's connection closes and a fresh hello opens a new
     channel (QEMU: only after hv_balloon_vmdev_reset). The pages the old boot gave are forgotten,
     so growing never unballoons pages the new boot did not give; resuming keeps them."""
-    from tests.vmbus_gateway.peers import EchoGuest, wait_for
-
     sock = str(tmp_path / "gw.sock")
     gateway = GatewayServer(EmbeddedBackend(service))
     await gateway.start(unix_path=sock)
