@@ -14,7 +14,7 @@ from services.dm_engine import events as ev
 from services.dm_engine import inputs as inp
 from services.dm_engine.records import event_json, input_json
 from services.dm_engine.state import VmState
-from services.dm_protocol import CapabilitiesReport, Message, VersionRequest, encode
+from services.dm_protocol import BalloonResponse, CapabilitiesReport, HotAddResponse, Message, VersionRequest, encode
 
 GIB_PAGES = 1 << 18
 FAST = EngineConfig(post_init_wait_ticks=2)
@@ -70,6 +70,19 @@ class Harness:
 
     def set_target_pages(self, pages: int) -> list[ev.Event]:
         return self.feed(inp.SetTarget(tick=self.tick, target_bytes=pages << 12))
+
+    def hot_add_then_balloon_boot_ram(self) -> int:
+        """Hot-add 1 GiB through a vDIMM ("m"), then balloon 1 GiB of boot RAM out; returns the boot size in pages.
+
+        Leaves the VM with both kinds of books, which is what reset and reboot tests need."""
+        boot = self.state.boot_pages
+        self.command(inp.AddBackend(tick=self.tick, backend_id="m", size_bytes=1 << 30))
+        self.command(inp.PlugBackend(tick=self.tick, backend_id="m"))
+        self.set_target_pages(boot + GIB_PAGES)
+        self.guest(HotAddResponse(page_count=GIB_PAGES, result=1))
+        self.set_target_pages(boot)
+        self.guest(BalloonResponse(more_pages=False, ranges=((0, GIB_PAGES),)))
+        return boot
 
     def handshake(self, *, hot_remove: bool = False, alignment: int = 7) -> None:
         self.open()

@@ -224,13 +224,7 @@ def test_status_reports_are_recorded() -> None:
 def test_vmbus_reset_drops_ballooned_but_keeps_hot_added() -> None:
     h = Harness()
     h.handshake()
-    boot = h.state.boot_pages
-    h.command(inp.AddBackend(tick=h.tick, backend_id="m", size_bytes=1 << 30))
-    h.command(inp.PlugBackend(tick=h.tick, backend_id="m"))
-    h.set_target_pages(boot + GIB_PAGES)
-    h.guest(HotAddResponse(page_count=GIB_PAGES, result=1))
-    h.set_target_pages(boot)
-    h.guest(BalloonResponse(more_pages=False, ranges=((0, GIB_PAGES),)))
+    boot = h.hot_add_then_balloon_boot_ram()
     assert h.state.current_pages == boot
     h.command(inp.VmbusReset(tick=h.tick))
     assert h.state.protocol is ProtocolState.CLOSED

@@ -23,7 +23,7 @@ from services.dm_engine import events as ev
 from services.dm_engine import inputs as inp
 from services.dm_engine.config import EngineConfig
 from services.dm_engine.records import event_from_dict, loads
-from services.dm_protocol import BalloonRequest, BalloonResponse, HotAddRequest, HotAddResponse, UnballoonRequest
+from services.dm_protocol import BalloonRequest, BalloonResponse, HotAddRequest, UnballoonRequest
 from services.embedded.lockstep import LockstepFleet
 from services.event_log.sqlite_log import SqliteLog
 from services.guest_sim import GuestConfig, SimulatedGuest
@@ -36,13 +36,7 @@ FOUR_GIB = 4 * GIB_PAGES
 def _grown_and_shrunk(h: Harness) -> int:
     """Handshake, hot-add 1 GiB through a vDIMM, then balloon 1 GiB of boot RAM out."""
     h.handshake()
-    boot = h.state.boot_pages
-    h.command(inp.AddBackend(tick=h.tick, backend_id="m", size_bytes=1 << 30))
-    h.command(inp.PlugBackend(tick=h.tick, backend_id="m"))
-    h.set_target_pages(boot + GIB_PAGES)
-    h.guest(HotAddResponse(page_count=GIB_PAGES, result=1))
-    h.set_target_pages(boot)
-    h.guest(BalloonResponse(more_pages=False, ranges=((0, GIB_PAGES),)))
+    boot = h.hot_add_then_balloon_boot_ram()
     assert h.state.ballooned_pages == GIB_PAGES and h.state.trans_id == 2
     return boot
 
