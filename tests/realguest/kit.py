@@ -54,12 +54,27 @@ class Rig:
         if done.returncode != 0:
             raise AssertionError(f"rig setup failed:\n{done.stderr[-3000:]}")
 
-    def up(self, kind: str, *args: str, timeout: float = 600) -> dict[str, Any]:
-        done = self.run(f"{kind}-up", *args, timeout=timeout)
-        if done.returncode != 0:
-            raise AssertionError(f"rig {kind}-up failed:\n{done.stderr[-3000:]}")
-        info: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-        return info
+    def up(self, kind: str, *args: str, timeout: float = 300, attempts: int = 2) -> dict[str, Any]:
+        """Boot a guest; a boot that fails or hangs is stopped and tried once more.
+
+        Why: the nested hv-balloon guest (L2 under L1's KVM under TCG) sometimes never starts --
+        seen once in CI-like runs here: L1 printed "starting L2" and L2 wrote nothing for 10
+        minutes. That is the emulation stack, before hvdm is involved, so a fresh boot is the fix;
+        a second failure fails the test with both attempts' output.
+        """
+        failures: list[str] = []
+        for attempt in range(1, attempts + 1):
+            try:
+                done = self.run(f"{kind}-up", *args, timeout=timeout)
+            except subprocess.TimeoutExpired:
+                failures.append(f"attempt {attempt}: rig {kind}-up timed out after {timeout:g} s")
+            else:
+                if done.returncode == 0:
+                    info: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+                    return info
+                failures.append(f"attempt {attempt}: rig {kind}-up failed:\n{done.stderr[-3000:]}")
+            self.down(kind)
+        raise AssertionError("\n".join(failures))
 
     def down(self, kind: str | None = None) -> None:
         self.run("down", *([kind] if kind else []), timeout=120)

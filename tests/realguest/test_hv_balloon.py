@@ -24,7 +24,8 @@ from tests.realguest.kit import Rig, hvdm, start_hvdm, wait_for
 from tests.realguest.test_virtio import qmp
 
 # Boots real guests (and rig setup may apt-get install on a fresh machine): beyond the 300 s default.
-pytestmark = [pytest.mark.realguest, pytest.mark.timeout(900)]
+# Room for one retried boot (Rig.up) on top of the ~3 min the test takes.
+pytestmark = [pytest.mark.realguest, pytest.mark.timeout(1200)]
 
 MIB = 1 << 20
 VM = "l2-qmp"
