@@ -23,6 +23,9 @@ segment would hold (Kafka's index files, about 1-2 % of a segment, are not count
 The embedded figures are ``bench.log_size.measure`` on the same workload in the same run (live rows,
 and archived segments), the baseline its JSON lines (one line per input and per event).
 
+It also times ``hvdm audit --broker`` of the first workload's zstd log in one process against
+``--jobs 2`` and ``--jobs 4`` (split by partition: reading and auditing), with the reports compared.
+
 Run: ``python -m bench.kafka_log_size [--vms 200] [--ticks 100] [--partitions 4] [--quick]``.
 """
 
@@ -40,9 +43,12 @@ from pathlib import Path
 
 from bench.engine import machine
 from bench.log_size import CONFIG, TARGET_BYTES, Size, measure, status, workload
+from services.audit import audit
 from services.dm_engine.config import EngineConfig
 from services.dm_engine.inputs import ALL_VMS
 from services.kafka_engine import envelope
+from services.kafka_engine.audit_partitions import audit_partitions
+from services.kafka_engine.audit_reader import KafkaLogReader
 from services.kafka_engine.gateway_backend import KafkaBackend
 from services.kafka_engine.kafka_log import GroupOffsets, ensure_topics, new_producer
 from services.kafka_engine.settings import KafkaSettings
@@ -78,6 +84,7 @@ def settings_for(broker: LocalBroker, codec: str, partitions: int, linger: float
 @dataclass
 class KafkaSize:
     inputs: int
+    settings: KafkaSettings
     topics: dict[str, TopicBytes] = field(default_factory=dict)
 
     @property
@@ -171,7 +178,7 @@ def run_deployment(
             engine.kill()
             engine.wait(5)
         log.close()
-    size = KafkaSize(inputs)
+    size = KafkaSize(inputs, settings)
     for kind in TOPICS:
         size.topics[kind] = topic_bytes(broker.bootstrap, settings.topic(kind), 1 if kind == "meta" else partitions)
     return size
@@ -201,6 +208,25 @@ def inbox_sweep(broker: LocalBroker, codec: str, per_batch: int, vms: int, ticks
     finally:
         backend._producer.close()
     return topic_bytes(broker.bootstrap, settings.inbox, partitions).bytes / sent
+
+
+def audit_speedup(settings: KafkaSettings, jobs: int) -> tuple[float, float, bool]:
+    """Seconds to read and audit the deployment in one process and in ``jobs`` (split by
+    partition), and whether the two reports are equal."""
+    started = time.perf_counter()
+    single = KafkaLogReader(settings)
+    try:
+        one = audit(single).to_dict()
+    finally:
+        single.close()
+    alone = time.perf_counter() - started
+    started = time.perf_counter()
+    split = KafkaLogReader(settings, jobs=jobs, min_records=0)
+    try:
+        many = audit_partitions(split, jobs, min_records=0).to_dict()
+    finally:
+        split.close()
+    return alone, time.perf_counter() - started, one == many
 
 
 def _partition(vm: str, partitions: int) -> int:
@@ -240,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
                     kafka[(name, codec)] = run_deployment(
                         broker, name, args.vms, args.ticks, codec, args.partitions, tmp
                     )
+            timed = {jobs: audit_speedup(kafka[(args.workloads[0], "zstd")].settings, jobs) for jobs in (2, 4)}
             # Enough VMs that a tick fills a 64-record batch in every partition.
             sweep_vms = max(args.vms, 80 * args.partitions)
             sweep = {
@@ -271,6 +298,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  {'codec':6} " + " ".join(f"{f'{k}/batch':>9}" for k in SWEEP))
     for codec in chosen:
         print(f"  {codec:6} " + " ".join(f"{sweep[(codec, k)]:9.1f}" for k in SWEEP))
+    print(f"\naudit --broker of the {args.workloads[0]} log (zstd), read + re-decided + compared, split by partition:")
+    for jobs, (alone, split, same) in timed.items():
+        speedup = alone / split
+        print(
+            f"  --jobs {jobs}: {split:.2f} s against {alone:.2f} s in one process: {speedup:.2f}x "
+            f"({speedup / jobs:.0%} efficiency; {os.cpu_count()} cores); reports equal: {same}"
+        )
     if "status" in args.workloads:
         best = min(chosen, key=lambda c: kafka[("status", c)].per_input())
         s = kafka[("status", best)]

@@ -36,7 +36,7 @@ Options:
 * ``compression`` (``zstd``): the codec of every record batch this deployment's producers write
   (``zstd``, ``gzip`` or ``none``). The broker stores a batch as it was sent, so this is
   what the topics cost on disk (bench/kafka_log_size.py: zstd is the smallest, about a tenth of
-  ``none`` for batches of 16 status reports or more; gzip is close behind; lz4 is the weakest). Readers
+  ``none`` for batches of 16 status reports or more; gzip is close behind). Readers
   decompress whatever codec a batch names, so the option can change at any time and topics holding
   batches of several codecs read as one log. zstd needs Kafka 2.1 or later (any tansu); an older
   broker takes ``gzip``.
@@ -51,8 +51,8 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 ENV_PREFIX = "HVDM_KAFKA_"
-#: Batch codecs a deployment may choose. lz4 and snappy are left out: lz4 packed status reports
-#: about half as well as zstd (bench/kafka_log_size.py) and each needs one more client library.
+#: Batch codecs a deployment may choose. lz4 and snappy are left out: lz4 batches of status reports
+#: took 1.5-2x the bytes of zstd's (bench/kafka_log_size.py) and each needs one more client library.
 COMPRESSIONS = ("zstd", "gzip", "none")
 
 
