@@ -109,3 +109,86 @@ def section(base: CutBase | None) -> dict[str, Any] | None:
         "vms_summarised": len(base.summaries),
         "replay_starts_from": "snapshots stored at the cut",
     }
+
+
+# ---------------------------------------------------------------------- what the reports show
+#: Columns of the history summaries table (text and HTML reports).
+SUMMARY_HEADERS = (
+    "VM",
+    "EVENTS",
+    "VIOLATIONS",
+    "BALLOONED",
+    "UNBALLOONED",
+    "HOT-ADDED",
+    "REPORTS",
+    "MEAN INTERVAL",
+    "MAX INTERVAL",
+    "FIRST REPORT",
+    "LAST REPORT",
+    "REJECTED",
+)
+
+
+def cut_sentence(section: dict[str, Any]) -> str:
+    """One line saying where the log begins and how it got there."""
+    cut = section["cut"]
+    times = len(section["cuts"])
+    again = f" (compacted {times} times)" if times > 1 else ""
+    return (
+        f"history up to inbox position {cut['position']:,} (tick {cut['tick']:,}, appended "
+        f"{iso(cut['wall']) or '-'}) was compacted at {iso(cut['compacted_at'])} by hvdm {cut['version']}{again}: "
+        f"{cut['inbox_rows_removed']:,} inbox records and {cut['event_rows_removed']:,} events removed; the replay "
+        "starts from the snapshots stored at the cut"
+    )
+
+
+def summary_rows(vms: dict[str, dict[str, Any]], size: Any) -> list[list[Any]]:
+    """Per VM, its whole history (compacted + after the cut) as table cells; ``size`` formats bytes."""
+    rows: list[list[Any]] = []
+    for vm, v in vms.items():
+        history = v.get("history")
+        if history is None:
+            continue
+        t = history["total"]
+        reports = t["status_reports"]
+        mean = reports["mean_interval_ticks"]
+        first, last = reports["first_tick"], reports["last_tick"]
+        rows.append(
+            [
+                vm,
+                t["events"],
+                sum(c["count"] for c in t["violations"].values()),
+                size(t["throughput"]["balloon"]["bytes"]),
+                size(t["throughput"]["unballoon"]["bytes"]),
+                size(t["throughput"]["hot_add"]["bytes"]),
+                reports["count"],
+                "-" if mean is None else f"{mean:.2f} ticks",
+                "-" if reports["max_interval_ticks"] is None else f"{reports['max_interval_ticks']} ticks",
+                "-" if first is None else f"tick {first} {iso(reports['first_wall']) or ''}".strip(),
+                "-" if last is None else f"tick {last} {iso(reports['last_wall']) or ''}".strip(),
+                t["inputs_rejected"],
+            ]
+        )
+    return rows
+
+
+def violation_rows(vms: dict[str, dict[str, Any]]) -> list[list[Any]]:
+    """(VM, reason, count before the cut, after it, in total) for every violation reason seen."""
+    rows: list[list[Any]] = []
+    for vm, v in vms.items():
+        history = v.get("history")
+        if history is None:
+            continue
+        before = (history["compacted"] or {}).get("violations", {})
+        after = history["after_cut"]["violations"]
+        for reason, total in history["total"]["violations"].items():
+            rows.append(
+                [
+                    vm,
+                    reason,
+                    before.get(reason, {}).get("count", 0),
+                    after.get(reason, {}).get("count", 0),
+                    total["count"],
+                ]
+            )
+    return rows

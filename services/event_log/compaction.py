@@ -254,6 +254,9 @@ def compact(
         except LogLockError as exc:
             raise CompactionError(f"{exc}; stop the service first (compaction rewrites the log)") from None
     try:
+        previous, cut_pos = _probe(path, limit_wall)
+        if cut_pos == 0:  # nothing to do: the file is left exactly as it was
+            return Result(path, dry_run, limit_wall, None, previous, bytes_before=file_bytes(path))
         if not dry_run:
             SqliteLog(path).close()  # today's schema (an older log gains its columns), WAL mode
         db = _connect_read_only(path) if dry_run else sqlite3.connect(path, isolation_level=None)
@@ -265,6 +268,21 @@ def compact(
     finally:
         if lock is not None:
             lock.release()
+
+
+def _probe(path: str, limit_wall: float) -> tuple[int, int]:
+    """(previous cut, the new cut or 0), read without changing the file."""
+    db = _connect_read_only(path)
+    try:
+        cuts = read_cuts(db)
+        previous = cuts[-1].pos if cuts else 0
+        if "wall" not in {str(r[1]) for r in db.execute("PRAGMA table_info(inbox)")}:
+            return previous, 0  # a log from before wall-clock stamps: nothing is known to be old
+        cut = _find_cut(db, limit_wall, previous)
+        _check_consumed(db, cut)
+        return previous, cut
+    finally:
+        db.close()
 
 
 def _compact(
@@ -313,14 +331,7 @@ def _plan_and_write(
     result = Result(path, dry_run, limit_wall, None, previous, bytes_before=bytes_before)
     if cut_pos == 0:
         return result
-    consumed_row = db.execute("SELECT pos FROM positions WHERE name = 'engine'").fetchone()
-    consumed = 0 if consumed_row is None else int(consumed_row[0])
-    if consumed < cut_pos:
-        raise CompactionError(
-            f"inbox records up to position {cut_pos} are older than the limit but the engine has consumed only up "
-            f"to {consumed} ({cut_pos - consumed} unconsumed before the cut); run the service until it has "
-            "processed them, then compact"
-        )
+    _check_consumed(db, cut_pos)
     tick, wall = _row_at(db, cut_pos)
     say("fold")
     fold = _fold(db, base, previous, cut_pos)
@@ -351,6 +362,18 @@ def _plan_and_write(
     say("delete")
     _delete(db, fold, cut_pos)
     return result
+
+
+def _check_consumed(db: sqlite3.Connection, cut_pos: int) -> None:
+    """A compaction never decides for the engine: everything before the cut must be consumed."""
+    row = db.execute("SELECT pos FROM positions WHERE name = 'engine'").fetchone()
+    consumed = 0 if row is None else int(row[0])
+    if consumed < cut_pos:
+        raise CompactionError(
+            f"inbox records up to position {cut_pos} are older than the limit but the engine has consumed only up "
+            f"to {consumed} ({cut_pos - consumed} unconsumed before the cut); run the service until it has "
+            "processed them, then compact"
+        )
 
 
 def _counts(db: sqlite3.Connection, after: int, cut: int) -> tuple[int, int]:
