@@ -303,8 +303,7 @@ def event_times(settings: KafkaSettings, reader: PartitionReader) -> list[tuple[
     out = []
     for p in range(PARTITIONS):
         for rec in reader.read(settings.events, p):
-            value = envelope.decode(rec.value)
-            out.append((p, int(value["inbox"][1]), rec.timestamp))
+            out.append((p, envelope.decode_events(rec.key, rec.value).offset, rec.timestamp))
     return out
 
 

@@ -112,6 +112,7 @@ KAFKA_TYPES: dict[str, Any] = {
     "fetch_wait": SECONDS,
     "linger": FloatArg(0.0, 60.0),
     "compression": ("zstd", "gzip", "none"),
+    "records": ("compact", "json"),
 }
 
 EXTRA_SECTIONS = {"engine_config": ENGINE_CONFIG_TYPES, "gateway_limits": GATEWAY_LIMIT_TYPES, "kafka": KAFKA_TYPES}

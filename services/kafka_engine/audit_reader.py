@@ -72,7 +72,7 @@ from services.dm_engine.inputs import ALL_VMS
 from services.dm_engine.records import dumps, input_from_dict, loads
 from services.event_log.sqlite_log import EventRow, InboxRow
 from services.kafka_engine import envelope
-from services.kafka_engine.envelope import EnvelopeError, EventsRecord
+from services.kafka_engine.envelope import EnvelopeError
 from services.kafka_engine.partition import PartitionClock
 from services.kafka_engine.settings import KafkaSettings
 
@@ -133,10 +133,10 @@ class LogCut:
     def add_meta(self, meta: dict[str, str]) -> None:
         self.db.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", sorted(meta.items()))
 
-    def add_events_record(self, raw: bytes | None) -> None:
+    def add_events_record(self, raw: bytes | None, key: bytes | None = None) -> None:
         """One record of the events topic; kept only if the sequence rule accepts it."""
         try:
-            rec = EventsRecord.from_value(envelope.decode(raw))
+            rec = envelope.decode_events(key, raw)
         except EnvelopeError:
             self.ignored_events_records += 1
             return
@@ -164,7 +164,7 @@ class LogCut:
             (vm, int(value["seq"]), partition, int(value["applied"]), dumps(value["state"])),
         )
 
-    def add_inbox_record(self, partition: int, offset: int, raw: bytes | None) -> None:
+    def add_inbox_record(self, partition: int, offset: int, raw: bytes | None, key: bytes | None = None) -> None:
         """One inbox record, in offset order per partition: the worker's rules (``partition.py``)."""
         clock = self._clocks.get(partition)
         if clock is None:
@@ -173,7 +173,7 @@ class LogCut:
             self._order[partition] = []
         rows = self._rows
         try:
-            vm, record = envelope.inbox_entry(envelope.decode(raw))
+            vm, record = envelope.inbox_entry(envelope.decode_inbox(key, raw))
         except EnvelopeError:
             self._ignore(partition, offset, clock, NOT_AN_ENVELOPE)
             return
@@ -495,7 +495,7 @@ def read_partitions(
     partition."""
     for p in partitions:
         for record in reader.read(settings.events, p, timeout=600):
-            cut.add_events_record(record.value)
+            cut.add_events_record(record.value, record.key)
     for p in partitions:
         for record in reader.read(settings.snapshots, p, timeout=600):
             cut.add_snapshot(p, record.value)
@@ -503,7 +503,7 @@ def read_partitions(
     for p in partitions:
         end = 0
         for record in reader.read(settings.inbox, p, timeout=600):
-            cut.add_inbox_record(p, record.offset, record.value)
+            cut.add_inbox_record(p, record.offset, record.value, record.key)
             end = record.offset + 1
         ends[p] = end
     return ends

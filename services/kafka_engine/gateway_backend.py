@@ -65,6 +65,7 @@ class KafkaBackend:
         # The inbox's batches: a longer linger packs more reports per batch (settings.linger).
         self._producer = new_producer(settings, linger=settings.linger)
         self._submitted = itertools.count(1)
+        self._compact = settings.records == "compact"
         self._task: asyncio.Task[None] | None = None
         self._consumer: Any = None
         self.outbox_records = 0
@@ -168,7 +169,9 @@ class KafkaBackend:
     # ------------------------------------------------------------------ GatewayBackend
     def submit(self, vm: str, record: Input) -> int:
         future = self._producer.send(
-            self.settings.inbox, key=vm.encode(), value=envelope.inbox_value(vm, to_dict(record))
+            self.settings.inbox,
+            key=vm.encode(),
+            value=envelope.publish_value(vm, to_dict(record), compact=self._compact),
         )
         future.add_callback(self._published)
         return next(self._submitted)

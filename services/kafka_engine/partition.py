@@ -63,6 +63,9 @@ from services.kafka_engine.envelope import (
     tick_number,
 )
 
+from ..dm_engine.records import stored_event
+from .envelope import compact_events_value
+
 
 class PartitionClock:
     """The clock of one inbox partition: the number of the last Tick record read.
@@ -136,8 +139,16 @@ class Decision:
             events=tuple(to_dict(e) for e in self.events),
         )
 
+    def stored_value(self) -> bytes:
+        """The events record as the worker writes it: the compact form (``envelope``), the VM
+        being the record's key."""
+        return compact_events_value(
+            self.partition, self.offset, self.seq, self.tick, self.outbox_seq, [stored_event(e) for e in self.events]
+        )
+
     def events_value(self) -> bytes:
-        """The events record as written to the topic (``envelope.events_value``)."""
+        """The events record as a JSON envelope (``envelope.events_value``; what workers wrote
+        before the compact form, and what ``stored_value`` reads back as)."""
         return events_value(
             self.vm,
             self.partition,

@@ -15,7 +15,7 @@ from services.dm_engine.config import EngineConfig
 from services.dm_engine.records import dumps
 from services.dm_engine.state import VmState
 from services.kafka_engine import envelope
-from services.kafka_engine.envelope import EnvelopeError, EventsRecord
+from services.kafka_engine.envelope import EnvelopeError
 from services.kafka_engine.kafka_log import PartitionReader
 from services.kafka_engine.partition import PartitionEngine
 from services.kafka_engine.settings import KafkaSettings
@@ -49,7 +49,7 @@ class EventsProjection:
             self.positions[p] = record.offset + 1
             self.records_read += 1
             try:
-                rec = EventsRecord.from_value(envelope.decode(record.value))
+                rec = envelope.decode_events(record.key, record.value)
             except EnvelopeError:
                 continue
             if engine.replay(rec):

@@ -16,7 +16,7 @@ from typing import Any
 from services.dm_engine.config import EngineConfig
 from services.dm_engine.inputs import ALL_VMS
 from services.kafka_engine import envelope
-from services.kafka_engine.envelope import EnvelopeError, EventsRecord
+from services.kafka_engine.envelope import EnvelopeError
 from services.kafka_engine.kafka_log import PartitionReader
 from services.kafka_engine.partition import PartitionEngine
 from services.kafka_engine.settings import KafkaSettings
@@ -56,7 +56,7 @@ def recover_partition(settings: KafkaSettings, config: EngineConfig, partition: 
         count = 0
         for record in reader.read(settings.events, partition, events_start):
             try:
-                events_record = EventsRecord.from_value(envelope.decode(record.value))
+                events_record = envelope.decode_events(record.key, record.value)
             except EnvelopeError:
                 continue
             if engine.replay(events_record):

@@ -59,7 +59,9 @@ class BrokerService:
 
     def submit(self, vm: str, record: Input) -> int:
         metadata = self.producer.send(
-            self.settings.inbox, key=vm.encode(), value=envelope.inbox_value(vm, to_dict(record))
+            self.settings.inbox,
+            key=vm.encode(),
+            value=envelope.publish_value(vm, to_dict(record), compact=self.settings.records == "compact"),
         ).get(30)
         self._tokens += 1
         self._pending.append((self._tokens, int(metadata.partition), int(metadata.offset)))

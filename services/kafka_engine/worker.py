@@ -177,18 +177,19 @@ class EngineWorker:
         if engine.clock is None:
             engine.set_clock(await asyncio.to_thread(last_tick_before, self.settings, part.number, part.next_offset))
         number = part.number
-        decode = envelope.decode
+        decode = envelope.decode_inbox
         decide = engine.decide
         outbox = job.outbox
         events = job.events
         wrote_events = False
+        compact = self.settings.records == "compact"
         start = part.next_offset
         for message in batch:
             offset = message.offset
             if offset < start:
                 continue
             try:
-                value = decode(message.value)
+                value = decode(message.key, message.value)
             except EnvelopeError:
                 engine.ignored_records += 1
                 continue
@@ -196,7 +197,7 @@ class EngineWorker:
                 key = d.vm.encode()
                 if d.outbox is not None:
                     outbox.append((number, key, envelope.encode(d.outbox)))
-                events.append((number, key, d.events_value()))
+                events.append((number, key, d.stored_value() if compact else d.events_value()))
                 wrote_events = True
         count = last + 1 - start
         part.next_offset = last + 1

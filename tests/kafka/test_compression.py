@@ -1,11 +1,12 @@
-"""Batch compression on the real broker, and the audit split by partition.
+"""Batch compression and compact records on the real broker, and the audit split by partition.
 
-One demo run through the distributed deployment starts with uncompressed batches and switches to
-zstd mid-scenario (engine worker and gateway restarted with the new setting, as an operator would):
-the run must still match the embedded run event for event, the topics must hold batches of both
-codecs (the old ones are still read: by the new worker's recovery, the gateway, the projection and
-the audit), the audit must re-decide the whole mixed log byte for byte, and the audit read and run
-in two processes by partition must give the single-process report exactly.
+One demo run through the distributed deployment starts with uncompressed batches of JSON envelopes
+and switches to zstd and compact records mid-scenario (engine worker and gateway restarted with the
+new settings, as an operator would): the run must still match the embedded run event for event,
+the topics must hold batches of both codecs and records of both forms (the old ones are still read:
+by the new worker's recovery, the gateway, the projection and the audit), the audit must re-decide
+the whole mixed log byte for byte, and the audit read and run in two processes by partition must
+give the single-process report exactly.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from services.audit import audit
 from services.dm_engine.config import EngineConfig
 from services.kafka_engine.audit_partitions import audit_partitions, vms_by_partition
 from services.kafka_engine.audit_reader import KafkaLogReader
-from services.kafka_engine.kafka_log import new_producer
+from services.kafka_engine.kafka_log import PartitionReader, new_producer
 from services.kafka_engine.stored_batches import topic_bytes
 from services.kafka_engine.tansu import LocalBroker
 from tests.kafka.harness import Engines, KafkaLockstep, describe_logs, lockstep_settings
@@ -39,7 +40,8 @@ async def test_switching_to_zstd_mid_scenario_changes_nothing_and_the_audit_spli
     expected = await embedded_run(tmp_path / "embedded.db", GUESTS)
     zstd = lockstep_settings(broker.url, prefix)
     assert zstd.compression == "zstd"  # the default
-    plain = dataclasses.replace(zstd, compression="none")
+    assert zstd.records == "compact"  # the default
+    plain = dataclasses.replace(zstd, compression="none", records="json")
     (tmp_path / "plain").mkdir()
     (tmp_path / "zstd").mkdir()
     engines = [Engines(plain.url, tmp_path / "plain")]
@@ -62,6 +64,7 @@ async def test_switching_to_zstd_mid_scenario_changes_nothing_and_the_audit_spli
         engines[0].start(1)
         await driver.start()
         result = await driver.run_demo(on_tick=switch_during_ballooning)
+        reader = PartitionReader(zstd)
         single = await asyncio.to_thread(KafkaLogReader, zstd)
         parallel = await asyncio.to_thread(KafkaLogReader, zstd, jobs=2, min_records=0)
     finally:
@@ -78,6 +81,12 @@ async def test_switching_to_zstd_mid_scenario_changes_nothing_and_the_audit_spli
         for topic in (zstd.inbox, zstd.events, zstd.outbox):
             stored = topic_bytes(broker.bootstrap, topic, partitions)
             assert stored.codecs.get("none", 0) > 0 and stored.codecs.get("zstd", 0) > 0, (topic, stored)
+        # And both record forms: JSON envelopes first, compact records after the switch.
+        firsts = {
+            topic: {bytes(r.value[:1]) for p in range(partitions) for r in reader.read(topic, p) if r.key != b"*"}
+            for topic in (zstd.inbox, zstd.events)
+        }
+        assert firsts[zstd.inbox] == {b"{", b"\x01"} and firsts[zstd.events] == {b"{", b"\x02"}, firsts
         # The audit reads the mixed log and re-decides it byte for byte.
         assert single.consumed_position() == single.inbox_high_watermark() > 0
         assert redecide(single, single_config(single)) == recorded(single)
@@ -98,6 +107,7 @@ async def test_switching_to_zstd_mid_scenario_changes_nothing_and_the_audit_spli
             audit(single, from_pos=report.consumed_position // 2).to_dict()
         )
     finally:
+        reader.close()
         single.close()
         parallel.close()
 
