@@ -18,15 +18,18 @@ import bisect
 from array import array
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from services.audit.reader import LogReader
+from services.audit.reader import LogReader, stored_events, stored_inbox
+from services.dm_engine import inputs as inp
 from services.dm_engine.config import EngineConfig
-from services.dm_engine.decider import initial_state
+from services.dm_engine.decider import initial_state, tick_is_quiet
 from services.dm_engine.events import Event
 from services.dm_engine.inputs import ALL_VMS
-from services.dm_engine.records import event_from_dict, loads
+from services.dm_engine.limits import MAX_RECORD_INT, MIN_RECORD_INT
+from services.dm_engine.records import loads, stored_event
 from services.dm_engine.state import VmState
-from services.dm_engine.step import Rebuild, Unreadable, fold_recorded, read_input, step
+from services.dm_engine.step import Rebuild, Record, Unreadable, fold_recorded, read_input, step
 from services.event_log.sqlite_log import InboxRow
 
 #: Called with the fraction of the inbox read so far (a progress bar).
@@ -45,6 +48,19 @@ class Decision:
     inbox_pos: int
     tick: int
     events: Sequence[Event]
+    #: The canonical JSON of each event (what the runner stored), as the step wrote it.
+    records: Sequence[str] = ()
+
+
+def read_stored_input(record: str | bytes | dict[str, Any], tick: int) -> Record:
+    """The input an inbox row holds, from its stored form (``reader.stored_inbox``): raw guest bytes
+    become their ``GuestMessage`` directly, which is what ``read_input`` makes of the dict
+    ``records.stored_input_dict`` would expand them to; text and dicts take ``read_input``."""
+    if type(record) is bytes and type(tick) is int and MIN_RECORD_INT <= tick <= MAX_RECORD_INT:
+        return inp.GuestMessage(tick=tick, raw=record)
+    if isinstance(record, bytes | bytearray | memoryview):
+        return read_input({"raw": bytes(record).hex(), "tick": tick, "type": "GuestMessage"})
+    return read_input(loads(record) if isinstance(record, str) else record)
 
 
 class InboxReplay:
@@ -88,30 +104,35 @@ class InboxReplay:
 
     def feed(self, row: InboxRow) -> list[Decision]:
         """Deliver one inbox row; returns one decision per VM it reached."""
+        return self.feed_record(row.pos, row.vm, row.tick, read_input(row.record))
+
+    def feed_record(self, pos: int, vm: str, tick: int, record: Record) -> list[Decision]:
+        """``feed`` for an inbox row already read into its input (``read_stored_input``).
+
+        A tick goes only to the VMs it is not quiet for (``tick_is_quiet``): for the others the
+        step would decide nothing and change nothing, so the result is the same, without one empty
+        decision per VM per tick.
+        """
         self.records += 1
-        record = read_input(row.record)
-        if row.vm == ALL_VMS:
+        order: Sequence[str] = self._order
+        if vm == ALL_VMS:
             if isinstance(record, Unreadable):
-                raise ReplayError(f"inbox record at pos {row.pos} is not a valid input: {record.error!r}")
-        else:
-            if self.only_vms is not None and row.vm not in self.only_vms:
-                return []
-        results = step(
-            self.states,
-            row.vm,
-            record,
-            self.config,
-            inbox_pos=row.pos,
-            rebuild=self._rebuilder(row.pos),
-            order=self._order,
-        )
+                raise ReplayError(f"inbox record at pos {pos} is not a valid input: {record.error!r}")
+            if type(record) is inp.Tick:
+                states, config = self.states, self.config
+                order = [v for v in order if not tick_is_quiet(states[v], config)]
+                if not order:
+                    return []
+        elif self.only_vms is not None and vm not in self.only_vms:
+            return []
+        results = step(self.states, vm, record, self.config, inbox_pos=pos, rebuild=self._rebuilder(pos), order=order)
         if len(self._order) != len(self.states):
             # A VM appeared, or was forgotten (``step.forgets``), exactly as in the runner: ticks
             # reach the same VMs (with ``retention_ticks`` that decides events).
-            if row.vm in self.states and row.vm != ALL_VMS:
-                self._appear(row.vm)
+            if vm in self.states and vm != ALL_VMS:
+                self._appear(vm)
             self._order = [v for v in self._order if v in self.states]
-        return [Decision(r.vm, row.pos, row.tick, r.events) for r in results]
+        return [Decision(r.vm, pos, tick, r.events, r.records) for r in results]
 
 
 def recorded_state(log: LogReader) -> Callable[[str, int], VmState]:
@@ -119,10 +140,10 @@ def recorded_state(log: LogReader) -> Callable[[str, int], VmState]:
 
     def rebuild(vm: str, pos: int) -> VmState:
         state = initial_state(vm)
-        for row in log.iter_events(vm):
-            if row.inbox_pos >= pos:
+        for _vm, _seq, inbox_pos, record in stored_events(log, vm):
+            if inbox_pos >= pos:
                 break
-            state = fold_recorded(state, event_from_dict(loads(row.record)))
+            state = fold_recorded(state, stored_event(record))
         return state
 
     return rebuild
@@ -147,12 +168,13 @@ def replay_inbox(
 
     def decisions() -> Iterator[Decision]:
         every = max(1, until_pos // 200)
-        for row in log.iter_inbox(0, until_pos):
+        feed, read = replay.feed_record, read_stored_input
+        for pos, vm, tick, record in stored_inbox(log, 0, until_pos):
             if ticks is not None:
-                ticks[row.pos] = row.tick
-            if progress is not None and row.pos % every == 0:
-                progress(row.pos / until_pos)
-            yield from replay.feed(row)
+                ticks[pos] = tick
+            if progress is not None and pos % every == 0:
+                progress(pos / until_pos)
+            yield from feed(pos, vm, tick, read(record, tick))
         if progress is not None:
             progress(1.0)
 
