@@ -35,7 +35,7 @@ from services.dm_engine import EngineConfig, initial_state
 from services.dm_engine import inputs as inp
 from services.dm_engine.decider import evolve
 from services.dm_engine.inputs import ALL_VMS
-from services.dm_engine.records import loads, stored_event, to_dict
+from services.dm_engine.records import event_from_stored, loads, to_dict
 from services.dm_engine.state import VmState
 from services.dm_protocol import BalloonResponse, CapabilitiesReport, StatusReport, VersionRequest, encode
 from services.embedded.runner import EngineRunner
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901 -- a linear script
                 state = states.get(vm)
                 if state is None:
                     state = states[vm] = initial_state(vm)
-                evolve(state, stored_event(record))
+                evolve(state, event_from_stored(record))
                 n += 1
             return n
 

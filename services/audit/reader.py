@@ -32,7 +32,7 @@ from services.event_log import segments
 from services.event_log.sqlite_log import EventRow, InboxRow
 
 #: (vm, seq, inbox_pos, record) of an event row, ``record`` as stored: canonical JSON text, or a
-#: compact blob (``records.stored_event_json`` expands it, ``records.stored_event`` reads it).
+#: compact blob (``records.stored_event_json`` expands it, ``records.event_from_stored`` reads it).
 StoredEventRow = tuple[str, int, int, str | bytes]
 #: (pos, vm, tick, record) of an inbox row, ``record`` as stored: canonical JSON text, or a guest
 #: message's raw bytes (``records.stored_input_dict``).

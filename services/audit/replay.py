@@ -27,7 +27,7 @@ from services.dm_engine.decider import initial_state, tick_is_quiet
 from services.dm_engine.events import Event
 from services.dm_engine.inputs import ALL_VMS
 from services.dm_engine.limits import MAX_RECORD_INT, MIN_RECORD_INT
-from services.dm_engine.records import loads, stored_event
+from services.dm_engine.records import event_from_stored, loads
 from services.dm_engine.state import VmState
 from services.dm_engine.step import Rebuild, Record, Unreadable, fold_recorded, read_input, step
 from services.event_log.sqlite_log import InboxRow
@@ -143,7 +143,7 @@ def recorded_state(log: LogReader) -> Callable[[str, int], VmState]:
         for _vm, _seq, inbox_pos, record in stored_events(log, vm):
             if inbox_pos >= pos:
                 break
-            state = fold_recorded(state, stored_event(record))
+            state = fold_recorded(state, event_from_stored(record))
         return state
 
     return rebuild

@@ -24,7 +24,7 @@ from services.audit.transactions import TransactionLog
 from services.dm_engine import events as ev
 from services.dm_engine.config import EngineConfig
 from services.dm_engine.decider import evolve, initial_state
-from services.dm_engine.records import stored_event
+from services.dm_engine.records import event_from_stored
 from services.dm_engine.state import VmState
 from services.units import PAGE_SIZE
 
@@ -89,7 +89,7 @@ class VmFold:
         if self.fold_error is not None:
             return
         try:
-            event = stored_event(row[3])
+            event = event_from_stored(row[3])
         except Exception as exc:  # a corrupt row is a finding, not a crash (see the class docstring)
             self.fold_error = f"seq {row[1]}: {exc!r}"
             return
@@ -159,6 +159,10 @@ class VmFold:
             del series[1::2]  # halve the resolution, keep the shape (and the first point)
         series.append(point)
 
+
+#: Whether a whole-log audit folds the decided events while they match (tests compare it with the
+#: two-pass audit by turning it off).
+ONE_PASS = True
 
 #: Points kept per VM for the HTML plots.
 MAX_SERIES_POINTS = 4000
@@ -367,7 +371,7 @@ def audit(
     # every row a second time. A VM whose rows stop matching (or were only upcast to match) is
     # folded again from its rows after the replay, as every VM is when ``from_pos`` narrows the
     # judged window; so the report is the two-pass report either way.
-    one_pass = from_pos == 0
+    one_pass = ONE_PASS and from_pos == 0
     folds: dict[str, VmFold] = {}
     ticks = array("q", bytes(8 * (consumed + 1)))
     replay, decisions = replay_inbox(log, config, consumed, only_vms=only, ticks=ticks, progress=progress)

@@ -18,7 +18,7 @@ from services.dm_engine import events as ev
 from services.dm_engine import inputs as inp
 from services.dm_engine import qemu_vm
 from services.dm_engine.config import EngineConfig
-from services.dm_engine.decisions import DEFAULT_CONFIG, decide, decide_steps, retention
+from services.dm_engine.decisions import DEFAULT_CONFIG, decide, decide_steps, retention, status_report
 from services.dm_engine.fold import evolve
 from services.dm_engine.idle import advance
 from services.dm_engine.machine import ProtocolState, check_step
@@ -109,9 +109,17 @@ def process(
             qemu_events.extend(step)
         return qemu_events
     events: list[ev.Event] = []
-    for step in decide_steps(state, input, config):
-        fold_step(state, step, observe)
-        events.extend(step)
+    status = status_report(state, input, config) if type(input) is inp.GuestMessage else None
+    if status is not None:
+        # Most of a log: ``decide_steps`` would return [[status]], a legal step (``status_report``).
+        evolve(state, status)
+        if observe is not None:
+            observe(state, status)
+        events.append(status)
+    else:
+        for step in decide_steps(state, input, config):
+            fold_step(state, step, observe)
+            events.extend(step)
     now = input.tick
     for _ in range(_MAX_ADVANCES):
         more = advance(state, now, config)

@@ -440,7 +440,7 @@ def _fast_body(code: int) -> tuple[re.Pattern[bytes], Callable[..., Any]] | None
     return cached
 
 
-def stored_event(record: str | bytes) -> ev.Event:
+def event_from_stored(record: str | bytes) -> ev.Event:
     """The event a stored event record holds, in either form; the same object (or exception) as
     ``event_from_dict(loads(stored_event_json(record)))``, without the JSON detour for compact rows."""
     if type(record) is bytes and record:
