@@ -63,6 +63,9 @@ def _run(args: argparse.Namespace) -> int:
     except AuthConfigError as e:
         print(error_line("gateway", e), file=sys.stderr)
         return EXIT_USAGE
+    from ..systemd_notify import Notifier
+
+    notifier = Notifier.from_environ()
     try:
         host = HostSpec(args.host_name, args.host_capacity, args.host_reserve)
         return asyncio.run(
@@ -76,10 +79,13 @@ def _run(args: argparse.Namespace) -> int:
                 limits=gateway_limits(args),
                 backend=host.backend(settings),
                 qemu=qemu,
+                notifier=notifier,
             )
         )
     except KeyboardInterrupt:
         return 130
+    finally:
+        notifier.close()
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -41,6 +41,8 @@ from services.dm_engine.state import Capabilities, ProtocolState, VmState
 from services.metrics.log_health import WRITABLE, WRITE_ERRORS, LogHealthCollector, log_health_of
 from services.units import MIB, PAGE_SIZE
 
+from .rejections import HTTP_REJECTED
+
 #: Engine batches take from tens of microseconds (one tick) to seconds (a recovery-sized backlog).
 LATENCY_BUCKETS = (
     0.0001,
@@ -577,4 +579,5 @@ def metric_names() -> list[str]:
     names.append(BUILD_INFO)
     names += DEFAULT_COLLECTOR_METRICS
     names += [WRITABLE, f"{WRITE_ERRORS}_total"]  # log_health.py
+    names.append(f"{HTTP_REJECTED}_total")  # rejections.py: the /metrics server's own cut-offs
     return names
