@@ -61,8 +61,12 @@ class VmComparison:
     Streaming, so an audit holds one row per VM in memory, not the whole event log.
     """
 
-    def __init__(self, vm: str, recorded: Iterator[StoredEventRow], until_pos: int, judge_after: int = 0) -> None:
+    def __init__(
+        self, vm: str, recorded: Iterator[StoredEventRow], until_pos: int, judge_after: int = 0, seq_base: int = 0
+    ) -> None:
+        """``seq_base``: the VM's last seq before the replay starts (a compacted log's cut)."""
         self.vm = vm
+        self._seq_base = seq_base
         self._rows = recorded
         self._until = until_pos
         self._judge_after = judge_after
@@ -71,6 +75,11 @@ class VmComparison:
         #: field added since (read with its default, they re-encode to exactly the decided record).
         self.upcast = 0
         self.divergence: Divergence | None = None
+
+    @property
+    def seq(self) -> int:
+        """The seq of the last event the replay decided for this VM."""
+        return self._seq_base + self.decided
 
     @property
     def matches(self) -> bool:
@@ -84,7 +93,7 @@ class VmComparison:
         self.decided += 1
         if self.divergence is not None:
             return
-        seq = self.decided
+        seq = self._seq_base + self.decided
         row = next(self._rows, None)
         if inbox_pos <= self._judge_after and row is not None:
             return  # before the audited window: rebuilt, not judged
@@ -115,7 +124,7 @@ class VmComparison:
             return
         row = next(self._rows, None)
         if row is not None and row[2] <= self._until:
-            seq = self.decided + 1
+            seq = self._seq_base + self.decided + 1
             self._diverge(seq, row[2], UNEXPECTED_EVENT, None, stored_event_json(row[3]), None, row[2])
 
     def _diverge(

@@ -29,6 +29,7 @@ from urllib.parse import quote
 from services.dm_engine.inputs import ALL_VMS
 from services.dm_engine.records import loads, stored_event_json, stored_input_dict
 from services.event_log import segments
+from services.event_log.cut import CutBase, read_base
 from services.event_log.sqlite_log import EventRow, InboxRow
 
 #: (vm, seq, inbox_pos, record) of an event row, ``record`` as stored: canonical JSON text, or a
@@ -262,6 +263,12 @@ class SqliteReader:
             if int(t) not in out or float(w) < out[int(t)]:
                 out[int(t)] = float(w)
         return dict(sorted(out.items()))
+
+    def compaction_base(self) -> CutBase | None:
+        """Where a compacted log begins (``services.audit.compacted``); None if never compacted."""
+        if not hasattr(self, "_base"):
+            self._base = read_base(self._db)
+        return self._base
 
     def snapshots(self) -> list[tuple[str, int, int, dict[str, Any]]]:
         if "snapshots" not in self._tables:

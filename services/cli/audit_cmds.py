@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from services.audit import LogError, ReplayError, audit, audit_text, point_text, state_at
+from services.audit import LogError, ReplayError, audit, audit_text, compacted, point_text, state_at
 from services.audit.jobs import audit_jobs, default_jobs
 from services.audit.logfile import open_reader
 from services.audit.reader import BrokerReaderUnavailable, LogReader, SqliteReader, open_broker_reader
@@ -240,7 +240,7 @@ def _run_replay(args: argparse.Namespace) -> int:
         until = args.until
         if isinstance(until, When):
             until = position_until(log, until.unix)
-            if until == 0:
+            if until == 0 and compacted.base_of(log) is None:
                 raise LogError(
                     f"--until {args.until.text}: no inbox record is stamped that early (first stamp: {_first(log)}; "
                     "archived history keeps no stamps)"

@@ -41,6 +41,7 @@ COMMANDS: dict[str, str] = {
     "ctl": "services.cli.ctl_cmd",
     "audit": "services.cli.audit_cmds",
     "replay": "services.cli.audit_cmds",
+    "compact": "services.cli.compact_cmd",
     "rebalance": "services.cli.rebalance_cmd",
     "fuzz": "services.cli.fuzz_cmd",
     "bench": "services.cli.bench_cmd",

@@ -37,6 +37,7 @@ import orjson
 from services.dm_engine.inputs import ALL_VMS
 from services.dm_engine.records import LOG_FORMAT, stored_event_json, stored_input, stored_input_dict
 from services.event_log import segments
+from services.event_log.cut import CutBase, read_base
 
 log = logging.getLogger("hvdm.log")
 
@@ -50,7 +51,7 @@ APPLICATION_ID: Final = 0x6876646D
 #: Tables every hvdm log has had since the first version, and every table it may have: a file
 #: holding the first and nothing beyond the second is an hvdm log written before the marker.
 CORE_TABLES: Final = frozenset({"meta", "inbox", "events", "outbox", "positions"})
-KNOWN_TABLES: Final = CORE_TABLES | {"snapshots", "segments", "archived"}
+KNOWN_TABLES: Final = CORE_TABLES | {"snapshots", "segments", "archived", "compactions", "compacted"}
 
 #: ``LogWriteError.kind`` values, each a series of ``hvdm_log_write_errors_total{kind}``.
 WRITE_ERROR_KINDS: Final = ("full", "io", "readonly", "busy", "other")
@@ -452,6 +453,10 @@ class SqliteLog:
     def snapshot(self, vm: str) -> tuple[int, int, dict[str, Any]] | None:
         row = self._db.execute("SELECT seq, inbox_pos, state FROM snapshots WHERE vm = ?", (vm,)).fetchone()
         return None if row is None else (int(row[0]), int(row[1]), json.loads(row[2]))
+
+    def compaction_base(self) -> CutBase | None:
+        """Where a compacted log begins (``compaction.py``); None if it was never compacted."""
+        return read_base(self._db)
 
     def snapshots(self) -> list[tuple[str, int, int, dict[str, Any]]]:
         cur = self._db.execute("SELECT vm, seq, inbox_pos, state FROM snapshots ORDER BY vm")
