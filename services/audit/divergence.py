@@ -14,7 +14,7 @@ from typing import Any
 
 from services.audit.reader import StoredEventRow
 from services.dm_engine.events import Event
-from services.dm_engine.records import event_from_dict, event_json, loads, stored_event_is, stored_event_json
+from services.dm_engine.records import event_from_dict, event_json, loads, stored_event_json
 
 #: Divergence kinds, most specific first.
 RECORD_DIFFERS = "record_differs"  # same slot, different JSON
@@ -85,11 +85,13 @@ class VmComparison:
     def matches(self) -> bool:
         return self.divergence is None
 
-    def expect(self, inbox_pos: int, record: str, event: Event | None = None) -> None:
-        """The replay decided ``record`` (canonical JSON) for inbox record ``inbox_pos``.
+    def expect(self, inbox_pos: int, record: str | bytes, event: Event | None = None) -> None:
+        """The replay decided ``record`` for inbox record ``inbox_pos``: the event's canonical JSON,
+        or its stored form (``records.stored_event``) with ``event`` itself.
 
-        ``event``, the decided event itself, lets a compact stored row be compared in its own form
-        (``records.stored_event_is``) instead of being expanded to text first."""
+        A stored row equal to the decided stored form is the same record; anything else is judged
+        on canonical JSON (a log of format 1 stores every event as text), so a divergence always
+        shows both sides as canonical JSON."""
         self.decided += 1
         if self.divergence is not None:
             return
@@ -97,22 +99,25 @@ class VmComparison:
         row = next(self._rows, None)
         if inbox_pos <= self._judge_after and row is not None:
             return  # before the audited window: rebuilt, not judged
+        if row is not None and row[3] == record and row[1] == seq and row[2] == inbox_pos:
+            return  # the honest log's case: nothing to expand or parse
+        text = _text(record, event)
         if row is None:
-            self._diverge(seq, inbox_pos, MISSING_EVENT, record, None, inbox_pos, None)
+            self._diverge(seq, inbox_pos, MISSING_EVENT, text, None, inbox_pos, None)
             return
         _vm, row_seq, row_pos, stored = row
+        recorded = stored_event_json(stored)
         if row_seq != seq:
-            self._diverge(seq, row_pos, SEQ_GAP, record, stored_event_json(stored), inbox_pos, row_pos)
-        elif not (stored == record if type(stored) is str or event is None else stored_event_is(stored, record, event)):
-            text = stored_event_json(stored)
-            if _upcast(text) == record:
+            self._diverge(seq, row_pos, SEQ_GAP, text, recorded, inbox_pos, row_pos)
+        elif recorded != text:
+            if _upcast(recorded) == text:
                 self.upcast += 1
                 if row_pos != inbox_pos:
-                    self._diverge(seq, row_pos, INBOX_POS_DIFFERS, record, text, inbox_pos, row_pos)
+                    self._diverge(seq, row_pos, INBOX_POS_DIFFERS, text, recorded, inbox_pos, row_pos)
                 return
-            self._diverge(seq, row_pos, RECORD_DIFFERS, record, text, inbox_pos, row_pos)
+            self._diverge(seq, row_pos, RECORD_DIFFERS, text, recorded, inbox_pos, row_pos)
         elif row_pos != inbox_pos:
-            self._diverge(seq, row_pos, INBOX_POS_DIFFERS, record, stored_event_json(stored), inbox_pos, row_pos)
+            self._diverge(seq, row_pos, INBOX_POS_DIFFERS, text, recorded, inbox_pos, row_pos)
 
     def finish(self) -> None:
         """The replay is over: a recorded row left within the replayed range is unexplained.
@@ -180,6 +185,13 @@ class RecordedStream:
             if self._vms is None or row[0] in self._vms:
                 self._queues.setdefault(row[0], deque()).append(row)
         return {vm for vm, queue in self._queues.items() if any(row[2] <= until for row in queue)}
+
+
+def _text(record: str | bytes, event: Event | None) -> str:
+    """The canonical JSON of a decided record given in either form."""
+    if type(record) is str:
+        return record
+    return event_json(event) if event is not None else stored_event_json(record)
 
 
 def _upcast(recorded: str) -> str | None:

@@ -28,10 +28,18 @@ from services.dm_engine.config import EngineConfig
 from services.dm_engine.decider import initial_state, tick_is_quiet
 from services.dm_engine.events import Event
 from services.dm_engine.inputs import ALL_VMS
-from services.dm_engine.limits import MAX_RECORD_INT, MIN_RECORD_INT
-from services.dm_engine.records import event_from_stored, loads
+from services.dm_engine.records import event_from_stored, event_json, stored_event
 from services.dm_engine.state import VmState
-from services.dm_engine.step import Rebuild, Record, Unreadable, fold_recorded, read_input, step
+from services.dm_engine.step import (
+    EncodeEvent,
+    Rebuild,
+    Record,
+    Unreadable,
+    fold_recorded,
+    read_input,
+    read_stored,
+    step,
+)
 from services.event_log.cut import CutBase
 from services.event_log.sqlite_log import InboxRow
 
@@ -51,19 +59,18 @@ class Decision:
     inbox_pos: int
     tick: int
     events: Sequence[Event]
-    #: The canonical JSON of each event (what the runner stored), as the step wrote it.
-    records: Sequence[str] = ()
+    #: Each event as the step encoded it for the log (``InboxReplay.encode_event``): its stored
+    #: form on a log that keeps compact forms, else its canonical JSON.
+    records: Sequence[str | bytes] = ()
 
 
 def read_stored_input(record: str | bytes | dict[str, Any], tick: int) -> Record:
-    """The input an inbox row holds, from its stored form (``reader.stored_inbox``): raw guest bytes
-    become their ``GuestMessage`` directly, which is what ``read_input`` makes of the dict
-    ``records.stored_input_dict`` would expand them to; text and dicts take ``read_input``."""
-    if type(record) is bytes and type(tick) is int and MIN_RECORD_INT <= tick <= MAX_RECORD_INT:
-        return inp.GuestMessage(tick=tick, raw=record)
-    if isinstance(record, bytes | bytearray | memoryview):
-        return read_input({"raw": bytes(record).hex(), "tick": tick, "type": "GuestMessage"})
-    return read_input(loads(record) if isinstance(record, str) else record)
+    """The input an inbox row holds, from its stored form (``reader.stored_inbox``): text or raw
+    guest bytes as the runner reads them (``step.read_stored``), a reader's parsed dict as
+    ``read_input`` reads it."""
+    if isinstance(record, dict):
+        return read_input(record)
+    return read_stored(record, tick)
 
 
 class InboxReplay:
@@ -80,8 +87,12 @@ class InboxReplay:
         only_vms: Collection[str] | None = None,
         *,
         rebuild: Callable[[str, int], VmState] | None = None,
+        encode_event: EncodeEvent = event_json,
     ) -> None:
         self.config = config
+        #: How the step encodes each event (``Decision.records``): ``records.stored_event`` where the
+        #: log keeps compact forms, so a decided record compares with a stored row as it is.
+        self.encode_event = encode_event
         selected = set(only_vms or ())
         if only_vm is not None:
             selected.add(only_vm)
@@ -136,7 +147,16 @@ class InboxReplay:
                     return []
         elif self.only_vms is not None and vm not in self.only_vms:
             return []
-        results = step(self.states, vm, record, self.config, inbox_pos=pos, rebuild=self._rebuilder(pos), order=order)
+        results = step(
+            self.states,
+            vm,
+            record,
+            self.config,
+            inbox_pos=pos,
+            rebuild=self._rebuilder(pos),
+            order=order,
+            encode_event=self.encode_event,
+        )
         if len(self._order) != len(self.states):
             # A VM appeared, or was forgotten (``step.forgets``), exactly as in the runner: ticks
             # reach the same VMs (with ``retention_ticks`` that decides events).
@@ -177,10 +197,13 @@ def replay_inbox(
     ``ticks``, if given, is filled with the tick of every inbox position read (index = position),
     which is how an audit places events, which carry no time of their own, on the clock.
     """
+    # A log whose reader hands out stored forms (the embedded log) is compared in those forms.
+    encode = stored_event if hasattr(log, "iter_stored_events") else event_json
     if start is None:
-        replay = InboxReplay(config, only_vm, only_vms, rebuild=recorded_state(log))
+        replay = InboxReplay(config, only_vm, only_vms, rebuild=recorded_state(log), encode_event=encode)
     else:  # a compacted log: from the states at the cut (``services.audit.compacted``)
-        replay = InboxReplay(config, only_vm, only_vms, rebuild=recorded_state(log, partial(start_state, start)))
+        rebuild = recorded_state(log, partial(start_state, start))
+        replay = InboxReplay(config, only_vm, only_vms, rebuild=rebuild, encode_event=encode)
         replay.start_from({vm: s for vm in start.snapshots if (s := start.state(vm)) is not None})
 
     def decisions() -> Iterator[Decision]:

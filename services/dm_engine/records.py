@@ -481,15 +481,3 @@ def event_from_stored(record: str | bytes) -> ev.Event:
             event: ev.Event = fast[1](*record[1:].split(b","))
             return event
     return event_from_dict(loads(stored_event_json(record)))
-
-
-def stored_event_is(record: str | bytes, text: str, event: ev.Event) -> bool:
-    """Whether a stored event record is exactly the canonical JSON ``text`` of ``event``.
-
-    A compact record is compared in its own form (``compact_event``), so an honest log is checked
-    without expanding every blob; any other pairing compares the canonical text."""
-    if type(record) is str:
-        return record == text
-    if compact_event(event) == record:
-        return True
-    return stored_event_json(record) == text
