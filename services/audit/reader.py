@@ -304,8 +304,9 @@ class BrokerReaderUnavailable(Exception):
     """This build has no Kafka log reader (the seam is ``BROKER_READER``)."""
 
 
-def open_broker_reader(url: str) -> LogReader:
-    """A ``LogReader`` over a Kafka deployment's topics, if the Kafka package provides one."""
+def open_broker_reader(url: str, jobs: int = 1) -> LogReader:
+    """A ``LogReader`` over a Kafka deployment's topics, if the Kafka package provides one; it reads
+    the topics in up to ``jobs`` processes (one per share of the partitions)."""
     module_name, attr = BROKER_READER
     try:
         module = importlib.import_module(module_name)
@@ -313,5 +314,5 @@ def open_broker_reader(url: str) -> LogReader:
         raise BrokerReaderUnavailable(
             f"no Kafka log reader in this build ({module_name}.{attr} is missing); audit the embedded log with --db"
         ) from None
-    opener: Callable[[str], LogReader] = getattr(module, attr)
-    return opener(url)
+    opener: Callable[..., LogReader] = getattr(module, attr)
+    return opener(url, jobs=jobs) if jobs > 1 else opener(url)
