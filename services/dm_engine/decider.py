@@ -104,7 +104,7 @@ def process(
     if state.qemu is not None or type(input) in inp.QEMU_INPUTS:
         # QEMU-managed (``qemu_vm``): QEMU runs the protocol, so there is no IDLE handler to advance.
         qemu_events: list[ev.Event] = []
-        for step in qemu_vm.decide_steps(state, input, config):
+        for step in decide_steps(state, input, config):  # qemu_vm's steps, with VmIdentified
             fold_step(state, step, observe)
             qemu_events.extend(step)
         return qemu_events

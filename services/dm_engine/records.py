@@ -21,6 +21,8 @@ from services.dm_engine import events as ev
 from services.dm_engine import inputs as inp
 from services.dm_engine.limits import MAX_RECORD_INT, MIN_RECORD_INT, BoundsError, check_window
 
+from .limits import canonical_uuid
+
 #: Parses a stored record. orjson is about four times faster than ``json.loads`` here and returns
 #: the same Python values, which matters when folding or replaying millions of records; writing
 #: stays on the canonical encoder below (orjson's output differs in escaping).
@@ -186,6 +188,14 @@ def input_from_dict(data: dict[str, Any]) -> inp.Input:
             check_window(record.boot_bytes, record.maxmem_bytes, record.hot_add_base_page, record.ram)
         except BoundsError as e:
             raise RecordError(f"ChannelOpened: {e}") from None
+    if (type(record) is inp.ChannelOpened or type(record) is inp.QemuAttached) and record.uuid:
+        # Stored canonical (lower case) by whoever wrote it; anything else is not a UUID we wrote.
+        try:
+            ok = canonical_uuid(record.uuid) == record.uuid
+        except ValueError:
+            ok = False
+        if not ok:
+            raise RecordError(f"{record.KIND}.uuid must be a lower-case canonical UUID or empty")
     return record
 
 
