@@ -31,6 +31,8 @@ from services.cli.config_file import (
 )
 from services.cli.log_output import configure_logging
 
+from .kafka_args import with_compression
+
 #: Command name -> the module that registers it, in the order they appear in ``hvdm --help``.
 COMMANDS: dict[str, str] = {
     "decode": "services.cli.wire_cmds",
@@ -118,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     args = parser.parse_args(args_list)
     if getattr(args, "broker", None) is not None:
-        args.broker = merge_broker(args.broker, config)
+        args.broker = with_compression(merge_broker(args.broker, config), getattr(args, "kafka_compression", None))
     if hasattr(args, "log_format"):
         configure_logging(args)
     try:
