@@ -441,6 +441,7 @@ def audit_runs(path: str, jobs_list: Sequence[int], cores: int) -> list[AuditRun
                 report = audit_jobs(reader, jobs, min_records=0)
                 seconds = time.perf_counter() - t0
                 out.append(AuditRun(jobs, seconds, report.events, report.replay_matches, False, []))
+                progress(f"audit --jobs {jobs}: {seconds:.0f} s")
                 continue
             consumed = reader.consumed_position()
             high = reader.inbox_high_watermark()
@@ -459,15 +460,26 @@ def audit_runs(path: str, jobs_list: Sequence[int], cores: int) -> list[AuditRun
                 events += report.events
                 matches = matches and report.replay_matches
             out.append(AuditRun(jobs, max(parts), events, matches, True, parts))
+            progress(f"audit in {jobs} parts: {', '.join(f'{p:.0f}' for p in parts)} s")
     finally:
         reader.close()
     return out
 
 
+def progress(line: str) -> None:
+    """Where a long run is (stderr, so the report on stdout stays whole)."""
+    print(f"[{time.strftime('%H:%M:%S')}] {line}", file=sys.stderr, flush=True)
+
+
 def report(args: argparse.Namespace, path: str) -> dict[str, Any]:
     cores = default_jobs()
     write = write_slice(path, args.vms, args.seconds, args.balloon_share)
+    progress(
+        f"written: warm-up {write.warmup.inputs:,} inputs in {write.warmup_seconds:.0f} s, "
+        f"slice {write.workload.inputs:,} in {write.seconds:.0f} s"
+    )
     size = measure_size(path, write, args.vms)
+    progress("sized; auditing")
     audits = audit_runs(path, args.jobs_list, cores)
     w = write.workload
     inputs = w.inputs
