@@ -54,7 +54,11 @@ def _show(args: argparse.Namespace) -> int:
         if getattr(parsed, "broker", None) is not None:
             from services.cli.config_file import merge_broker
 
-            parsed.broker = merge_broker(parsed.broker, config)
+            from .kafka_args import with_compression
+
+            parsed.broker = with_compression(
+                merge_broker(parsed.broker, config), getattr(parsed, "kafka_compression", None)
+            )
         sections[command] = effective(parsed, sub)
     sections.update(extras_of(config))
     if shown.format == "json":

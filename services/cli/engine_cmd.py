@@ -20,6 +20,8 @@ from services.event_log.sqlite_log import LogWriteError, NotAnHvdmLog, SqliteLog
 from services.event_log.writer_lock import LogLockError, WriterLock
 from services.kafka_engine.worker_options import WorkerOptions
 
+from .kafka_args import add_compression_flag
+
 
 def _run_sqlite(args: argparse.Namespace) -> int:
     """One engine per log: the writer lock is held while it runs (``hvdm run`` holds it too)."""
@@ -118,6 +120,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p = subparsers.add_parser("engine", help="run the DM engine on the SQLite log or on Kafka")
     p.add_argument("--db", default="hvdm.db", help="SQLite log (embedded deployment)")
     p.add_argument("--broker", type=BROKER, help="kafka://HOST:PORT (distributed deployment)")
+    add_compression_flag(p)
     p.add_argument("--batch", type=IntArg(1, 1_000_000), default=500, help="inbox records per transaction")
     p.add_argument("--snapshot-every", type=IntArg(1, 1 << 31), default=2000, help="events per VM between snapshots")
     p.add_argument(

@@ -15,6 +15,8 @@ from services.cli.main import EXIT_USAGE, error_line
 from services.cli.metrics_args import add_metrics_arguments, metrics_labels_of
 from services.cli.units import size_arg
 
+from .kafka_args import add_compression_flag
+
 
 def _token(args: argparse.Namespace) -> int:
     """Print a VM's token, for the guest side's hello (``"token"``)."""
@@ -93,6 +95,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument(
         "--broker", type=BROKER, help="kafka://HOST:PORT[?prefix=...&partitions=N] (see docs); required to serve"
     )
+    add_compression_flag(p)
     p.add_argument("--socket", default="hvdm.sock", help="UNIX socket for guests ('' to disable)")
     p.add_argument("--tcp", type=HOST_PORT, help="also listen on HOST:PORT for guests")
     add_metrics_arguments(p, what="gateway")

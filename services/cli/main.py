@@ -31,6 +31,8 @@ from services.cli.config_file import (
 )
 from services.cli.log_output import configure_logging
 
+from .kafka_args import with_compression
+
 #: Command name -> the module that registers it, in the order they appear in ``hvdm --help``.
 COMMANDS: dict[str, str] = {
     "decode": "services.cli.wire_cmds",
@@ -41,6 +43,7 @@ COMMANDS: dict[str, str] = {
     "ctl": "services.cli.ctl_cmd",
     "audit": "services.cli.audit_cmds",
     "replay": "services.cli.audit_cmds",
+    "compact": "services.cli.compact_cmd",
     "rebalance": "services.cli.rebalance_cmd",
     "fuzz": "services.cli.fuzz_cmd",
     "bench": "services.cli.bench_cmd",
@@ -117,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     args = parser.parse_args(args_list)
     if getattr(args, "broker", None) is not None:
-        args.broker = merge_broker(args.broker, config)
+        args.broker = with_compression(merge_broker(args.broker, config), getattr(args, "kafka_compression", None))
     if hasattr(args, "log_format"):
         configure_logging(args)
     try:

@@ -19,6 +19,8 @@ from services.guest_sim.workload import WORKLOADS
 from services.qmp.paths import default_qmp_dir
 from services.socket_files import SocketPathInUse
 
+from .kafka_args import add_compression_flag
+
 #: Simulated guests' RAM: what ``GuestConfig`` accepts (2 MiB granules), up to what hvdm can address.
 GUEST_MEMORY = SizeArg(2 << 20, 1 << 50, align=2 << 20)
 
@@ -128,6 +130,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument(
         "--broker", type=BROKER, help="run on Kafka instead: kafka://HOST:PORT (gateway, engine worker, guests)"
     )
+    add_compression_flag(p)
     p.add_argument(
         "--qemu",
         action="append",

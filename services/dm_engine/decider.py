@@ -85,7 +85,7 @@ def process(
         if type(input) is inp.Tick and not qemu_vm.wants_tick(state):
             return []
         qemu_events: list[ev.Event] = []
-        for step in qemu_vm.decide_steps(state, input, config):
+        for step in decide_steps(state, input, config):  # qemu_vm's steps, with VmIdentified
             fold_step(state, step, observe)
             qemu_events.extend(step)
         return qemu_events

@@ -56,6 +56,13 @@ DEFAULT_CONFIG = EngineConfig()
 
 def decide(state: VmState, input: inp.Input, config: EngineConfig = DEFAULT_CONFIG) -> list[ev.Event]:
     """The events one inbox input causes. Reads ``state``, never changes it."""
+    kind = type(input)
+    if (kind is inp.ChannelOpened or kind is inp.QemuAttached) and input.uuid:  # type: ignore[union-attr]
+        return [e for step in decide_steps(state, input, config) for e in step]
+    return _decide(state, input, config)
+
+
+def _decide(state: VmState, input: inp.Input, config: EngineConfig) -> list[ev.Event]:
     if type(input) is inp.ForgetVm:
         return _on_forget_vm(state, input, config)
     if state.qemu is not None or type(input) in inp.QEMU_INPUTS:
@@ -68,6 +75,29 @@ def decide(state: VmState, input: inp.Input, config: EngineConfig = DEFAULT_CONF
 
 def decide_steps(state: VmState, input: inp.Input, config: EngineConfig = DEFAULT_CONFIG) -> list[list[ev.Event]]:
     """``decide``, cut into the state machine's steps (each at most one protocol transition)."""
+    steps = _decide_steps(state, input, config)
+    if type(input) is inp.ChannelOpened or type(input) is inp.QemuAttached:
+        identified = _identified(state, input, steps)
+        if identified is not None:
+            steps[0] = [identified, *steps[0]]
+    return steps
+
+
+def _identified(
+    state: VmState, input: inp.ChannelOpened | inp.QemuAttached, steps: list[list[ev.Event]]
+) -> ev.VmIdentified | None:
+    """``VmIdentified`` for an open or attach that names a UUID other than the recorded one, and
+    that was accepted (a refused attach or open identifies nothing). Only inputs with a UUID can
+    cause it, so logs of VMs without one are unchanged (``tests/dm_engine/test_log_digest.py``)."""
+    if not input.uuid or input.uuid == state.uuid:
+        return None
+    opened = ev.ChannelOpened if type(input) is inp.ChannelOpened else ev.QemuAttached
+    if not any(type(e) is opened for step in steps for e in step):
+        return None
+    return ev.VmIdentified(uuid=input.uuid, source="hello" if opened is ev.ChannelOpened else "qemu")
+
+
+def _decide_steps(state: VmState, input: inp.Input, config: EngineConfig) -> list[list[ev.Event]]:
     if type(input) is inp.ForgetVm:
         return [_on_forget_vm(state, input, config)]
     if state.qemu is not None or type(input) in inp.QEMU_INPUTS:

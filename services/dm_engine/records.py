@@ -21,6 +21,8 @@ from services.dm_engine import events as ev
 from services.dm_engine import inputs as inp
 from services.dm_engine.limits import MAX_RECORD_INT, MIN_RECORD_INT, BoundsError, check_window
 
+from .limits import canonical_uuid
+
 #: Parses a stored record. orjson is about four times faster than ``json.loads`` here and returns
 #: the same Python values, which matters when folding or replaying millions of records; writing
 #: stays on the canonical encoder below (orjson's output differs in escaping).
@@ -186,6 +188,14 @@ def input_from_dict(data: dict[str, Any]) -> inp.Input:
             check_window(record.boot_bytes, record.maxmem_bytes, record.hot_add_base_page, record.ram)
         except BoundsError as e:
             raise RecordError(f"ChannelOpened: {e}") from None
+    if (type(record) is inp.ChannelOpened or type(record) is inp.QemuAttached) and record.uuid:
+        # Stored canonical (lower case) by whoever wrote it; anything else is not a UUID we wrote.
+        try:
+            ok = canonical_uuid(record.uuid) == record.uuid
+        except ValueError:
+            ok = False
+        if not ok:
+            raise RecordError(f"{record.KIND}.uuid must be a lower-case canonical UUID or empty")
     return record
 
 
@@ -365,6 +375,38 @@ def compact_event(event: ev.Event) -> bytes | None:
     if set(map(type, values)) != _INT_ONLY:
         return None  # a bool or None where an int is declared: keep the JSON, which says so
     return fmt[0] % values
+
+
+def stored_event(event: ev.Event) -> str | bytes:
+    """What a format-2 log stores for ``event``: its compact form, else its canonical JSON.
+
+    Fails exactly when ``event_json`` would: compact classes hold integers only, whose JSON cannot
+    fail, so a step encoding with this rejects the same inputs as one encoding with ``event_json``.
+    The same bytes as ``compact_event(event) or event_json(event)``, with one call per event
+    instead of three (the embedded runner calls this for every event it records)."""
+    cls = type(event)
+    encode = _STORED_ENCODERS.get(cls)
+    if encode is None:
+        encode = _STORED_ENCODERS[cls] = _stored_encoder(cls)
+    return encode(event)
+
+
+def _stored_encoder(cls: type) -> Callable[[Any], str | bytes]:
+    fmt = _compact_format(cls)
+    if fmt is None:
+        return event_json
+    template, getter = fmt
+
+    def encode(event: Any) -> str | bytes:
+        values = getter(event)
+        if set(map(type, values)) == _INT_ONLY:
+            return template % values
+        return event_json(event)  # a bool or None where an int is declared (see compact_event)
+
+    return encode
+
+
+_STORED_ENCODERS: dict[type, Callable[[Any], str | bytes]] = {}
 
 
 def stored_event_json(record: str | bytes) -> str:
