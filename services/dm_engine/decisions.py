@@ -12,6 +12,7 @@ Guests are untrusted: every returned page is classified by exact membership in t
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -19,7 +20,7 @@ from services.dm_engine import events as ev
 from services.dm_engine import inputs as inp
 from services.dm_engine import qemu_vm
 from services.dm_engine.config import EngineConfig
-from services.dm_engine.machine import NEGOTIATED_STATES, ProtocolState, TxnKind
+from services.dm_engine.machine import NEGOTIATED_STATES, TRANSITIONS, ProtocolState, TxnKind
 from services.dm_engine.state import VmState, hot_added_part
 from services.dm_protocol import (
     BalloonResponse,
@@ -503,6 +504,42 @@ def _on_status_report(state: VmState, msg: Any, tick: int, config: EngineConfig)
             io_diff=msg.io_diff,
         )
     ]
+
+
+#: A whole DM status report as the guest sends it: header (type, size, trans_id), then the body.
+_STATUS_FRAME = struct.Struct("<HHIQQQQII")
+_STATUS_TYPE = int(MessageType.DM_STATUS_REPORT)
+_STATUS_ALLOWED = TRANSITIONS[ev.StatusReported].allowed - {ProtocolState.CLOSED}
+
+
+def status_report(state: VmState, i: inp.GuestMessage, config: EngineConfig) -> ev.StatusReported | None:
+    """The event of a plain status report (most of what a fleet sends), decided without the general
+    path; None when that path must decide (anything else, a closed channel, a flood).
+
+    What it returns is what ``decide`` returns for the input: the frame is exactly one well-formed
+    status report (``codec.decode`` reads the same fields from it and finds no anomaly: the
+    message has no reserved bits), the channel is open, so ``_on_guest_message`` hands it to
+    ``_on_status_report``, and below the flood limit that builds this event. The state machine
+    allows it in every open state and it moves nothing, so it is one legal step by itself.
+    """
+    raw = i.raw
+    if len(raw) != _STATUS_FRAME.size or state.protocol not in _STATUS_ALLOWED or type(raw) is not bytes:
+        return None
+    kind, size, _trans_id, avail, committed, page_file_size, zero_free, writes, io_diff = _STATUS_FRAME.unpack(raw)
+    if kind != _STATUS_TYPE or size != _STATUS_FRAME.size:
+        return None
+    tick = i.tick
+    if state.status_tick == tick and state.status_in_tick >= config.max_status_reports_per_tick:
+        return None
+    return ev.StatusReported(
+        tick=tick,
+        available_pages=avail,
+        committed_pages=committed,
+        page_file_size_pages=page_file_size,
+        zero_free_pages=zero_free,
+        page_file_writes=writes,
+        io_diff=io_diff,
+    )
 
 
 def _overlaps_within(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
