@@ -12,8 +12,8 @@ from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from services.dm_engine.records import event_from_dict, event_json, loads
-from services.event_log.sqlite_log import EventRow
+from ..dm_engine.records import event_from_dict, event_json, loads
+from ..event_log.sqlite_log import EventRow
 
 #: Divergence kinds, most specific first.
 RECORD_DIFFERS = "record_differs"  # same slot, different JSON

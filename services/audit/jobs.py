@@ -18,15 +18,15 @@ from collections.abc import Collection, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from services.audit.behaviour import DEFAULT_GAP_TICKS
-from services.audit.divergence import first_divergence
-from services.audit.logfile import LogError, engine_config
-from services.audit.reader import SqliteReader
-from services.audit.report import AuditReport, VmReport, audit, position_of_tick
-from services.dm_engine.inputs import ALL_VMS
-from services.dm_engine.records import stored_event_json, stored_input_dict
-from services.event_log import segments
-from services.event_log.sqlite_log import EventRow, InboxRow
+from ..dm_engine.inputs import ALL_VMS
+from ..dm_engine.records import stored_event_json, stored_input_dict
+from ..event_log import segments
+from ..event_log.sqlite_log import EventRow, InboxRow
+from .behaviour import DEFAULT_GAP_TICKS
+from .divergence import first_divergence
+from .logfile import LogError, engine_config
+from .reader import SqliteReader
+from .report import AuditReport, VmReport, audit, position_of_tick
 
 #: Below this many inbox records one process is faster than starting others.
 MIN_PARALLEL_RECORDS = 50_000

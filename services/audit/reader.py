@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import quote
 
-from services.dm_engine.inputs import ALL_VMS
-from services.dm_engine.records import loads, stored_event_json, stored_input_dict
-from services.event_log import segments
-from services.event_log.sqlite_log import EventRow, InboxRow
+from ..dm_engine.inputs import ALL_VMS
+from ..dm_engine.records import loads, stored_event_json, stored_input_dict
+from ..event_log import segments
+from ..event_log.sqlite_log import EventRow, InboxRow
 
 
 class LogReader(Protocol):
@@ -254,7 +254,7 @@ class SqliteReader:
 
 #: The Kafka deployment's audit reader, looked up by name so that the audit does not import the
 #: Kafka stack: ``services.kafka_engine.audit_reader.open_audit_reader(url) -> LogReader``.
-BROKER_READER = ("services.kafka_engine.audit_reader", "open_audit_reader")
+BROKER_READER = ("..kafka_engine.audit_reader", "open_audit_reader")
 
 
 class BrokerReaderUnavailable(Exception):
@@ -265,7 +265,7 @@ def open_broker_reader(url: str) -> LogReader:
     """A ``LogReader`` over a Kafka deployment's topics, if the Kafka package provides one."""
     module_name, attr = BROKER_READER
     try:
-        module = importlib.import_module(module_name)
+        module = importlib.import_module(module_name, __package__)
     except ImportError:
         raise BrokerReaderUnavailable(
             f"no Kafka log reader in this build ({module_name}.{attr} is missing); audit the embedded log with --db"

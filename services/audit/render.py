@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from services.audit.point_in_time import PointInTime
-from services.audit.report import AuditReport
+from .point_in_time import PointInTime
+from .report import AuditReport
 
 _UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
 _RANGES_SHOWN = 16

@@ -19,15 +19,15 @@ from array import array
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 
-from services.audit.reader import LogReader
-from services.dm_engine.config import EngineConfig
-from services.dm_engine.decider import initial_state
-from services.dm_engine.events import Event
-from services.dm_engine.inputs import ALL_VMS
-from services.dm_engine.records import event_from_dict, loads
-from services.dm_engine.state import VmState
-from services.dm_engine.step import Rebuild, Unreadable, fold_recorded, read_input, step
-from services.event_log.sqlite_log import InboxRow
+from ..dm_engine.config import EngineConfig
+from ..dm_engine.decider import initial_state
+from ..dm_engine.events import Event
+from ..dm_engine.inputs import ALL_VMS
+from ..dm_engine.records import event_from_dict, loads
+from ..dm_engine.state import VmState
+from ..dm_engine.step import Rebuild, Unreadable, fold_recorded, read_input, step
+from ..event_log.sqlite_log import InboxRow
+from .reader import LogReader
 
 #: Called with the fraction of the inbox read so far (a progress bar).
 Progress = Callable[[float], None]

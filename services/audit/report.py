@@ -14,20 +14,20 @@ from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.audit.behaviour import DEFAULT_GAP_TICKS, BehaviourFold
-from services.audit.divergence import Divergence, RecordedStream, VmComparison, first_divergence
-from services.audit.logfile import LogError, engine_config
-from services.audit.qemu_findings import QemuFold
-from services.audit.reader import LogReader
-from services.audit.replay import Progress, replay_inbox
-from services.audit.transactions import TransactionLog
-from services.dm_engine import events as ev
-from services.dm_engine.config import EngineConfig
-from services.dm_engine.decider import evolve, initial_state
-from services.dm_engine.records import event_from_dict, event_json, loads
-from services.dm_engine.state import VmState
-from services.event_log.sqlite_log import EventRow
-from services.units import PAGE_SIZE
+from ..dm_engine import events as ev
+from ..dm_engine.config import EngineConfig
+from ..dm_engine.decider import evolve, initial_state
+from ..dm_engine.records import event_from_dict, event_json, loads
+from ..dm_engine.state import VmState
+from ..event_log.sqlite_log import EventRow
+from ..units import PAGE_SIZE
+from .behaviour import DEFAULT_GAP_TICKS, BehaviourFold
+from .divergence import Divergence, RecordedStream, VmComparison, first_divergence
+from .logfile import LogError, engine_config
+from .qemu_findings import QemuFold
+from .reader import LogReader
+from .replay import Progress, replay_inbox
+from .transactions import TransactionLog
 
 
 def version_text(version: int | None) -> str | None:

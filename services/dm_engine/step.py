@@ -29,16 +29,16 @@ from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from services.dm_engine import events as ev
-from services.dm_engine import inputs as inp
-from services.dm_engine.config import EngineConfig
-from services.dm_engine.decider import evolve, initial_state, process
-from services.dm_engine.inputs import ALL_VMS
-from services.dm_engine.outbox import outbox_messages
-from services.dm_engine.qemu_vm import qemu_outbox_records
-from services.dm_engine.records import event_json, input_from_dict
-from services.dm_engine.state import VmState
-from services.dm_protocol import encode
+from ..dm_protocol import encode
+from . import events as ev
+from . import inputs as inp
+from .config import EngineConfig
+from .decider import evolve, initial_state, process
+from .inputs import ALL_VMS
+from .outbox import outbox_messages
+from .qemu_vm import qemu_outbox_records
+from .records import event_json, input_from_dict
+from .state import VmState
 
 #: An exception message is kept up to this many characters (an input may carry megabytes).
 MAX_ERROR_CHARS = 400

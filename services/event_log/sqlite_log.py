@@ -34,9 +34,9 @@ from urllib.parse import quote
 
 import orjson
 
-from services.dm_engine.inputs import ALL_VMS
-from services.dm_engine.records import LOG_FORMAT, stored_event_json, stored_input, stored_input_dict
-from services.event_log import segments
+from ..dm_engine.inputs import ALL_VMS
+from ..dm_engine.records import LOG_FORMAT, stored_event_json, stored_input, stored_input_dict
+from . import segments
 
 log = logging.getLogger("hvdm.log")
 

@@ -65,13 +65,13 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from services.dm_engine.inputs import ALL_VMS
-from services.dm_engine.records import dumps, input_from_dict, loads
-from services.event_log.sqlite_log import EventRow, InboxRow
-from services.kafka_engine import envelope
-from services.kafka_engine.envelope import EnvelopeError, EventsRecord
-from services.kafka_engine.partition import PartitionClock
-from services.kafka_engine.settings import KafkaSettings
+from ..dm_engine.inputs import ALL_VMS
+from ..dm_engine.records import dumps, input_from_dict, loads
+from ..event_log.sqlite_log import EventRow, InboxRow
+from . import envelope
+from .envelope import EnvelopeError, EventsRecord
+from .partition import PartitionClock
+from .settings import KafkaSettings
 
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -288,7 +288,7 @@ class KafkaLogReader:
         return self
 
     def _load(self) -> tuple[int, int]:
-        from services.kafka_engine.kafka_log import GroupOffsets, PartitionReader, inbox_partitions, read_meta
+        from .kafka_log import GroupOffsets, PartitionReader, inbox_partitions, read_meta
 
         settings = self.settings
         cut = self.cut

@@ -24,7 +24,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from services.dm_engine.limits import (
+from ..dm_engine.limits import (
     MAX_MEMORY_BYTES,
     MAX_PAGE_NUMBER,
     MAX_RECORD_INT,
@@ -35,7 +35,7 @@ from services.dm_engine.limits import (
     json_too_deep,
     valid_vm_id,
 )
-from services.vdimm_allocator.ram_layout import (
+from ..vdimm_allocator.ram_layout import (
     MACHINES,
     RamLayoutError,
     RamRanges,
