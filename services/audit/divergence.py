@@ -60,8 +60,12 @@ class VmComparison:
     Streaming, so an audit holds one row per VM in memory, not the whole event log.
     """
 
-    def __init__(self, vm: str, recorded: Iterator[EventRow], until_pos: int, judge_after: int = 0) -> None:
+    def __init__(
+        self, vm: str, recorded: Iterator[EventRow], until_pos: int, judge_after: int = 0, seq_base: int = 0
+    ) -> None:
+        """``seq_base``: the VM's last seq before the replay starts (a compacted log's cut)."""
         self.vm = vm
+        self._seq_base = seq_base
         self._rows = recorded
         self._until = until_pos
         self._judge_after = judge_after
@@ -80,7 +84,7 @@ class VmComparison:
         self.decided += 1
         if self.divergence is not None:
             return
-        seq = self.decided
+        seq = self._seq_base + self.decided
         row = next(self._rows, None)
         if inbox_pos <= self._judge_after and row is not None:
             return  # before the audited window: rebuilt, not judged
@@ -108,7 +112,7 @@ class VmComparison:
             return
         row = next(self._rows, None)
         if row is not None and row.inbox_pos <= self._until:
-            seq = self.decided + 1
+            seq = self._seq_base + self.decided + 1
             self._diverge(seq, row.inbox_pos, UNEXPECTED_EVENT, None, row.record, None, row.inbox_pos)
 
     def _diverge(

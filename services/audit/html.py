@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from html import escape
 from typing import Any
 
+from . import compacted
 from .render import size
 from .report import AuditReport
 from .wall_clock import iso, wall_of_ticks
@@ -340,6 +341,14 @@ def audit_html(report: AuditReport, log: Any = None) -> str:
         "<h3>Accounting (bytes)</h3>",
         _table(["VM", "BOOT", "HOT-ADDED", "BALLOONED", "CURRENT", "TARGET"], money),
     ]
+    if doc["compaction"] is not None:
+        parts += [
+            "<h3>Compacted history</h3>",
+            f"<p>{escape(compacted.cut_sentence(doc['compaction']))}.</p>",
+            _table(compacted.SUMMARY_HEADERS, compacted.summary_rows(vms, size)),
+        ]
+        if violations := compacted.violation_rows(vms):
+            parts.append(_table(["VM", "REASON", "BEFORE THE CUT", "AFTER", "TOTAL"], violations))
     if len(names) > MAX_CHARTS:
         parts.append(f"<p>Charts are drawn for the first {MAX_CHARTS} VMs; every VM has its tables.</p>")
     for i, vm in enumerate(names):

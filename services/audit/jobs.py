@@ -22,6 +22,7 @@ from ..dm_engine.inputs import ALL_VMS
 from ..dm_engine.records import stored_event_json, stored_input_dict
 from ..event_log import segments
 from ..event_log.sqlite_log import EventRow, InboxRow
+from . import compacted
 from .behaviour import DEFAULT_GAP_TICKS
 from .divergence import first_divergence
 from .logfile import LogError, engine_config
@@ -125,6 +126,9 @@ def audit_jobs(
     if from_tick is not None:
         from_pos = position_of_tick(reader, from_tick, consumed)
     from_pos = max(0, min(from_pos, consumed))
+    base = compacted.base_of(reader)
+    if base is not None:
+        from_pos = max(from_pos, min(base.cut.pos, consumed))
     parts = split(names, jobs)
     context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
     with ProcessPoolExecutor(max_workers=len(parts), mp_context=context) as pool:
@@ -147,6 +151,7 @@ def audit_jobs(
         first_divergence=first_divergence(iter(r.comparison for r in ordered.values())),
         report_after=from_pos,
         selected_vms=tuple(selected),
+        compaction=compacted.section(base),
     )
 
 
@@ -157,7 +162,8 @@ def _vms_until(reader: SqliteReader, consumed: int) -> list[str]:
         "SELECT vm FROM inbox WHERE pos <= ? AND vm != ? UNION SELECT vm FROM events WHERE inbox_pos <= ?",
         (consumed, ALL_VMS, consumed),
     )
-    return sorted(str(r[0]) for r in cur)
+    # A compacted log: also the VMs only its summaries still name.
+    return sorted({str(r[0]) for r in cur} | set(compacted.vms_at_cut(compacted.base_of(reader))))
 
 
 def _records_until(reader: SqliteReader, consumed: int) -> int:

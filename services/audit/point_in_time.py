@@ -18,6 +18,7 @@ from ..dm_engine.decider import initial_state
 from ..dm_engine.records import event_from_dict, loads
 from ..dm_engine.state import VmState
 from ..dm_engine.step import fold_recorded
+from . import compacted
 from .logfile import LogError, engine_config
 from .reader import LogReader
 from .replay import ReplayError, replay_inbox
@@ -97,14 +98,21 @@ def state_at(
         raise LogError(f"vm {vm!r} does not appear in the log")
     consumed = log.consumed_position()
     pos, tick = _cut(log, consumed, until_pos, until_tick)
+    base = compacted.base_of(log)
+    if base is not None and until_tick is not None and pos < base.cut.pos <= consumed and until_tick >= base.cut.tick:
+        pos, tick = base.cut.pos, base.cut.tick  # no record after the cut is that early: the state at the cut
+    compacted.check_position(
+        base, pos, "inbox position" if until_tick is None else f"tick {until_tick}: inbox position"
+    )
     if from_inbox:
         config, _ = engine_config(log)
-        replay, decisions = replay_inbox(log, config, pos, only_vm=vm)
+        replay, decisions = replay_inbox(log, config, pos, only_vm=vm, start=base)
         decided = sum(len(d.events) for d in decisions)
         state = replay.states.get(vm) or initial_state(vm)
         return PointInTime(vm, pos, tick, until_tick, INBOX_SOURCE, decided, decided, state)
-    state = initial_state(vm)
-    count = last_seq = 0
+    state = compacted.start_state(base, vm)
+    count = 0
+    last_seq = 0 if base is None else base.seqs.get(vm, 0)
     for row in log.iter_events(vm):
         if row.inbox_pos > pos:
             break

@@ -29,6 +29,7 @@ from urllib.parse import quote
 from ..dm_engine.inputs import ALL_VMS
 from ..dm_engine.records import loads, stored_event_json, stored_input_dict
 from ..event_log import segments
+from ..event_log.cut import CutBase, read_base
 from ..event_log.sqlite_log import EventRow, InboxRow
 
 
@@ -245,6 +246,12 @@ class SqliteReader:
                 out[int(t)] = float(w)
         return dict(sorted(out.items()))
 
+    def compaction_base(self) -> CutBase | None:
+        """Where a compacted log begins (``services.audit.compacted``); None if never compacted."""
+        if not hasattr(self, "_base"):
+            self._base = read_base(self._db)
+        return self._base
+
     def snapshots(self) -> list[tuple[str, int, int, dict[str, Any]]]:
         if "snapshots" not in self._tables:
             return []
@@ -253,16 +260,18 @@ class SqliteReader:
 
 
 #: The Kafka deployment's audit reader, looked up by name so that the audit does not import the
-#: Kafka stack: ``services.kafka_engine.audit_reader.open_audit_reader(url) -> LogReader``.
-BROKER_READER = ("..kafka_engine.audit_reader", "open_audit_reader")
+#: Kafka stack: ``kafka_engine.audit_partitions.open_partitioned_reader(url) -> LogReader`` (a reader
+#: whose ``audit_jobs`` splits the audit by partition).
+BROKER_READER = ("..kafka_engine.audit_partitions", "open_partitioned_reader")
 
 
 class BrokerReaderUnavailable(Exception):
     """This build has no Kafka log reader (the seam is ``BROKER_READER``)."""
 
 
-def open_broker_reader(url: str) -> LogReader:
-    """A ``LogReader`` over a Kafka deployment's topics, if the Kafka package provides one."""
+def open_broker_reader(url: str, jobs: int = 1) -> LogReader:
+    """A ``LogReader`` over a Kafka deployment's topics, if the Kafka package provides one; it reads
+    the topics in up to ``jobs`` processes (one per share of the partitions)."""
     module_name, attr = BROKER_READER
     try:
         module = importlib.import_module(module_name, __package__)
@@ -270,5 +279,5 @@ def open_broker_reader(url: str) -> LogReader:
         raise BrokerReaderUnavailable(
             f"no Kafka log reader in this build ({module_name}.{attr} is missing); audit the embedded log with --db"
         ) from None
-    opener: Callable[[str], LogReader] = getattr(module, attr)
-    return opener(url)
+    opener: Callable[..., LogReader] = getattr(module, attr)
+    return opener(url, jobs=jobs) if jobs > 1 else opener(url)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from . import compacted
 from .point_in_time import PointInTime
 from .report import AuditReport
 
@@ -109,6 +110,8 @@ def audit_text(report: AuditReport) -> str:
             f"  expected  {div['expected'] if div['expected'] is not None else '(no event)'}",
             f"  recorded  {div['recorded'] if div['recorded'] is not None else '(no event)'}",
         ]
+    if doc["compaction"] is not None:
+        lines.append(f"compacted      {compacted.cut_sentence(doc['compaction'])}")
     vms: dict[str, dict[str, Any]] = doc["vms"]
     summary = [
         [
@@ -136,6 +139,14 @@ def audit_text(report: AuditReport) -> str:
     ]
     lines += ["", "accounting (bytes)"]
     lines += table(["VM", "BOOT", "HOT-ADDED", "BALLOONED", "CURRENT", "TARGET"], money, "  ")
+    if doc["compaction"] is not None:
+        rows = [[c if isinstance(c, str) else f"{c:,}" for c in row] for row in compacted.summary_rows(vms, size)]
+        lines += ["", "history summaries (the compacted history and what came after the cut, merged)"]
+        lines += table(compacted.SUMMARY_HEADERS, rows, "  ")
+        if violations := compacted.violation_rows(vms):
+            lines += ["", "violations over the whole history"]
+            cells = [[str(c) for c in row] for row in violations]
+            lines += table(["VM", "REASON", "BEFORE THE CUT", "AFTER", "TOTAL"], cells, "  ")
     for vm, v in vms.items():
         if v["fold_error"]:
             lines += ["", f"{vm}: recorded events could not all be folded: {v['fold_error']}"]

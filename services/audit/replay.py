@@ -18,6 +18,7 @@ import bisect
 from array import array
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 from ..dm_engine.config import EngineConfig
 from ..dm_engine.decider import initial_state
@@ -26,7 +27,9 @@ from ..dm_engine.inputs import ALL_VMS
 from ..dm_engine.records import event_from_dict, loads
 from ..dm_engine.state import VmState
 from ..dm_engine.step import Rebuild, Unreadable, fold_recorded, read_input, step
+from ..event_log.cut import CutBase
 from ..event_log.sqlite_log import InboxRow
+from .compacted import start_state
 from .reader import LogReader
 
 #: Called with the fraction of the inbox read so far (a progress bar).
@@ -73,6 +76,14 @@ class InboxReplay:
         self.records = 0
         self._rebuild = rebuild
 
+    def start_from(self, states: dict[str, VmState]) -> None:
+        """Begin from these states (a compacted log's cut, ``services.audit.compacted``), as the
+        runner does after recovering from snapshots."""
+        for vm, state in states.items():
+            if self.only_vms is None or vm in self.only_vms:
+                self.states[vm] = state
+                self._appear(vm)
+
     def _appear(self, vm: str) -> None:
         i = bisect.bisect_left(self._order, vm)
         if i == len(self._order) or self._order[i] != vm:
@@ -114,11 +125,12 @@ class InboxReplay:
         return [Decision(r.vm, row.pos, row.tick, r.events) for r in results]
 
 
-def recorded_state(log: LogReader) -> Callable[[str, int], VmState]:
-    """A VM's state before inbox position ``pos``, folded from the events the log recorded."""
+def recorded_state(log: LogReader, start: Callable[[str], VmState] = initial_state) -> Callable[[str, int], VmState]:
+    """A VM's state before inbox position ``pos``, folded from the events the log recorded on top
+    of ``start`` (its state at a compacted log's cut)."""
 
     def rebuild(vm: str, pos: int) -> VmState:
-        state = initial_state(vm)
+        state = start(vm)
         for row in log.iter_events(vm):
             if row.inbox_pos >= pos:
                 break
@@ -137,13 +149,18 @@ def replay_inbox(
     only_vms: Collection[str] | None = None,
     ticks: array[int] | None = None,
     progress: Progress | None = None,
+    start: CutBase | None = None,
 ) -> tuple[InboxReplay, Iterator[Decision]]:
     """A replay and the stream of its decisions over inbox positions ``1..until_pos``.
 
     ``ticks``, if given, is filled with the tick of every inbox position read (index = position),
     which is how an audit places events, which carry no time of their own, on the clock.
     """
-    replay = InboxReplay(config, only_vm, only_vms, rebuild=recorded_state(log))
+    if start is None:
+        replay = InboxReplay(config, only_vm, only_vms, rebuild=recorded_state(log))
+    else:  # a compacted log: from the states at the cut (``services.audit.compacted``)
+        replay = InboxReplay(config, only_vm, only_vms, rebuild=recorded_state(log, partial(start_state, start)))
+        replay.start_from({vm: s for vm in start.snapshots if (s := start.state(vm)) is not None})
 
     def decisions() -> Iterator[Decision]:
         every = max(1, until_pos // 200)

@@ -16,11 +16,12 @@ from typing import Any
 
 from ..dm_engine import events as ev
 from ..dm_engine.config import EngineConfig
-from ..dm_engine.decider import evolve, initial_state
+from ..dm_engine.decider import evolve
 from ..dm_engine.records import event_from_dict, event_json, loads
 from ..dm_engine.state import VmState
 from ..event_log.sqlite_log import EventRow
 from ..units import PAGE_SIZE
+from . import compacted
 from .behaviour import DEFAULT_GAP_TICKS, BehaviourFold
 from .divergence import Divergence, RecordedStream, VmComparison, first_divergence
 from .logfile import LogError, engine_config
@@ -149,6 +150,8 @@ class VmReport:
     fold: VmFold
     comparison: VmComparison
     tick_seconds: float
+    #: On a compacted log: the summaries of the history before the cut, after it, and in total.
+    history: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         state = self.fold.state
@@ -173,6 +176,7 @@ class VmReport:
             "unballoon_transactions": [t.to_dict(self.tick_seconds) for t in self.fold.transactions.unballoon],
             "upcast_events": self.comparison.upcast,
             "behaviour": self.fold.behaviour.to_dict(),
+            "history": self.history,
             **extra,
         }
 
@@ -189,6 +193,8 @@ class AuditReport:
     first_divergence: Divergence | None
     report_after: int = 0
     selected_vms: tuple[str, ...] = ()
+    #: Where a compacted log begins (``compacted.section``); None if it was never compacted.
+    compaction: dict[str, Any] | None = None
 
     @property
     def replay_matches(self) -> bool:
@@ -234,6 +240,7 @@ class AuditReport:
             "selected_vms": list(self.selected_vms),
             "upcast_events": sum(r.comparison.upcast for r in self.vms.values()),
             "vms_needing_attention": sorted(vm for vm, r in self.vms.items() if r.fold.state.needs_attention),
+            "compaction": self.compaction,
         }
 
 
@@ -271,10 +278,13 @@ def audit(
     ``from_pos`` / ``from_tick`` narrow what is judged and reported to the inbox records after that
     position (or from that tick on). The inbox before it is still re-decided, to rebuild the state
     the later records act on: the engine's snapshots are not used, because a snapshot is itself a
-    claim of the log that the audit would have to take on trust.
+    claim of the log that the audit would have to take on trust -- except on a compacted log, whose
+    history before the cut is gone: there the replay starts from the states stored at the cut and
+    the report adds the summaries of that history (``services.audit.compacted``).
     """
     config, source = engine_config(log)
     consumed = log.consumed_position()
+    base = compacted.base_of(log)
     selected = set(vms or ())
     if vm is not None:
         selected.add(vm)
@@ -282,6 +292,8 @@ def audit(
     if from_tick is not None:
         from_pos = position_of_tick(log, from_tick, consumed)
     from_pos = max(0, min(from_pos, consumed))
+    if base is not None:
+        from_pos = max(from_pos, min(base.cut.pos, consumed))
 
     comparisons: dict[str, VmComparison] = {}
     recorded = RecordedStream(log.iter_events(None), only)
@@ -289,11 +301,14 @@ def audit(
     def comparison(name: str) -> VmComparison:
         cmp = comparisons.get(name)
         if cmp is None:
-            cmp = comparisons[name] = VmComparison(name, recorded.for_vm(name), consumed, judge_after=from_pos)
+            seq_base = 0 if base is None else base.seqs.get(name, 0)
+            cmp = comparisons[name] = VmComparison(
+                name, recorded.for_vm(name), consumed, judge_after=from_pos, seq_base=seq_base
+            )
         return cmp
 
     ticks = array("q", bytes(8 * (consumed + 1)))
-    replay, decisions = replay_inbox(log, config, consumed, only_vms=only, ticks=ticks, progress=progress)
+    replay, decisions = replay_inbox(log, config, consumed, only_vms=only, ticks=ticks, progress=progress, start=base)
     for decision in decisions:
         cmp = comparison(decision.vm)
         for event in decision.events:
@@ -305,13 +320,15 @@ def audit(
         if fold is None:
             fold = folds[row.vm] = VmFold(
                 row.vm,
-                initial_state(row.vm),
+                compacted.start_state(base, row.vm),
                 behaviour=BehaviourFold(config.tick_seconds, gap_ticks),
                 report_after=from_pos,
             )
         fold.apply(row, ticks[row.inbox_pos] if 0 < row.inbox_pos <= consumed else -1)
 
     names = set(replay.states) | set(folds)
+    names |= {vm for vm in compacted.vms_at_cut(base) if only is None or vm in only}
+    history = {} if base is None else compacted.histories(log, base, names, consumed, ticks, config.tick_seconds)
     missing = sorted(selected - names)
     if missing:
         raise LogError(f"vm {missing[0]!r} does not appear in the log")
@@ -320,9 +337,12 @@ def audit(
         cmp = comparison(name)
         cmp.finish()
         fold = folds.get(name) or VmFold(
-            name, initial_state(name), behaviour=BehaviourFold(config.tick_seconds, gap_ticks), report_after=from_pos
+            name,
+            compacted.start_state(base, name),
+            behaviour=BehaviourFold(config.tick_seconds, gap_ticks),
+            report_after=from_pos,
         )
-        reports[name] = VmReport(name, fold, cmp, config.tick_seconds)
+        reports[name] = VmReport(name, fold, cmp, config.tick_seconds, history.get(name))
     return AuditReport(
         db=log.path,
         config=config,
@@ -334,4 +354,5 @@ def audit(
         first_divergence=first_divergence(iter(comparisons[n] for n in reports)),
         report_after=from_pos,
         selected_vms=tuple(sorted(selected)),
+        compaction=compacted.section(base),
     )

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..audit import LogError, ReplayError, audit, audit_text, point_text, state_at
+from ..audit import LogError, ReplayError, audit, audit_text, compacted, point_text, state_at
 from ..audit.jobs import audit_jobs, default_jobs
 from ..audit.logfile import open_reader
 from ..audit.reader import BrokerReaderUnavailable, LogReader, SqliteReader, open_broker_reader
@@ -107,7 +107,7 @@ def _open(args: argparse.Namespace) -> LogReader:
     broker = getattr(args, "broker", None)
     if broker:
         try:
-            return open_broker_reader(broker)
+            return open_broker_reader(broker, _jobs(args))
         except (LogError, BrokerReaderUnavailable):
             raise
         except Exception as exc:  # the broker is unreachable or refused us: infrastructure, not a bug
@@ -115,6 +115,11 @@ def _open(args: argparse.Namespace) -> LogReader:
     if not args.db:
         raise LogError("give --db PATH or --broker URL")
     return open_reader(args.db)
+
+
+def _jobs(args: argparse.Namespace) -> int:
+    jobs = getattr(args, "jobs", None)
+    return default_jobs() if jobs is None else int(jobs)
 
 
 def _with_log(command: str, args: argparse.Namespace, body: Callable[[LogReader], tuple[str, int]]) -> int:
@@ -161,7 +166,9 @@ def _run_audit(args: argparse.Namespace) -> int:
         from_pos = args.from_pos or 0
         if isinstance(from_pos, When):
             from_pos = position_from(log, from_pos.unix)
-        jobs = default_jobs() if args.jobs is None else args.jobs
+        jobs = _jobs(args)
+        # A Kafka deployment's reader splits its audit by partition (kafka_engine.audit_partitions).
+        by_partition = getattr(log, "audit_jobs", None)
         if jobs > 1 and isinstance(log, SqliteReader) and progress is None:
             report = audit_jobs(
                 log,
@@ -170,6 +177,10 @@ def _run_audit(args: argparse.Namespace) -> int:
                 from_pos=from_pos,
                 from_tick=args.from_tick,
                 gap_ticks=args.gap_ticks,
+            )
+        elif jobs > 1 and callable(by_partition):
+            report = by_partition(
+                jobs, vms=args.vm or None, from_pos=from_pos, from_tick=args.from_tick, gap_ticks=args.gap_ticks
             )
         else:
             report = audit(
@@ -240,7 +251,7 @@ def _run_replay(args: argparse.Namespace) -> int:
         until = args.until
         if isinstance(until, When):
             until = position_until(log, until.unix)
-            if until == 0:
+            if until == 0 and compacted.base_of(log) is None:
                 raise LogError(
                     f"--until {args.until.text}: no inbox record is stamped that early (first stamp: {_first(log)}; "
                     "archived history keeps no stamps)"
@@ -285,8 +296,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--jobs",
         type=JOBS,
         metavar="N",
-        help="processes auditing the embedded log's VMs in parallel (default: the cores; one for a small log "
-        "or with --progress)",
+        help="processes auditing in parallel: the embedded log split by VM, a Kafka deployment (--broker) by "
+        "partition (default: the cores; one for a small log, and for the embedded log with --progress)",
     )
     audit_parser.add_argument(
         "--fail-on-violations",

@@ -53,8 +53,11 @@ def _show(args: argparse.Namespace) -> int:
         parsed = parser.parse_args([command, *(shown.flags if shown.command else []), *placeholders])
         if getattr(parsed, "broker", None) is not None:
             from .config_file import merge_broker
+            from .kafka_args import with_compression
 
-            parsed.broker = merge_broker(parsed.broker, config)
+            parsed.broker = with_compression(
+                merge_broker(parsed.broker, config), getattr(parsed, "kafka_compression", None)
+            )
         sections[command] = effective(parsed, sub)
     sections.update(extras_of(config))
     if shown.format == "json":

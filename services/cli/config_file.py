@@ -110,6 +110,8 @@ KAFKA_TYPES: dict[str, Any] = {
     "rebalance_timeout": SECONDS,
     "commit_interval": SECONDS,
     "fetch_wait": SECONDS,
+    "linger": FloatArg(0.0, 60.0),
+    "compression": ("zstd", "gzip", "none"),
 }
 
 EXTRA_SECTIONS = {"engine_config": ENGINE_CONFIG_TYPES, "gateway_limits": GATEWAY_LIMIT_TYPES, "kafka": KAFKA_TYPES}

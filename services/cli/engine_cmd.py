@@ -16,6 +16,7 @@ from ..event_log.writer_lock import LogLockError, WriterLock
 from ..kafka_engine.worker_options import WorkerOptions
 from .arg_types import BROKER, FloatArg, IntArg
 from .config_file import add_config_argument, config_of
+from .kafka_args import add_compression_flag
 from .log_output import add_log_arguments
 from .main import EXIT_ERROR, error_line
 from .metrics_args import add_metrics_arguments, metrics_labels_of
@@ -118,6 +119,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p = subparsers.add_parser("engine", help="run the DM engine on the SQLite log or on Kafka")
     p.add_argument("--db", default="hvdm.db", help="SQLite log (embedded deployment)")
     p.add_argument("--broker", type=BROKER, help="kafka://HOST:PORT (distributed deployment)")
+    add_compression_flag(p)
     p.add_argument("--batch", type=IntArg(1, 1_000_000), default=500, help="inbox records per transaction")
     p.add_argument("--snapshot-every", type=IntArg(1, 1 << 31), default=2000, help="events per VM between snapshots")
     p.add_argument(

@@ -10,6 +10,7 @@ import sys
 from .arg_types import BROKER, HOST_PORT, VM_ID
 from .config_file import add_config_argument
 from .gateway_args import add_gateway_arguments, gateway_auth, gateway_limits
+from .kafka_args import add_compression_flag
 from .log_output import add_log_arguments
 from .main import EXIT_USAGE, error_line
 from .metrics_args import add_metrics_arguments, metrics_labels_of
@@ -63,6 +64,9 @@ def _run(args: argparse.Namespace) -> int:
     except AuthConfigError as e:
         print(error_line("gateway", e), file=sys.stderr)
         return EXIT_USAGE
+    from ..systemd_notify import Notifier
+
+    notifier = Notifier.from_environ()
     try:
         host = HostSpec(args.host_name, args.host_capacity, args.host_reserve)
         return asyncio.run(
@@ -76,10 +80,13 @@ def _run(args: argparse.Namespace) -> int:
                 limits=gateway_limits(args),
                 backend=host.backend(settings),
                 qemu=qemu,
+                notifier=notifier,
             )
         )
     except KeyboardInterrupt:
         return 130
+    finally:
+        notifier.close()
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -87,6 +94,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument(
         "--broker", type=BROKER, help="kafka://HOST:PORT[?prefix=...&partitions=N] (see docs); required to serve"
     )
+    add_compression_flag(p)
     p.add_argument("--socket", default="hvdm.sock", help="UNIX socket for guests ('' to disable)")
     p.add_argument("--tcp", type=HOST_PORT, help="also listen on HOST:PORT for guests")
     add_metrics_arguments(p, what="gateway")

@@ -29,6 +29,7 @@ from .config_file import (
     load_config,
     merge_broker,
 )
+from .kafka_args import with_compression
 from .log_output import configure_logging
 
 #: Command name -> the module that registers it (relative to this package, so the command line works
@@ -42,6 +43,7 @@ COMMANDS: dict[str, str] = {
     "ctl": ".ctl_cmd",
     "audit": ".audit_cmds",
     "replay": ".audit_cmds",
+    "compact": ".compact_cmd",
     "rebalance": ".rebalance_cmd",
     "fuzz": ".fuzz_cmd",
     "bench": ".bench_cmd",
@@ -118,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     args = parser.parse_args(args_list)
     if getattr(args, "broker", None) is not None:
-        args.broker = merge_broker(args.broker, config)
+        args.broker = with_compression(merge_broker(args.broker, config), getattr(args, "kafka_compression", None))
     if hasattr(args, "log_format"):
         configure_logging(args)
     try:

@@ -15,6 +15,7 @@ from ..socket_files import SocketPathInUse
 from .arg_types import BROKER, HOST_PORT, SEED, FloatArg, IntArg, SizeArg
 from .config_file import add_config_argument, config_of
 from .gateway_args import add_gateway_arguments, gateway_auth, gateway_limits
+from .kafka_args import add_compression_flag
 from .log_output import add_log_arguments
 from .main import EXIT_ERROR, EXIT_USAGE, error_line
 from .metrics_args import add_metrics_arguments, metrics_labels_of
@@ -128,6 +129,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument(
         "--broker", type=BROKER, help="run on Kafka instead: kafka://HOST:PORT (gateway, engine worker, guests)"
     )
+    add_compression_flag(p)
     p.add_argument(
         "--qemu",
         action="append",

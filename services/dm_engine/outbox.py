@@ -18,6 +18,19 @@ from ..dm_protocol import (
 )
 from . import events as ev
 
+#: The event types ``outbox_messages`` answers with a message; every other event sends nothing.
+SENDS: frozenset[type[ev.Event]] = frozenset(
+    {
+        ev.VersionAccepted,
+        ev.VersionRejected,
+        ev.CapabilitiesAccepted,
+        ev.BalloonRequested,
+        ev.UnballoonRequested,
+        ev.HotAddRequested,
+        ev.HotRemoveRequested,
+    }
+)
+
 
 def outbox_messages(event: ev.Event) -> list[Message]:
     """The DM messages the host must send because of ``event`` (usually none)."""

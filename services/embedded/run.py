@@ -16,6 +16,7 @@ before ``--fresh`` moves anything), and a ``--socket`` path holding anything but
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 from collections.abc import Callable, Coroutine, Mapping
@@ -33,6 +34,7 @@ from ..metrics import MetricsLabels, ServedMetrics, serve_for_service
 from ..qemu_agent import QemuAgent
 from ..qmp import QmpServers, start_qmp_servers
 from ..socket_files import SocketPathInUse, remove_stale_socket
+from ..systemd_notify import Notifier
 from ..vmbus_gateway.auth import AuthConfigError, GatewayAuth, vm_token
 from ..vmbus_gateway.client import GuestLink
 from ..vmbus_gateway.hello import Hello
@@ -154,11 +156,24 @@ def summary(service: EmbeddedService, scripts: dict[str, DemoScript]) -> dict[st
     }
 
 
-async def run_service(cfg: RunConfig, out: TextIO = sys.stdout) -> int:
+def status_line(service: EmbeddedService, gateway: GatewayServer) -> str:
+    """``systemctl status``'s line for ``hvdm run``: what it serves and whether the engine keeps up."""
+    return (
+        f"{len(service.states)} VMs, {len(gateway.connections)} guests connected; "
+        f"inbox lag {service.runner.lag()} records"
+    )
+
+
+async def run_service(cfg: RunConfig, out: TextIO = sys.stdout, notifier: Notifier | None = None) -> int:
+    """``notifier``: systemd's (``Notifier.from_environ``): READY=1 once the log is recovered and the
+    gateway, QMP sockets, metrics and QEMU monitors are served; STOPPING=1 when a stop begins;
+    watchdog pings from the engine's loop while no service loop has failed."""
     check_gateway_config(cfg)
+    notifier = notifier or Notifier(None)
     existed = check_log_file(cfg.db)
     service = EmbeddedService.open(cfg.db, speed=cfg.speed, config=cfg.engine_config)
     stop = StopSignals().install()
+    stop.on_stop.append(lambda name: notifier.stopping(f"{name} received: closing channels, draining the inbox"))
     await service.start()
     gateway = GatewayServer(EmbeddedBackend(service), run_gateway_limits(cfg), cfg.auth)
     served: ServedMetrics | None = None
@@ -166,6 +181,7 @@ async def run_service(cfg: RunConfig, out: TextIO = sys.stdout) -> int:
     agent: QemuAgent | None = None
     links: dict[str, GuestLink] = {}
     scripts: dict[str, DemoScript] = {}
+    keep_alive: asyncio.Task[None] | None = None
     try:
         await gateway.start(unix_path=cfg.socket, tcp=cfg.tcp)
         if cfg.qmp_dir:
@@ -199,6 +215,11 @@ async def run_service(cfg: RunConfig, out: TextIO = sys.stdout) -> int:
             file=human,
             flush=True,
         )
+        notifier.ready(f"serving: {status_line(service, gateway)}")
+        keep_alive = asyncio.create_task(
+            notifier.keep_alive(lambda: status_line(service, gateway), healthy=lambda: service.failure is None),
+            name="hvdm-systemd-notify",
+        )
         await connect_sim_guests(cfg, service, endpoint, links, scripts, reboot_wait_seconds=10)
         await run_scripts(
             service,
@@ -210,6 +231,11 @@ async def run_service(cfg: RunConfig, out: TextIO = sys.stdout) -> int:
             stop=lambda: _stop_reason(service, stop),
         )
     finally:
+        notifier.stopping("stopping: closing channels, draining the inbox")
+        if keep_alive is not None:
+            keep_alive.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keep_alive
         # The summary describes the run, not its teardown (closing links closes channels).
         report = summary(service, scripts)
         report["stopped_by"] = stop.received
@@ -284,6 +310,8 @@ def start_fresh(cfg: RunConfig, out: TextIO = sys.stdout) -> None:
 def main_run(cfg: RunConfig, serve: Callable[[RunConfig], Coroutine[Any, Any, int]] | None = None) -> int:
     """Run ``hvdm run``: the embedded service, or ``serve`` (the CLI passes the Kafka deployment's
     ``run_on_broker`` for ``--broker``, so this package never imports the other deployment)."""
+    # Read (and removed from the environment) before anything starts a child process.
+    notifier = Notifier.from_environ()
     try:
         if serve is not None:
             return asyncio.run(serve(cfg))
@@ -294,9 +322,11 @@ def main_run(cfg: RunConfig, serve: Callable[[RunConfig], Coroutine[Any, Any, in
             check_paths(cfg)
             if cfg.fresh:
                 start_fresh(cfg, sys.stderr if cfg.json_summary else sys.stdout)
-            return asyncio.run(run_service(cfg))
+            return asyncio.run(run_service(cfg, notifier=notifier))
     except AuthConfigError as e:
         print(f"hvdm: run error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    finally:
+        notifier.close()

@@ -15,10 +15,10 @@ from typing import Protocol
 
 from ..dm_engine.config import EngineConfig
 from ..dm_engine.decider import initial_state
-from ..dm_engine.records import compact_event, event_from_dict, loads, stored_event_json
+from ..dm_engine.records import event_from_dict, loads, stored_event, stored_event_json
 from ..dm_engine.state import VmState
-from ..dm_engine.step import Processed, fold_recorded, forgets, read_input, step
-from ..event_log.sqlite_log import InboxRow, SqliteLog, StepWrite
+from ..dm_engine.step import Processed, fold_recorded, forgets, read_stored, step
+from ..event_log.sqlite_log import SqliteLog, StepWrite
 
 __all__ = ["EngineRunner", "Processed", "ProcessedListener"]
 
@@ -111,18 +111,18 @@ class EngineRunner:
     # ------------------------------------------------------------------ processing
     def run_batch(self, limit: int = 500) -> int:
         """Process up to ``limit`` inbox records; returns how many were consumed."""
-        rows = self.log.read_inbox(self.consumed, limit)
+        rows = self.log.read_inbox_stored(self.consumed, limit)
         if not rows:
             return 0
         try:
-            processed, writes, snapshots = self._process_rows(rows)
-            self.log.commit_step(writes, rows[-1].pos, snapshots)
+            processed, snapshots = self._process_rows(rows)
+            self.log.commit_step(processed, rows[-1][0], snapshots)
         except BaseException:
             # Memory ran ahead of the log: throw it away and rebuild from what was committed.
             self.recover()
             raise
         self.inputs_processed += len(rows)
-        if self.archive_every and rows[-1].pos - self.log.archived_until >= self.archive_every:
+        if self.archive_every and rows[-1][0] - self.log.archived_until >= self.archive_every:
             self.archive()
         for listener in self.listeners:
             listener(processed)
@@ -151,46 +151,52 @@ class EngineRunner:
         return total
 
     def _process_rows(
-        self, rows: Sequence[InboxRow]
-    ) -> tuple[list[Processed], list[StepWrite], list[tuple[str, int, int, str]]]:
+        self, rows: Sequence[tuple[int, str, int, str | bytes]]
+    ) -> tuple[list[Processed], list[tuple[str, int, int, str]]]:
+        """Step every row; the results that decided something are also what the log writes
+        (``SqliteLog.commit_step`` takes ``Processed`` as its ``StepWrite``)."""
         config = self.config
         states = self.states
+        last_seq = self._last_seq
+        since_snapshot = self._events_since_snapshot
+        snapshot_every = self.snapshot_every
         processed: list[Processed] = []
-        writes: list[StepWrite] = []
+        append = processed.append
         due: dict[str, int] = {}
 
         def rebuild(vm: str) -> VmState:
-            return self._rebuild(vm, writes)
+            return self._rebuild(vm, processed)
 
-        for row in rows:
-            record = read_input(row.record)
-            for result in step(states, row.vm, record, config, inbox_pos=row.pos, rebuild=rebuild):
+        for pos, row_vm, tick, stored in rows:
+            record = read_stored(stored, tick)
+            for result in step(
+                states, row_vm, record, config, inbox_pos=pos, rebuild=rebuild, encode_event=stored_event
+            ):
                 events = result.events
                 if not events:
                     continue
                 vm = result.vm
-                encoded = [(e.KIND, compact_event(e) or j) for e, j in zip(events, result.records, strict=True)]
-                writes.append(StepWrite(vm, row.pos, encoded, result.outbox))
-                self._last_seq[vm] = self._last_seq.get(vm, 0) + len(events)
-                count = self._events_since_snapshot.get(vm, 0) + len(events)
-                self._events_since_snapshot[vm] = count
-                if forgets(events):
-                    due.pop(vm, None)  # nothing to snapshot; recovery replays the forget
-                elif count >= self.snapshot_every:
-                    due[vm] = row.pos
-                processed.append(result)
+                n = len(events)
+                last_seq[vm] = last_seq.get(vm, 0) + n
+                count = since_snapshot[vm] = since_snapshot.get(vm, 0) + n
+                if count >= snapshot_every or forgets(events):
+                    if forgets(events):
+                        due.pop(vm, None)  # nothing to snapshot; recovery replays the forget
+                    else:
+                        due[vm] = pos
+                append(result)
         snapshots = []
         for vm, pos in due.items():
             snapshots.append(
                 (
                     vm,
-                    self._last_seq[vm],
+                    last_seq[vm],
                     pos,
-                    json.dumps(self.states[vm].to_snapshot(), separators=(",", ":")),
+                    json.dumps(states[vm].to_snapshot(), separators=(",", ":")),
                 )
             )
-            self._events_since_snapshot[vm] = 0
-        return processed, writes, snapshots
+            since_snapshot[vm] = 0
+        return processed, snapshots
 
     def _rebuild(self, vm: str, pending: Sequence[StepWrite]) -> VmState:
         """``vm`` as it was before the input being stepped: its committed state, then what this
@@ -201,6 +207,6 @@ class EngineRunner:
             state = fold_recorded(state, event_from_dict(loads(row.record)))
         for write in pending:
             if write.vm == vm:
-                for _, record in write.events:
+                for record in write.records:
                     state = fold_recorded(state, event_from_dict(loads(stored_event_json(record))))
         return state

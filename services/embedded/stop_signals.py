@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+from collections.abc import Callable
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -23,6 +24,9 @@ class StopSignals:
         #: Name of the signal that asked to stop (``SIGTERM``), or None.
         self.received: str | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: Called on the loop with the signal's name when the first stop request arrives (e.g. to
+        #: tell systemd ``STOPPING=1`` at once, before the shutdown's own work).
+        self.on_stop: list[Callable[[str], None]] = []
 
     def install(self) -> StopSignals:
         self._loop = asyncio.get_running_loop()
@@ -32,9 +36,13 @@ class StopSignals:
         return self
 
     def _on_signal(self, sig: signal.Signals) -> None:
-        if self.received is None:
+        first = self.received is None
+        if first:
             self.received = sig.name
         self.event.set()
+        if first:
+            for callback in self.on_stop:
+                callback(sig.name)
 
     def uninstall(self) -> None:
         if self._loop is None or self._loop.is_closed():

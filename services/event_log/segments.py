@@ -124,10 +124,20 @@ def has_segments(db: sqlite3.Connection) -> bool:
 
 
 def archived_until(db: sqlite3.Connection) -> int:
-    """The last inbox position archived (0: none)."""
-    if not has_segments(db):
+    """The last inbox position archived (0: none), or compacted away (``compaction.py``: readers
+    start after the cut in both cases, and the live row at it is skipped the same way)."""
+    archived = 0
+    if has_segments(db):
+        archived = int(db.execute("SELECT COALESCE(MAX(last_pos), 0) FROM segments").fetchone()[0])
+    return max(archived, compacted_until(db))
+
+
+def compacted_until(db: sqlite3.Connection) -> int:
+    """The inbox position a compacted log begins after (0: never compacted); the table is
+    ``compaction.SCHEMA``'s, read here because every reader of segments needs it too."""
+    if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'compactions'").fetchone() is None:
         return 0
-    return int(db.execute("SELECT COALESCE(MAX(last_pos), 0) FROM segments").fetchone()[0])
+    return int(db.execute("SELECT COALESCE(MAX(cut_pos), 0) FROM compactions").fetchone()[0])
 
 
 def segment_inbox(db: sqlite3.Connection, after: int, until: int | None) -> Iterator[InboxTuple]:

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 import sys
 from dataclasses import dataclass
 
+from ..embedded.stop_signals import StopSignals
 from ..metrics import MetricsLabels, serve_gateway
+from ..systemd_notify import Notifier
 from ..vmbus_gateway.auth import GatewayAuth
 from ..vmbus_gateway.server import GatewayLimits, GatewayServer
 from .gateway_backend import KafkaBackend
@@ -76,9 +77,15 @@ async def serve(
     auth: GatewayAuth | None = None,
     limits: GatewayLimits | None = None,
     qemu: QemuOptions | None = None,
+    notifier: Notifier | None = None,
 ) -> int:
     """Run until SIGINT/SIGTERM; ``metrics`` = (host, port) serves the gateway's /metrics; ``qemu``
-    attaches this host's real QEMU VMs (``services.qemu_agent``)."""
+    attaches this host's real QEMU VMs (``services.qemu_agent``); ``notifier`` tells systemd
+    READY=1 once the outbox is loaded and the sockets and /metrics listen, STOPPING=1 on a stop,
+    and pings its watchdog from the gateway's loop."""
+    notify = notifier if notifier is not None else Notifier(None)
+    stop = StopSignals().install()
+    stop.on_stop.append(lambda name: notify.stopping(f"{name} received: closing connections, flushing the inbox"))
     server, backend = await start_gateway(
         settings, unix_path=unix_path, tcp=tcp, backend=backend, auth=auth, limits=limits
     )
@@ -96,14 +103,20 @@ async def serve(
     print(
         f"hvdm gateway: {', '.join(where)} -> {settings.bootstrap} ({settings.prefix}.*)", file=sys.stderr, flush=True
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
+
+    def status() -> str:
+        return f"{len(server.connections)} guests connected; {server.counters.accepted} accepted since start"
+
+    notify.ready(f"serving: {status()}")
+    keep_alive = asyncio.create_task(notify.keep_alive(status), name="hvdm-systemd-notify")
     try:
-        await stop.wait()
+        await stop.event.wait()
     finally:
+        notify.stopping("stopping: closing connections, flushing the inbox")
+        keep_alive.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await keep_alive
+        stop.uninstall()
         if agent is not None:
             await agent.close()  # its QemuDetached inputs are flushed with the backend
         if served is not None:

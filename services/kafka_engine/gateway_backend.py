@@ -62,7 +62,8 @@ class KafkaBackend:
         self.retain = retain
         self.vms: dict[str, VmOutbox] = {}
         self._callbacks: list[Callable[[set[str]], None]] = []
-        self._producer = new_producer(settings)
+        # The inbox's batches: a longer linger packs more reports per batch (settings.linger).
+        self._producer = new_producer(settings, linger=settings.linger)
         self._submitted = itertools.count(1)
         self._task: asyncio.Task[None] | None = None
         self._consumer: Any = None

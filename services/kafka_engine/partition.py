@@ -43,7 +43,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from ..dm_engine.config import EngineConfig
 from ..dm_engine.decider import evolve, initial_state
@@ -261,7 +261,9 @@ class PartitionEngine:
         cursor.applied = offset
         self.dirty.add(vm)
         outbox = outbox_value(vm, self.partition, offset, messages) if messages else None
-        return Decision(vm, self.partition, offset, tick, events, first, cursor.outbox_seq, outbox, result.records)
+        # step_vm encoded with its default, ``event_json``: the records are canonical JSON text.
+        records = cast("Sequence[str]", result.records)
+        return Decision(vm, self.partition, offset, tick, events, first, cursor.outbox_seq, outbox, records)
 
     # ------------------------------------------------------------------ checkpoints
     def take_snapshots(self, vms: list[str] | None = None) -> list[dict[str, Any]]:

@@ -76,6 +76,7 @@ def make_app(settings: KafkaSettings, batch: int) -> Any:
         producer_linger=AIOKAFKA_PRODUCER["linger_ms"] / 1000.0,
         producer_max_batch_size=PRODUCER_BATCH_BYTES,
         producer_max_request_size=PRODUCER_REQUEST_BYTES,
+        producer_compression_type=settings.compression_type,
     )
     inbox = app.topic(settings.inbox, key_type=bytes, value_type=bytes)
     # Subscribed like an agent's topic, but delivered in whole fetches (``faust_batch``).

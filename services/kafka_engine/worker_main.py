@@ -13,6 +13,7 @@ import logging
 import sys
 from typing import TYPE_CHECKING
 
+from ..systemd_notify import Notifier
 from .deployment_config import engine_config_of
 from .kafka_log import ensure_topics
 from .settings import KafkaSettings
@@ -43,6 +44,7 @@ def tune_gc() -> None:
 
 def run_worker(options: WorkerOptions) -> int:
     """Entry point of ``hvdm engine --broker URL`` (see ``services.cli.engine_cmd``)."""
+    notifier = Notifier.from_environ()
     settings = KafkaSettings.from_url(options.broker)
     logging.basicConfig(
         level=logging.INFO if options.verbose else logging.WARNING, format="%(asctime)s %(name)s %(message)s"
@@ -60,17 +62,62 @@ def run_worker(options: WorkerOptions) -> int:
         flush=True,
     )
     loglevel = logging.getLevelName(logging.getLogger().getEffectiveLevel())
-    return run_app(worker, loglevel, options.metrics, options.metrics_labels)
+    try:
+        return run_app(worker, loglevel, options.metrics, options.metrics_labels, notifier)
+    finally:
+        notifier.close()
 
 
-def run_app(worker: EngineWorker, loglevel: str, metrics: tuple[str, int] | None, labels: MetricsLabels | None) -> int:
+def status_line(worker: EngineWorker) -> str:
+    owned = worker.owned
+    ready = sum(1 for p in owned.values() if p.ready.is_set())
+    return (
+        f"{len(owned)} partitions owned ({ready} recovered); "
+        f"{worker.records_processed} inbox records processed since start"
+    )
+
+
+async def tell_systemd(worker: EngineWorker, notifier: Notifier) -> None:
+    """READY=1 once ``serving``, then watchdog pings and STATUS= lines from the worker's loop (the
+    loop that decides the inbox: a blocked loop stops pinging and systemd restarts the worker)."""
+    from .worker_metrics import WorkerView
+
+    if not notifier.enabled:
+        return
+    serving = WorkerView(worker).ready  # joined the group, every owned partition recovered (/-/ready)
+    while not serving():
+        await asyncio.sleep(0.1)
+    notifier.ready(f"serving: {status_line(worker)}")
+    await notifier.keep_alive(lambda: status_line(worker))
+
+
+def run_app(
+    worker: EngineWorker,
+    loglevel: str,
+    metrics: tuple[str, int] | None,
+    labels: MetricsLabels | None,
+    notifier: Notifier | None = None,
+) -> int:
     """Run ``worker``'s Faust app until it stops; its exit status."""
     import faust
+
+    notify = notifier if notifier is not None else Notifier(None)
+
+    class Worker(faust.Worker):
+        """Faust's worker, telling systemd when it serves and when it stops (mode's hooks)."""
+
+        async def on_first_start(self) -> None:
+            await super().on_first_start()
+            self.add_future(tell_systemd(worker, notify))
+
+        async def on_stop(self) -> None:
+            notify.stopping("stopping: committing and leaving the consumer group")
+            await super().on_stop()
 
     # Faust (mode) replaces the root logger's handlers with its own on stdout; keep hvdm's
     # (--log-format text|json, on stderr) and only let it set the level.
     worker.app.conf.loghandlers = list(logging.getLogger().handlers)
-    faust_worker = faust.Worker(
+    faust_worker = Worker(
         worker.app,
         loglevel=loglevel,
         quiet=True,

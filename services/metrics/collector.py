@@ -40,6 +40,7 @@ from prometheus_client.samples import Sample
 from ..dm_engine.state import Capabilities, ProtocolState, VmState
 from ..units import MIB, PAGE_SIZE
 from .log_health import WRITABLE, WRITE_ERRORS, LogHealthCollector, log_health_of
+from .rejections import HTTP_REJECTED
 
 #: Engine batches take from tens of microseconds (one tick) to seconds (a recovery-sized backlog).
 LATENCY_BUCKETS = (
@@ -577,4 +578,5 @@ def metric_names() -> list[str]:
     names.append(BUILD_INFO)
     names += DEFAULT_COLLECTOR_METRICS
     names += [WRITABLE, f"{WRITE_ERRORS}_total"]  # log_health.py
+    names.append(f"{HTTP_REJECTED}_total")  # rejections.py: the /metrics server's own cut-offs
     return names

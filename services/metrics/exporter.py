@@ -145,4 +145,5 @@ def serve_gateway(
 
     registry.register(RejectionCollector(gateway, None, HELLO_REASONS))  # type: ignore[arg-type]
     healthy = lambda: read_on_loop(loop, lambda: True, 2.0)  # noqa: E731
-    return ServedGateway(start_metrics_server(registry, host, port, healthy=healthy))
+    common = labels.common() if labels is not None else None
+    return ServedGateway(start_metrics_server(registry, host, port, healthy=healthy, labels=common))

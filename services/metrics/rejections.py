@@ -11,7 +11,7 @@ first scrape.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Protocol
 
 from prometheus_client.metrics_core import CounterMetricFamily, Metric
@@ -19,6 +19,7 @@ from prometheus_client.registry import Collector
 
 HELLO_REJECTED = "hvdm_gateway_hello_rejected"
 QMP_ERRORS = "hvdm_qmp_errors"
+HTTP_REJECTED = "hvdm_metrics_http_rejected"
 
 
 class HelloCounts(Protocol):
@@ -61,3 +62,36 @@ class RejectionCollector(Collector):
             for (error_class, command), n in sorted(dict(self.qmp.errors).items()):
                 qmp.add_metric([error_class, command], float(n))
         return [hello, qmp]
+
+
+class HttpCounts(Protocol):
+    rejected: Counter[str]
+
+
+class HttpRejectionCollector(Collector):
+    """``hvdm_metrics_http_rejected_total{reason}``: connections the /metrics server itself cut off
+    or refused (``metrics.server.HTTP_REJECT_REASONS``: a request head not complete within its
+    deadline, too large, evicted by newer connections, a response not taken in time, every worker
+    busy), so a slow-drip or flooding client shows up in the scrape it failed to starve."""
+
+    def __init__(self, server: HttpCounts, reasons: Iterable[str], labels: Mapping[str, str] | None = None) -> None:
+        self.server = server
+        self.reasons = tuple(reasons)
+        self.labels = dict(labels or {})
+
+    def _family(self) -> CounterMetricFamily:
+        return CounterMetricFamily(
+            HTTP_REJECTED,
+            "Connections to the metrics HTTP server cut off or refused, by reason.",
+            labels=[*self.labels, "reason"],
+        )
+
+    def describe(self) -> Iterable[Metric]:
+        return [self._family()]
+
+    def collect(self) -> Iterable[Metric]:
+        family = self._family()
+        counts = dict(self.server.rejected)
+        for reason in sorted(set(self.reasons) | set(counts)):
+            family.add_metric([*self.labels.values(), reason], float(counts.get(reason, 0)))
+        return [family]

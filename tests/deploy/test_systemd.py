@@ -48,7 +48,9 @@ def installed_copy(tmp_path: Path, name: str) -> Path:
 def test_unit_has_the_hardening_and_stop_behaviour(name: str) -> None:
     service = unit(name)["Service"]
     one = {k: v[-1] for k, v in service.items()}
-    assert one["Type"] == "simple"  # hvdm does not speak sd_notify
+    # hvdm speaks sd_notify (tests/deploy/test_sd_notify.py): READY=1, STOPPING=1, watchdog pings.
+    assert one["Type"] == "notify" and one["NotifyAccess"] == "main"
+    assert 10 <= int(one["WatchdogSec"]) <= 120 and int(one["TimeoutStartSec"]) >= 90
     assert one["KillSignal"] == "SIGTERM" and 0 < int(one["TimeoutStopSec"]) <= 90
     assert one["NoNewPrivileges"] == "yes" and one["ProtectSystem"] == "strict" and one["PrivateTmp"] == "yes"
     assert set(one["RestrictAddressFamilies"].split()) == {"AF_UNIX", "AF_INET", "AF_INET6"}

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from services.dm_engine import events as ev
 from services.dm_engine import initial_state, process
-from services.dm_engine.records import _CANONICAL, event_from_dict, event_json, to_dict
+from services.dm_engine.outbox import SENDS, outbox_messages
+from services.dm_engine.records import _CANONICAL, compact_event, event_from_dict, event_json, stored_event, to_dict
 from services.fuzz.engine_fuzz import CONFIG, program
 from tests.dm_engine.test_determinism import scripted
 
@@ -36,3 +37,23 @@ def test_fast_encoder_matches_reference_on_fuzzed_events() -> None:
 def test_strings_with_quotes_and_non_ascii_are_escaped_like_json() -> None:
     event = ev.CommandRejected(command='obj"ect', error_class="GenericError", desc="caf\u00e9 \\ \n")
     assert event_json(event) == reference(event)
+
+
+def test_stored_form_and_outbox_shortcuts_agree_with_the_general_functions() -> None:
+    """The runner's shortcuts: ``stored_event`` is ``compact_event or event_json``, and ``SENDS``
+    names exactly the event types ``outbox_messages`` answers (a step skips the walk otherwise)."""
+    seen: set[type] = set()
+    h = scripted()
+    events = [*h.events, ev.HotRemoveRequested(trans_id=9, page_count=512, tick=3)]
+    for case in range(40):
+        state = initial_state("f")
+        for record in program(5, case):
+            events.extend(process(state, record, CONFIG))
+    for event in events:
+        seen.add(type(event))
+        assert stored_event(event) == (compact_event(event) or event_json(event))
+        assert bool(outbox_messages(event)) == (type(event) in SENDS)
+    assert seen >= SENDS  # every sending type was exercised
+    for cls in ev.EVENT_TYPES.values():
+        # ``type(e) in SENDS`` is exact; a subclass of a sending type would slip past it.
+        assert all(cls is s or not issubclass(cls, s) for s in SENDS)

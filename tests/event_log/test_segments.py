@@ -23,6 +23,7 @@ from bench.log_size import CONFIG, inbox_row, workload
 from services.audit import audit, audit_text
 from services.audit.jobs import audit_jobs
 from services.audit.reader import SqliteReader
+from services.dm_engine.records import stored_input_dict
 from services.embedded.runner import EngineRunner
 from services.event_log import segments
 from services.event_log.segments import SegmentError, pack_events, pack_inbox, unpack_events, unpack_inbox
@@ -65,6 +66,13 @@ def test_archived_history_reads_back_as_the_live_tables_did(pair: tuple[Path, Pa
         cut = archived.archived_until
         for after in (cut - 2, cut - 1, cut, cut + 1):
             assert archived.read_inbox(after, 3) == plain.read_inbox(after, 3)
+        # The engine's reader (stored forms, no dicts) sees the same rows across the cut.
+        for after, limit in ((0, 10), (cut - 5, 3), (cut - 2, 7), (cut - 1, 1), (cut, 4), (cut + 1, 3)):
+            stored = archived.read_inbox_stored(after, limit)
+            assert stored == plain.read_inbox_stored(after, limit)
+            assert [(p, v, t, stored_input_dict(r, t)) for p, v, t, r in stored] == [
+                (r.pos, r.vm, r.tick, r.record) for r in plain.read_inbox(after, limit)
+            ]
         assert archived.vms() == plain.vms()
         assert archived.event_count() == plain.event_count()
         assert archived.inbox_high_watermark() == plain.inbox_high_watermark()

@@ -27,6 +27,7 @@ from services.dm_engine.records import (
     stored_input_dict,
     to_dict,
 )
+from services.dm_engine.step import Unreadable, read_input, read_stored
 from services.dm_protocol import CapabilitiesReport, StatusReport, VersionRequest, encode
 from services.embedded.runner import EngineRunner
 from services.event_log.sqlite_log import SqliteLog
@@ -92,6 +93,40 @@ def test_a_guest_message_is_stored_as_its_raw_bytes(raw: bytes, tick: int) -> No
     stored = stored_input(record, tick)
     assert stored == raw
     assert stored_input_dict(stored, tick) == json.loads(json.dumps(record, sort_keys=True))
+
+
+def _read_same(stored: str | bytes, tick: int) -> None:
+    fast = read_stored(stored, tick)
+    slow = read_input(stored_input_dict(stored, tick))
+    if isinstance(slow, Unreadable):
+        assert isinstance(fast, Unreadable)
+        assert (fast.input_type, fast.tick, type(fast.error), str(fast.error)) == (
+            slow.input_type,
+            slow.tick,
+            type(slow.error),
+            str(slow.error),
+        )
+    else:
+        assert fast == slow
+
+
+@given(st.binary(max_size=64), INT64)
+def test_the_runner_reads_a_stored_guest_message_as_a_reader_does(raw: bytes, tick: int) -> None:
+    """``step.read_stored`` (the runner's path, no dict, no hex) gives what ``read_input`` gives
+    on the reader's dict, for every tick a row may hold (beyond 64 bits signed: unreadable)."""
+    _read_same(raw, tick)
+
+
+@given(
+    st.one_of(
+        st.builds(lambda t, b: to_dict(inp.SetTarget(tick=t, target_bytes=b)), INT64, INT64),
+        st.builds(lambda t: to_dict(inp.Tick(tick=t)), INT64),
+        st.dictionaries(st.sampled_from(["type", "tick", "raw", "x"]), st.one_of(st.integers(), st.text())),
+    ),
+    INT64,
+)
+def test_the_runner_reads_a_stored_json_input_as_a_reader_does(record: dict[str, object], tick: int) -> None:
+    _read_same(json.dumps(record, sort_keys=True, separators=(",", ":")), tick)
 
 
 def test_records_that_would_not_round_trip_stay_json() -> None:
