@@ -177,6 +177,9 @@ class BehaviourFold:
 
     # ------------------------------------------------------------------ the fold
     def apply(self, event: ev.Event, seq: int, inbox_pos: int, tick: int) -> None:  # noqa: C901 -- one case per event
+        if type(event) is ev.StatusReported:
+            self._status(tick)  # most of a log: answered before the match tries every case
+            return
         match event:
             case ev.GuestViolation():
                 occurrence = Occurrence(

@@ -41,6 +41,10 @@ def _ev_vm_described(s: VmState, e: ev.VmDescribed) -> None:
     s.ballooned = PageRangeSet()
 
 
+def _ev_vm_identified(s: VmState, e: ev.VmIdentified) -> None:
+    s.uuid = e.uuid
+
+
 def _ev_channel_opened(s: VmState, e: ev.ChannelOpened) -> None:
     s.version = None
     s.caps = None
@@ -281,6 +285,7 @@ def _ev_vm_forgotten(s: VmState, e: ev.VmForgotten) -> None:
 
 _EVOLVERS: dict[type, Callable[[VmState, Any], None]] = {
     ev.VmDescribed: _ev_vm_described,
+    ev.VmIdentified: _ev_vm_identified,
     ev.ChannelOpened: _ev_channel_opened,
     ev.ChannelClosed: _ev_channel_closed,
     ev.VmbusReset: _ev_vmbus_reset,

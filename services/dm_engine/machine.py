@@ -96,6 +96,7 @@ TABLE: Final[tuple[Transition, ...]] = (
     _t(ev.TransactionTimedOut, {S.IDLE, S.UNBALLOON_REPLY_WAIT}, S.IDLE),
     # facts that never move the protocol
     _t(ev.VmDescribed, ANY),
+    _t(ev.VmIdentified, ANY),
     _t(ev.StatusReported, OPEN),
     _t(ev.TargetSet, ANY),
     _t(ev.MemoryBackendAdded, ANY),

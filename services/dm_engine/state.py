@@ -127,6 +127,8 @@ class VmState:
     retention_since_tick: int | None = field(default=None, metadata={"omit_if_none": True})
     #: Set when the VM is QEMU-managed (attached through its QMP monitor, not the DM gateway).
     qemu: QemuVm | None = field(default=None, metadata={"omit_if_none": True})
+    #: The VM's UUID (``VmIdentified``), None until a hello or QEMU named one.
+    uuid: str | None = field(default=None, metadata={"omit_if_none": True})
     #: What projections count; nothing in decide or advance reads it.
     counters: VmCounters = field(default_factory=VmCounters)
 

@@ -102,8 +102,9 @@ def render_snapshot(snap: Snapshot, labels: MetricsLabels | None = None) -> str:
         caps,
         n_rejected,
         needs_attention,
+        uuid,
     ) in snap.rows:
-        base = _label_text(vm_labels(vm))
+        base = _label_text(vm_labels(vm, uuid))
         lv = f"{{{base}}} "
         boot.append(f"hvdm_vm_boot_bytes{lv}{boot_p * page}\n")
         if maxmem_p:

@@ -397,6 +397,7 @@ class GatewayServer:
                         status_reports=hello.status_reports,
                         ram=hello.ram_ranges(),
                         reset=hello.reset,
+                        uuid=hello.uuid or "",
                     ),
                 )
             except LogWriteError as exc:
