@@ -18,14 +18,14 @@ from collections.abc import Collection, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from services.audit import compacted
-from services.audit.behaviour import DEFAULT_GAP_TICKS
-from services.audit.divergence import first_divergence
-from services.audit.logfile import LogError, engine_config
-from services.audit.reader import SqliteReader, StoredEventRow, StoredInboxRow
-from services.audit.report import AuditReport, VmReport, audit, position_of_tick
-from services.dm_engine.inputs import ALL_VMS
-from services.event_log import segments
+from ..dm_engine.inputs import ALL_VMS
+from ..event_log import segments
+from . import compacted
+from .behaviour import DEFAULT_GAP_TICKS
+from .divergence import first_divergence
+from .logfile import LogError, engine_config
+from .reader import SqliteReader, StoredEventRow, StoredInboxRow
+from .report import AuditReport, VmReport, audit, position_of_tick
 
 #: Below this many inbox records one process is faster than starting others.
 MIN_PARALLEL_RECORDS = 50_000

@@ -20,17 +20,15 @@ from collections.abc import Callable, Collection, Iterator, Sequence
 from functools import partial
 from typing import Any, NamedTuple
 
-from services.audit.compacted import start_state
-from services.audit.reader import LogReader, stored_events, stored_inbox
-from services.dm_engine import inputs as inp
-from services.dm_engine.config import EngineConfig
-from services.dm_engine.decider import initial_state, tick_is_quiet
-from services.dm_engine.events import Event
-from services.dm_engine.inputs import ALL_VMS
-from services.dm_engine.limits import MAX_RECORD_INT, MIN_RECORD_INT
-from services.dm_engine.records import event_from_stored, event_json, stored_event
-from services.dm_engine.state import VmState
-from services.dm_engine.step import (
+from ..dm_engine import inputs as inp
+from ..dm_engine.config import EngineConfig
+from ..dm_engine.decider import initial_state, tick_is_quiet
+from ..dm_engine.events import Event
+from ..dm_engine.inputs import ALL_VMS
+from ..dm_engine.limits import MAX_RECORD_INT, MIN_RECORD_INT
+from ..dm_engine.records import event_from_stored, event_json, stored_event
+from ..dm_engine.state import VmState
+from ..dm_engine.step import (
     EncodeEvent,
     Rebuild,
     Record,
@@ -40,8 +38,10 @@ from services.dm_engine.step import (
     read_stored,
     step,
 )
-from services.event_log.cut import CutBase
-from services.event_log.sqlite_log import InboxRow
+from ..event_log.cut import CutBase
+from ..event_log.sqlite_log import InboxRow
+from .compacted import start_state
+from .reader import LogReader, stored_events, stored_inbox
 
 #: Called with the fraction of the inbox read so far (a progress bar).
 Progress = Callable[[float], None]

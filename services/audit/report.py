@@ -14,20 +14,20 @@ from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.audit import compacted
-from services.audit.behaviour import DEFAULT_GAP_TICKS, BehaviourFold
-from services.audit.divergence import Divergence, RecordedStream, VmComparison, first_divergence
-from services.audit.logfile import LogError, engine_config
-from services.audit.qemu_findings import QemuFold
-from services.audit.reader import LogReader, StoredEventRow, stored_events
-from services.audit.replay import Decision, Progress, replay_inbox
-from services.audit.transactions import TransactionLog
-from services.dm_engine import events as ev
-from services.dm_engine.config import EngineConfig
-from services.dm_engine.decider import evolve
-from services.dm_engine.records import event_from_stored
-from services.dm_engine.state import VmState
-from services.units import PAGE_SIZE
+from ..dm_engine import events as ev
+from ..dm_engine.config import EngineConfig
+from ..dm_engine.decider import evolve
+from ..dm_engine.records import event_from_stored
+from ..dm_engine.state import VmState
+from ..units import PAGE_SIZE
+from . import compacted
+from .behaviour import DEFAULT_GAP_TICKS, BehaviourFold
+from .divergence import Divergence, RecordedStream, VmComparison, first_divergence
+from .logfile import LogError, engine_config
+from .qemu_findings import QemuFold
+from .reader import LogReader, StoredEventRow, stored_events
+from .replay import Decision, Progress, replay_inbox
+from .transactions import TransactionLog
 
 
 def version_text(version: int | None) -> str | None:

@@ -16,13 +16,7 @@ import struct
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from services.dm_engine import events as ev
-from services.dm_engine import inputs as inp
-from services.dm_engine import qemu_vm
-from services.dm_engine.config import EngineConfig
-from services.dm_engine.machine import NEGOTIATED_STATES, TRANSITIONS, ProtocolState, TxnKind
-from services.dm_engine.state import VmState, hot_added_part
-from services.dm_protocol import (
+from ..dm_protocol import (
     BalloonResponse,
     CapabilitiesReport,
     DecodeError,
@@ -35,16 +29,22 @@ from services.dm_protocol import (
     VersionRequest,
     decode,
 )
-from services.range_store import PageRangeSet, coalesce
-from services.units import PAGE_SHIFT, PAGE_SIZE
-from services.vdimm_allocator import AllocationError, plug, release_all
-from services.vdimm_allocator.ram_layout import (
+from ..range_store import PageRangeSet, coalesce
+from ..units import PAGE_SHIFT, PAGE_SIZE
+from ..vdimm_allocator import AllocationError, plug, release_all
+from ..vdimm_allocator.ram_layout import (
     RamLayoutError,
     check_ram_ranges,
     hot_add_window_start_page,
     legacy_ram_ranges,
     ram_end_page,
 )
+from . import events as ev
+from . import inputs as inp
+from . import qemu_vm
+from .config import EngineConfig
+from .machine import NEGOTIATED_STATES, TRANSITIONS, ProtocolState, TxnKind
+from .state import VmState, hot_added_part
 
 #: QEMU places the hot-add window at a 32 GiB boundary, the largest alignment a guest can ask for.
 WINDOW_ALIGN_PAGES = (32 << 30) >> PAGE_SHIFT

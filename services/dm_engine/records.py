@@ -17,11 +17,9 @@ from typing import Any
 
 import orjson
 
-from services.dm_engine import events as ev
-from services.dm_engine import inputs as inp
-from services.dm_engine.limits import MAX_RECORD_INT, MIN_RECORD_INT, BoundsError, check_window
-
-from .limits import canonical_uuid
+from . import events as ev
+from . import inputs as inp
+from .limits import MAX_RECORD_INT, MIN_RECORD_INT, BoundsError, canonical_uuid, check_window
 
 #: Parses a stored record. orjson is about four times faster than ``json.loads`` here and returns
 #: the same Python values, which matters when folding or replaying millions of records; writing
