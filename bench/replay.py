@@ -28,14 +28,14 @@ from collections.abc import Callable
 from services.audit.divergence import RecordedStream, VmComparison
 from services.audit.jobs import audit_jobs
 from services.audit.logfile import engine_config
-from services.audit.reader import SqliteReader
+from services.audit.reader import SqliteReader, stored_events
 from services.audit.replay import replay_inbox
 from services.audit.report import audit
 from services.dm_engine import EngineConfig, initial_state
 from services.dm_engine import inputs as inp
 from services.dm_engine.decider import evolve
 from services.dm_engine.inputs import ALL_VMS
-from services.dm_engine.records import event_from_dict, event_json, loads, to_dict
+from services.dm_engine.records import event_from_stored, loads, to_dict
 from services.dm_engine.state import VmState
 from services.dm_protocol import BalloonResponse, CapabilitiesReport, StatusReport, VersionRequest, encode
 from services.embedded.runner import EngineRunner
@@ -123,25 +123,25 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901 -- a linear script
         def fold() -> int:
             states: dict[str, VmState] = {}
             n = 0
-            for row in reader.iter_events():
-                state = states.get(row.vm)
+            for vm, _seq, _pos, record in stored_events(reader):
+                state = states.get(vm)
                 if state is None:
-                    state = states[row.vm] = initial_state(row.vm)
-                evolve(state, event_from_dict(loads(row.record)))
+                    state = states[vm] = initial_state(vm)
+                evolve(state, event_from_stored(record))
                 n += 1
             return n
 
         def redecide() -> int:
             comparisons: dict[str, VmComparison] = {}
-            recorded = RecordedStream(reader.iter_events())
+            recorded = RecordedStream(stored_events(reader))
             _, decisions = replay_inbox(reader, config, consumed)
             n = 0
             for d in decisions:
                 cmp = comparisons.get(d.vm)
                 if cmp is None:
                     cmp = comparisons[d.vm] = VmComparison(d.vm, recorded.for_vm(d.vm), consumed)
-                for e in d.events:
-                    cmp.expect(d.inbox_pos, event_json(e))
+                for e, text in zip(d.events, d.records, strict=True):
+                    cmp.expect(d.inbox_pos, text, e)
                     n += 1
             assert all(c.matches for c in comparisons.values())
             return n

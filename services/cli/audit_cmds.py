@@ -40,11 +40,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from services.audit import LogError, ReplayError, audit, audit_text, compacted, point_text, state_at
-from services.audit.jobs import audit_jobs, default_jobs
-from services.audit.logfile import open_reader
-from services.audit.reader import BrokerReaderUnavailable, LogReader, SqliteReader, open_broker_reader
-from services.audit.wall_clock import (
+from ..audit import LogError, ReplayError, audit, audit_text, compacted, point_text, state_at
+from ..audit.jobs import audit_jobs, default_jobs
+from ..audit.logfile import open_reader
+from ..audit.reader import BrokerReaderUnavailable, LogReader, SqliteReader, open_broker_reader
+from ..audit.wall_clock import (
     iso,
     parse_when,
     position_from,
@@ -53,7 +53,7 @@ from services.audit.wall_clock import (
     wall_of,
     wall_span,
 )
-from services.cli.arg_types import NON_NEGATIVE, OUTPUT_PATH, VM_ID, IntArg
+from .arg_types import NON_NEGATIVE, OUTPUT_PATH, VM_ID, IntArg
 
 #: ``--jobs``: processes, each a copy of the engine's state for its VMs.
 JOBS = IntArg(1, 256)
@@ -107,7 +107,7 @@ def _open(args: argparse.Namespace) -> LogReader:
     broker = getattr(args, "broker", None)
     if broker:
         try:
-            return open_broker_reader(broker)
+            return open_broker_reader(broker, _jobs(args))
         except (LogError, BrokerReaderUnavailable):
             raise
         except Exception as exc:  # the broker is unreachable or refused us: infrastructure, not a bug
@@ -115,6 +115,11 @@ def _open(args: argparse.Namespace) -> LogReader:
     if not args.db:
         raise LogError("give --db PATH or --broker URL")
     return open_reader(args.db)
+
+
+def _jobs(args: argparse.Namespace) -> int:
+    jobs = getattr(args, "jobs", None)
+    return default_jobs() if jobs is None else int(jobs)
 
 
 def _with_log(command: str, args: argparse.Namespace, body: Callable[[LogReader], tuple[str, int]]) -> int:
@@ -161,7 +166,9 @@ def _run_audit(args: argparse.Namespace) -> int:
         from_pos = args.from_pos or 0
         if isinstance(from_pos, When):
             from_pos = position_from(log, from_pos.unix)
-        jobs = default_jobs() if args.jobs is None else args.jobs
+        jobs = _jobs(args)
+        # A Kafka deployment's reader splits its audit by partition (kafka_engine.audit_partitions).
+        by_partition = getattr(log, "audit_jobs", None)
         if jobs > 1 and isinstance(log, SqliteReader) and progress is None:
             report = audit_jobs(
                 log,
@@ -170,6 +177,10 @@ def _run_audit(args: argparse.Namespace) -> int:
                 from_pos=from_pos,
                 from_tick=args.from_tick,
                 gap_ticks=args.gap_ticks,
+            )
+        elif jobs > 1 and callable(by_partition):
+            report = by_partition(
+                jobs, vms=args.vm or None, from_pos=from_pos, from_tick=args.from_tick, gap_ticks=args.gap_ticks
             )
         else:
             report = audit(
@@ -181,7 +192,7 @@ def _run_audit(args: argparse.Namespace) -> int:
                 gap_ticks=args.gap_ticks,
             )
         if args.html:
-            from services.audit.html import audit_html
+            from ..audit.html import audit_html
 
             Path(args.html).write_text(audit_html(report, log), encoding="utf-8")
         rebalancer = _rebalancer_section(args)
@@ -209,8 +220,8 @@ def _rebalancer_section(args: argparse.Namespace) -> dict[str, Any] | None:
     """On Kafka, the rebalancer's hosts, lease claims and migration recommendations (issue 15)."""
     if not getattr(args, "broker", None):
         return None
-    from services.kafka_engine.settings import KafkaSettings
-    from services.rebalancer.kafka_live import audit_section
+    from ..kafka_engine.settings import KafkaSettings
+    from ..rebalancer.kafka_live import audit_section
 
     return audit_section(KafkaSettings.from_url(args.broker))
 
@@ -218,7 +229,7 @@ def _rebalancer_section(args: argparse.Namespace) -> dict[str, Any] | None:
 def _rebalancer_text(section: dict[str, Any] | None) -> str:
     if section is None:
         return ""
-    from services.rebalancer.kafka_live import audit_section_text
+    from ..rebalancer.kafka_live import audit_section_text
 
     return audit_section_text(section)
 
@@ -285,8 +296,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--jobs",
         type=JOBS,
         metavar="N",
-        help="processes auditing the embedded log's VMs in parallel (default: the cores; one for a small log "
-        "or with --progress)",
+        help="processes auditing in parallel: the embedded log split by VM, a Kafka deployment (--broker) by "
+        "partition (default: the cores; one for a small log, and for the embedded log with --progress)",
     )
     audit_parser.add_argument(
         "--fail-on-violations",

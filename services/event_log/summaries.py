@@ -227,7 +227,8 @@ class Violations:
 
 @dataclass(slots=True)
 class Moved:
-    """Memory moved by one kind of transaction: requests made and pages actually moved."""
+    """Memory moved by one kind of transaction: transactions the host started (for unballoon: its
+    last message) and pages actually moved (accounted by the engine)."""
 
     transactions: int = 0
     pages: int = 0
@@ -274,8 +275,8 @@ class HistorySummary:
                 t["balloon"].pages += event.pages
             case ev.UnballoonRequested():
                 t["unballoon"].pages += event.pages
-            case ev.UnballoonCompleted():
-                t["unballoon"].transactions += 1
+                if not event.more_pages:  # the last message of one transaction
+                    t["unballoon"].transactions += 1
             case ev.HotAddRequested():
                 t["hot_add"].transactions += 1
             case ev.HotAddCompleted():

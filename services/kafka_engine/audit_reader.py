@@ -58,20 +58,26 @@ put the temporary file somewhere roomier than the default temp directory.
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import shutil
 import sqlite3
 import tempfile
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from services.dm_engine.inputs import ALL_VMS
-from services.dm_engine.records import dumps, input_from_dict, loads
-from services.event_log.sqlite_log import EventRow, InboxRow
-from services.kafka_engine import envelope
-from services.kafka_engine.envelope import EnvelopeError, EventsRecord
-from services.kafka_engine.partition import PartitionClock
-from services.kafka_engine.settings import KafkaSettings
+from ..dm_engine.inputs import ALL_VMS
+from ..dm_engine.records import dumps, input_from_dict, loads
+from ..event_log.sqlite_log import EventRow, InboxRow
+from . import envelope
+from .envelope import EnvelopeError, EventsRecord
+from .partition import PartitionClock
+from .settings import KafkaSettings
+
+if TYPE_CHECKING:
+    from .kafka_log import PartitionReader
 
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -85,6 +91,9 @@ CREATE TABLE raw_snapshots (vm TEXT PRIMARY KEY, seq INTEGER NOT NULL, p INTEGER
                             state TEXT NOT NULL);
 CREATE TABLE committed (p INTEGER PRIMARY KEY, offset INTEGER NOT NULL);
 """
+
+#: Below this many inbox records one process reads the topics faster than starting others.
+MIN_PARALLEL_RECORDS = 50_000
 
 #: Why an inbox record has no row (``ignored_inputs``).
 NOT_AN_ENVELOPE = "not an hvdm envelope"
@@ -215,6 +224,29 @@ class LogCut:
             db.executemany("INSERT INTO raw_events (vm, seq, p, o, record) VALUES (?, ?, ?, ?, ?)", self._events)
             self._events = []
 
+    def merge_shares(self, paths: list[str], shares: list[ShareRead]) -> None:
+        """Copy the rows that ``_read_share`` processes wrote to ``paths`` into this cut."""
+        self._flush()
+        db = self.db
+        for path, share in zip(paths, shares, strict=True):
+            db.execute("ATTACH DATABASE ? AS share", (path,))
+            db.execute("INSERT INTO records (p, o, clock) SELECT p, o, clock FROM share.records")
+            db.execute(
+                "INSERT INTO rows (p, o, sub, vm, tick, record) SELECT p, o, sub, vm, tick, record FROM share.rows"
+            )
+            db.execute(
+                "INSERT INTO raw_events (vm, seq, p, o, record) SELECT vm, seq, p, o, record FROM share.raw_events"
+                " ORDER BY id"
+            )
+            db.execute(
+                "INSERT INTO raw_snapshots (vm, seq, p, o, state) SELECT vm, seq, p, o, state FROM share.raw_snapshots"
+            )
+            db.commit()
+            db.execute("DETACH DATABASE share")
+            self.ignored_inputs.extend(share.ignored_inputs)
+            self.ignored_events_records += share.ignored_events_records
+        self.ignored_inputs.sort()
+
     # ------------------------------------------------------------------ positions
     def finish(self) -> tuple[int, int]:
         """Assign positions and build the tables the reader queries; (consumed, high watermark)."""
@@ -262,18 +294,28 @@ class LogCut:
 class KafkaLogReader:
     """A ``services.audit.reader.LogReader`` over one cut of a Kafka deployment (module docstring)."""
 
-    def __init__(self, settings: KafkaSettings, *, url: str | None = None, store_dir: str | None = None) -> None:
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        *,
+        url: str | None = None,
+        store_dir: str | None = None,
+        jobs: int = 1,
+        min_records: int = MIN_PARALLEL_RECORDS,
+    ) -> None:
         self.settings = settings
         self._url = url or settings.url
         #: Per inbox partition, the offset after the last record read.
         self.inbox_ends: dict[int, int] = {}
+        #: Processes that read the topics (1 unless ``jobs`` > 1 and the log was large enough).
+        self.read_jobs = 1
         self._dir = tempfile.mkdtemp(prefix="hvdm-audit-", dir=store_dir)
         self._db = sqlite3.connect(str(Path(self._dir) / "cut.db"), check_same_thread=False)
         try:
             self._db.execute("PRAGMA journal_mode=OFF")
             self._db.execute("PRAGMA synchronous=OFF")
             self.cut = LogCut(self._db)
-            self._consumed, self._high = self._load()
+            self._consumed, self._high = self._load(jobs, min_records)
         except BaseException:
             self.close()
             raise
@@ -284,11 +326,12 @@ class KafkaLogReader:
         self = cls.__new__(cls)
         self._url, self._dir, self._db, self.cut = url, cut_dir, cut.db, cut
         self.inbox_ends = {}
+        self.read_jobs = 1
         self._consumed, self._high = cut.finish()
         return self
 
-    def _load(self) -> tuple[int, int]:
-        from services.kafka_engine.kafka_log import GroupOffsets, PartitionReader, inbox_partitions, read_meta
+    def _load(self, jobs: int, min_records: int) -> tuple[int, int]:
+        from .kafka_log import GroupOffsets, PartitionReader, inbox_partitions, read_meta
 
         settings = self.settings
         cut = self.cut
@@ -298,24 +341,54 @@ class KafkaLogReader:
             cut.set_committed(group.committed(partitions))
         finally:
             group.close()
+        cut.add_meta(read_meta(settings))
+        if jobs > 1 and partitions > 1:
+            reader = PartitionReader(settings)
+            try:
+                records = sum(reader.highwaters(settings.inbox, range(partitions)).values())
+            finally:
+                reader.close()
+            if records >= min_records and self._load_parallel(min(jobs, partitions), partitions):
+                return cut.finish()
         reader = PartitionReader(settings)
         try:
-            for p in range(partitions):
-                for record in reader.read(settings.events, p, timeout=600):
-                    cut.add_events_record(record.value)
-            for p in range(partitions):
-                for record in reader.read(settings.snapshots, p, timeout=600):
-                    cut.add_snapshot(p, record.value)
-            cut.add_meta(read_meta(settings))
-            for p in range(partitions):
-                end = 0
-                for record in reader.read(settings.inbox, p, timeout=600):
-                    cut.add_inbox_record(p, record.offset, record.value)
-                    end = record.offset + 1
-                self.inbox_ends[p] = end
+            self.inbox_ends = read_partitions(cut, reader, settings, list(range(partitions)))
         finally:
             reader.close()
         return cut.finish()
+
+    def _load_parallel(self, jobs: int, partitions: int) -> bool:
+        """Read the topics in ``jobs`` processes, each its share of the partitions into its own
+        file, then copy the files into this cut. Returns False (nothing copied) if a VM's records
+        turned up in partitions of two jobs: the sequence rule then needs one reader.
+
+        Sound because everything ``LogCut`` keeps is per partition (clocks, the VMs a tick
+        reaches) or per VM (the next sequence number), and a VM's records are in one partition:
+        each job's rows are exactly the single reader's rows of its partitions, and ``finish``
+        orders them by (consumed, clock, partition, offset) whoever read them.
+        """
+        shares = [list(range(partitions))[i::jobs] for i in range(jobs)]
+        paths = [str(Path(self._dir) / f"part{i}.db") for i in range(jobs)]
+        context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+            futures = [
+                pool.submit(_read_share, self._url, share, path) for share, path in zip(shares, paths, strict=True)
+            ]
+            results = [f.result() for f in futures]
+        seen: set[str] = set()
+        for share in results:
+            if seen & share.vms:
+                for path in paths:
+                    Path(path).unlink(missing_ok=True)
+                return False
+            seen |= share.vms
+        self.cut.merge_shares(paths, results)
+        for share in results:
+            self.inbox_ends.update(share.inbox_ends)
+        for path in paths:
+            Path(path).unlink(missing_ok=True)
+        self.read_jobs = jobs
+        return True
 
     # ------------------------------------------------------------------ LogReader
     @property
@@ -407,9 +480,71 @@ class KafkaLogReader:
         return out
 
 
-def open_audit_reader(url: str, *, store_dir: str | None = None) -> KafkaLogReader:
-    """``services.audit.reader.open_broker_reader``'s seam: a reader over ``--broker URL``."""
-    return KafkaLogReader(KafkaSettings.from_url(url), url=url, store_dir=store_dir)
+def read_partitions(
+    cut: LogCut, reader: PartitionReader, settings: KafkaSettings, partitions: list[int]
+) -> dict[int, int]:
+    """Feed ``cut`` the events, snapshots and inbox of ``partitions``, in the order the cut's
+    promises need (module docstring); returns the offset after the last inbox record read per
+    partition."""
+    for p in partitions:
+        for record in reader.read(settings.events, p, timeout=600):
+            cut.add_events_record(record.value)
+    for p in partitions:
+        for record in reader.read(settings.snapshots, p, timeout=600):
+            cut.add_snapshot(p, record.value)
+    ends: dict[int, int] = {}
+    for p in partitions:
+        end = 0
+        for record in reader.read(settings.inbox, p, timeout=600):
+            cut.add_inbox_record(p, record.offset, record.value)
+            end = record.offset + 1
+        ends[p] = end
+    return ends
+
+
+@dataclass(frozen=True, slots=True)
+class ShareRead:
+    """What one reading process reports besides the rows it wrote."""
+
+    inbox_ends: dict[int, int]
+    ignored_inputs: list[tuple[int, int, str]]
+    ignored_events_records: int
+    #: Every VM named by a row, an events record or a snapshot of its partitions.
+    vms: frozenset[str]
+
+
+def _read_share(url: str, partitions: list[int], path: str) -> ShareRead:
+    """One process of a parallel read: ``partitions`` into a cut file at ``path``."""
+    from .kafka_log import PartitionReader
+
+    settings = KafkaSettings.from_url(url)
+    db = sqlite3.connect(path)
+    try:
+        db.execute("PRAGMA journal_mode=OFF")
+        db.execute("PRAGMA synchronous=OFF")
+        cut = LogCut(db)
+        reader = PartitionReader(settings)
+        try:
+            ends = read_partitions(cut, reader, settings, partitions)
+        finally:
+            reader.close()
+        cut._flush()
+        db.commit()
+        vms = frozenset(
+            str(r[0])
+            for r in db.execute(
+                "SELECT vm FROM rows UNION SELECT vm FROM raw_events UNION SELECT vm FROM raw_snapshots"
+            )
+        )
+        return ShareRead(ends, cut.ignored_inputs, cut.ignored_events_records, vms)
+    finally:
+        db.close()
+
+
+def open_audit_reader(url: str, *, store_dir: str | None = None, jobs: int = 1) -> KafkaLogReader:
+    """``services.audit.reader.open_broker_reader``'s seam: a reader over ``--broker URL``, reading
+    the topics in up to ``jobs`` processes (one per share of the partitions)."""
+    return KafkaLogReader(KafkaSettings.from_url(url), url=url, store_dir=store_dir, jobs=jobs)
 
 
 def fold(

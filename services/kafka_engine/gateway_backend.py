@@ -31,13 +31,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.dm_engine.inputs import Input
-from services.dm_engine.records import to_dict
-from services.event_log.sqlite_log import OutboxRow
-from services.kafka_engine import envelope
-from services.kafka_engine.envelope import EnvelopeError, outbox_messages_of
-from services.kafka_engine.kafka_log import PartitionReader, ensure_topics, new_producer
-from services.kafka_engine.settings import KafkaSettings
+from ..dm_engine.inputs import Input
+from ..dm_engine.records import to_dict
+from ..event_log.sqlite_log import OutboxRow
+from . import envelope
+from .envelope import EnvelopeError, outbox_messages_of
+from .kafka_log import PartitionReader, ensure_topics, new_producer
+from .settings import KafkaSettings
 
 log = logging.getLogger("hvdm.kafka_gateway")
 
@@ -62,7 +62,8 @@ class KafkaBackend:
         self.retain = retain
         self.vms: dict[str, VmOutbox] = {}
         self._callbacks: list[Callable[[set[str]], None]] = []
-        self._producer = new_producer(settings)
+        # The inbox's batches: a longer linger packs more reports per batch (settings.linger).
+        self._producer = new_producer(settings, linger=settings.linger)
         self._submitted = itertools.count(1)
         self._task: asyncio.Task[None] | None = None
         self._consumer: Any = None

@@ -45,9 +45,9 @@ from kafka.admin import NewTopic
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
-from services.dm_engine.inputs import ALL_VMS
-from services.kafka_engine.envelope import decode, is_tick, meta_value
-from services.kafka_engine.settings import KafkaSettings
+from ..dm_engine.inputs import ALL_VMS
+from .envelope import decode, is_tick, meta_value
+from .settings import KafkaSettings
 
 log = logging.getLogger("hvdm.kafka_log")
 
@@ -60,10 +60,12 @@ KAFKA_PYTHON_PRODUCER: dict[str, Any] = {
     "acks": "all",
     "retries": 10,
     "max_in_flight_requests_per_connection": 1,
-    "linger_ms": 2,
     "enable_idempotence": False,
 }
 AIOKAFKA_PRODUCER: dict[str, Any] = {"acks": "all", "enable_idempotence": False, "linger_ms": 2}
+#: How long a producer waits for more records before sending a batch, unless told otherwise (the
+#: gateway's inbox publisher takes ``settings.linger``).
+LINGER_SECONDS = 0.002
 #: The engine worker's producer batches (it builds them itself, one per partition per write):
 #: below Kafka's default ``message.max.bytes`` (1 MiB) so any broker takes them.
 PRODUCER_BATCH_BYTES = 512 * 1024
@@ -143,8 +145,14 @@ def _admin(settings: KafkaSettings, timeout: float) -> KafkaAdminClient:
 
 
 # ---------------------------------------------------------------------------------------- producing
-def new_producer(settings: KafkaSettings) -> KafkaProducer:
-    return KafkaProducer(bootstrap_servers=settings.bootstrap, **KAFKA_PYTHON_PRODUCER)
+def new_producer(settings: KafkaSettings, *, linger: float = LINGER_SECONDS) -> KafkaProducer:
+    """A kafka-python producer of the deployment's settings, batches compressed as they say."""
+    return KafkaProducer(
+        bootstrap_servers=settings.bootstrap,
+        compression_type=settings.compression_type,
+        linger_ms=round(linger * 1000),
+        **KAFKA_PYTHON_PRODUCER,
+    )
 
 
 # ---------------------------------------------------------------------------------------- reading

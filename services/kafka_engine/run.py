@@ -19,22 +19,26 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, TextIO
 
-from services.demo.loop import run_scripts, vm_lines, vm_summary
-from services.demo.scenario import DemoScript
-from services.dm_engine.inputs import Input
-from services.dm_engine.records import to_dict
-from services.dm_engine.state import VmState
-from services.embedded.clock import TickClock
-from services.embedded.run import check_gateway_config, connect_sim_guests, run_gateway_limits, sim_endpoint
-from services.embedded.stop_signals import StopSignals
-from services.kafka_engine import envelope
-from services.kafka_engine.deployment_config import engine_config_of
-from services.kafka_engine.gateway import start_gateway, stop_gateway
-from services.kafka_engine.kafka_log import GroupOffsets, PartitionReader, ensure_topics, new_producer
-from services.kafka_engine.projection import EventsProjection
-from services.kafka_engine.settings import KafkaSettings
-from services.metrics import serve_gateway
-from services.vmbus_gateway.client import GuestLink
+from ..demo.loop import run_scripts, vm_lines, vm_summary
+from ..demo.scenario import DemoScript
+from ..dm_engine.inputs import Input
+from ..dm_engine.records import to_dict
+from ..dm_engine.state import VmState
+from ..embedded.clock import TickClock
+from ..embedded.run import check_gateway_config, connect_sim_guests, run_gateway_limits, sim_endpoint
+from ..embedded.stop_signals import StopSignals
+from ..metrics import serve_gateway
+from ..vmbus_gateway.client import GuestLink
+from . import envelope
+from .deployment_config import engine_config_of
+from .gateway import start_gateway, stop_gateway
+from .kafka_log import GroupOffsets, PartitionReader, ensure_topics, new_producer
+from .projection import EventsProjection
+from .settings import KafkaSettings
+
+#: The import name this package runs under (``hvdm`` when installed, ``services`` in a checkout):
+#: the engine workers are started as ``python -m ROOT_PACKAGE engine``.
+ROOT_PACKAGE = __name__.split(".")[0]
 
 
 class BrokerService:
@@ -108,7 +112,7 @@ async def run_on_broker(cfg: Any, out: TextIO = sys.stdout, *, engines: int = 1)
     preexec = _die_with_parent()
     children = [
         subprocess.Popen(
-            [sys.executable, "-m", "services", "engine", "--broker", settings.url, *_metrics_args(cfg, i)],
+            [sys.executable, "-m", ROOT_PACKAGE, "engine", "--broker", settings.url, *_metrics_args(cfg, i)],
             preexec_fn=preexec,
         )
         for i in range(engines)

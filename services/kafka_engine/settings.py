@@ -28,6 +28,18 @@ Options:
   timeout; the defaults are short so fail-over takes seconds, not the Kafka default minute.
 * ``fetch_wait`` (0.02) seconds: the longest a consumer's fetch waits for new records (see
   QUIRK(tansu) long-poll in ``kafka_log``).
+* ``linger`` (0.002) seconds: how long the gateway's inbox publisher holds a batch open for more
+  records. Longer lingers make fuller batches, which compress far better (see the README's Kafka
+  log-size table: with zstd a status report costs the inbox ~6x more in batches of one than in
+  batches of 16), at up to that much latency per guest message; a busy gateway fills batches
+  without waiting. Other producers send at once.
+* ``compression`` (``zstd``): the codec of every record batch this deployment's producers write
+  (``zstd``, ``gzip`` or ``none``). The broker stores a batch as it was sent, so this is
+  what the topics cost on disk (bench/kafka_log_size.py: zstd is the smallest, about a tenth of
+  ``none`` for batches of 16 status reports or more; gzip is close behind). Readers
+  decompress whatever codec a batch names, so the option can change at any time and topics holding
+  batches of several codecs read as one log. zstd needs Kafka 2.1 or later (any tansu); an older
+  broker takes ``gzip``.
 """
 
 from __future__ import annotations
@@ -39,6 +51,9 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 ENV_PREFIX = "HVDM_KAFKA_"
+#: Batch codecs a deployment may choose. lz4 and snappy are left out: lz4 batches of status reports
+#: took 1.5-2x the bytes of zstd's (bench/kafka_log_size.py) and each needs one more client library.
+COMPRESSIONS = ("zstd", "gzip", "none")
 
 
 class SettingsError(ValueError):
@@ -58,6 +73,8 @@ class KafkaSettings:
     rebalance_timeout: float = 6.0
     commit_interval: float = 0.2
     fetch_wait: float = 0.02
+    linger: float = 0.002
+    compression: str = "zstd"
 
     # ------------------------------------------------------------------ topic names
     def topic(self, kind: str) -> str:
@@ -82,6 +99,11 @@ class KafkaSettings:
     @property
     def meta(self) -> str:
         return self.topic("meta")
+
+    @property
+    def compression_type(self) -> str | None:
+        """The producers' ``compression_type`` (kafka-python, aiokafka and Faust spell it alike)."""
+        return None if self.compression == "none" else self.compression
 
     @property
     def group_id(self) -> str:
@@ -129,6 +151,10 @@ class KafkaSettings:
             raise SettingsError("partitions and replication must be at least 1")
         if self.ticks not in ("worker", "external"):
             raise SettingsError("ticks must be 'worker' or 'external'")
+        if self.compression not in COMPRESSIONS:
+            raise SettingsError(f"compression must be one of {', '.join(COMPRESSIONS)}, got {self.compression!r}")
+        if not 0 <= self.linger <= 60:
+            raise SettingsError("linger must be between 0 and 60 seconds")
         if self.speed <= 0:
             raise SettingsError("speed must be positive")
         if not self.prefix or any(c not in _TOPIC_CHARS for c in self.prefix):

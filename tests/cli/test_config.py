@@ -22,6 +22,7 @@ import pytest
 from services.cli.config_file import SHARED_KEYS, SHARED_SECTIONS, LoadedConfig, load_config, merge_broker
 from services.cli.gateway_args import gateway_limits
 from services.cli.main import build_parser
+from services.kafka_engine.settings import KafkaSettings, SettingsError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -124,6 +125,24 @@ def test_broker_options_layer_url_over_environment_over_file(tmp_path: Path) -> 
     assert merge_broker(None, loaded) is None  # [kafka] alone never switches to Kafka
 
 
+def test_kafka_compression_from_the_file_the_url_and_the_flag(tmp_path: Path) -> None:
+    cfg = write(tmp_path, GOOD + 'compression = "gzip"\n')
+    loaded = load_config(cfg)
+    assert "compression=gzip" in str(merge_broker("kafka://h:1", loaded, env={}))
+    data = show("--config", cfg, "engine", "--broker", "kafka://h:1?compression=none")
+    engine = data["engine"]
+    assert isinstance(engine, dict) and "compression=none" in str(engine["broker"])  # the URL beats the file
+    data = show("--config", cfg, "engine", "--broker", "kafka://h:1?compression=none", "--kafka-compression", "zstd")
+    engine = data["engine"]
+    assert isinstance(engine, dict)
+    settings = KafkaSettings.from_url(str(engine["broker"]))
+    assert settings.compression == "zstd" and settings.compression_type == "zstd"  # the flag beats both
+    assert KafkaSettings.from_url("kafka://h:1?compression=none").compression_type is None
+    assert KafkaSettings().compression == "zstd"
+    with pytest.raises(SettingsError, match="compression must be one of zstd, gzip, none"):
+        KafkaSettings.from_url("kafka://h:1?compression=snappy")
+
+
 def test_gateway_limits_without_flags_reach_the_gateway(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, GOOD))
     args = build_parser("gateway", config).parse_args(["gateway", "--max-new-vms-per-peer", "9"])
@@ -151,6 +170,8 @@ def test_gateway_limits_without_flags_reach_the_gateway(tmp_path: Path) -> None:
         ("[gateway_limits]\nstatus_interval_s = 1.0\n", "status_interval_s: unknown key"),
         ('[kafka]\nticks = "sometimes"\n', "[kafka] ticks: must be one of worker, external"),
         ('[kafka]\nprefix = "a b"\n', "[kafka] prefix may contain only"),
+        ('[kafka]\ncompression = "lz4"\n', "[kafka] compression: must be one of zstd, gzip, none"),
+        ("[kafka]\nlinger = 61\n", "[kafka] linger: must be"),
         ('[log]\nlevel = "loud"\n', "[log] level: must be one of"),
         ("[auth]\nallow_uid = 5\n", "[auth] allow_uid: must be a list"),
         ('[run]\ntcp = "h:99999"\n', "[run] tcp: must be HOST:PORT"),

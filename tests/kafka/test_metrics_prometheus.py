@@ -46,6 +46,9 @@ GIB = 1 << 30
 BOOT = 2 * GIB
 SPEED = 25.0
 VMS = [f"vm{i}" for i in range(1, 9)]
+#: vm1's hello names its UUID: the engine records it (``VmIdentified``) and the owning worker's
+#: series carry it as the ``uuid`` label, also after its partition moved to the other worker.
+VM1_UUID = "6b29fc40-ca47-1067-b31d-00dd010662da"
 #: Metric families only the embedded deployment exports (per-VM QMP sockets, the SQLite log's health).
 EMBEDDED_ONLY = ("hvdm_qmp_", "hvdm_log_")
 
@@ -115,7 +118,9 @@ async def drive_guests(settings: KafkaSettings, sock: str) -> list[GuestLink]:
     for i, vm in enumerate(VMS):
         profile = "malicious" if vm == "vm8" else "linux"
         guest = SimulatedGuest(GuestConfig(boot_bytes=BOOT, profile=profile, seed=i))
-        link = GuestLink(guest, Hello(vm=vm, boot_bytes=BOOT, maxmem_bytes=4 * BOOT), clock.now_seconds)
+        uuid = VM1_UUID if vm == "vm1" else None  # recorded in the log: every worker owning vm1 labels it
+        hello = Hello(vm=vm, boot_bytes=BOOT, maxmem_bytes=4 * BOOT, uuid=uuid)
+        link = GuestLink(guest, hello, clock.now_seconds)
         await link.open(unix_path=sock)
         links.append(link)
     # One guest that connects and leaves: its VM stays known, disconnected.
@@ -264,6 +269,8 @@ def test_prometheus_scrapes_two_workers_and_a_gateway(
             ),
         )
         assert not prom.api("query", query="count by (vm) (hvdm_vm_current_bytes) > 1")["result"]
+        labelled = prom.api("query", query='hvdm_vm_current_bytes{vm=~"vm1|vm2"}')["result"]
+        assert {r["metric"]["vm"]: r["metric"].get("uuid") for r in labelled} == {"vm1": VM1_UUID, "vm2": None}
         check_dashboard(prom)
         refused = prom.api("query", query='hvdm_gateway_refusals_total{reason="not_json"}')["result"]
         assert refused and float(refused[0]["value"][1]) == 1
