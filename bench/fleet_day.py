@@ -51,6 +51,7 @@ import json
 import math
 import os
 import random
+import resource
 import sqlite3
 import sys
 import time
@@ -98,6 +99,41 @@ DAY_SECONDS = 86_400
 FLEET_VMS = 10_000
 #: Records per engine batch: ``EmbeddedService``'s default.
 BATCH_SIZE = 1000
+
+
+def cpu_now() -> float:
+    """CPU seconds of this process and of its children that have ended (the audit's workers).
+
+    Why CPU time beside wall time: the machine is shared, and under load wall time measures the
+    neighbours; CPU time is what the work costs a core of its own."""
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+@dataclass(slots=True)
+class Stopwatch:
+    """Wall and CPU seconds accumulated over the intervals it was running."""
+
+    wall: float = 0.0
+    cpu: float = 0.0
+    _started: tuple[float, float] | None = None
+
+    def start(self) -> Stopwatch:
+        self._started = (time.perf_counter(), cpu_now())
+        return self
+
+    def stop(self) -> Stopwatch:
+        assert self._started is not None
+        wall, cpu = self._started
+        self.wall += time.perf_counter() - wall
+        self.cpu += cpu_now() - cpu
+        self._started = None
+        return self
+
+    def add(self, other: Stopwatch) -> None:
+        self.wall += other.wall
+        self.cpu += other.cpu
 
 
 def boot_gib(v: int) -> int:
@@ -176,12 +212,12 @@ class Workload:
 class Write:
     """The measured slice, and the warm-up before it (in the log and the audit, not in the rates)."""
 
-    seconds: float
-    submit_seconds: float
-    engine_seconds: float
+    time: Stopwatch
+    submit: Stopwatch
+    engine: Stopwatch
     workload: Workload
     warmup: Workload
-    warmup_seconds: float
+    warmup_time: Stopwatch
     #: Table bytes once the warm-up was written (``table_bytes``), to size the slice alone.
     warmup_tables: dict[str, int]
     events: int
@@ -216,8 +252,8 @@ class SliceWriter:
         self.rng = random.Random(seed)
         #: The phase being written: its counts, its seconds appending and in the engine.
         self.work = Workload()
-        self.submit_seconds = 0.0
-        self.engine_seconds = 0.0
+        self.submit_time = Stopwatch()
+        self.engine_time = Stopwatch()
         self.tick = 0
         self.service.add_listener(self._heard)
 
@@ -234,9 +270,9 @@ class SliceWriter:
                 self._by_name[p.vm].on_host_message(raw)
 
     def engine(self) -> None:
-        t0 = time.perf_counter()
+        self.engine_time.start()
         self.service.process_pending()
-        self.engine_seconds += time.perf_counter() - t0
+        self.engine_time.stop()
 
     def handshake(self) -> None:
         submit = self.service.submit
@@ -257,7 +293,7 @@ class SliceWriter:
 
     def second(self, targets: Sequence[tuple[Guest, int]]) -> None:
         """One second: the tick, what each guest sends, the new targets (pages); then the engine."""
-        t0 = time.perf_counter()
+        self.submit_time.start()
         work, submit = self.work, self.service.submit
         self.tick += 1
         tick = self.tick
@@ -278,7 +314,7 @@ class SliceWriter:
         for g, target in targets:
             submit(g.vm, SetTarget(target_bytes=target * PAGE_SIZE))
             work.set_targets += 1
-        self.submit_seconds += time.perf_counter() - t0
+        self.submit_time.stop()
         self.engine()
 
     def warm_up(self) -> Workload:
@@ -301,17 +337,17 @@ class SliceWriter:
         self.work.count_inputs()
         return self.work
 
-    def run(self, seconds: int, share: float) -> tuple[Workload, float]:
+    def run(self, seconds: int, share: float) -> tuple[Workload, Stopwatch]:
         """The measured slice: status every second, ``share`` of the VMs re-targeted per minute,
         spread evenly over its seconds, in a fixed random order; returns its counts and seconds."""
         self.work = Workload()
-        self.submit_seconds = self.engine_seconds = 0.0
+        self.submit_time, self.engine_time = Stopwatch(), Stopwatch()
         guests = self.guests
         order = list(range(len(guests)))
         self.rng.shuffle(order)
         cursor = 0
         per_second = share * len(guests) / 60
-        started = time.perf_counter()
+        watch = Stopwatch().start()
         for i in range(seconds):
             targets = []
             # floor((i + 1) r) - floor(i r) new targets this second (the epsilon absorbs float error).
@@ -325,37 +361,39 @@ class SliceWriter:
                     targets.append((g, g.boot_pages - BALLOON_PAGES))
             self.second(targets)
         self.work.count_inputs()
-        return self.work, time.perf_counter() - started
+        return self.work, watch.stop()
 
 
 def write_slice(path: str, vms: int, seconds: int, share: float, seed: int = 1) -> Write:
     """Warm up, then run the slice through the embedded service; what was written, and how fast."""
     writer = SliceWriter(path, vms, seed)
     log = writer.service.log
-    started = time.perf_counter()
+    warm_watch = Stopwatch().start()
     warm = writer.warm_up()
-    warmup_seconds = time.perf_counter() - started
+    warm_watch.stop()
     warmup_events = log.event_count()
     settle(path)
     warmup_tables = table_bytes(path)
-    work, elapsed = writer.run(seconds, share)
+    work, watch = writer.run(seconds, share)
     live_file = settle(path)
     # The slice's tail (fewer than ARCHIVE_EVERY records) goes where the runner would put it next,
     # so every input of the slice is counted in its archived form; that archiving is part of the
     # cost of writing the slice.
-    t0 = time.perf_counter()
+    archiving = Stopwatch().start()
     writer.service.runner.archive()
-    archiving = time.perf_counter() - t0
+    archiving.stop()
+    watch.add(archiving)
+    writer.engine_time.add(archiving)
     assert log.inbox_high_watermark() == warm.inputs + work.inputs, "every input is one inbox record"
     events = log.event_count() - warmup_events
     log.close()
     return Write(
-        elapsed + archiving,
-        writer.submit_seconds,
-        writer.engine_seconds + archiving,
+        watch,
+        writer.submit_time,
+        writer.engine_time,
         work,
         warm,
-        warmup_seconds,
+        warm_watch,
         warmup_tables,
         events,
         warmup_events,
@@ -423,12 +461,21 @@ def measure_size(path: str, write: Write, vms: int) -> Size:
 @dataclass(slots=True)
 class AuditRun:
     jobs: int
-    seconds: float
+    time: Stopwatch
     events: int
     replay_matches: bool
-    #: True when the wall time is the slowest of the parts audited one after another.
-    simulated: bool
-    part_seconds: list[float]
+    #: Parts audited one after another in this process (more jobs than cores): their times.
+    parts: list[Stopwatch]
+
+    @property
+    def simulated(self) -> bool:
+        return bool(self.parts)
+
+    @property
+    def seconds(self) -> float:
+        """The wall time with ``jobs`` cores: measured, or for parts the slowest part's CPU time
+        (what it would take on a core of its own; the merge is not included)."""
+        return max(p.cpu for p in self.parts) if self.parts else self.time.wall
 
 
 def audit_runs(path: str, jobs_list: Sequence[int], cores: int) -> list[AuditRun]:
@@ -437,49 +484,84 @@ def audit_runs(path: str, jobs_list: Sequence[int], cores: int) -> list[AuditRun
     try:
         for jobs in jobs_list:
             if jobs <= cores:
-                t0 = time.perf_counter()
+                watch = Stopwatch().start()
                 report = audit_jobs(reader, jobs, min_records=0)
-                seconds = time.perf_counter() - t0
-                out.append(AuditRun(jobs, seconds, report.events, report.replay_matches, False, []))
+                watch.stop()
+                out.append(AuditRun(jobs, watch, report.events, report.replay_matches, []))
+                progress(f"audit --jobs {jobs}: {watch.wall:.0f} s wall, {watch.cpu:.0f} s CPU")
                 continue
             consumed = reader.consumed_position()
             high = reader.inbox_high_watermark()
-            names = sorted(v for v in reader.vms())
-            parts: list[float] = []
+            parts: list[Stopwatch] = []
+            total = Stopwatch()
             events = 0
             matches = True
-            for part in split(names, jobs):
-                t0 = time.perf_counter()
+            for part in split(reader.vms(), jobs):
+                watch = Stopwatch().start()
                 part_reader = PartReader(path, part, consumed, high)
                 try:
                     report = audit(part_reader, vms=part)
                 finally:
                     part_reader.close()
-                parts.append(time.perf_counter() - t0)
+                parts.append(watch.stop())
+                total.add(watch)
                 events += report.events
                 matches = matches and report.replay_matches
-            out.append(AuditRun(jobs, max(parts), events, matches, True, parts))
+            out.append(AuditRun(jobs, total, events, matches, parts))
+            progress(f"audit in {jobs} parts: {', '.join(f'{p.cpu:.0f}' for p in parts)} s CPU")
     finally:
         reader.close()
     return out
 
 
+def progress(line: str) -> None:
+    """Where a long run is (stderr, so the report on stdout stays whole)."""
+    print(f"[{time.strftime('%H:%M:%S')}] {line}", file=sys.stderr, flush=True)
+
+
 def report(args: argparse.Namespace, path: str) -> dict[str, Any]:
     cores = default_jobs()
     write = write_slice(path, args.vms, args.seconds, args.balloon_share)
+    progress(
+        f"written: warm-up {write.warmup.inputs:,} inputs in {write.warmup_time.wall:.0f} s, "
+        f"slice {write.workload.inputs:,} in {write.time.wall:.0f} s"
+    )
     size = measure_size(path, write, args.vms)
+    progress("sized; auditing")
     audits = audit_runs(path, args.jobs_list, cores)
     w = write.workload
     inputs = w.inputs
-    rate = inputs / write.seconds
+    rate, cpu_rate = inputs / write.time.wall, inputs / write.time.cpu
     base = next((a for a in audits if a.jobs == 1), None)
     growing_per_input = size.slice_growing_bytes / inputs
     per_vm = size.per_vm_bytes / args.vms
+
+    def audit_row(a: AuditRun) -> dict[str, Any]:
+        # Against the single-job audit: wall time, or CPU time for parts (see ``AuditRun.seconds``).
+        speedup = None if base is None else (base.time.cpu if a.simulated else base.time.wall) / a.seconds
+        critical = a.seconds if a.simulated else a.time.cpu / a.jobs
+        return {
+            "jobs": a.jobs,
+            "seconds": a.seconds,
+            "wall_seconds": a.time.wall,
+            "cpu_seconds": a.time.cpu,
+            "events": a.events,
+            "events_per_s": a.events / a.seconds,
+            "speedup": speedup,
+            "efficiency": None if speedup is None else speedup / a.jobs,
+            # On cores of their own: CPU time, the parts' slowest for parts, else the processes'
+            # total split evenly (the split is round-robin, and the parts come out even).
+            "cpu_speedup": None if base is None else base.time.cpu / critical,
+            "simulated": a.simulated,
+            "part_cpu_seconds": [p.cpu for p in a.parts],
+            "replay_matches": a.replay_matches,
+        }
 
     def day(vms: int) -> dict[str, Any]:
         """A day of the slice's traffic per VM and second, at ``vms`` VMs, at the slice's rates."""
         day_inputs = round(inputs / args.seconds / args.vms * vms * DAY_SECONDS)
         day_events = round(write.events / inputs * day_inputs)
+        fleet_rate = day_inputs / DAY_SECONDS
         return {
             "vms": vms,
             "inputs": day_inputs,
@@ -487,14 +569,23 @@ def report(args: argparse.Namespace, path: str) -> dict[str, Any]:
             "bytes": round(growing_per_input * day_inputs + per_vm * vms),
             "json_bytes": round(size.json_bytes / inputs * day_inputs),
             "write_seconds": day_inputs / rate,
-            # What the writer sustains against what the fleet sends (1 Hz per VM and its share).
-            "realtime_ratio": rate / (day_inputs / DAY_SECONDS),
+            "write_cpu_seconds": day_inputs / cpu_rate,
+            # What the writer sustains against what the fleet sends (1 Hz per VM and its share):
+            # measured, and on a core of its own.
+            "realtime_ratio": rate / fleet_rate,
+            "realtime_ratio_cpu": cpu_rate / fleet_rate,
             "audit_seconds": {str(a.jobs): day_events / (a.events / a.seconds) for a in audits},
+            "audit_cpu_seconds": {str(a.jobs): day_events / (a.events / a.time.cpu) for a in audits},
         }
 
+    def watch(sw: Stopwatch) -> dict[str, float]:
+        return {"seconds": sw.wall, "cpu_seconds": sw.cpu}
+
+    days = {"day": day(args.vms), "fleet_day": day(FLEET_VMS)}
     return {
         "machine": machine(),
         "cores": cores,
+        "load_average": list(os.getloadavg()),
         "slice": {
             "vms": args.vms,
             "seconds": args.seconds,
@@ -503,14 +594,15 @@ def report(args: argparse.Namespace, path: str) -> dict[str, Any]:
             "unballoon_pages": UNBALLOON_PAGES,
             "batch_size": BATCH_SIZE,
         },
-        "warmup": {**asdict(write.warmup), "seconds": write.warmup_seconds, "events": write.warmup_events},
+        "warmup": {**asdict(write.warmup), **watch(write.warmup_time), "events": write.warmup_events},
         "workload": asdict(w),
         "events": write.events,
         "write": {
-            "seconds": write.seconds,
+            **watch(write.time),
             "inputs_per_s": rate,
-            "submit_seconds": write.submit_seconds,
-            "engine_seconds": write.engine_seconds,
+            "inputs_per_cpu_s": cpu_rate,
+            "submit": watch(write.submit),
+            "engine": watch(write.engine),
         },
         "size": {
             "file_bytes": size.file_bytes,
@@ -523,29 +615,16 @@ def report(args: argparse.Namespace, path: str) -> dict[str, Any]:
             "json_bytes_per_input": size.json_bytes / inputs,
             "vs_json": size.slice_growing_bytes / size.json_bytes,
         },
-        "audit": [
-            {
-                "jobs": a.jobs,
-                "seconds": a.seconds,
-                "events": a.events,
-                "events_per_s": a.events / a.seconds,
-                "speedup": base.seconds / a.seconds if base else None,
-                "efficiency": base.seconds / a.seconds / a.jobs if base else None,
-                "simulated": a.simulated,
-                "part_seconds": a.part_seconds,
-                "replay_matches": a.replay_matches,
-            }
-            for a in audits
-        ],
+        "audit": [audit_row(a) for a in audits],
         "replay_matches": all(a.replay_matches for a in audits),
-        "day": day(args.vms),
-        "fleet_day": day(FLEET_VMS),
+        **days,
     }
 
 
 def print_report(r: dict[str, Any]) -> None:
     s, w, wr, z, wu = r["slice"], r["workload"], r["write"], r["size"], r["warmup"]
-    print(f"machine: {r['machine']} (cores usable: {r['cores']})")
+    load = ", ".join(f"{x:.1f}" for x in r["load_average"])
+    print(f"machine: {r['machine']} (cores usable: {r['cores']}; load average at the end {load})")
     print(
         f"slice: {s['vms']:,} VMs x {s['seconds']:,} s of 1 Hz status; {s['balloon_share']} of the VMs re-targeted "
         f"per minute ({s['balloon_pages']:,} pages out, or up to {s['unballoon_pages']:,} back); after a warm-up of "
@@ -559,8 +638,9 @@ def print_report(r: dict[str, Any]) -> None:
         f"{w['unballoon_requests']:,} requests, {w['ticks']:,} ticks); {r['events']:,} events"
     )
     print(
-        f"write: {wr['seconds']:.1f} s, {wr['inputs_per_s']:,.0f} inputs/s (appending {wr['submit_seconds']:.1f} s, "
-        f"engine {wr['engine_seconds']:.1f} s)"
+        f"write: {wr['seconds']:.1f} s wall, {wr['cpu_seconds']:.1f} s CPU: {wr['inputs_per_s']:,.0f} inputs/s "
+        f"({wr['inputs_per_cpu_s']:,.0f} per CPU second); appending {wr['submit']['cpu_seconds']:.1f} s CPU, "
+        f"engine {wr['engine']['cpu_seconds']:.1f} s CPU"
     )
     tables = " ".join(f"{t}={b / 1e6:.1f}" for t, b in sorted(z["tables"].items(), key=lambda kv: -kv[1]) if b >= 1e5)
     print(
@@ -571,20 +651,31 @@ def print_report(r: dict[str, Any]) -> None:
     )
     print(f"  per table (MB): {tables}")
     for a in r["audit"]:
-        how = f"slowest of {a['jobs']} parts audited one after another" if a["simulated"] else "processes"
+        if a["simulated"]:
+            parts = ", ".join(f"{p:.1f}" for p in a["part_cpu_seconds"])
+            how = f"slowest of {len(a['part_cpu_seconds'])} parts audited one after another, CPU s: {parts}"
+            basis = "CPU time"
+        else:
+            how = f"{a['jobs']} process{'es' if a['jobs'] > 1 else ''}, {a['cpu_seconds']:.1f} s CPU in all"
+            basis = "wall time"
         print(
             f"audit --jobs {a['jobs']}: {a['seconds']:.1f} s ({how}), {a['events']:,} events, "
-            f"{a['events_per_s']:,.0f} events/s, speed-up {a['speedup']:.2f}x vs --jobs 1, "
-            f"efficiency {a['efficiency']:.0%}, replay_matches={a['replay_matches']}"
+            f"{a['events_per_s']:,.0f} events/s; speed-up {a['speedup']:.2f}x vs --jobs 1 ({basis}), "
+            f"efficiency {a['efficiency']:.0%}; on idle cores (CPU time) {a['cpu_speedup']:.2f}x, "
+            f"{a['cpu_speedup'] / a['jobs']:.0%}; replay_matches={a['replay_matches']}"
         )
     for key in ("day", "fleet_day"):
         d = r[key]
+        if key == "fleet_day" and d["vms"] == r["day"]["vms"]:
+            continue
         audits = ", ".join(f"--jobs {j}: {sec / 3600:,.1f} h" for j, sec in d["audit_seconds"].items())
         print(
             f"a day at {d['vms']:,} VMs: {d['inputs']:,} inputs, {d['events']:,} events; "
             f"{d['bytes'] / 1e9:,.1f} GB on disk (JSON lines {d['json_bytes'] / 1e9:,.0f} GB, "
             f"{d['bytes'] / d['json_bytes']:.3f}x); write {d['write_seconds'] / 3600:,.1f} h "
-            f"({d['realtime_ratio']:.2f}x real time); audit {audits}"
+            f"({d['realtime_ratio']:.2f}x real time; on a core of its own {d['write_cpu_seconds'] / 3600:,.1f} h, "
+            f"{d['realtime_ratio_cpu']:.2f}x); audit {audits} "
+            f"(one core's CPU time: {d['audit_cpu_seconds'].get('1', float('nan')) / 3600:,.1f} h)"
         )
     print(f"replay_matches: {r['replay_matches']}")
 

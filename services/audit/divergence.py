@@ -12,8 +12,9 @@ from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from services.dm_engine.records import event_from_dict, event_json, loads
-from services.event_log.sqlite_log import EventRow
+from ..dm_engine.events import Event
+from ..dm_engine.records import event_from_dict, event_json, loads, stored_event_json
+from .reader import StoredEventRow
 
 #: Divergence kinds, most specific first.
 RECORD_DIFFERS = "record_differs"  # same slot, different JSON
@@ -61,7 +62,7 @@ class VmComparison:
     """
 
     def __init__(
-        self, vm: str, recorded: Iterator[EventRow], until_pos: int, judge_after: int = 0, seq_base: int = 0
+        self, vm: str, recorded: Iterator[StoredEventRow], until_pos: int, judge_after: int = 0, seq_base: int = 0
     ) -> None:
         """``seq_base``: the VM's last seq before the replay starts (a compacted log's cut)."""
         self.vm = vm
@@ -76,11 +77,21 @@ class VmComparison:
         self.divergence: Divergence | None = None
 
     @property
+    def seq(self) -> int:
+        """The seq of the last event the replay decided for this VM."""
+        return self._seq_base + self.decided
+
+    @property
     def matches(self) -> bool:
         return self.divergence is None
 
-    def expect(self, inbox_pos: int, record: str) -> None:
-        """The replay decided ``record`` (canonical JSON) for inbox record ``inbox_pos``."""
+    def expect(self, inbox_pos: int, record: str | bytes, event: Event | None = None) -> None:
+        """The replay decided ``record`` for inbox record ``inbox_pos``: the event's canonical JSON,
+        or its stored form (``records.stored_event``) with ``event`` itself.
+
+        A stored row equal to the decided stored form is the same record; anything else is judged
+        on canonical JSON (a log of format 1 stores every event as text), so a divergence always
+        shows both sides as canonical JSON."""
         self.decided += 1
         if self.divergence is not None:
             return
@@ -88,19 +99,25 @@ class VmComparison:
         row = next(self._rows, None)
         if inbox_pos <= self._judge_after and row is not None:
             return  # before the audited window: rebuilt, not judged
+        if row is not None and row[3] == record and row[1] == seq and row[2] == inbox_pos:
+            return  # the honest log's case: nothing to expand or parse
+        text = _text(record, event)
         if row is None:
-            self._diverge(seq, inbox_pos, MISSING_EVENT, record, None, inbox_pos, None)
-        elif row.seq != seq:
-            self._diverge(seq, row.inbox_pos, SEQ_GAP, record, row.record, inbox_pos, row.inbox_pos)
-        elif row.record != record:
-            if _upcast(row.record) == record:
+            self._diverge(seq, inbox_pos, MISSING_EVENT, text, None, inbox_pos, None)
+            return
+        _vm, row_seq, row_pos, stored = row
+        recorded = stored_event_json(stored)
+        if row_seq != seq:
+            self._diverge(seq, row_pos, SEQ_GAP, text, recorded, inbox_pos, row_pos)
+        elif recorded != text:
+            if _upcast(recorded) == text:
                 self.upcast += 1
-                if row.inbox_pos != inbox_pos:
-                    self._diverge(seq, row.inbox_pos, INBOX_POS_DIFFERS, record, row.record, inbox_pos, row.inbox_pos)
+                if row_pos != inbox_pos:
+                    self._diverge(seq, row_pos, INBOX_POS_DIFFERS, text, recorded, inbox_pos, row_pos)
                 return
-            self._diverge(seq, row.inbox_pos, RECORD_DIFFERS, record, row.record, inbox_pos, row.inbox_pos)
-        elif row.inbox_pos != inbox_pos:
-            self._diverge(seq, row.inbox_pos, INBOX_POS_DIFFERS, record, row.record, inbox_pos, row.inbox_pos)
+            self._diverge(seq, row_pos, RECORD_DIFFERS, text, recorded, inbox_pos, row_pos)
+        elif row_pos != inbox_pos:
+            self._diverge(seq, row_pos, INBOX_POS_DIFFERS, text, recorded, inbox_pos, row_pos)
 
     def finish(self) -> None:
         """The replay is over: a recorded row left within the replayed range is unexplained.
@@ -111,9 +128,9 @@ class VmComparison:
         if self.divergence is not None:
             return
         row = next(self._rows, None)
-        if row is not None and row.inbox_pos <= self._until:
+        if row is not None and row[2] <= self._until:
             seq = self._seq_base + self.decided + 1
-            self._diverge(seq, row.inbox_pos, UNEXPECTED_EVENT, None, row.record, None, row.inbox_pos)
+            self._diverge(seq, row[2], UNEXPECTED_EVENT, None, stored_event_json(row[3]), None, row[2])
 
     def _diverge(
         self,
@@ -137,25 +154,44 @@ class RecordedStream:
     their queue (only for the VMs being audited).
     """
 
-    def __init__(self, rows: Iterator[EventRow], vms: Collection[str] | None = None) -> None:
+    def __init__(self, rows: Iterator[StoredEventRow], vms: Collection[str] | None = None) -> None:
         self._rows = rows
         self._vms = None if vms is None else frozenset(vms)
-        self._queues: dict[str, deque[EventRow]] = {}
+        self._queues: dict[str, deque[StoredEventRow]] = {}
 
-    def for_vm(self, vm: str) -> Iterator[EventRow]:
+    def for_vm(self, vm: str) -> Iterator[StoredEventRow]:
         queues, vms = self._queues, self._vms
         queue = queues.setdefault(vm, deque())
+        rows = self._rows
         while True:
             if queue:
                 yield queue.popleft()
                 continue
-            row = next(self._rows, None)
+            row = next(rows, None)
             if row is None:
                 return
-            if row.vm == vm:
+            if row[0] == vm:
                 yield row
-            elif vms is None or row.vm in vms:
-                queues.setdefault(row.vm, deque()).append(row)
+            elif vms is None or row[0] in vms:
+                queue_of = queues.get(row[0])
+                if queue_of is None:
+                    queue_of = queues[row[0]] = deque()
+                queue_of.append(row)
+
+    def drain(self, until: int) -> set[str]:
+        """Read the rows nobody asked for yet into their queues; the VMs that have rows left
+        with ``inbox_pos <= until`` (after every comparison finished: rows no replay explained)."""
+        for row in self._rows:
+            if self._vms is None or row[0] in self._vms:
+                self._queues.setdefault(row[0], deque()).append(row)
+        return {vm for vm, queue in self._queues.items() if any(row[2] <= until for row in queue)}
+
+
+def _text(record: str | bytes, event: Event | None) -> str:
+    """The canonical JSON of a decided record given in either form."""
+    if type(record) is str:
+        return record
+    return event_json(event) if event is not None else stored_event_json(record)
 
 
 def _upcast(recorded: str) -> str | None:

@@ -18,16 +18,14 @@ from collections.abc import Collection, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from services.audit import compacted
-from services.audit.behaviour import DEFAULT_GAP_TICKS
-from services.audit.divergence import first_divergence
-from services.audit.logfile import LogError, engine_config
-from services.audit.reader import SqliteReader
-from services.audit.report import AuditReport, VmReport, audit, position_of_tick
-from services.dm_engine.inputs import ALL_VMS
-from services.dm_engine.records import stored_event_json, stored_input_dict
-from services.event_log import segments
-from services.event_log.sqlite_log import EventRow, InboxRow
+from ..dm_engine.inputs import ALL_VMS
+from ..event_log import segments
+from . import compacted
+from .behaviour import DEFAULT_GAP_TICKS
+from .divergence import first_divergence
+from .logfile import LogError, engine_config
+from .reader import SqliteReader, StoredEventRow, StoredInboxRow
+from .report import AuditReport, VmReport, audit, position_of_tick
 
 #: Below this many inbox records one process is faster than starting others.
 MIN_PARALLEL_RECORDS = 50_000
@@ -54,12 +52,14 @@ class PartReader(SqliteReader):
     def inbox_high_watermark(self) -> int:
         return self._high
 
-    def iter_inbox(self, after: int = 0, until: int | None = None, batch: int = 5000) -> Iterator[InboxRow]:
+    def iter_stored_inbox(
+        self, after: int = 0, until: int | None = None, batch: int = 5000
+    ) -> Iterator[StoredInboxRow]:
         until = self._consumed if until is None else until
         mine = self._vms
         for p, v, t, _kind, r, _wall in segments.segment_inbox(self._db, after, until):
             if v in mine or v == ALL_VMS:
-                yield InboxRow(p, v, t, stored_input_dict(r, t))
+                yield p, v, t, r
         after = max(after, self._archived_until)
         cur = self._db.execute(
             "SELECT pos, vm, tick, record FROM inbox WHERE pos > ? AND pos <= ? AND (vm = ? OR vm IN temp.part)"
@@ -67,21 +67,19 @@ class PartReader(SqliteReader):
             (after, until, ALL_VMS),
         )
         while rows := cur.fetchmany(batch):
-            for p, v, t, r in rows:
-                yield InboxRow(p, v, t, stored_input_dict(r, t))
+            yield from rows
 
-    def iter_events(self, vm: str | None = None, after_seq: int = 0) -> Iterator[EventRow]:
+    def iter_stored_events(self, vm: str | None = None, after_seq: int = 0) -> Iterator[StoredEventRow]:
         if vm is not None:
-            yield from super().iter_events(vm, after_seq)
+            yield from super().iter_stored_events(vm, after_seq)
             return
         mine = self._vms
         for _id, v, sq, p, _kind, r in segments.segment_events(self._db):
             if v in mine:
-                yield EventRow(v, sq, p, stored_event_json(r))
+                yield v, sq, p, r
         cur = self._db.execute("SELECT vm, seq, inbox_pos, record FROM events WHERE vm IN temp.part ORDER BY id")
         while rows := cur.fetchmany(2000):
-            for v, s, p, r in rows:
-                yield EventRow(v, s, p, stored_event_json(r))
+            yield from rows
 
 
 def _audit_part(
@@ -127,8 +125,6 @@ def audit_jobs(
         from_pos = position_of_tick(reader, from_tick, consumed)
     from_pos = max(0, min(from_pos, consumed))
     base = compacted.base_of(reader)
-    if base is not None:
-        from_pos = max(from_pos, min(base.cut.pos, consumed))
     parts = split(names, jobs)
     context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
     with ProcessPoolExecutor(max_workers=len(parts), mp_context=context) as pool:

@@ -26,11 +26,18 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import quote
 
-from services.dm_engine.inputs import ALL_VMS
-from services.dm_engine.records import loads, stored_event_json, stored_input_dict
-from services.event_log import segments
-from services.event_log.cut import CutBase, read_base
-from services.event_log.sqlite_log import EventRow, InboxRow
+from ..dm_engine.inputs import ALL_VMS
+from ..dm_engine.records import loads, stored_event_json, stored_input_dict
+from ..event_log import segments
+from ..event_log.cut import CutBase, read_base
+from ..event_log.sqlite_log import EventRow, InboxRow
+
+#: (vm, seq, inbox_pos, record) of an event row, ``record`` as stored: canonical JSON text, or a
+#: compact blob (``records.stored_event_json`` expands it, ``records.event_from_stored`` reads it).
+StoredEventRow = tuple[str, int, int, str | bytes]
+#: (pos, vm, tick, record) of an inbox row, ``record`` as stored: canonical JSON text, or a guest
+#: message's raw bytes (``records.stored_input_dict``).
+StoredInboxRow = tuple[int, str, int, str | bytes]
 
 
 class LogReader(Protocol):
@@ -147,22 +154,34 @@ class SqliteReader:
         return [InboxRow(int(p), str(v), int(t), stored_input_dict(r, t)) for p, v, t, r in cur]
 
     def iter_inbox(self, after: int = 0, until: int | None = None, batch: int = 5000) -> Iterator[InboxRow]:
-        for p, v, t, _kind, r, _wall in segments.segment_inbox(self._db, after, until):
+        for p, v, t, r in self.iter_stored_inbox(after, until, batch):
             yield InboxRow(p, v, t, stored_input_dict(r, t))
+
+    def iter_stored_inbox(
+        self, after: int = 0, until: int | None = None, batch: int = 5000
+    ) -> Iterator[StoredInboxRow]:
+        """``iter_inbox`` with each record in its stored form (``StoredInboxRow``)."""
+        for p, v, t, _kind, r, _wall in segments.segment_inbox(self._db, after, until):
+            yield p, v, t, r
         pos = max(after, self._archived_until)
+        sql = "SELECT pos, vm, tick, record FROM inbox WHERE pos > ? ORDER BY pos LIMIT ?"
+        if until is not None:
+            sql = "SELECT pos, vm, tick, record FROM inbox WHERE pos > ? AND pos <= ? ORDER BY pos LIMIT ?"
         while True:
-            rows = self.read_inbox(pos, batch)
-            for row in rows:
-                if until is not None and row.pos > until:
-                    return
-                yield row
+            rows = self._db.execute(sql, (pos, batch) if until is None else (pos, until, batch)).fetchall()
+            yield from rows
             if len(rows) < batch:
                 return
-            pos = rows[-1].pos
+            pos = rows[-1][0]
 
     def iter_events(self, vm: str | None = None, after_seq: int = 0) -> Iterator[EventRow]:
+        for v, s, p, r in self.iter_stored_events(vm, after_seq):
+            yield EventRow(v, s, p, stored_event_json(r))
+
+    def iter_stored_events(self, vm: str | None = None, after_seq: int = 0) -> Iterator[StoredEventRow]:
+        """``iter_events`` with each record in its stored form (``StoredEventRow``)."""
         for _id, v, sq, p, _kind, r in segments.segment_events(self._db, vm, after_seq):
-            yield EventRow(v, sq, p, stored_event_json(r))
+            yield v, sq, p, r
         if vm is None:
             cur = self._db.execute("SELECT vm, seq, inbox_pos, record FROM events ORDER BY id")
         else:
@@ -171,8 +190,7 @@ class SqliteReader:
                 (vm, after_seq),
             )
         while rows := cur.fetchmany(2000):
-            for v, s, p, r in rows:
-                yield EventRow(v, s, p, stored_event_json(r))
+            yield from rows
 
     # ------------------------------------------------------------------ wall-clock stamps
     # Unix times at which inbox records were appended (``SqliteLog.append_inputs``); None or
@@ -259,9 +277,28 @@ class SqliteReader:
         return [(str(v), int(s), int(p), loads(st)) for v, s, p, st in cur]
 
 
+def stored_events(log: LogReader, vm: str | None = None, after_seq: int = 0) -> Iterator[StoredEventRow]:
+    """A log's event rows in their stored forms when the reader can give them (the SQLite readers),
+    else as the canonical text every reader gives: replays and folds then skip expanding blobs."""
+    fast: Callable[[str | None, int], Iterator[StoredEventRow]] | None = getattr(log, "iter_stored_events", None)
+    if fast is not None:
+        return fast(vm, after_seq)
+    return ((r.vm, r.seq, r.inbox_pos, r.record) for r in log.iter_events(vm, after_seq))
+
+
+def stored_inbox(log: LogReader, after: int = 0, until: int | None = None) -> Iterator[tuple[int, str, int, Any]]:
+    """A log's inbox rows with their records as stored (text or raw guest bytes) when the reader
+    can give them, else as the parsed dicts every reader gives (``replay.read_stored_input`` reads all)."""
+    fast: Callable[[int, int | None], Iterator[StoredInboxRow]] | None = getattr(log, "iter_stored_inbox", None)
+    if fast is not None:
+        return fast(after, until)
+    return ((r.pos, r.vm, r.tick, r.record) for r in log.iter_inbox(after, until))
+
+
 #: The Kafka deployment's audit reader, looked up by name so that the audit does not import the
-#: Kafka stack: ``services.kafka_engine.audit_reader.open_audit_reader(url) -> LogReader``.
-BROKER_READER = ("services.kafka_engine.audit_reader", "open_audit_reader")
+#: Kafka stack: ``kafka_engine.audit_partitions.open_partitioned_reader(url) -> LogReader`` (a reader
+#: whose ``audit_jobs`` splits the audit by partition).
+BROKER_READER = ("..kafka_engine.audit_partitions", "open_partitioned_reader")
 
 
 class BrokerReaderUnavailable(Exception):
@@ -273,7 +310,7 @@ def open_broker_reader(url: str, jobs: int = 1) -> LogReader:
     the topics in up to ``jobs`` processes (one per share of the partitions)."""
     module_name, attr = BROKER_READER
     try:
-        module = importlib.import_module(module_name)
+        module = importlib.import_module(module_name, __package__)
     except ImportError:
         raise BrokerReaderUnavailable(
             f"no Kafka log reader in this build ({module_name}.{attr} is missing); audit the embedded log with --db"

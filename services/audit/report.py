@@ -10,25 +10,25 @@ auditing a live log judges a consistent prefix of it.
 from __future__ import annotations
 
 from array import array
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.audit import compacted
-from services.audit.behaviour import DEFAULT_GAP_TICKS, BehaviourFold
-from services.audit.divergence import Divergence, RecordedStream, VmComparison, first_divergence
-from services.audit.logfile import LogError, engine_config
-from services.audit.qemu_findings import QemuFold
-from services.audit.reader import LogReader
-from services.audit.replay import Progress, replay_inbox
-from services.audit.transactions import TransactionLog
-from services.dm_engine import events as ev
-from services.dm_engine.config import EngineConfig
-from services.dm_engine.decider import evolve
-from services.dm_engine.records import event_from_dict, event_json, loads
-from services.dm_engine.state import VmState
-from services.event_log.sqlite_log import EventRow
-from services.units import PAGE_SIZE
+from ..dm_engine import events as ev
+from ..dm_engine.config import EngineConfig
+from ..dm_engine.decider import evolve
+from ..dm_engine.records import event_from_stored
+from ..dm_engine.state import VmState
+from ..event_log.summaries import HistorySummary
+from ..units import PAGE_SIZE
+from . import compacted
+from .behaviour import DEFAULT_GAP_TICKS, BehaviourFold
+from .divergence import Divergence, RecordedStream, VmComparison, first_divergence
+from .logfile import LogError, engine_config
+from .qemu_findings import QemuFold
+from .reader import LogReader, StoredEventRow, stored_events
+from .replay import Decision, Progress, replay_inbox
+from .transactions import TransactionLog
 
 
 def version_text(version: int | None) -> str | None:
@@ -84,21 +84,47 @@ class VmFold:
     rejections: list[dict[str, Any]] = field(default_factory=list)
     #: Targets, stalls and the shadow account of a QEMU-managed VM.
     qemu: QemuFold = field(default_factory=QemuFold)
+    #: On a compacted log: the summary of what is folded after the cut (``compacted.histories``).
+    history: HistorySummary | None = None
 
-    def apply(self, row: EventRow, tick: int = -1) -> None:
+    def apply(self, row: StoredEventRow, tick: int = -1) -> None:
+        """Fold one recorded row (as stored: ``reader.stored_events``)."""
         self.events += 1
         if self.fold_error is not None:
             return
         try:
-            event = event_from_dict(loads(row.record))
+            event = event_from_stored(row[3])
+        except Exception as exc:  # a corrupt row is a finding, not a crash (see the class docstring)
+            self.fold_error = f"seq {row[1]}: {exc!r}"
+            return
+        self._fold(event, row[1], row[2], tick)
+
+    def apply_event(self, event: ev.Event, seq: int, inbox_pos: int, tick: int) -> None:
+        """Fold a recorded row given as the event it holds: the replay decided exactly that
+        record at that seq and position, so the row need not be read and parsed again."""
+        self.events += 1
+        if self.fold_error is None:
+            self._fold(event, seq, inbox_pos, tick)
+
+    def _fold(self, event: ev.Event, seq: int, inbox_pos: int, tick: int) -> None:
+        try:
             evolve(self.state, event)
         except Exception as exc:  # a corrupt row is a finding, not a crash (see the class docstring)
-            self.fold_error = f"seq {row.seq}: {exc!r}"
+            self.fold_error = f"seq {seq}: {exc!r}"
             return
-        self.last_seq = row.seq
-        if row.inbox_pos <= self.report_after:
+        self.last_seq = seq
+        if self.history is not None:
+            self.history.apply(event, inbox_pos, tick)
+        if inbox_pos <= self.report_after:
             return
-        self.behaviour.apply(event, row.seq, row.inbox_pos, tick)
+        if type(event) is ev.StatusReported:
+            # Most of a log: nothing below but the behaviour fold and the sample concern it.
+            self.behaviour.apply(event, seq, inbox_pos, tick)
+            if self.state.qemu is not None:
+                self.qemu.apply(event)
+            self._sample(tick)
+            return
+        self.behaviour.apply(event, seq, inbox_pos, tick)
         if self.state.qemu is not None:
             self.qemu.apply(event)
         self._sample(tick)
@@ -114,7 +140,7 @@ class VmFold:
         if isinstance(event, ev.InputRejected):
             self.rejections.append(
                 {
-                    "seq": row.seq,
+                    "seq": seq,
                     "inbox_pos": event.inbox_pos,
                     "tick": event.tick,
                     "input_type": event.input_type,
@@ -139,6 +165,10 @@ class VmFold:
             del series[1::2]  # halve the resolution, keep the shape (and the first point)
         series.append(point)
 
+
+#: Whether a whole-log audit folds the decided events while they match (tests compare it with the
+#: two-pass audit by turning it off).
+ONE_PASS = True
 
 #: Points kept per VM for the HTML plots.
 MAX_SERIES_POINTS = 4000
@@ -244,13 +274,58 @@ class AuditReport:
         }
 
 
-def _fold_rows(log: LogReader, vms: frozenset[str] | None, until_pos: int) -> Iterator[EventRow]:
+def _fold_rows(log: LogReader, vms: frozenset[str] | None, until_pos: int) -> Iterator[StoredEventRow]:
     """Recorded rows up to the consumed position, in commit order (per VM: seq order)."""
     one = next(iter(vms)) if vms is not None and len(vms) == 1 else None
-    rows = log.iter_events(one)  # one VM: its own rows by index, not a scan of everyone's
+    rows = stored_events(log, one)  # one VM: its own rows by index, not a scan of everyone's
     for row in rows:
-        if row.inbox_pos <= until_pos and (vms is None or row.vm in vms):
+        if row[2] <= until_pos and (vms is None or row[0] in vms):
             yield row
+
+
+def _compare(
+    decision: Decision,
+    cmp: VmComparison,
+    folds: dict[str, VmFold],
+    new_fold: Callable[[str], VmFold] | None,
+) -> None:
+    """Compare one decision's events with the recorded rows; fold them while they match."""
+    fold = folds.get(decision.vm)
+    if fold is None and new_fold is not None:
+        fold = folds[decision.vm] = new_fold(decision.vm)
+    pos, tick = decision.inbox_pos, decision.tick
+    for event, text in zip(decision.events, decision.records, strict=True):
+        cmp.expect(pos, text, event)
+        if fold is not None and cmp.divergence is None and not cmp.upcast:
+            fold.apply_event(event, cmp.seq, pos, tick)
+
+
+def _unmatched(comparisons: dict[str, VmComparison], recorded: RecordedStream, until_pos: int) -> list[str]:
+    """After a one-pass replay, the VMs whose fold must be done again from their rows: those that
+    diverged (the report describes their rows), and those with rows the replay decided nothing
+    for (forged, or left by a forgotten VM)."""
+    for cmp in comparisons.values():
+        cmp.finish()
+    refold = {n for n, c in comparisons.items() if c.divergence is not None or c.upcast}
+    refold |= recorded.drain(until=until_pos) - set(comparisons)
+    return sorted(refold)
+
+
+def _fold_recorded_rows(
+    folds: dict[str, VmFold],
+    rows: Iterator[StoredEventRow],
+    new_fold: Callable[[str], VmFold],
+    ticks: array[int],
+    until_pos: int,
+) -> None:
+    for row in rows:
+        if row[2] <= until_pos:
+            fold = folds.get(row[0])
+            if fold is None:
+                fold = folds[row[0]] = new_fold(row[0])
+            fold.apply(row, ticks[row[2]] if 0 < row[2] <= until_pos else -1)
+    for name in [n for n, f in folds.items() if not f.events]:
+        del folds[name]  # (a VM that decided events none of which was recorded)
 
 
 def position_of_tick(log: LogReader, tick: int, until_pos: int) -> int:
@@ -292,11 +367,9 @@ def audit(
     if from_tick is not None:
         from_pos = position_of_tick(log, from_tick, consumed)
     from_pos = max(0, min(from_pos, consumed))
-    if base is not None:
-        from_pos = max(from_pos, min(base.cut.pos, consumed))
 
     comparisons: dict[str, VmComparison] = {}
-    recorded = RecordedStream(log.iter_events(None), only)
+    recorded = RecordedStream(stored_events(log, None), only)
 
     def comparison(name: str) -> VmComparison:
         cmp = comparisons.get(name)
@@ -307,28 +380,36 @@ def audit(
             )
         return cmp
 
+    def new_fold(name: str) -> VmFold:
+        behaviour = BehaviourFold(config.tick_seconds, gap_ticks)
+        history = None if base is None else HistorySummary(name)
+        state = compacted.start_state(base, name)
+        return VmFold(name, state, behaviour=behaviour, report_after=from_pos, history=history)
+
+    # One pass when the whole log is judged: while a VM's recorded rows are exactly what the replay
+    # decides, its fold takes the decided events (the same records) instead of reading and parsing
+    # every row a second time. A VM whose rows stop matching (or were only upcast to match) is
+    # folded again from its rows after the replay, as every VM is when ``from_pos`` narrows the
+    # judged window; so the report is the two-pass report either way.
+    one_pass = ONE_PASS and from_pos == 0
+    folds: dict[str, VmFold] = {}
     ticks = array("q", bytes(8 * (consumed + 1)))
     replay, decisions = replay_inbox(log, config, consumed, only_vms=only, ticks=ticks, progress=progress, start=base)
     for decision in decisions:
-        cmp = comparison(decision.vm)
-        for event in decision.events:
-            cmp.expect(decision.inbox_pos, event_json(event))
-
-    folds: dict[str, VmFold] = {}
-    for row in _fold_rows(log, only, consumed):
-        fold = folds.get(row.vm)
-        if fold is None:
-            fold = folds[row.vm] = VmFold(
-                row.vm,
-                compacted.start_state(base, row.vm),
-                behaviour=BehaviourFold(config.tick_seconds, gap_ticks),
-                report_after=from_pos,
-            )
-        fold.apply(row, ticks[row.inbox_pos] if 0 < row.inbox_pos <= consumed else -1)
+        if decision.events:
+            _compare(decision, comparison(decision.vm), folds, new_fold if one_pass else None)
+    if one_pass:
+        refold = _unmatched(comparisons, recorded, consumed)
+        for name in refold:
+            folds[name] = new_fold(name)
+        rows: Iterator[StoredEventRow] = (row for name in refold for row in stored_events(log, name))
+    else:
+        rows = _fold_rows(log, only, consumed)
+    _fold_recorded_rows(folds, rows, new_fold, ticks, consumed)
 
     names = set(replay.states) | set(folds)
     names |= {vm for vm in compacted.vms_at_cut(base) if only is None or vm in only}
-    history = {} if base is None else compacted.histories(log, base, names, consumed, ticks, config.tick_seconds)
+    history = {} if base is None else compacted.histories(log, base, names, folds, config.tick_seconds)
     missing = sorted(selected - names)
     if missing:
         raise LogError(f"vm {missing[0]!r} does not appear in the log")
@@ -336,12 +417,7 @@ def audit(
     for name in sorted(names):
         cmp = comparison(name)
         cmp.finish()
-        fold = folds.get(name) or VmFold(
-            name,
-            compacted.start_state(base, name),
-            behaviour=BehaviourFold(config.tick_seconds, gap_ticks),
-            report_after=from_pos,
-        )
+        fold = folds.get(name) or new_fold(name)
         reports[name] = VmReport(name, fold, cmp, config.tick_seconds, history.get(name))
     return AuditReport(
         db=log.path,

@@ -13,8 +13,8 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from services.cli.arg_types import PORT
-from services.metrics.collector import LabelError, MetricsLabels, parse_vm_labels
+from ..metrics.collector import LabelError, MetricsLabels, parse_vm_labels
+from .arg_types import PORT
 
 
 def vm_labels_arg(text: str) -> tuple[str, ...]:
@@ -54,7 +54,7 @@ def add_metrics_arguments(p: argparse.ArgumentParser, *, what: str = "engine") -
     p.add_argument(
         "--metrics-uuid-file",
         type=uuid_file_arg,
-        help="JSON object mapping VM ids to QEMU/libvirt UUIDs, exported as a 'uuid' label",
+        help="JSON object of VM id -> QEMU/libvirt UUID for the 'uuid' label (overrides a hello's or QEMU's)",
     )
 
 

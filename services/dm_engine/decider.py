@@ -14,16 +14,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from services.dm_engine import events as ev
-from services.dm_engine import inputs as inp
-from services.dm_engine import qemu_vm
-from services.dm_engine.config import EngineConfig
-from services.dm_engine.decisions import DEFAULT_CONFIG, decide, decide_steps, retention
-from services.dm_engine.fold import evolve
-from services.dm_engine.idle import advance
-from services.dm_engine.machine import ProtocolState, check_step
-from services.dm_engine.state import VmState
-from services.units import PAGE_SHIFT, PAGE_SIZE
+from ..units import PAGE_SHIFT, PAGE_SIZE
+from . import events as ev
+from . import inputs as inp
+from . import qemu_vm
+from .config import EngineConfig
+from .decisions import DEFAULT_CONFIG, decide, decide_steps, retention, status_report
+from .fold import evolve
+from .idle import advance
+from .machine import ProtocolState, check_step
+from .state import VmState
 
 __all__ = [
     "PAGE_SHIFT",
@@ -36,6 +36,7 @@ __all__ = [
     "fold_step",
     "initial_state",
     "process",
+    "tick_is_quiet",
 ]
 
 #: advance() can follow itself only after a transaction it started ends within the same input,
@@ -61,6 +62,24 @@ def fold_step(state: VmState, events: Sequence[ev.Event], observe: Observer | No
             observe(state, event)
 
 
+def tick_is_quiet(state: VmState, config: EngineConfig = DEFAULT_CONFIG) -> bool:
+    """Whether a clock tick decides nothing for this VM and leaves its state untouched.
+
+    Most ticks reach VMs with nothing to time out and nothing to start: ``process`` answers them
+    with this test instead of running decide and advance (which would both return nothing), and a
+    replay delivering a tick to thousands of VMs skips the quiet ones with the same test.
+    """
+    if state.protocol is ProtocolState.CLOSED and config.retention_ticks:
+        return False  # a disconnected VM's retention countdown runs on ticks
+    if state.qemu is not None:
+        return not qemu_vm.wants_tick(state)  # QEMU runs the protocol: there is no IDLE handler
+    return (
+        state.txn is None
+        and state.protocol is not ProtocolState.POST_INIT_WAIT
+        and not (state.protocol is ProtocolState.IDLE and state.target_pending)
+    )
+
+
 def process(
     state: VmState, input: inp.Input, config: EngineConfig = DEFAULT_CONFIG, observe: Observer | None = None
 ) -> list[ev.Event]:
@@ -80,28 +99,27 @@ def process(
         kept = retention(state, input.tick, config)
         fold_step(state, kept, observe)
         return kept
+    if type(input) is inp.Tick and tick_is_quiet(state, config):
+        return []
     if state.qemu is not None or type(input) in inp.QEMU_INPUTS:
         # QEMU-managed (``qemu_vm``): QEMU runs the protocol, so there is no IDLE handler to advance.
-        if type(input) is inp.Tick and not qemu_vm.wants_tick(state):
-            return []
         qemu_events: list[ev.Event] = []
-        for step in qemu_vm.decide_steps(state, input, config):
+        for step in decide_steps(state, input, config):  # qemu_vm's steps, with VmIdentified
             fold_step(state, step, observe)
             qemu_events.extend(step)
         return qemu_events
-    if (
-        type(input) is inp.Tick
-        and state.txn is None
-        and state.protocol is not ProtocolState.POST_INIT_WAIT
-        and not (state.protocol is ProtocolState.IDLE and state.target_pending)
-    ):
-        # Most ticks reach VMs with nothing to time out and nothing to start: decide and advance
-        # would both return nothing, so say so without running them.
-        return []
     events: list[ev.Event] = []
-    for step in decide_steps(state, input, config):
-        fold_step(state, step, observe)
-        events.extend(step)
+    status = status_report(state, input, config) if type(input) is inp.GuestMessage else None
+    if status is not None:
+        # Most of a log: ``decide_steps`` would return [[status]], a legal step (``status_report``).
+        evolve(state, status)
+        if observe is not None:
+            observe(state, status)
+        events.append(status)
+    else:
+        for step in decide_steps(state, input, config):
+            fold_step(state, step, observe)
+            events.extend(step)
     now = input.tick
     for _ in range(_MAX_ADVANCES):
         more = advance(state, now, config)

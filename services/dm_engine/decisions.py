@@ -12,16 +12,11 @@ Guests are untrusted: every returned page is classified by exact membership in t
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from services.dm_engine import events as ev
-from services.dm_engine import inputs as inp
-from services.dm_engine import qemu_vm
-from services.dm_engine.config import EngineConfig
-from services.dm_engine.machine import NEGOTIATED_STATES, ProtocolState, TxnKind
-from services.dm_engine.state import VmState, hot_added_part
-from services.dm_protocol import (
+from ..dm_protocol import (
     BalloonResponse,
     CapabilitiesReport,
     DecodeError,
@@ -34,16 +29,22 @@ from services.dm_protocol import (
     VersionRequest,
     decode,
 )
-from services.range_store import PageRangeSet, coalesce
-from services.units import PAGE_SHIFT, PAGE_SIZE
-from services.vdimm_allocator import AllocationError, plug, release_all
-from services.vdimm_allocator.ram_layout import (
+from ..range_store import PageRangeSet, RangeBatch, coalesce
+from ..units import PAGE_SHIFT, PAGE_SIZE
+from ..vdimm_allocator import AllocationError, plug, release_all
+from ..vdimm_allocator.ram_layout import (
     RamLayoutError,
     check_ram_ranges,
     hot_add_window_start_page,
     legacy_ram_ranges,
     ram_end_page,
 )
+from . import events as ev
+from . import inputs as inp
+from . import qemu_vm
+from .config import EngineConfig
+from .machine import NEGOTIATED_STATES, TRANSITIONS, ProtocolState, TxnKind
+from .state import VmState, hot_added_part
 
 #: QEMU places the hot-add window at a 32 GiB boundary, the largest alignment a guest can ask for.
 WINDOW_ALIGN_PAGES = (32 << 30) >> PAGE_SHIFT
@@ -56,6 +57,13 @@ DEFAULT_CONFIG = EngineConfig()
 
 def decide(state: VmState, input: inp.Input, config: EngineConfig = DEFAULT_CONFIG) -> list[ev.Event]:
     """The events one inbox input causes. Reads ``state``, never changes it."""
+    kind = type(input)
+    if (kind is inp.ChannelOpened or kind is inp.QemuAttached) and input.uuid:  # type: ignore[union-attr]
+        return [e for step in decide_steps(state, input, config) for e in step]
+    return _decide(state, input, config)
+
+
+def _decide(state: VmState, input: inp.Input, config: EngineConfig) -> list[ev.Event]:
     if type(input) is inp.ForgetVm:
         return _on_forget_vm(state, input, config)
     if state.qemu is not None or type(input) in inp.QEMU_INPUTS:
@@ -68,6 +76,29 @@ def decide(state: VmState, input: inp.Input, config: EngineConfig = DEFAULT_CONF
 
 def decide_steps(state: VmState, input: inp.Input, config: EngineConfig = DEFAULT_CONFIG) -> list[list[ev.Event]]:
     """``decide``, cut into the state machine's steps (each at most one protocol transition)."""
+    steps = _decide_steps(state, input, config)
+    if type(input) is inp.ChannelOpened or type(input) is inp.QemuAttached:
+        identified = _identified(state, input, steps)
+        if identified is not None:
+            steps[0] = [identified, *steps[0]]
+    return steps
+
+
+def _identified(
+    state: VmState, input: inp.ChannelOpened | inp.QemuAttached, steps: list[list[ev.Event]]
+) -> ev.VmIdentified | None:
+    """``VmIdentified`` for an open or attach that names a UUID other than the recorded one, and
+    that was accepted (a refused attach or open identifies nothing). Only inputs with a UUID can
+    cause it, so logs of VMs without one are unchanged (``tests/dm_engine/test_log_digest.py``)."""
+    if not input.uuid or input.uuid == state.uuid:
+        return None
+    opened = ev.ChannelOpened if type(input) is inp.ChannelOpened else ev.QemuAttached
+    if not any(type(e) is opened for step in steps for e in step):
+        return None
+    return ev.VmIdentified(uuid=input.uuid, source="hello" if opened is ev.ChannelOpened else "qemu")
+
+
+def _decide_steps(state: VmState, input: inp.Input, config: EngineConfig) -> list[list[ev.Event]]:
     if type(input) is inp.ForgetVm:
         return [_on_forget_vm(state, input, config)]
     if state.qemu is not None or type(input) in inp.QEMU_INPUTS:
@@ -475,6 +506,42 @@ def _on_status_report(state: VmState, msg: Any, tick: int, config: EngineConfig)
     ]
 
 
+#: A whole DM status report as the guest sends it: header (type, size, trans_id), then the body.
+_STATUS_FRAME = struct.Struct("<HHIQQQQII")
+_STATUS_TYPE = int(MessageType.DM_STATUS_REPORT)
+_STATUS_ALLOWED = TRANSITIONS[ev.StatusReported].allowed - {ProtocolState.CLOSED}
+
+
+def status_report(state: VmState, i: inp.GuestMessage, config: EngineConfig) -> ev.StatusReported | None:
+    """The event of a plain status report (most of what a fleet sends), decided without the general
+    path; None when that path must decide (anything else, a closed channel, a flood).
+
+    What it returns is what ``decide`` returns for the input: the frame is exactly one well-formed
+    status report (``codec.decode`` reads the same fields from it and finds no anomaly: the
+    message has no reserved bits), the channel is open, so ``_on_guest_message`` hands it to
+    ``_on_status_report``, and below the flood limit that builds this event. The state machine
+    allows it in every open state and it moves nothing, so it is one legal step by itself.
+    """
+    raw = i.raw
+    if len(raw) != _STATUS_FRAME.size or state.protocol not in _STATUS_ALLOWED or type(raw) is not bytes:
+        return None
+    kind, size, _trans_id, avail, committed, page_file_size, zero_free, writes, io_diff = _STATUS_FRAME.unpack(raw)
+    if kind != _STATUS_TYPE or size != _STATUS_FRAME.size:
+        return None
+    tick = i.tick
+    if state.status_tick == tick and state.status_in_tick >= config.max_status_reports_per_tick:
+        return None
+    return ev.StatusReported(
+        tick=tick,
+        available_pages=avail,
+        committed_pages=committed,
+        page_file_size_pages=page_file_size,
+        zero_free_pages=zero_free,
+        page_file_writes=writes,
+        io_diff=io_diff,
+    )
+
+
 def _overlaps_within(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
     """Pages that appear more than once in one message, as coalesced ranges."""
     dup: list[tuple[int, int]] = []
@@ -506,6 +573,11 @@ def _all_inside(universe: PageRangeSet, merged: list[tuple[int, int]]) -> bool:
     return True
 
 
+#: Balloon answers with at least this many ranges are first checked as one ``RangeBatch``: below it
+#: numpy's fixed cost (tens of microseconds) outweighs the Python loops it replaces.
+_BATCH_CHECK_MIN = 32
+
+
 def _classify_returned(
     state: VmState, msg: Any, tick: int, universe: PageRangeSet
 ) -> tuple[list[ev.Event], list[tuple[int, int]], int]:
@@ -515,6 +587,12 @@ def _classify_returned(
     ``universe`` and are not ballooned yet. Everything else is reported with its exact ranges.
     """
     ranges = msg.ranges
+    if len(ranges) >= _BATCH_CHECK_MIN:
+        # A long answer (up to 510 ranges) from an honest guest: every check below at once, in
+        # numpy (``RangeBatch``); the same outcome as the general path, which any doubt falls to.
+        batch = RangeBatch(ranges)
+        if not batch.empty and not batch.repeats and universe.covers(batch) and state.ballooned.isdisjoint(batch):
+            return [], batch.to_list(), batch.pages
     out: list[ev.Event] = []
     empty = sum(1 for r in ranges if r[1] == 0)
     if empty:

@@ -76,6 +76,18 @@ class VmDescribed(EventBase):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class VmIdentified(EventBase):
+    """The VM's UUID, as the hello (``source="hello"``) or QEMU's ``query-uuid`` (``"qemu"``) gave
+    it, when it differs from the one recorded: for projections (the metrics' ``uuid`` label); no
+    decision reads it. Only emitted for an input that names a UUID, so logs without one are
+    unchanged."""
+
+    KIND: ClassVar[str] = "VmIdentified"
+    uuid: str
+    source: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ChannelOpened(EventBase):
     KIND: ClassVar[str] = "ChannelOpened"
 
@@ -471,6 +483,7 @@ class QemuPagesTraced(EventBase):
 
 Event = (
     VmDescribed
+    | VmIdentified
     | ChannelOpened
     | ChannelClosed
     | VmbusReset

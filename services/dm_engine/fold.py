@@ -12,13 +12,13 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from services.dm_engine import events as ev
-from services.dm_engine import qemu_vm
-from services.dm_engine.machine import ProtocolState, TxnKind, next_state
-from services.dm_engine.state import Capabilities, GuestStatus, Transaction, VmState
-from services.range_store import PageRangeSet
-from services.vdimm_allocator import new_layout, plug, record_hot_add, record_hot_remove, release_all, unplug
-from services.vdimm_allocator.ram_layout import legacy_ram_ranges
+from ..range_store import PageRangeSet
+from ..vdimm_allocator import new_layout, plug, record_hot_add, record_hot_remove, release_all, unplug
+from ..vdimm_allocator.ram_layout import legacy_ram_ranges
+from . import events as ev
+from . import qemu_vm
+from .machine import ProtocolState, TxnKind, next_state
+from .state import Capabilities, GuestStatus, Transaction, VmState
 
 
 def evolve(state: VmState, event: ev.Event) -> VmState:
@@ -39,6 +39,10 @@ def _ev_vm_described(s: VmState, e: ev.VmDescribed) -> None:
     s.ram = e.ram or legacy_ram_ranges(e.boot_pages)
     s.owned = PageRangeSet(s.ram)
     s.ballooned = PageRangeSet()
+
+
+def _ev_vm_identified(s: VmState, e: ev.VmIdentified) -> None:
+    s.uuid = e.uuid
 
 
 def _ev_channel_opened(s: VmState, e: ev.ChannelOpened) -> None:
@@ -281,6 +285,7 @@ def _ev_vm_forgotten(s: VmState, e: ev.VmForgotten) -> None:
 
 _EVOLVERS: dict[type, Callable[[VmState, Any], None]] = {
     ev.VmDescribed: _ev_vm_described,
+    ev.VmIdentified: _ev_vm_identified,
     ev.ChannelOpened: _ev_channel_opened,
     ev.ChannelClosed: _ev_channel_closed,
     ev.VmbusReset: _ev_vmbus_reset,

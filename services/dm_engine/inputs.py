@@ -12,7 +12,7 @@ import typing
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-from services.dm_engine.events import PageRanges
+from .events import PageRanges
 
 #: The inbox key of a record for every VM (the clock's ticks): each VM the engine knows gets it.
 ALL_VMS = "*"
@@ -43,6 +43,10 @@ class ChannelOpened(InputBase):
     #: empty in logs written before hellos described it, meaning ``[0, boot)``.
     ram: PageRanges = ()
     reset: ResetKind = ""
+    #: The VM's UUID from the hello (canonical, lower case), "" when the hello gave none: recorded
+    #: as ``VmIdentified`` so every projection (the ``uuid`` metric label) can name the VM as
+    #: libvirt does; nothing the engine decides reads it.
+    uuid: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -155,6 +159,8 @@ class QemuAttached(InputBase):
     actual_bytes: int
     qemu_version: str
     address: str
+    #: QEMU's ``query-uuid`` (canonical, lower case), "" when QEMU has none (the nil UUID).
+    uuid: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -28,9 +28,9 @@ import math
 import re
 from typing import Final
 
-from services.dm_protocol.messages import PAGE_COUNT_LIMIT, START_PAGE_LIMIT
-from services.units import PAGE_SHIFT, PAGE_SIZE
-from services.vdimm_allocator.ram_layout import RamRanges, hot_add_window_start_page, legacy_ram_ranges
+from ..dm_protocol.messages import PAGE_COUNT_LIMIT, START_PAGE_LIMIT
+from ..units import PAGE_SHIFT, PAGE_SIZE
+from ..vdimm_allocator.ram_layout import RamRanges, hot_add_window_start_page, legacy_ram_ranges
 
 #: Exclusive bound of a guest page number (a DM range's 40-bit start page).
 PAGE_LIMIT: Final = START_PAGE_LIMIT
@@ -63,6 +63,32 @@ def valid_vm_id(vm: object) -> bool:
     (True, False, False, False)
     """
     return isinstance(vm, str) and VM_ID.fullmatch(vm) is not None
+
+
+#: A UUID in RFC 4122's canonical text form: 32 hex digits in groups of 8-4-4-4-12.
+UUID_TEXT: Final = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+NIL_UUID: Final = "00000000-0000-0000-0000-000000000000"
+
+
+def canonical_uuid(value: object) -> str:
+    """A VM's UUID (SMBIOS / QEMU ``-uuid`` / libvirt ``<uuid>``) in canonical form: lower case.
+
+    Only the canonical text form is taken (no braces, no ``urn:uuid:``, no missing hyphens), and
+    not the nil UUID, which identifies nothing (QEMU answers it for a VM started without -uuid).
+    Any version and variant are accepted: SMBIOS UUIDs set by hand need not follow RFC 4122's.
+
+    >>> canonical_uuid("6B29FC40-CA47-1067-B31D-00DD010662DA")
+    '6b29fc40-ca47-1067-b31d-00dd010662da'
+    >>> canonical_uuid("{6b29fc40-ca47}")
+    Traceback (most recent call last):
+    ...
+    ValueError: uuid must be a UUID in canonical form (8-4-4-4-12 hex digits), got '{6b29fc40-ca47}'
+    """
+    if not isinstance(value, str) or UUID_TEXT.fullmatch(value) is None:
+        raise ValueError(f"uuid must be a UUID in canonical form (8-4-4-4-12 hex digits), got {str(value)[:64]!r}")
+    if value == NIL_UUID:
+        raise ValueError("uuid must not be the nil UUID (00000000-0000-0000-0000-000000000000)")
+    return value.lower()
 
 
 class BoundsError(ValueError):

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Final
 
-from services.dm_engine import events as ev
-from services.dm_engine.config import EngineConfig
+from . import events as ev
+from .config import EngineConfig
 
 
 class ProtocolState(enum.StrEnum):
@@ -96,6 +96,7 @@ TABLE: Final[tuple[Transition, ...]] = (
     _t(ev.TransactionTimedOut, {S.IDLE, S.UNBALLOON_REPLY_WAIT}, S.IDLE),
     # facts that never move the protocol
     _t(ev.VmDescribed, ANY),
+    _t(ev.VmIdentified, ANY),
     _t(ev.StatusReported, OPEN),
     _t(ev.TargetSet, ANY),
     _t(ev.MemoryBackendAdded, ANY),

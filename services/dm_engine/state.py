@@ -12,10 +12,10 @@ import typing
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
-from services.dm_engine.machine import NEGOTIATED_STATES, ProtocolState, TxnKind
-from services.dm_engine.qemu_state import QemuVm
-from services.range_store import PageRangeSet
-from services.vdimm_allocator import VdimmLayout, new_layout
+from ..range_store import PageRangeSet
+from ..vdimm_allocator import VdimmLayout, new_layout
+from .machine import NEGOTIATED_STATES, ProtocolState, TxnKind
+from .qemu_state import QemuVm
 
 __all__ = [
     "NEGOTIATED_STATES",
@@ -127,6 +127,8 @@ class VmState:
     retention_since_tick: int | None = field(default=None, metadata={"omit_if_none": True})
     #: Set when the VM is QEMU-managed (attached through its QMP monitor, not the DM gateway).
     qemu: QemuVm | None = field(default=None, metadata={"omit_if_none": True})
+    #: The VM's UUID (``VmIdentified``), None until a hello or QEMU named one.
+    uuid: str | None = field(default=None, metadata={"omit_if_none": True})
     #: What projections count; nothing in decide or advance reads it.
     counters: VmCounters = field(default_factory=VmCounters)
 

@@ -37,10 +37,9 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 
-from services.dm_engine.state import Capabilities, ProtocolState, VmState
-from services.metrics.log_health import WRITABLE, WRITE_ERRORS, LogHealthCollector, log_health_of
-from services.units import MIB, PAGE_SIZE
-
+from ..dm_engine.state import Capabilities, ProtocolState, VmState
+from ..units import MIB, PAGE_SIZE
+from .log_health import WRITABLE, WRITE_ERRORS, LogHealthCollector, log_health_of
 from .rejections import HTTP_REJECTED
 
 #: Engine batches take from tens of microseconds (one tick) to seconds (a recovery-sized backlog).
@@ -107,7 +106,9 @@ class MetricsLabels:
     * ``vm_labels``: the label name(s) carrying the VM id: ``vm`` (hvdm's, what the shipped
       dashboard and rules use), ``domain`` (libvirt exporters' name for it, so series join), or
       both.
-    * ``uuids``: VM id -> QEMU/libvirt UUID; VMs listed get a ``uuid`` label.
+    * ``uuids``: VM id -> QEMU/libvirt UUID (``--metrics-uuid-file``); VMs listed get a ``uuid``
+      label. Other VMs get the UUID the log recorded for them (a hello's ``uuid``, QEMU's
+      ``query-uuid``), if any.
     """
 
     host: str = ""
@@ -131,12 +132,13 @@ class MetricsLabels:
         """Labels of every series this process exports (engine-wide, gateway, build info)."""
         return {"host": self.host} if self.host else {}
 
-    def vm(self, vm: str) -> dict[str, str]:
-        """Labels that identify one VM's series."""
+    def vm(self, vm: str, recorded_uuid: str | None = None) -> dict[str, str]:
+        """Labels that identify one VM's series. ``recorded_uuid``: the UUID the log recorded for it
+        (``VmIdentified``, from its hello or QEMU's ``query-uuid``); ``uuids`` (the file) wins."""
         out = self.common()
         for name in self.vm_labels:
             out[name] = vm
-        uuid = self.uuids.get(vm)
+        uuid = self.uuids.get(vm, recorded_uuid)
         if uuid is not None:
             out["uuid"] = uuid.lower()
         return out
@@ -384,6 +386,7 @@ class HvdmCollector(Collector):
                     s.caps,
                     s.counters.inputs_rejected_total,
                     s.needs_attention,
+                    s.uuid,
                 )
             )
         return Snapshot(rows, runner.consumed, runner.lag(), runner.events_since_snapshot())
@@ -427,8 +430,9 @@ class HvdmCollector(Collector):
             caps,
             n_rejected,
             needs_attention,
+            uuid,
         ) in snap.rows:
-            lv = vm_labels(vm)
+            lv = vm_labels(vm, uuid)
             fam["hvdm_vm_boot_bytes"].append(_sample("hvdm_vm_boot_bytes", lv, float(boot_p * page)))
             if maxmem_p:
                 fam["hvdm_vm_maxmem_bytes"].append(_sample("hvdm_vm_maxmem_bytes", lv, float(maxmem_p * page)))

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from services.metrics.collector import (
+from ..units import PAGE_SIZE
+from .collector import (
     METRICS,
     PROTOCOL_STATES,
     HvdmCollector,
@@ -25,7 +26,6 @@ from services.metrics.collector import (
     demand_pages,
     info_labels,
 )
-from services.units import PAGE_SIZE
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 #: gzip level for scrapes that accept it: level 1 is ~10x faster than 9 and only ~15% larger.
@@ -102,8 +102,9 @@ def render_snapshot(snap: Snapshot, labels: MetricsLabels | None = None) -> str:
         caps,
         n_rejected,
         needs_attention,
+        uuid,
     ) in snap.rows:
-        base = _label_text(vm_labels(vm))
+        base = _label_text(vm_labels(vm, uuid))
         lv = f"{{{base}}} "
         boot.append(f"hvdm_vm_boot_bytes{lv}{boot_p * page}\n")
         if maxmem_p:

@@ -1,6 +1,6 @@
 """What a QEMU VM is, read from its QMP answers: pure functions, so they are tested without QEMU.
 
-Discovery reads ``query-name``, ``query-version``, ``query-balloon``, ``query-memory-size-summary``,
+Discovery reads ``query-name``, ``query-uuid``, ``query-version``, ``query-balloon``, ``query-memory-size-summary``,
 ``query-memory-devices`` and ``qom-list`` of ``/machine/peripheral`` and ``/machine/peripheral-anon``
 (where ``-device ...`` objects live). Every answer is checked for shape and range: QEMU is a peer
 like any other, and a malformed answer makes the VM "not attachable" with a reason, never a crash.
@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Any
 
-from services.dm_engine.limits import VM_ID as LIMITS_VM_ID
+from ..dm_engine.limits import NIL_UUID, canonical_uuid
+from ..dm_engine.limits import VM_ID as LIMITS_VM_ID
 
 #: The VM ids the rest of hvdm accepts (``dm_engine.limits.VM_ID``), matched as a whole string:
 #: with ``match`` and ``$`` a QEMU name ``"db1\n"`` would pass and split log lines.
@@ -37,6 +38,8 @@ class VmDescription:
     maxmem_bytes: int
     actual_bytes: int
     qemu_version: str
+    #: ``query-uuid`` (canonical, lower case); None for the nil UUID (QEMU started without -uuid).
+    uuid: str | None = None
 
 
 def _size(value: Any, what: str, *, allow_zero: bool = True) -> int:
@@ -71,6 +74,22 @@ def vm_id_for(name_answer: Any, address: str) -> str:
         return sanitize_vm_id(address[4:].replace(":", "-"))
     stem = PurePath(address).stem
     return stem if VM_ID.fullmatch(stem) else sanitize_vm_id(stem)
+
+
+def uuid_of(answer: Any) -> str | None:
+    """``query-uuid`` -> the VM's UUID in canonical lower case, None for the nil UUID QEMU answers
+    when started without ``-uuid``; ``ProbeError`` for anything QEMU never sends.
+
+    >>> uuid_of({"UUID": "6B29FC40-CA47-1067-B31D-00DD010662DA"}), uuid_of({"UUID": NIL_UUID})
+    ('6b29fc40-ca47-1067-b31d-00dd010662da', None)
+    """
+    value = answer.get("UUID") if isinstance(answer, dict) else None
+    if value == NIL_UUID:
+        return None
+    try:
+        return canonical_uuid(value)
+    except ValueError as e:
+        raise ProbeError(f"query-uuid: {e}") from None
 
 
 def version_text(answer: Any) -> str:

@@ -27,9 +27,9 @@ from typing import Any, Protocol
 
 from qemu.qmp import ExecuteError, QMPClient, QMPError
 
-from services.dm_engine import inputs as inp
-from services.qemu_agent import probe
-from services.qemu_agent.address import QmpAddress
+from ..dm_engine import inputs as inp
+from . import probe
+from .address import QmpAddress
 
 log = logging.getLogger("hvdm.qemu_agent")
 
@@ -99,6 +99,12 @@ async def describe(client: QMPClient, address: QmpAddress) -> probe.VmDescriptio
     actual = probe.actual_of(balloon) if balloon is not None else boot
     if device == "virtio-balloon":
         maxmem = boot  # virtio cannot grow a guest past its boot memory
+    uuid = None
+    try:
+        uuid = probe.uuid_of(await _try(client, "query-uuid"))
+    except probe.ProbeError as e:
+        # A label, not something to refuse the VM for: attached without a UUID, and said so.
+        log.warning("event=qemu_bad_answer address=%s command=query-uuid error=%r", address, str(e))
     return probe.VmDescription(
         vm_id=probe.vm_id_for(name, str(address)),
         device=device,
@@ -107,6 +113,7 @@ async def describe(client: QMPClient, address: QmpAddress) -> probe.VmDescriptio
         maxmem_bytes=maxmem,
         actual_bytes=actual,
         qemu_version=version,
+        uuid=uuid,
     )
 
 
@@ -155,6 +162,7 @@ class Session:
                 actual_bytes=d.actual_bytes,
                 qemu_version=d.qemu_version,
                 address=str(self.address),
+                uuid=d.uuid or "",
             )
         )
 

@@ -32,6 +32,9 @@ class SimulatedQemu:
     step_bytes: int = 256 << 20
     step_seconds: float = 0.05
     version: tuple[int, int, int] = (7, 2, 22)
+    #: What ``query-uuid`` answers (QEMU: the nil UUID unless started with -uuid); any value, so
+    #: tests can answer garbage.
+    uuid: Any = "00000000-0000-0000-0000-000000000000"
     actual: int = 0
     target: int = 0
     commands: list[str] = field(default_factory=list)
@@ -129,21 +132,23 @@ class SimulatedQemu:
     def _answer(self, command: str | None, args: dict[str, Any]) -> dict[str, Any]:
         self.commands.append(str(command))
         balloon = self.device != "none"
-        if command == "qmp_capabilities":
-            return {"return": {}}
-        if command == "query-name":
-            return {"return": {"name": self.name} if self.name else {}}
-        if command == "query-version":
-            major, minor, micro = self.version
-            return {"return": {"qemu": {"major": major, "minor": minor, "micro": micro}, "package": ""}}
+        major, minor, micro = self.version
+        fixed: dict[str, Any] = {
+            "qmp_capabilities": {},
+            "query-uuid": {"UUID": self.uuid},
+            "query-name": {"name": self.name} if self.name else {},
+            "query-version": {"qemu": {"major": major, "minor": minor, "micro": micro}, "package": ""},
+            "query-memory-size-summary": {"base-memory": self.boot_bytes, "plugged-memory": self.hot_add_bytes},
+            "qom-set": {},
+        }
+        if command in fixed:
+            return {"return": fixed[command]}
         if command == "qom-list":
             entries: list[dict[str, str]] = [{"name": "type", "type": "string"}]
             if args.get("path") == "/machine/peripheral" and balloon:
                 kind = "virtio-balloon-pci" if self.device == "virtio-balloon" else "hv-balloon"
                 entries.append({"name": "balloon0", "type": f"child<{kind}>"})
             return {"return": entries}
-        if command == "query-memory-size-summary":
-            return {"return": {"base-memory": self.boot_bytes, "plugged-memory": self.hot_add_bytes}}
         if command == "query-memory-devices":
             if self.device == "hv-balloon" and self.hot_add_bytes:
                 data = {"memdev": "/objects/mem1", "memaddr": 32 << 30, "max-size": self.hot_add_bytes, "id": "hvb"}
@@ -158,8 +163,6 @@ class SimulatedQemu:
             if not isinstance(value, int) or value <= 0:
                 return {"error": {"class": "GenericError", "desc": "Parameter 'target' expects a size"}}
             self.target = min(value, self.boot_bytes + self.hot_add_bytes)
-            return {"return": {}}
-        if command == "qom-set":
             return {"return": {}}
         if command == "qom-get" and args.get("property") == "guest-stats":
             stats = {"stat-available-memory": self.actual // 2, "stat-total-memory": self.actual - (16 << 20)}

@@ -24,18 +24,19 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from services.dm_engine.limits import (
+from ..dm_engine.limits import (
     MAX_MEMORY_BYTES,
     MAX_PAGE_NUMBER,
     MAX_RECORD_INT,
     VM_ID,
     BoundsError,
+    canonical_uuid,
     check_int,
     check_window,
     json_too_deep,
     valid_vm_id,
 )
-from services.vdimm_allocator.ram_layout import (
+from ..vdimm_allocator.ram_layout import (
     MACHINES,
     RamLayoutError,
     RamRanges,
@@ -46,7 +47,17 @@ from services.vdimm_allocator.ram_layout import (
 
 MAX_HELLO_BYTES = 4096
 #: Reason codes of refused hellos (the ``reason`` label of ``hvdm_gateway_hello_rejected_total``).
-HELLO_REASONS = ("not_json", "too_deep", "too_long", "timeout", "bad_shape", "bad_vm_id", "bad_number", "bad_value")
+HELLO_REASONS = (
+    "not_json",
+    "too_deep",
+    "too_long",
+    "timeout",
+    "bad_shape",
+    "bad_vm_id",
+    "bad_number",
+    "bad_value",
+    "bad_uuid",
+)
 
 
 class HelloError(ValueError):
@@ -70,6 +81,8 @@ class Hello:
     #: Explicit guest RAM in pages; overrides ``machine``.
     ram: RamRanges | None = None
     reset: Literal["vmbus", "system"] = "vmbus"
+    #: The VM's UUID (SMBIOS / libvirt ``<uuid>``), canonical and lower case; None when not given.
+    uuid: str | None = None
 
     def ram_ranges(self) -> RamRanges:
         """Guest RAM as page ranges: the explicit list, or the machine's split of ``boot_bytes``."""
@@ -96,6 +109,8 @@ class Hello:
             data["reset"] = self.reset
         if self.token is not None:
             data["token"] = self.token
+        if self.uuid is not None:
+            data["uuid"] = self.uuid
         return (json.dumps(data, separators=(",", ":")) + "\n").encode()
 
 
@@ -150,6 +165,12 @@ def parse_hello(line: bytes) -> Hello:  # noqa: C901 -- one check per hello fiel
     token = data.get("token")
     if token is not None and (not isinstance(token, str) or len(token) > 128):
         raise HelloError("token must be a string of at most 128 characters")
+    uuid = data.get("uuid")
+    if uuid is not None:
+        try:
+            uuid = canonical_uuid(uuid)
+        except ValueError as e:
+            raise HelloError(str(e), "bad_uuid") from None
     machine, ram, reset = _layout_and_reset(data, boot >> 12)
     ranges = ram or x86_ram_ranges(machine, boot >> 12)
     if hot_add_base_page is not None and hot_add_base_page < ram_end_page(ranges):
@@ -169,6 +190,7 @@ def parse_hello(line: bytes) -> Hello:  # noqa: C901 -- one check per hello fiel
         machine=machine,
         ram=ram,
         reset=reset,
+        uuid=uuid,
     )
 
 

@@ -186,6 +186,7 @@ def qemu_scenario() -> tuple[list[inp.Input], list[ev.Event], list[bytes]]:
             actual_bytes=GIB,
             qemu_version="10.0.13",
             address="/run/l2-qmp.sock",
+            uuid="6b29fc40-ca47-1067-b31d-00dd010662da",  # -> VmIdentified
             tick=1,
         ),
         inp.QemuStatusReport(available_bytes=GIB // 2, committed_bytes=GIB // 4, source="hv-balloon", tick=2),

@@ -59,8 +59,10 @@ def _states(tmp_path: Path) -> list[VmState]:
             actual_bytes=2 * GIB,
             qemu_version="9.2.0",
             address="/run/qemu/vm.qmp",
+            uuid="6b29fc40-ca47-1067-b31d-00dd010662da",
         ),
     )
+    assert qemu.uuid == "6b29fc40-ca47-1067-b31d-00dd010662da"
     process(qemu, inp.SetTarget(tick=2, target_bytes=GIB))
     process(qemu, inp.QemuTracePages(tick=3, op="ballooned", ranges=((4096, 512),)))
     out.append(qemu)

@@ -84,6 +84,7 @@ def test_nullable_and_signed_fields() -> None:
         "status_reports": True,
         "ram": [[0, 1 << 18]],
         "reset": "vmbus",
+        "uuid": "",
     }
     assert errors("ChannelOpened", "inbox", opened) == []
     assert errors("ChannelOpened", "inbox", {**opened, "reset": "warm"})
