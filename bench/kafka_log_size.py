@@ -240,6 +240,8 @@ class AuditTiming:
     alone: float
     pooled: float
     same: bool
+    #: The one-process audit's work timed the way ``idle_cores`` is (one share holding everything).
+    baseline: float
     #: The pool's work run one share at a time in this process: the slowest share's reading, the
     #: parent's joining of the shares, the slowest share's audit -- what idle cores would take.
     idle_cores: float
@@ -265,7 +267,15 @@ def audit_speedup(settings: KafkaSettings, jobs: int, tmp: str) -> AuditTiming:
     finally:
         split.close()
     pooled = time.perf_counter() - started
-    # The same work, share by share.
+    # The same work share by share, and (the baseline measured the same way) as one share.
+    baseline, _ = shares_alone(settings, 1, tmp)
+    idle, parts = shares_alone(settings, jobs, tmp)
+    return AuditTiming(jobs, alone, pooled, one == many, baseline, idle, parts)
+
+
+def shares_alone(settings: KafkaSettings, jobs: int, tmp: str) -> tuple[float, tuple[list[float], float, list[float]]]:
+    """The work of a ``jobs``-process audit run one share at a time in this process: (slowest
+    share's reading + joining the shares + slowest share's audit, (readings, joining, audits))."""
     partitions = settings.partitions
     shares = [list(range(partitions))[i::jobs] for i in range(min(jobs, partitions))]
     share_dir = tempfile.mkdtemp(dir=tmp)
@@ -300,7 +310,7 @@ def audit_speedup(settings: KafkaSettings, jobs: int, tmp: str) -> AuditTiming:
             audits.append(time.perf_counter() - started)
     finally:
         joined.close()
-    return AuditTiming(jobs, alone, pooled, one == many, max(reads) + serial + max(audits), (reads, serial, audits))
+    return max(reads) + serial + max(audits), (reads, serial, audits)
 
 
 def _partition(vm: str, partitions: int) -> int:
@@ -317,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--audit-vms", type=int, default=1000, help="VMs of the status log the audit is timed on")
     parser.add_argument("--quick", action="store_true", help="40 VMs x 20 ticks, status and mix only")
+    parser.add_argument("--audit-only", action="store_true", help="only the audit timing (no sizes)")
     parser.add_argument(
         "--workloads", nargs="+", choices=("status", "balloon", "mix"), default=["status", "balloon", "mix"]
     )
@@ -331,6 +342,8 @@ def main(argv: list[str] | None = None) -> int:
     embedded: dict[str, Size] = {}
     kafka: dict[tuple[str, str], KafkaSize] = {}
     chosen = variants()
+    if args.audit_only:
+        args.workloads = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.workloads:
             embedded[name] = measure(name, args.vms, args.ticks, tmp)
@@ -350,11 +363,13 @@ def main(argv: list[str] | None = None) -> int:
             sweep_vms = max(args.vms, 80 * args.partitions)
             sweep = {
                 (codec, k): inbox_sweep(broker, codec, k, sweep_vms, 3, args.partitions)
-                for codec in chosen
+                for codec in (chosen if args.workloads else [])
                 for k in SWEEP
             }
         finally:
             broker.stop()
+    if not args.workloads:
+        chosen = []
     print(
         f"\n{'workload':9} {'JSON lines':>10} {'embedded':>9} {'archived':>9}  "
         + " ".join(f"{c:>13}" for c in chosen)
@@ -382,11 +397,12 @@ def main(argv: list[str] | None = None) -> int:
         "zstd/compact), read + re-decided + compared, split by partition:"
     )
     for t in timed:
-        idle = t.alone / t.idle_cores
+        idle = t.baseline / t.idle_cores
         print(
             f"  --jobs {t.jobs}: {t.pooled:.2f} s against {t.alone:.2f} s in one process ({t.alone / t.pooled:.2f}x on "
             f"this shared {os.cpu_count()}-core machine); each share's work timed alone: {t.idle_cores:.2f} s on idle "
-            f"cores, {idle:.2f}x ({idle / t.jobs:.0%} efficiency); reports equal: {t.same}"
+            f"cores against {t.baseline:.2f} s as one share, {idle:.2f}x ({idle / t.jobs:.0%} efficiency; "
+            f"joining the shares {t.parts[1]:.2f} s); reports equal: {t.same}"
         )
     if "status" in args.workloads:
         best = min(chosen, key=lambda c: kafka[("status", c)].per_input())

@@ -52,8 +52,8 @@ before read as they are (``decode_inbox``, ``decode_events``):
   expand each event to exactly the canonical JSON the envelope would have held.
 
 Why: compression (``settings.compression``) removes most of the envelopes' repetition in full
-batches, but a batch of a few records keeps it; the compact forms cost a status report 49 + ~30
-bytes before compression instead of ~165 + ~240 (bench/kafka_log_size.py).
+batches, but a batch of a few records keeps it; the compact forms cost a status report 49 + ~40
+bytes before compression instead of ~165 + ~235 (bench/kafka_log_size.py).
 """
 
 from __future__ import annotations
