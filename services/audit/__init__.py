@@ -12,13 +12,13 @@
 * ``render``        -- plain-text output of both; ``html`` -- the self-contained HTML report
 """
 
-from services.audit.divergence import Divergence
-from services.audit.logfile import LogError, open_log, open_reader
-from services.audit.point_in_time import PointInTime, state_at
-from services.audit.reader import LogReader, SqliteReader
-from services.audit.render import audit_text, point_text
-from services.audit.replay import InboxReplay, ReplayError
-from services.audit.report import AuditReport, audit
+from .divergence import Divergence
+from .logfile import LogError, open_log, open_reader
+from .point_in_time import PointInTime, state_at
+from .reader import LogReader, SqliteReader
+from .render import audit_text, point_text
+from .replay import InboxReplay, ReplayError
+from .report import AuditReport, audit
 
 __all__ = [
     "AuditReport",

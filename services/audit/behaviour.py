@@ -23,11 +23,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from services.audit.transactions import GB
-from services.dm_engine import events as ev
-from services.dm_engine.machine import TxnKind
-from services.range_store import PageRangeSet
-from services.units import PAGE_SIZE
+from ..dm_engine import events as ev
+from ..dm_engine.machine import TxnKind
+from ..range_store import PageRangeSet
+from ..units import PAGE_SIZE
+from .transactions import GB
 
 #: A status-report interval longer than this many ticks (and seconds, below) is a gap.
 DEFAULT_GAP_TICKS: Final = 3

@@ -12,9 +12,9 @@ from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from services.audit.reader import StoredEventRow
-from services.dm_engine.events import Event
-from services.dm_engine.records import event_from_dict, event_json, loads, stored_event_json
+from ..dm_engine.events import Event
+from ..dm_engine.records import event_from_dict, event_json, loads, stored_event_json
+from .reader import StoredEventRow
 
 #: Divergence kinds, most specific first.
 RECORD_DIFFERS = "record_differs"  # same slot, different JSON

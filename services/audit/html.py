@@ -21,10 +21,10 @@ from collections.abc import Sequence
 from html import escape
 from typing import Any
 
-from services.audit import compacted
-from services.audit.render import size
-from services.audit.report import AuditReport
-from services.audit.wall_clock import iso, wall_of_ticks
+from . import compacted
+from .render import size
+from .report import AuditReport
+from .wall_clock import iso, wall_of_ticks
 
 #: Charts are drawn for this many VMs at most (about 60 ms each); the tables cover every VM.
 MAX_CHARTS = 300

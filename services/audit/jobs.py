@@ -18,14 +18,14 @@ from collections.abc import Collection, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from services.audit import compacted
-from services.audit.behaviour import DEFAULT_GAP_TICKS
-from services.audit.divergence import first_divergence
-from services.audit.logfile import LogError, engine_config
-from services.audit.reader import SqliteReader, StoredEventRow, StoredInboxRow
-from services.audit.report import AuditReport, VmReport, audit, position_of_tick
-from services.dm_engine.inputs import ALL_VMS
-from services.event_log import segments
+from ..dm_engine.inputs import ALL_VMS
+from ..event_log import segments
+from . import compacted
+from .behaviour import DEFAULT_GAP_TICKS
+from .divergence import first_divergence
+from .logfile import LogError, engine_config
+from .reader import SqliteReader, StoredEventRow, StoredInboxRow
+from .report import AuditReport, VmReport, audit, position_of_tick
 
 #: Below this many inbox records one process is faster than starting others.
 MIN_PARALLEL_RECORDS = 50_000
@@ -125,8 +125,6 @@ def audit_jobs(
         from_pos = position_of_tick(reader, from_tick, consumed)
     from_pos = max(0, min(from_pos, consumed))
     base = compacted.base_of(reader)
-    if base is not None:
-        from_pos = max(from_pos, min(base.cut.pos, consumed))
     parts = split(names, jobs)
     context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
     with ProcessPoolExecutor(max_workers=len(parts), mp_context=context) as pool:

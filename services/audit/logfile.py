@@ -13,9 +13,9 @@ from contextlib import closing
 from pathlib import Path
 from typing import Final
 
-from services.audit.reader import LogReader, SqliteReader, UnreadableLog, connect_read_only
-from services.dm_engine.config import EngineConfig
-from services.event_log.sqlite_log import SqliteLog
+from ..dm_engine.config import EngineConfig
+from ..event_log.sqlite_log import SqliteLog
+from .reader import LogReader, SqliteReader, UnreadableLog, connect_read_only
 
 #: Tables an audit reads; a file without them was not written by the engine.
 REQUIRED_TABLES: Final = frozenset({"meta", "inbox", "events", "outbox", "positions"})

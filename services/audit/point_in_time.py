@@ -14,15 +14,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from services.audit import compacted
-from services.audit.logfile import LogError, engine_config
-from services.audit.reader import LogReader
-from services.audit.replay import ReplayError, replay_inbox
-from services.audit.report import accounting, version_text
-from services.dm_engine.decider import initial_state
-from services.dm_engine.records import event_from_dict, loads
-from services.dm_engine.state import VmState
-from services.dm_engine.step import fold_recorded
+from ..dm_engine.decider import initial_state
+from ..dm_engine.records import event_from_dict, loads
+from ..dm_engine.state import VmState
+from ..dm_engine.step import fold_recorded
+from . import compacted
+from .logfile import LogError, engine_config
+from .reader import LogReader
+from .replay import ReplayError, replay_inbox
+from .report import accounting, version_text
 
 EVENTS_SOURCE = "events"
 INBOX_SOURCE = "inbox"

@@ -12,10 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.dm_engine import events as ev
-from services.dm_engine.qemu_vm import shadow_divergence
-from services.dm_engine.state import VmState
-from services.units import PAGE_SIZE
+from ..dm_engine import events as ev
+from ..dm_engine.qemu_vm import shadow_divergence
+from ..dm_engine.state import VmState
+from ..units import PAGE_SIZE
 
 
 @dataclass(slots=True)

@@ -26,11 +26,11 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import quote
 
-from services.dm_engine.inputs import ALL_VMS
-from services.dm_engine.records import loads, stored_event_json, stored_input_dict
-from services.event_log import segments
-from services.event_log.cut import CutBase, read_base
-from services.event_log.sqlite_log import EventRow, InboxRow
+from ..dm_engine.inputs import ALL_VMS
+from ..dm_engine.records import loads, stored_event_json, stored_input_dict
+from ..event_log import segments
+from ..event_log.cut import CutBase, read_base
+from ..event_log.sqlite_log import EventRow, InboxRow
 
 #: (vm, seq, inbox_pos, record) of an event row, ``record`` as stored: canonical JSON text, or a
 #: compact blob (``records.stored_event_json`` expands it, ``records.event_from_stored`` reads it).
@@ -296,8 +296,9 @@ def stored_inbox(log: LogReader, after: int = 0, until: int | None = None) -> It
 
 
 #: The Kafka deployment's audit reader, looked up by name so that the audit does not import the
-#: Kafka stack: ``services.kafka_engine.audit_reader.open_audit_reader(url) -> LogReader``.
-BROKER_READER = ("services.kafka_engine.audit_reader", "open_audit_reader")
+#: Kafka stack: ``kafka_engine.audit_partitions.open_partitioned_reader(url) -> LogReader`` (a reader
+#: whose ``audit_jobs`` splits the audit by partition).
+BROKER_READER = ("..kafka_engine.audit_partitions", "open_partitioned_reader")
 
 
 class BrokerReaderUnavailable(Exception):
@@ -309,7 +310,7 @@ def open_broker_reader(url: str, jobs: int = 1) -> LogReader:
     the topics in up to ``jobs`` processes (one per share of the partitions)."""
     module_name, attr = BROKER_READER
     try:
-        module = importlib.import_module(module_name)
+        module = importlib.import_module(module_name, __package__)
     except ImportError:
         raise BrokerReaderUnavailable(
             f"no Kafka log reader in this build ({module_name}.{attr} is missing); audit the embedded log with --db"

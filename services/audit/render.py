@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from services.audit import compacted
-from services.audit.point_in_time import PointInTime
-from services.audit.report import AuditReport
+from . import compacted
+from .point_in_time import PointInTime
+from .report import AuditReport
 
 _UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
 _RANGES_SHOWN = 16

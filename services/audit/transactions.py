@@ -16,9 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Final
 
-from services.dm_engine import events as ev
-from services.dm_engine.machine import TxnKind
-from services.units import PAGE_SIZE
+from ..dm_engine import events as ev
+from ..dm_engine.machine import TxnKind
+from ..units import PAGE_SIZE
 
 GB: Final = 10**9
 

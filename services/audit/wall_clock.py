@@ -20,7 +20,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from services.audit.logfile import LogError
+from .logfile import LogError
 
 
 class NoWallClock(LogError):

@@ -26,8 +26,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.cli.units import parse_size
-from services.dm_engine.limits import MAX_MEMORY_BYTES, MAX_RECORD_INT, MIN_RECORD_INT, valid_vm_id
+from ..dm_engine.limits import MAX_MEMORY_BYTES, MAX_RECORD_INT, MIN_RECORD_INT, valid_vm_id
+from .units import parse_size
 
 ArgError = argparse.ArgumentTypeError
 
@@ -125,7 +125,7 @@ class BrokerArg:
     """A broker URL ``kafka://HOST:PORT[?option=value...]``, checked as the Kafka settings parse it."""
 
     def __call__(self, text: str) -> str:
-        from services.kafka_engine.settings import KafkaSettings, SettingsError
+        from ..kafka_engine.settings import KafkaSettings, SettingsError
 
         try:
             KafkaSettings.from_url(text)

@@ -40,11 +40,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from services.audit import LogError, ReplayError, audit, audit_text, compacted, point_text, state_at
-from services.audit.jobs import audit_jobs, default_jobs
-from services.audit.logfile import open_reader
-from services.audit.reader import BrokerReaderUnavailable, LogReader, SqliteReader, open_broker_reader
-from services.audit.wall_clock import (
+from ..audit import LogError, ReplayError, audit, audit_text, compacted, point_text, state_at
+from ..audit.jobs import audit_jobs, default_jobs
+from ..audit.logfile import open_reader
+from ..audit.reader import BrokerReaderUnavailable, LogReader, SqliteReader, open_broker_reader
+from ..audit.wall_clock import (
     iso,
     parse_when,
     position_from,
@@ -53,7 +53,7 @@ from services.audit.wall_clock import (
     wall_of,
     wall_span,
 )
-from services.cli.arg_types import NON_NEGATIVE, OUTPUT_PATH, VM_ID, IntArg
+from .arg_types import NON_NEGATIVE, OUTPUT_PATH, VM_ID, IntArg
 
 #: ``--jobs``: processes, each a copy of the engine's state for its VMs.
 JOBS = IntArg(1, 256)
@@ -192,7 +192,7 @@ def _run_audit(args: argparse.Namespace) -> int:
                 gap_ticks=args.gap_ticks,
             )
         if args.html:
-            from services.audit.html import audit_html
+            from ..audit.html import audit_html
 
             Path(args.html).write_text(audit_html(report, log), encoding="utf-8")
         rebalancer = _rebalancer_section(args)
@@ -220,8 +220,8 @@ def _rebalancer_section(args: argparse.Namespace) -> dict[str, Any] | None:
     """On Kafka, the rebalancer's hosts, lease claims and migration recommendations (issue 15)."""
     if not getattr(args, "broker", None):
         return None
-    from services.kafka_engine.settings import KafkaSettings
-    from services.rebalancer.kafka_live import audit_section
+    from ..kafka_engine.settings import KafkaSettings
+    from ..rebalancer.kafka_live import audit_section
 
     return audit_section(KafkaSettings.from_url(args.broker))
 
@@ -229,7 +229,7 @@ def _rebalancer_section(args: argparse.Namespace) -> dict[str, Any] | None:
 def _rebalancer_text(section: dict[str, Any] | None) -> str:
     if section is None:
         return ""
-    from services.rebalancer.kafka_live import audit_section_text
+    from ..rebalancer.kafka_live import audit_section_text
 
     return audit_section_text(section)
 

@@ -3,7 +3,9 @@
 Benchmarks print ratios against a baseline measured in the same process, so their figures are
 comparable across machines; they are deliberately not part of the test suite. They are not part of
 the installed package either (``bench`` is too generic a top-level name to claim in site-packages):
-``hvdm bench`` runs them from a source checkout.
+``hvdm bench`` runs them from a source checkout: the checkout that holds this file (an editable
+install, or ``python -m services``) is put on ``sys.path`` so ``bench`` and the ``services`` name the
+benchmarks import resolve there.
 """
 
 from __future__ import annotations
@@ -11,10 +13,17 @@ from __future__ import annotations
 import argparse
 import importlib
 import pkgutil
+import sys
+from pathlib import Path
+
+#: The source checkout this module was loaded from, if it was (``services/cli/bench_cmd.py``).
+CHECKOUT = Path(__file__).resolve().parents[2]
 
 
 def available() -> list[str]:
     """Names of the benchmark modules in ``bench/`` (none when hvdm runs from an installed wheel)."""
+    if (CHECKOUT / "bench" / "__init__.py").is_file() and str(CHECKOUT) not in sys.path:
+        sys.path.append(str(CHECKOUT))
     try:
         import bench
     except ImportError:

@@ -14,7 +14,7 @@ import json
 import sys
 from typing import Any
 
-from services.cli.config_file import (
+from .config_file import (
     COMMAND_SECTIONS,
     ConfigError,
     add_config_argument,
@@ -26,7 +26,7 @@ from services.cli.config_file import (
 
 
 def _show(args: argparse.Namespace) -> int:
-    from services.cli.main import EXIT_USAGE, CliParser, build_parser, error_line
+    from .main import EXIT_USAGE, CliParser, build_parser, error_line
 
     inner = CliParser(prog="hvdm config show")
     add_config_argument(inner)
@@ -52,8 +52,7 @@ def _show(args: argparse.Namespace) -> int:
         ]
         parsed = parser.parse_args([command, *(shown.flags if shown.command else []), *placeholders])
         if getattr(parsed, "broker", None) is not None:
-            from services.cli.config_file import merge_broker
-
+            from .config_file import merge_broker
             from .kafka_args import with_compression
 
             parsed.broker = with_compression(

@@ -37,9 +37,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from services.cli.arg_types import FloatArg, IntArg, PortArg, SizeArg
-from services.dm_engine.config import BALLOON_REQUEST_MAX_PAGES, MAX_RANGES_PER_MESSAGE, EngineConfig
-from services.dm_protocol.framing import MAX_DM_PAYLOAD
+from ..dm_engine.config import BALLOON_REQUEST_MAX_PAGES, MAX_RANGES_PER_MESSAGE, EngineConfig
+from ..dm_protocol.framing import MAX_DM_PAYLOAD
+from .arg_types import FloatArg, IntArg, PortArg, SizeArg
 
 #: Commands whose flags the file may set (one section each).
 COMMAND_SECTIONS = ("run", "engine", "gateway", "ctl")
@@ -255,7 +255,7 @@ def _check_typed(where: str, value: Any, kind: Any) -> Any:
 
 
 def _check_kafka(path: str, values: Mapping[str, Any]) -> None:
-    from services.kafka_engine.settings import KafkaSettings, SettingsError
+    from ..kafka_engine.settings import KafkaSettings, SettingsError
 
     typed = {k: _typed(v, KAFKA_TYPES[k]) for k, v in values.items()}
     try:
@@ -344,7 +344,7 @@ def merge_broker(url: str | None, config: LoadedConfig, env: Mapping[str, str] |
     """The ``--broker`` URL (from the command line or a command's section) over the file's ``[kafka]``
     options: the URL's host list and options win, then ``HVDM_KAFKA_*`` in the environment, then the
     file. ``[kafka]`` alone never switches a command to Kafka; ``broker`` does."""
-    from services.kafka_engine.settings import ENV_PREFIX
+    from ..kafka_engine.settings import ENV_PREFIX
 
     kafka = config.kafka()
     if url is None or not kafka:
@@ -379,8 +379,8 @@ def effective(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict
 
 def extras_of(config: LoadedConfig) -> dict[str, dict[str, Any]]:
     """The sections no flag sets, with the defaults filled in."""
-    from services.kafka_engine.settings import KafkaSettings
-    from services.vmbus_gateway.server import GatewayLimits
+    from ..kafka_engine.settings import KafkaSettings
+    from ..vmbus_gateway.server import GatewayLimits
 
     engine = config.engine_config() or EngineConfig()
     values = config.section("gateway_limits")

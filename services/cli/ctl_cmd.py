@@ -29,11 +29,11 @@ from typing import Any
 
 from qemu.qmp import ConnectError, ExecuteError, QMPClient
 
-from services.cli.arg_types import SECONDS, VM_ID, IntArg
-from services.cli.config_file import add_config_argument
-from services.cli.main import CliParser
-from services.qmp import hmp
-from services.qmp.paths import default_qmp_dir, socket_path
+from ..qmp import hmp
+from ..qmp.paths import default_qmp_dir, socket_path
+from .arg_types import SECONDS, VM_ID, IntArg
+from .config_file import add_config_argument
+from .main import CliParser
 
 EXIT_QMP_ERROR = 1
 EXIT_USAGE = 2

@@ -9,18 +9,17 @@ import time
 from collections.abc import Callable
 from types import SimpleNamespace
 
-from services.cli.arg_types import BROKER, FloatArg, IntArg
-from services.cli.config_file import add_config_argument, config_of
-from services.cli.log_output import add_log_arguments
-from services.cli.main import EXIT_ERROR, error_line
-from services.cli.metrics_args import add_metrics_arguments, metrics_labels_of
-from services.embedded.runner import ARCHIVE_EVERY, EngineRunner
-from services.event_log.retry import Backoff
-from services.event_log.sqlite_log import LogWriteError, NotAnHvdmLog, SqliteLog, check_log_file
-from services.event_log.writer_lock import LogLockError, WriterLock
-from services.kafka_engine.worker_options import WorkerOptions
-
+from ..embedded.runner import ARCHIVE_EVERY, EngineRunner
+from ..event_log.retry import Backoff
+from ..event_log.sqlite_log import LogWriteError, NotAnHvdmLog, SqliteLog, check_log_file
+from ..event_log.writer_lock import LogLockError, WriterLock
+from ..kafka_engine.worker_options import WorkerOptions
+from .arg_types import BROKER, FloatArg, IntArg
+from .config_file import add_config_argument, config_of
 from .kafka_args import add_compression_flag
+from .log_output import add_log_arguments
+from .main import EXIT_ERROR, error_line
+from .metrics_args import add_metrics_arguments, metrics_labels_of
 
 
 def _run_sqlite(args: argparse.Namespace) -> int:
@@ -57,7 +56,7 @@ def _run_locked(args: argparse.Namespace) -> int:
         async def loop() -> None:
             served = None
             if args.metrics_port is not None:
-                from services.metrics import serve_for_service
+                from ..metrics import serve_for_service
 
                 served = serve_for_service(
                     SimpleNamespace(runner=runner, on_batch=on_batch),
@@ -97,7 +96,7 @@ def _run_locked(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     args.engine_config = config_of(args).engine_config()
     if args.broker:
-        from services.kafka_engine.worker_main import run_worker
+        from ..kafka_engine.worker_main import run_worker
 
         return run_worker(worker_options_of(args))
     return _run_sqlite(args)

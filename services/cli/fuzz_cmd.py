@@ -6,9 +6,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from services.cli.arg_types import SEED, FloatArg, IntArg
-from services.fuzz.engine_fuzz import fuzz
-from services.fuzz.grammar_fuzz import fuzz_grammars
+from ..fuzz.engine_fuzz import fuzz
+from ..fuzz.grammar_fuzz import fuzz_grammars
+from .arg_types import SEED, FloatArg, IntArg
 
 
 def _run(args: argparse.Namespace) -> int:

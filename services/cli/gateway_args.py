@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import argparse
 
-from services.cli.arg_types import FloatArg, IntArg
-from services.vmbus_gateway.auth import GatewayAuth, build_auth
-from services.vmbus_gateway.server import GatewayLimits
+from ..vmbus_gateway.auth import GatewayAuth, build_auth
+from ..vmbus_gateway.server import GatewayLimits
+from .arg_types import FloatArg, IntArg
 
 
 def add_gateway_arguments(p: argparse.ArgumentParser) -> None:
@@ -67,7 +67,7 @@ def gateway_limits(args: argparse.Namespace, *, status_interval_s: float = 1.0) 
     """The flags over the config file's ``[gateway_limits]`` over the defaults."""
     from dataclasses import replace
 
-    from services.cli.config_file import config_of
+    from .config_file import config_of
 
     base = replace(GatewayLimits(), **config_of(args).gateway_limits())
     return replace(

@@ -7,20 +7,19 @@ import asyncio
 import socket
 import sys
 
-from services.cli.arg_types import BROKER, HOST_PORT, VM_ID
-from services.cli.config_file import add_config_argument
-from services.cli.gateway_args import add_gateway_arguments, gateway_auth, gateway_limits
-from services.cli.log_output import add_log_arguments
-from services.cli.main import EXIT_USAGE, error_line
-from services.cli.metrics_args import add_metrics_arguments, metrics_labels_of
-from services.cli.units import size_arg
-
+from .arg_types import BROKER, HOST_PORT, VM_ID
+from .config_file import add_config_argument
+from .gateway_args import add_gateway_arguments, gateway_auth, gateway_limits
 from .kafka_args import add_compression_flag
+from .log_output import add_log_arguments
+from .main import EXIT_USAGE, error_line
+from .metrics_args import add_metrics_arguments, metrics_labels_of
+from .units import size_arg
 
 
 def _token(args: argparse.Namespace) -> int:
     """Print a VM's token, for the guest side's hello (``"token"``)."""
-    from services.vmbus_gateway.auth import AuthConfigError, read_secret, vm_token
+    from ..vmbus_gateway.auth import AuthConfigError, read_secret, vm_token
 
     path = args.secret_file or args.token_secret_file
     if not path:
@@ -35,10 +34,10 @@ def _token(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from services.kafka_engine.gateway import QemuOptions, serve
-    from services.kafka_engine.settings import KafkaSettings, SettingsError
-    from services.rebalancer.kafka_hosts import HostSpec, valid_host_name
-    from services.vmbus_gateway.auth import AuthConfigError
+    from ..kafka_engine.gateway import QemuOptions, serve
+    from ..kafka_engine.settings import KafkaSettings, SettingsError
+    from ..rebalancer.kafka_hosts import HostSpec, valid_host_name
+    from ..vmbus_gateway.auth import AuthConfigError
 
     if getattr(args, "gateway_command", None) == "token":
         return _token(args)
@@ -104,8 +103,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     p.add_argument("--host-capacity", type=size_arg, metavar="SIZE", help="RAM for VMs (default: RAM - reserve)")
     p.add_argument("--host-reserve", type=size_arg, default=2 << 30, metavar="SIZE", help="RAM kept for the host (2G)")
-    from services.cli.arg_types import FloatArg
-    from services.cli.run_cmd import _qemu_address
+    from .arg_types import FloatArg
+    from .run_cmd import _qemu_address
 
     p.add_argument(
         "--qemu", action="append", type=_qemu_address, metavar="SOCKET", help="attach a real QEMU VM's QMP monitor"

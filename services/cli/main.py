@@ -1,6 +1,6 @@
 """Entry point of the ``hvdm`` console script.
 
-Each sub-command lives in its own module under ``services.cli`` and exposes
+Each sub-command lives in its own module under ``hvdm.cli`` and exposes
 ``register(subparsers)``; the table below is the single place that wires them in, so a command's
 flags sit next to the code that runs it. Only the module of the command being run is imported
 (``hvdm decode`` need not load numpy, Faust or the QMP server); ``hvdm --help`` imports them all.
@@ -21,7 +21,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from services.cli.config_file import (
+from .config_file import (
     ConfigError,
     LoadedConfig,
     apply_to_parsers,
@@ -29,25 +29,25 @@ from services.cli.config_file import (
     load_config,
     merge_broker,
 )
-from services.cli.log_output import configure_logging
-
 from .kafka_args import with_compression
+from .log_output import configure_logging
 
-#: Command name -> the module that registers it, in the order they appear in ``hvdm --help``.
+#: Command name -> the module that registers it (relative to this package, so the command line works
+#: under the installed import name ``hvdm`` and the checkout's ``services``), in ``hvdm --help`` order.
 COMMANDS: dict[str, str] = {
-    "decode": "services.cli.wire_cmds",
-    "encode": "services.cli.wire_cmds",
-    "run": "services.cli.run_cmd",
-    "engine": "services.cli.engine_cmd",
-    "gateway": "services.cli.gateway_cmd",
-    "ctl": "services.cli.ctl_cmd",
-    "audit": "services.cli.audit_cmds",
-    "replay": "services.cli.audit_cmds",
-    "compact": "services.cli.compact_cmd",
-    "rebalance": "services.cli.rebalance_cmd",
-    "fuzz": "services.cli.fuzz_cmd",
-    "bench": "services.cli.bench_cmd",
-    "config": "services.cli.config_cmd",
+    "decode": ".wire_cmds",
+    "encode": ".wire_cmds",
+    "run": ".run_cmd",
+    "engine": ".engine_cmd",
+    "gateway": ".gateway_cmd",
+    "ctl": ".ctl_cmd",
+    "audit": ".audit_cmds",
+    "replay": ".audit_cmds",
+    "compact": ".compact_cmd",
+    "rebalance": ".rebalance_cmd",
+    "fuzz": ".fuzz_cmd",
+    "bench": ".bench_cmd",
+    "config": ".config_cmd",
 }
 
 #: Modules that contribute sub-commands (each once, in table order).
@@ -95,7 +95,7 @@ def build_parser(only: str | None = None, config: LoadedConfig | None = None) ->
     subparsers.required = True
     modules = (COMMANDS[only],) if only in COMMANDS else COMMAND_MODULES
     for name in modules:
-        importlib.import_module(name).register(subparsers)
+        importlib.import_module(name, __package__).register(subparsers)
     if config is not None:
         apply_to_parsers(config, subparsers.choices)
     return parser

@@ -13,8 +13,8 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from services.cli.arg_types import PORT
-from services.metrics.collector import LabelError, MetricsLabels, parse_vm_labels
+from ..metrics.collector import LabelError, MetricsLabels, parse_vm_labels
+from .arg_types import PORT
 
 
 def vm_labels_arg(text: str) -> tuple[str, ...]:

@@ -26,8 +26,8 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-from services.cli.arg_types import BROKER, OUTPUT_PATH, PORT, POSITIVE, SEED, FloatArg, IntArg, SizeArg
-from services.rebalancer.policies import LIVE_POLICIES, POLICIES, SIMULATION_ONLY, make_policy
+from ..rebalancer.policies import LIVE_POLICIES, POLICIES, SIMULATION_ONLY, make_policy
+from .arg_types import BROKER, OUTPUT_PATH, PORT, POSITIVE, SEED, FloatArg, IntArg, SizeArg
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -63,7 +63,7 @@ def _progress_printer(enabled: bool) -> Any:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from services.rebalancer.simulation import SimConfig, simulate
+    from ..rebalancer.simulation import SimConfig, simulate
 
     names = list(POLICIES) if args.policy == "all" else [args.policy]
     params = _params(args.param)
@@ -87,7 +87,7 @@ def _simulate(args: argparse.Namespace) -> int:
     if args.report:
         Path(args.report).write_text(json.dumps(doc, indent=2) + "\n")
     if args.plot:
-        from services.rebalancer.plot import write_plot
+        from ..rebalancer.plot import write_plot
 
         try:
             write_plot(args.plot, result.series(), doc["fleet"])
@@ -143,9 +143,9 @@ def _pressure_vs_oracle(p: dict[str, Any]) -> str:
 def _live(args: argparse.Namespace) -> int:
     import sqlite3
 
-    from services.audit.logfile import LogError, open_log
-    from services.rebalancer.live import LiveRebalancer, TargetWritten
-    from services.rebalancer.projection import LiveLimits
+    from ..audit.logfile import LogError, open_log
+    from ..rebalancer.live import LiveRebalancer, TargetWritten
+    from ..rebalancer.projection import LiveLimits
 
     if args.policy == "all":
         return _fail("live mode runs one policy; --policy all is for --simulate")
@@ -191,9 +191,9 @@ def _broker(args: argparse.Namespace) -> int:
     """``--broker``: standby until this instance holds the lease, then decide for every host."""
     from kafka.errors import KafkaError
 
-    from services.kafka_engine.settings import KafkaSettings, SettingsError
-    from services.rebalancer.kafka_live import KafkaRebalancer, Round
-    from services.rebalancer.projection import LiveLimits
+    from ..kafka_engine.settings import KafkaSettings, SettingsError
+    from ..rebalancer.kafka_live import KafkaRebalancer, Round
+    from ..rebalancer.projection import LiveLimits
 
     if args.policy == "all":
         return _fail("live mode runs one policy; --policy all is for --simulate")
@@ -212,7 +212,7 @@ def _broker(args: argparse.Namespace) -> int:
     except (KafkaError, OSError, TimeoutError) as exc:
         return _fail(f"broker {settings.bootstrap}: {exc}")
     if args.metrics_port is not None:
-        from services.rebalancer.rebalancer_metrics import serve_rebalancer_metrics
+        from ..rebalancer.rebalancer_metrics import serve_rebalancer_metrics
 
         metrics = serve_rebalancer_metrics(loop, args.metrics_host, args.metrics_port)
         print(f"hvdm rebalance: metrics on {metrics.url}", file=sys.stderr, flush=True)

@@ -5,21 +5,20 @@ from __future__ import annotations
 import argparse
 import sys
 
-from services.cli.arg_types import BROKER, HOST_PORT, SEED, FloatArg, IntArg, SizeArg
-from services.cli.config_file import add_config_argument, config_of
-from services.cli.gateway_args import add_gateway_arguments, gateway_auth, gateway_limits
-from services.cli.log_output import add_log_arguments
-from services.cli.main import EXIT_ERROR, EXIT_USAGE, error_line
-from services.cli.metrics_args import add_metrics_arguments, metrics_labels_of
-from services.embedded.run import RunConfig, main_run
-from services.event_log.sqlite_log import NotAnHvdmLog
-from services.event_log.writer_lock import LogLockError
-from services.guest_sim.profiles import PROFILES
-from services.guest_sim.workload import WORKLOADS
-from services.qmp.paths import default_qmp_dir
-from services.socket_files import SocketPathInUse
-
+from ..embedded.run import RunConfig, main_run
+from ..event_log.sqlite_log import NotAnHvdmLog
+from ..event_log.writer_lock import LogLockError
+from ..guest_sim.profiles import PROFILES
+from ..guest_sim.workload import WORKLOADS
+from ..qmp.paths import default_qmp_dir
+from ..socket_files import SocketPathInUse
+from .arg_types import BROKER, HOST_PORT, SEED, FloatArg, IntArg, SizeArg
+from .config_file import add_config_argument, config_of
+from .gateway_args import add_gateway_arguments, gateway_auth, gateway_limits
 from .kafka_args import add_compression_flag
+from .log_output import add_log_arguments
+from .main import EXIT_ERROR, EXIT_USAGE, error_line
+from .metrics_args import add_metrics_arguments, metrics_labels_of
 
 #: Simulated guests' RAM: what ``GuestConfig`` accepts (2 MiB granules), up to what hvdm can address.
 GUEST_MEMORY = SizeArg(2 << 20, 1 << 50, align=2 << 20)
@@ -27,7 +26,7 @@ GUEST_MEMORY = SizeArg(2 << 20, 1 << 50, align=2 << 20)
 
 def _qemu_address(text: str) -> str:
     """``argparse`` type for ``--qemu``: a UNIX socket path or ``tcp:HOST:PORT``."""
-    from services.qemu_agent.address import parse_address
+    from ..qemu_agent.address import parse_address
 
     try:
         parse_address(text)
@@ -44,7 +43,7 @@ def _run(args: argparse.Namespace) -> int:
     if speed is None:
         # The demo story spans minutes of guest time (45 s status delay, 50 s post-init wait).
         speed = 25.0 if args.scenario == "demo" else 1.0
-    from services.vmbus_gateway.auth import AuthConfigError
+    from ..vmbus_gateway.auth import AuthConfigError
 
     try:
         auth = gateway_auth(args)
@@ -83,7 +82,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         if cfg.broker:
             # The Kafka deployment (gateway + engine workers + guests on the topics).
-            from services.kafka_engine.run import run_on_broker
+            from ..kafka_engine.run import run_on_broker
 
             return main_run(cfg, run_on_broker)
         return main_run(cfg)

@@ -22,8 +22,7 @@ import re
 import sys
 from typing import Final
 
-from services.cli.arg_types import IntArg
-from services.dm_protocol import (
+from ..dm_protocol import (
     DecodeError,
     DecodeReason,
     EncodeError,
@@ -36,6 +35,7 @@ from services.dm_protocol import (
     from_json_dict,
     to_json_dict,
 )
+from .arg_types import IntArg
 
 #: Separators people put in hex dumps (spaces, newlines, colons, the spec's ``|``); all ignored.
 _HEX_SEPARATORS: Final = re.compile(r"[\s:|]+")

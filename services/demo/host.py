@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Protocol
 
-from services.dm_engine.inputs import Input
-from services.dm_engine.state import VmState
+from ..dm_engine.inputs import Input
+from ..dm_engine.state import VmState
 
 
 class DemoHost(Protocol):

@@ -13,12 +13,12 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TextIO
 
-from services.demo.host import DemoHost
-from services.demo.scenario import DemoScript, advance_demo
-from services.dm_engine.state import ProtocolState, VmState
-from services.metrics.collector import demand_pages
-from services.units import MIB
-from services.vmbus_gateway.client import GuestLink
+from ..dm_engine.state import ProtocolState, VmState
+from ..metrics.collector import demand_pages
+from ..units import MIB
+from ..vmbus_gateway.client import GuestLink
+from .host import DemoHost
+from .scenario import DemoScript, advance_demo
 
 #: Re-reads the host's states (the Kafka deployment's projection); None where they are live.
 Refresh = Callable[[], Awaitable[None]]

@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from services.demo.host import DemoHost
-from services.dm_engine.inputs import AddBackend, PlugBackend, SetTarget, SystemReset
-from services.dm_engine.state import ProtocolState, VmState
+from ..dm_engine.inputs import AddBackend, PlugBackend, SetTarget, SystemReset
+from ..dm_engine.state import ProtocolState, VmState
+from .host import DemoHost
 
 
 @dataclass(slots=True)

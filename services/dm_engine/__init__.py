@@ -5,13 +5,13 @@ into the state, ``advance`` is the IDLE handler that starts the next transaction
 chains them the way the runners do. Nothing in this package performs I/O.
 """
 
-from services.dm_engine.config import EngineConfig
-from services.dm_engine.decider import advance, decide, evolve, initial_state, process
-from services.dm_engine.events import Event, ViolationReason
-from services.dm_engine.inputs import Input
-from services.dm_engine.invariants import check_invariants
-from services.dm_engine.outbox import outbox_messages
-from services.dm_engine.state import ProtocolState, VmState
+from .config import EngineConfig
+from .decider import advance, decide, evolve, initial_state, process
+from .events import Event, ViolationReason
+from .inputs import Input
+from .invariants import check_invariants
+from .outbox import outbox_messages
+from .state import ProtocolState, VmState
 
 __all__ = [
     "EngineConfig",

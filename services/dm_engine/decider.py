@@ -14,16 +14,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from services.dm_engine import events as ev
-from services.dm_engine import inputs as inp
-from services.dm_engine import qemu_vm
-from services.dm_engine.config import EngineConfig
-from services.dm_engine.decisions import DEFAULT_CONFIG, decide, decide_steps, retention, status_report
-from services.dm_engine.fold import evolve
-from services.dm_engine.idle import advance
-from services.dm_engine.machine import ProtocolState, check_step
-from services.dm_engine.state import VmState
-from services.units import PAGE_SHIFT, PAGE_SIZE
+from ..units import PAGE_SHIFT, PAGE_SIZE
+from . import events as ev
+from . import inputs as inp
+from . import qemu_vm
+from .config import EngineConfig
+from .decisions import DEFAULT_CONFIG, decide, decide_steps, retention, status_report
+from .fold import evolve
+from .idle import advance
+from .machine import ProtocolState, check_step
+from .state import VmState
 
 __all__ = [
     "PAGE_SHIFT",

@@ -16,13 +16,7 @@ import struct
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from services.dm_engine import events as ev
-from services.dm_engine import inputs as inp
-from services.dm_engine import qemu_vm
-from services.dm_engine.config import EngineConfig
-from services.dm_engine.machine import NEGOTIATED_STATES, TRANSITIONS, ProtocolState, TxnKind
-from services.dm_engine.state import VmState, hot_added_part
-from services.dm_protocol import (
+from ..dm_protocol import (
     BalloonResponse,
     CapabilitiesReport,
     DecodeError,
@@ -35,16 +29,22 @@ from services.dm_protocol import (
     VersionRequest,
     decode,
 )
-from services.range_store import PageRangeSet, coalesce
-from services.units import PAGE_SHIFT, PAGE_SIZE
-from services.vdimm_allocator import AllocationError, plug, release_all
-from services.vdimm_allocator.ram_layout import (
+from ..range_store import PageRangeSet, RangeBatch, coalesce
+from ..units import PAGE_SHIFT, PAGE_SIZE
+from ..vdimm_allocator import AllocationError, plug, release_all
+from ..vdimm_allocator.ram_layout import (
     RamLayoutError,
     check_ram_ranges,
     hot_add_window_start_page,
     legacy_ram_ranges,
     ram_end_page,
 )
+from . import events as ev
+from . import inputs as inp
+from . import qemu_vm
+from .config import EngineConfig
+from .machine import NEGOTIATED_STATES, TRANSITIONS, ProtocolState, TxnKind
+from .state import VmState, hot_added_part
 
 #: QEMU places the hot-add window at a 32 GiB boundary, the largest alignment a guest can ask for.
 WINDOW_ALIGN_PAGES = (32 << 30) >> PAGE_SHIFT
@@ -573,6 +573,11 @@ def _all_inside(universe: PageRangeSet, merged: list[tuple[int, int]]) -> bool:
     return True
 
 
+#: Balloon answers with at least this many ranges are first checked as one ``RangeBatch``: below it
+#: numpy's fixed cost (tens of microseconds) outweighs the Python loops it replaces.
+_BATCH_CHECK_MIN = 32
+
+
 def _classify_returned(
     state: VmState, msg: Any, tick: int, universe: PageRangeSet
 ) -> tuple[list[ev.Event], list[tuple[int, int]], int]:
@@ -582,6 +587,12 @@ def _classify_returned(
     ``universe`` and are not ballooned yet. Everything else is reported with its exact ranges.
     """
     ranges = msg.ranges
+    if len(ranges) >= _BATCH_CHECK_MIN:
+        # A long answer (up to 510 ranges) from an honest guest: every check below at once, in
+        # numpy (``RangeBatch``); the same outcome as the general path, which any doubt falls to.
+        batch = RangeBatch(ranges)
+        if not batch.empty and not batch.repeats and universe.covers(batch) and state.ballooned.isdisjoint(batch):
+            return [], batch.to_list(), batch.pages
     out: list[ev.Event] = []
     empty = sum(1 for r in ranges if r[1] == 0)
     if empty:

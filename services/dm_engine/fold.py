@@ -12,13 +12,13 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from services.dm_engine import events as ev
-from services.dm_engine import qemu_vm
-from services.dm_engine.machine import ProtocolState, TxnKind, next_state
-from services.dm_engine.state import Capabilities, GuestStatus, Transaction, VmState
-from services.range_store import PageRangeSet
-from services.vdimm_allocator import new_layout, plug, record_hot_add, record_hot_remove, release_all, unplug
-from services.vdimm_allocator.ram_layout import legacy_ram_ranges
+from ..range_store import PageRangeSet
+from ..vdimm_allocator import new_layout, plug, record_hot_add, record_hot_remove, release_all, unplug
+from ..vdimm_allocator.ram_layout import legacy_ram_ranges
+from . import events as ev
+from . import qemu_vm
+from .machine import ProtocolState, TxnKind, next_state
+from .state import Capabilities, GuestStatus, Transaction, VmState
 
 
 def evolve(state: VmState, event: ev.Event) -> VmState:

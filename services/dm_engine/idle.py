@@ -5,11 +5,11 @@ shrink). One call is one step of the state machine: it starts at most one transa
 
 from __future__ import annotations
 
-from services.dm_engine import events as ev
-from services.dm_engine.config import MAX_RANGE_PAGES, EngineConfig
-from services.dm_engine.machine import ProtocolState
-from services.dm_engine.state import VmState, hot_added_part
-from services.vdimm_allocator import plan_chunk
+from ..vdimm_allocator import plan_chunk
+from . import events as ev
+from .config import MAX_RANGE_PAGES, EngineConfig
+from .machine import ProtocolState
+from .state import VmState, hot_added_part
 
 DEFAULT_CONFIG = EngineConfig()
 

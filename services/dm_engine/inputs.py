@@ -12,7 +12,7 @@ import typing
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-from services.dm_engine.events import PageRanges
+from .events import PageRanges
 
 #: The inbox key of a record for every VM (the clock's ticks): each VM the engine knows gets it.
 ALL_VMS = "*"

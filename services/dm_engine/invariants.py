@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from services.dm_engine.machine import WAITING
-from services.dm_engine.state import VmState
+from .machine import WAITING
+from .state import VmState
 
 
 def check_invariants(state: VmState) -> list[str]:

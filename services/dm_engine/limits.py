@@ -28,9 +28,9 @@ import math
 import re
 from typing import Final
 
-from services.dm_protocol.messages import PAGE_COUNT_LIMIT, START_PAGE_LIMIT
-from services.units import PAGE_SHIFT, PAGE_SIZE
-from services.vdimm_allocator.ram_layout import RamRanges, hot_add_window_start_page, legacy_ram_ranges
+from ..dm_protocol.messages import PAGE_COUNT_LIMIT, START_PAGE_LIMIT
+from ..units import PAGE_SHIFT, PAGE_SIZE
+from ..vdimm_allocator.ram_layout import RamRanges, hot_add_window_start_page, legacy_ram_ranges
 
 #: Exclusive bound of a guest page number (a DM range's 40-bit start page).
 PAGE_LIMIT: Final = START_PAGE_LIMIT

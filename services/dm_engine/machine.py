@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Final
 
-from services.dm_engine import events as ev
-from services.dm_engine.config import EngineConfig
+from . import events as ev
+from .config import EngineConfig
 
 
 class ProtocolState(enum.StrEnum):

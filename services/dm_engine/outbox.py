@@ -7,8 +7,7 @@ events that caused them.
 
 from __future__ import annotations
 
-from services.dm_engine import events as ev
-from services.dm_protocol import (
+from ..dm_protocol import (
     BalloonRequest,
     CapabilitiesResponse,
     HotAddRequest,
@@ -17,6 +16,7 @@ from services.dm_protocol import (
     UnballoonRequest,
     VersionResponse,
 )
+from . import events as ev
 
 #: The event types ``outbox_messages`` answers with a message; every other event sends nothing.
 SENDS: frozenset[type[ev.Event]] = frozenset(

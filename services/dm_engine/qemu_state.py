@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.range_store import PageRangeSet
+from ..range_store import PageRangeSet
 
 
 @dataclass(slots=True)

@@ -21,13 +21,13 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from services.dm_engine import events as ev
-from services.dm_engine import inputs as inp
-from services.dm_engine.config import EngineConfig
-from services.dm_engine.qemu_state import QemuVm
-from services.dm_engine.state import VmState
-from services.range_store import coalesce
-from services.units import PAGE_SHIFT
+from ..range_store import coalesce
+from ..units import PAGE_SHIFT
+from . import events as ev
+from . import inputs as inp
+from .config import EngineConfig
+from .qemu_state import QemuVm
+from .state import VmState
 
 #: Sizes above 2^52 bytes (4 PiB) are no machine's memory: a number beyond it is a broken report.
 MAX_BYTES = 1 << 52

@@ -12,10 +12,10 @@ import typing
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
-from services.dm_engine.machine import NEGOTIATED_STATES, ProtocolState, TxnKind
-from services.dm_engine.qemu_state import QemuVm
-from services.range_store import PageRangeSet
-from services.vdimm_allocator import VdimmLayout, new_layout
+from ..range_store import PageRangeSet
+from ..vdimm_allocator import VdimmLayout, new_layout
+from .machine import NEGOTIATED_STATES, ProtocolState, TxnKind
+from .qemu_state import QemuVm
 
 __all__ = [
     "NEGOTIATED_STATES",

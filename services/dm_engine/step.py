@@ -29,17 +29,17 @@ from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from services.dm_engine import events as ev
-from services.dm_engine import inputs as inp
-from services.dm_engine.config import EngineConfig
-from services.dm_engine.decider import evolve, initial_state, process
-from services.dm_engine.inputs import ALL_VMS
-from services.dm_engine.limits import MAX_RECORD_INT, MIN_RECORD_INT
-from services.dm_engine.outbox import SENDS, outbox_messages
-from services.dm_engine.qemu_vm import qemu_outbox_records
-from services.dm_engine.records import event_json, input_from_dict, stored_input_dict
-from services.dm_engine.state import VmState
-from services.dm_protocol import encode
+from ..dm_protocol import encode
+from . import events as ev
+from . import inputs as inp
+from .config import EngineConfig
+from .decider import evolve, initial_state, process
+from .inputs import ALL_VMS
+from .limits import MAX_RECORD_INT, MIN_RECORD_INT
+from .outbox import SENDS, outbox_messages
+from .qemu_vm import qemu_outbox_records
+from .records import event_json, input_from_dict, stored_input_dict
+from .state import VmState
 
 #: An exception message is kept up to this many characters (an input may carry megabytes).
 MAX_ERROR_CHARS = 400

@@ -11,8 +11,8 @@ One job per module:
 Everything public is re-exported here; import from ``services.dm_protocol``.
 """
 
-from services.dm_protocol.codec import HEADER_SIZE, MAX_MESSAGE_SIZE, decode, encode
-from services.dm_protocol.framing import (
+from .codec import HEADER_SIZE, MAX_MESSAGE_SIZE, decode, encode
+from .framing import (
     DESCRIPTOR_SIZE,
     MAX_DM_PAYLOAD,
     TRAILER_SIZE,
@@ -24,8 +24,8 @@ from services.dm_protocol.framing import (
     dm_trans_id,
     frame,
 )
-from services.dm_protocol.json_form import from_json_dict, to_json_dict
-from services.dm_protocol.messages import (
+from .json_form import from_json_dict, to_json_dict
+from .messages import (
     MESSAGE_CLASSES,
     PAGE_COUNT_LIMIT,
     START_PAGE_LIMIT,
@@ -49,7 +49,7 @@ from services.dm_protocol.messages import (
     VersionRequest,
     VersionResponse,
 )
-from services.dm_protocol.reasons import DecodeError, DecodeReason, EncodeError
+from .reasons import DecodeError, DecodeReason, EncodeError
 
 __all__ = [
     "DESCRIPTOR_SIZE",

@@ -41,7 +41,7 @@ import struct
 from collections.abc import Callable
 from typing import Any, Final
 
-from services.dm_protocol.messages import (
+from .messages import (
     INT_LIMITS,
     PAGE_COUNT_LIMIT,
     START_PAGE_LIMIT,
@@ -66,7 +66,7 @@ from services.dm_protocol.messages import (
     VersionRequest,
     VersionResponse,
 )
-from services.dm_protocol.reasons import DecodeError, DecodeReason, EncodeError
+from .reasons import DecodeError, DecodeReason, EncodeError
 
 Buffer = bytes | bytearray | memoryview
 

@@ -20,7 +20,7 @@ import struct
 from dataclasses import dataclass
 from typing import Final, NoReturn
 
-from services.dm_protocol.reasons import DecodeError, DecodeReason, EncodeError
+from .reasons import DecodeError, DecodeReason, EncodeError
 
 VM_PKT_DATA_INBAND: Final = 6
 DESCRIPTOR_SIZE: Final = 16

@@ -18,7 +18,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any, Final
 
-from services.dm_protocol.messages import (
+from .messages import (
     INT_LIMITS,
     MESSAGE_CLASSES,
     PAGE_COUNT_LIMIT,
@@ -29,7 +29,7 @@ from services.dm_protocol.messages import (
     MessageType,
     PageRange,
 )
-from services.dm_protocol.reasons import DecodeError, DecodeReason, EncodeError
+from .reasons import DecodeError, DecodeReason, EncodeError
 
 _INVALID: Final = DecodeReason.INVALID_JSON_FIELD
 

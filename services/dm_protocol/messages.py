@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final, Union
 
-from services.dm_protocol.reasons import DecodeReason
+from .reasons import DecodeReason
 
 #: A page range as (start_page, page_count), pages of 4 KiB.
 PageRange = tuple[int, int]

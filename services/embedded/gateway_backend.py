@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from services.dm_engine.inputs import Input
-from services.dm_engine.step import Processed
-from services.embedded.service import EmbeddedService
-from services.event_log.sqlite_log import OutboxRow
+from ..dm_engine.inputs import Input
+from ..dm_engine.step import Processed
+from ..event_log.sqlite_log import OutboxRow
+from .service import EmbeddedService
 
 
 class EmbeddedBackend:

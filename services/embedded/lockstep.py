@@ -11,11 +11,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from services.dm_engine.config import EngineConfig
-from services.dm_engine.inputs import ALL_VMS, ChannelClosed, ChannelOpened, GuestMessage, Input, Tick
-from services.dm_engine.records import to_dict
-from services.embedded.runner import EngineRunner
-from services.event_log.sqlite_log import SqliteLog
+from ..dm_engine.config import EngineConfig
+from ..dm_engine.inputs import ALL_VMS, ChannelClosed, ChannelOpened, GuestMessage, Input, Tick
+from ..dm_engine.records import to_dict
+from ..event_log.sqlite_log import SqliteLog
+from .runner import EngineRunner
 
 
 class GuestModel(Protocol):

@@ -13,7 +13,7 @@ import os
 import time
 from pathlib import Path
 
-from services.event_log.sqlite_log import SqliteLog, check_log_file
+from ..event_log.sqlite_log import SqliteLog, check_log_file
 
 #: SQLite's companion files of a WAL database; they travel with the main file.
 _COMPANIONS = ("-wal", "-shm")

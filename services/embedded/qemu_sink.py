@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from services.dm_engine.inputs import Input
-from services.embedded.service import EmbeddedService
-from services.qemu_agent.agent import QemuAgent
+from ..dm_engine.inputs import Input
+from ..qemu_agent.agent import QemuAgent
+from .service import EmbeddedService
 
 
 class EmbeddedSink:

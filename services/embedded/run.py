@@ -24,27 +24,26 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TextIO
 
-from services.demo.host import DemoHost
-from services.demo.loop import Refresh, rebooter, run_scripts, vm_lines, vm_summary
-from services.demo.scenario import DemoScript
-from services.dm_engine.config import EngineConfig
-from services.embedded.gateway_backend import EmbeddedBackend
-from services.embedded.log_file import describe_log, move_aside
-from services.embedded.qemu_sink import attach_to_service
-from services.embedded.service import EmbeddedService
-from services.embedded.stop_signals import StopSignals
-from services.event_log.sqlite_log import check_log_file
-from services.event_log.writer_lock import WriterLock
-from services.metrics import MetricsLabels, ServedMetrics, serve_for_service
-from services.qemu_agent import QemuAgent
-from services.qmp import QmpServers, start_qmp_servers
-from services.socket_files import SocketPathInUse, remove_stale_socket
-from services.vmbus_gateway.auth import AuthConfigError, GatewayAuth, vm_token
-from services.vmbus_gateway.client import GuestLink
-from services.vmbus_gateway.hello import Hello
-from services.vmbus_gateway.server import GatewayLimits, GatewayServer
-
+from ..demo.host import DemoHost
+from ..demo.loop import Refresh, rebooter, run_scripts, vm_lines, vm_summary
+from ..demo.scenario import DemoScript
+from ..dm_engine.config import EngineConfig
+from ..event_log.sqlite_log import check_log_file
+from ..event_log.writer_lock import WriterLock
+from ..metrics import MetricsLabels, ServedMetrics, serve_for_service
+from ..qemu_agent import QemuAgent
+from ..qmp import QmpServers, start_qmp_servers
+from ..socket_files import SocketPathInUse, remove_stale_socket
 from ..systemd_notify import Notifier
+from ..vmbus_gateway.auth import AuthConfigError, GatewayAuth, vm_token
+from ..vmbus_gateway.client import GuestLink
+from ..vmbus_gateway.hello import Hello
+from ..vmbus_gateway.server import GatewayLimits, GatewayServer
+from .gateway_backend import EmbeddedBackend
+from .log_file import describe_log, move_aside
+from .qemu_sink import attach_to_service
+from .service import EmbeddedService
+from .stop_signals import StopSignals
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +128,7 @@ async def connect_sim_guests(
     """
     if not cfg.guests:
         return
-    from services.guest_sim import GuestConfig, SimulatedGuest
+    from ..guest_sim import GuestConfig, SimulatedGuest
 
     for i in range(cfg.guests):
         vm = f"vm{i + 1}"
@@ -308,14 +307,15 @@ def start_fresh(cfg: RunConfig, out: TextIO = sys.stdout) -> None:
         print(f"hvdm: --fresh: moved the old log {cfg.db} to {moved}", file=out, flush=True)
 
 
-def main_run(cfg: RunConfig, serve: Callable[[RunConfig], Coroutine[Any, Any, int]] | None = None) -> int:
+def main_run(cfg: RunConfig, serve: Callable[..., Coroutine[Any, Any, int]] | None = None) -> int:
     """Run ``hvdm run``: the embedded service, or ``serve`` (the CLI passes the Kafka deployment's
-    ``run_on_broker`` for ``--broker``, so this package never imports the other deployment)."""
+    ``run_on_broker`` for ``--broker``, so this package never imports the other deployment), called
+    as ``serve(cfg, notifier=...)`` with systemd's ``Notifier``."""
     # Read (and removed from the environment) before anything starts a child process.
     notifier = Notifier.from_environ()
     try:
         if serve is not None:
-            return asyncio.run(serve(cfg))
+            return asyncio.run(serve(cfg, notifier=notifier))
         # A foreign file is refused before anything (the lock file) is created next to it.
         check_log_file(cfg.db)
         # Held from before --fresh moves the old log until the summary is printed (issue 9 §4).

@@ -13,12 +13,12 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from services.dm_engine.config import EngineConfig
-from services.dm_engine.decider import initial_state
-from services.dm_engine.records import event_from_dict, loads, stored_event, stored_event_json
-from services.dm_engine.state import VmState
-from services.dm_engine.step import Processed, fold_recorded, forgets, read_stored, step
-from services.event_log.sqlite_log import SqliteLog, StepWrite
+from ..dm_engine.config import EngineConfig
+from ..dm_engine.decider import initial_state
+from ..dm_engine.records import event_from_dict, loads, stored_event, stored_event_json
+from ..dm_engine.state import VmState
+from ..dm_engine.step import Processed, fold_recorded, forgets, read_stored, step
+from ..event_log.sqlite_log import SqliteLog, StepWrite
 
 __all__ = ["EngineRunner", "Processed", "ProcessedListener"]
 

@@ -24,14 +24,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from services.dm_engine.config import EngineConfig
-from services.dm_engine.inputs import ALL_VMS, ChannelClosed, Input, Tick
-from services.dm_engine.records import to_dict
-from services.dm_engine.state import ProtocolState, VmState
-from services.embedded.clock import TickClock
-from services.embedded.runner import EngineRunner, Processed
-from services.event_log.retry import Backoff, retry_write
-from services.event_log.sqlite_log import LogWriteError, SqliteLog
+from ..dm_engine.config import EngineConfig
+from ..dm_engine.inputs import ALL_VMS, ChannelClosed, Input, Tick
+from ..dm_engine.records import to_dict
+from ..dm_engine.state import ProtocolState, VmState
+from ..event_log.retry import Backoff, retry_write
+from ..event_log.sqlite_log import LogWriteError, SqliteLog
+from .clock import TickClock
+from .runner import EngineRunner, Processed
 
 log = logging.getLogger("hvdm.service")
 

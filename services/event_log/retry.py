@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from services.event_log.sqlite_log import LogWriteError
+from .sqlite_log import LogWriteError
 
 log = logging.getLogger("hvdm.log")
 

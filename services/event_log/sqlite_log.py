@@ -34,10 +34,10 @@ from urllib.parse import quote
 
 import orjson
 
-from services.dm_engine.inputs import ALL_VMS
-from services.dm_engine.records import LOG_FORMAT, stored_event_json, stored_input, stored_input_dict
-from services.event_log import segments
-from services.event_log.cut import CutBase, read_base
+from ..dm_engine.inputs import ALL_VMS
+from ..dm_engine.records import LOG_FORMAT, stored_event_json, stored_input, stored_input_dict
+from . import segments
+from .cut import CutBase, read_base
 
 log = logging.getLogger("hvdm.log")
 

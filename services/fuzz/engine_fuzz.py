@@ -16,11 +16,11 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from services.dm_engine import EngineConfig, VmState, check_invariants, initial_state, process
-from services.dm_engine import events as ev
-from services.dm_engine import inputs as inp
-from services.dm_engine.records import event_json
-from services.dm_protocol import (
+from ..dm_engine import EngineConfig, VmState, check_invariants, initial_state, process
+from ..dm_engine import events as ev
+from ..dm_engine import inputs as inp
+from ..dm_engine.records import event_json
+from ..dm_protocol import (
     BalloonResponse,
     CapabilitiesReport,
     DecodeError,
@@ -33,7 +33,7 @@ from services.dm_protocol import (
     decode,
     encode,
 )
-from services.vdimm_allocator.ram_layout import FOUR_GIB_PAGE
+from ..vdimm_allocator.ram_layout import FOUR_GIB_PAGE
 
 CONFIG = EngineConfig(
     post_init_wait_ticks=2,

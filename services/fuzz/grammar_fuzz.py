@@ -22,9 +22,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.dm_engine import inputs as inp
-from services.dm_engine.decider import initial_state, process
-from services.dm_engine.limits import (
+from ..dm_engine import inputs as inp
+from ..dm_engine.decider import initial_state, process
+from ..dm_engine.limits import (
     MAX_BACKEND_BYTES,
     MAX_MEMORY_BYTES,
     MAX_PAGE_NUMBER,
@@ -32,13 +32,13 @@ from services.dm_engine.limits import (
     check_window,
     valid_vm_id,
 )
-from services.dm_engine.records import input_from_dict, to_dict
-from services.dm_engine.state import VmState
-from services.dm_protocol import CapabilitiesReport, VersionRequest, encode
-from services.qmp.commands import COMMANDS, execute
-from services.qmp.protocol import QmpError, parse_request
-from services.units import GIB
-from services.vmbus_gateway.hello import HELLO_REASONS, Hello, HelloError, parse_hello
+from ..dm_engine.records import input_from_dict, to_dict
+from ..dm_engine.state import VmState
+from ..dm_protocol import CapabilitiesReport, VersionRequest, encode
+from ..qmp.commands import COMMANDS, execute
+from ..qmp.protocol import QmpError, parse_request
+from ..units import GIB
+from ..vmbus_gateway.hello import HELLO_REASONS, Hello, HelloError, parse_hello
 
 #: Numbers a hostile peer tries: type confusions and values around every bound hvdm has.
 HOSTILE_NUMBERS: tuple[Any, ...] = (

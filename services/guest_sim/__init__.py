@@ -1,6 +1,6 @@
 """A sans-IO simulated Hyper-V Dynamic Memory guest (Linux hv_balloon by default).
 
-    from services.guest_sim import SimulatedGuest, GuestConfig, PROFILES, WORKLOADS
+    from . import SimulatedGuest, GuestConfig, PROFILES, WORKLOADS
 
     g = SimulatedGuest(GuestConfig(boot_bytes=4 << 30, profile="linux", workload="steady", seed=1))
     out = g.connect(now=0.0)           # [VERSION_REQUEST 2.0]
@@ -11,12 +11,12 @@
 The behaviour follows /work/shared/spec/guest-behaviour.md; see ``guest.py`` for the design.
 """
 
-from services.guest_sim.config import GuestConfig
-from services.guest_sim.guest import SimulatedGuest
-from services.guest_sim.memory import GuestMemory, balloon_floor
-from services.guest_sim.misbehaviour import MALFORMED_VARIANTS, WRONG_STATE_VARIANTS
-from services.guest_sim.profiles import MISBEHAVIOUR_MODES, PROFILES
-from services.guest_sim.workload import WORKLOADS
+from .config import GuestConfig
+from .guest import SimulatedGuest
+from .memory import GuestMemory, balloon_floor
+from .misbehaviour import MALFORMED_VARIANTS, WRONG_STATE_VARIANTS
+from .profiles import MISBEHAVIOUR_MODES, PROFILES
+from .workload import WORKLOADS
 
 __all__ = [
     "MALFORMED_VARIANTS",

@@ -20,8 +20,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Final
 
-from services.dm_protocol import BalloonResponse
-from services.guest_sim.memory import PAGES_IN_2M, GuestMemory
+from ..dm_protocol import BalloonResponse
+from .memory import PAGES_IN_2M, GuestMemory
 
 #: (4096 - 16) / 8: the most ranges that fit in one 4096-byte message (section 4).
 MAX_RANGES_PER_MESSAGE: Final = 510

@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from services.guest_sim.profiles import get_profile
-from services.guest_sim.workload import make_workload
-from services.units import PAGE_SIZE
-from services.vdimm_allocator.ram_layout import MACHINES, RamRanges, check_ram_ranges, legacy_ram_ranges, x86_ram_ranges
+from ..units import PAGE_SIZE
+from ..vdimm_allocator.ram_layout import MACHINES, RamRanges, check_ram_ranges, legacy_ram_ranges, x86_ram_ranges
+from .profiles import get_profile
+from .workload import make_workload
 
 MIB_PAGES: Final = 256
 

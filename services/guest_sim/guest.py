@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
-from services.dm_protocol import (
+from ..dm_protocol import (
     BalloonRequest,
     BalloonResponse,
     CapabilitiesReport,
@@ -57,17 +57,17 @@ from services.dm_protocol import (
     decode,
     encode,
 )
-from services.guest_sim.balloon import MAX_RANGES_PER_MESSAGE, linux_balloon_up, windows_balloon_up
-from services.guest_sim.config import GuestConfig
-from services.guest_sim.handshake import Handshake
-from services.guest_sim.hot_add import HotAdder, HotAddWork
-from services.guest_sim.hot_remove import hot_remove, hot_remove_responses
-from services.guest_sim.memory import GuestMemory
-from services.guest_sim.misbehaviour import Saboteur, malformed_message, wrong_state_message
-from services.guest_sim.profiles import get_profile
-from services.guest_sim.status import StatusReporter
-from services.guest_sim.workload import make_workload
-from services.range_store import PageRangeSet
+from ..range_store import PageRangeSet
+from .balloon import MAX_RANGES_PER_MESSAGE, linux_balloon_up, windows_balloon_up
+from .config import GuestConfig
+from .handshake import Handshake
+from .hot_add import HotAdder, HotAddWork
+from .hot_remove import hot_remove, hot_remove_responses
+from .memory import GuestMemory
+from .misbehaviour import Saboteur, malformed_message, wrong_state_message
+from .profiles import get_profile
+from .status import StatusReporter
+from .workload import make_workload
 
 #: A Linux guest receives into a 4096-byte buffer (section 9 item 12).
 MAX_HOST_MESSAGE: Final = 4096

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Final, Literal
 
-from services.dm_protocol import CapabilitiesReport, Message, VersionRequest
+from ..dm_protocol import CapabilitiesReport, Message, VersionRequest
 
 WIN10: Final = 0x00020000
 WIN8: Final = 0x00010000

@@ -17,8 +17,8 @@ from __future__ import annotations
 from collections.abc import Generator
 from dataclasses import dataclass, field
 
-from services.guest_sim.memory import GuestMemory
-from services.range_store import PageRangeSet
+from ..range_store import PageRangeSet
+from .memory import GuestMemory
 
 
 @dataclass(slots=True)

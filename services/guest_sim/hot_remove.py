@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from typing import Final
 
-from services.dm_protocol import HotRemoveResponse
-from services.guest_sim.hot_add import HotAdder
-from services.guest_sim.memory import GuestMemory
+from ..dm_protocol import HotRemoveResponse
+from .hot_add import HotAdder
+from .memory import GuestMemory
 
 MAX_RANGES_PER_HOT_REMOVE: Final = 509
 #: "the maximum number of pages that Windows returns in one hot remove response" (QEMU).

@@ -30,7 +30,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Final
 
-from services.range_store import PageRangeSet
+from ..range_store import PageRangeSet
 
 #: 2 MiB in 4 KiB pages: the balloon's first allocation unit (section 4).
 PAGES_IN_2M: Final = 512

@@ -23,14 +23,14 @@ from __future__ import annotations
 import struct
 from typing import Final
 
-from services.dm_protocol import (
+from ..dm_protocol import (
     BalloonResponse,
     HotAddResponse,
     Message,
     UnballoonResponse,
     VersionRequest,
 )
-from services.guest_sim.profiles import Profile
+from .profiles import Profile
 
 NOT_OWNED_VARIANTS: Final = ("beyond_ram", "hole")
 MALFORMED_VARIANTS: Final = ("truncated", "oversized", "header_size", "range_count")

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 
-from services.guest_sim.profiles import Profile
+from .profiles import Profile
 
 
 class StatusReporter:

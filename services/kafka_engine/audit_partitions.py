@@ -26,6 +26,7 @@ import sqlite3
 from collections.abc import Collection, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from ..audit.behaviour import DEFAULT_GAP_TICKS
 from ..audit.divergence import first_divergence
@@ -34,6 +35,7 @@ from ..audit.report import AuditReport, VmReport, audit, position_of_tick
 from ..dm_engine.records import loads
 from ..event_log.sqlite_log import EventRow, InboxRow
 from .audit_reader import MIN_PARALLEL_RECORDS, KafkaLogReader
+from .settings import KafkaSettings
 
 
 class CutShare(KafkaLogReader):
@@ -161,3 +163,19 @@ def audit_partitions(
         report_after=from_pos,
         selected_vms=tuple(selected),
     )
+
+
+class PartitionedKafkaLogReader(KafkaLogReader):
+    """The reader ``hvdm audit --broker URL`` opens: a ``KafkaLogReader`` whose audit can be split by
+    partition (``audit_jobs``, the hook the audit command looks for). It lives here, not in
+    ``audit_reader``, so the reader module does not depend back on the module that splits it."""
+
+    def audit_jobs(self, jobs: int, **options: Any) -> AuditReport:
+        """The audit of this cut split by partition over ``jobs`` processes."""
+        return audit_partitions(self, jobs, **options)
+
+
+def open_partitioned_reader(url: str, *, store_dir: str | None = None, jobs: int = 1) -> PartitionedKafkaLogReader:
+    """``services.audit.reader.open_broker_reader``'s seam: a reader over ``--broker URL``, reading
+    the topics in up to ``jobs`` processes and auditing them split by partition."""
+    return PartitionedKafkaLogReader(KafkaSettings.from_url(url), url=url, store_dir=store_dir, jobs=jobs)

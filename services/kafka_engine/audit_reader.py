@@ -68,16 +68,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from services.dm_engine.inputs import ALL_VMS
-from services.dm_engine.records import dumps, input_from_dict, loads
-from services.event_log.sqlite_log import EventRow, InboxRow
-from services.kafka_engine import envelope
-from services.kafka_engine.envelope import EnvelopeError, EventsRecord
-from services.kafka_engine.partition import PartitionClock
-from services.kafka_engine.settings import KafkaSettings
+from ..dm_engine.inputs import ALL_VMS
+from ..dm_engine.records import dumps, input_from_dict, loads
+from ..event_log.sqlite_log import EventRow, InboxRow
+from . import envelope
+from .envelope import EnvelopeError, EventsRecord
+from .partition import PartitionClock
+from .settings import KafkaSettings
 
 if TYPE_CHECKING:
-    from ..audit.report import AuditReport
     from .kafka_log import PartitionReader
 
 _SCHEMA = """
@@ -457,12 +456,6 @@ class KafkaLogReader:
         return [(str(v), int(s), int(p), loads(st)) for v, s, p, st in cur]
 
     # ------------------------------------------------------------------ extras
-    def audit_jobs(self, jobs: int, **options: Any) -> AuditReport:
-        """The audit of this cut split by partition over ``jobs`` processes (``audit_partitions``)."""
-        from .audit_partitions import audit_partitions
-
-        return audit_partitions(self, jobs, **options)
-
     def position_of(self, partition: int, offset: int) -> int | None:
         """The position of inbox record ``partition``/``offset`` in this cut (None: not read)."""
         row = self._db.execute("SELECT pos FROM positions WHERE p = ? AND o = ?", (partition, offset)).fetchone()

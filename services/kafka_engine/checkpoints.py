@@ -21,11 +21,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from services.dm_engine.inputs import ALL_VMS
-from services.kafka_engine import envelope
-from services.kafka_engine.envelope import checkpoint_value
-from services.kafka_engine.ownership import OwnedPartition
-from services.kafka_engine.partition import PartitionEngine
+from ..dm_engine.inputs import ALL_VMS
+from . import envelope
+from .envelope import checkpoint_value
+from .ownership import OwnedPartition
+from .partition import PartitionEngine
 
 log = logging.getLogger("hvdm.kafka_worker")
 

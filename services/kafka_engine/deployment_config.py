@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
-from services.dm_engine.config import EngineConfig
-from services.kafka_engine.kafka_log import put_meta_if_absent
-from services.kafka_engine.settings import KafkaSettings
+from ..dm_engine.config import EngineConfig
+from .kafka_log import put_meta_if_absent
+from .settings import KafkaSettings
 
 
 def engine_config_of(settings: KafkaSettings, default: EngineConfig | None = None) -> EngineConfig:

@@ -47,9 +47,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from services.dm_engine.inputs import ALL_VMS
-from services.dm_engine.limits import MAX_RECORD_INT, valid_vm_id
-from services.dm_engine.records import dumps, loads
+from ..dm_engine.inputs import ALL_VMS
+from ..dm_engine.limits import MAX_RECORD_INT, valid_vm_id
+from ..dm_engine.records import dumps, loads
 
 _json_str = json.encoder.encode_basestring_ascii  # the str encoder ``dumps`` uses
 

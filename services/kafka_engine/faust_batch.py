@@ -41,7 +41,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from services.kafka_engine.settings import KafkaSettings
+    from .settings import KafkaSettings
 
 #: The faust-streaming release line(s) whose internals this module is written against
 #: (``pyproject.toml`` pins the same range).

@@ -13,14 +13,13 @@ import contextlib
 import sys
 from dataclasses import dataclass
 
-from services.kafka_engine.gateway_backend import KafkaBackend
-from services.kafka_engine.settings import KafkaSettings
-from services.metrics import MetricsLabels, serve_gateway
-from services.vmbus_gateway.auth import GatewayAuth
-from services.vmbus_gateway.server import GatewayLimits, GatewayServer
-
 from ..embedded.stop_signals import StopSignals
+from ..metrics import MetricsLabels, serve_gateway
 from ..systemd_notify import Notifier
+from ..vmbus_gateway.auth import GatewayAuth
+from ..vmbus_gateway.server import GatewayLimits, GatewayServer
+from .gateway_backend import KafkaBackend
+from .settings import KafkaSettings
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +92,7 @@ async def serve(
     served = serve_gateway(server, metrics[0], metrics[1], labels=metrics_labels) if metrics is not None else None
     agent = None
     if qemu is not None and (qemu.addresses or qemu.directory):
-        from services.kafka_engine.qemu_sink import attach_to_backend
+        from .qemu_sink import attach_to_backend
 
         agent = await attach_to_backend(
             backend, qemu.addresses, directory=qemu.directory, poll_seconds=qemu.poll, trace_file=qemu.trace

@@ -31,13 +31,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.dm_engine.inputs import Input
-from services.dm_engine.records import to_dict
-from services.event_log.sqlite_log import OutboxRow
-from services.kafka_engine import envelope
-from services.kafka_engine.envelope import EnvelopeError, outbox_messages_of
-from services.kafka_engine.kafka_log import PartitionReader, ensure_topics, new_producer
-from services.kafka_engine.settings import KafkaSettings
+from ..dm_engine.inputs import Input
+from ..dm_engine.records import to_dict
+from ..event_log.sqlite_log import OutboxRow
+from . import envelope
+from .envelope import EnvelopeError, outbox_messages_of
+from .kafka_log import PartitionReader, ensure_topics, new_producer
+from .settings import KafkaSettings
 
 log = logging.getLogger("hvdm.kafka_gateway")
 

@@ -45,9 +45,9 @@ from kafka.admin import NewTopic
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
-from services.dm_engine.inputs import ALL_VMS
-from services.kafka_engine.envelope import decode, is_tick, meta_value
-from services.kafka_engine.settings import KafkaSettings
+from ..dm_engine.inputs import ALL_VMS
+from .envelope import decode, is_tick, meta_value
+from .settings import KafkaSettings
 
 log = logging.getLogger("hvdm.kafka_log")
 

@@ -14,11 +14,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.dm_engine.config import EngineConfig
-from services.kafka_engine.crash import crash
-from services.kafka_engine.partition import PartitionEngine
-from services.kafka_engine.recovery import recover_partition
-from services.kafka_engine.settings import KafkaSettings
+from ..dm_engine.config import EngineConfig
+from .crash import crash
+from .partition import PartitionEngine
+from .recovery import recover_partition
+from .settings import KafkaSettings
 
 log = logging.getLogger("hvdm.kafka_worker")
 

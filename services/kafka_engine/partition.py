@@ -45,14 +45,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from services.dm_engine.config import EngineConfig
-from services.dm_engine.decider import evolve, initial_state
-from services.dm_engine.events import Event
-from services.dm_engine.inputs import ALL_VMS, Input, Tick
-from services.dm_engine.records import event_from_dict, event_json, input_from_dict, to_dict
-from services.dm_engine.state import VmState
-from services.dm_engine.step import step_vm, targets
-from services.kafka_engine.envelope import (
+from ..dm_engine.config import EngineConfig
+from ..dm_engine.decider import evolve, initial_state
+from ..dm_engine.events import Event
+from ..dm_engine.inputs import ALL_VMS, Input, Tick
+from ..dm_engine.records import event_from_dict, event_json, input_from_dict, to_dict
+from ..dm_engine.state import VmState
+from ..dm_engine.step import step_vm, targets
+from .envelope import (
     EnvelopeError,
     EventsRecord,
     OutboxMessage,

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from services.dm_engine.config import EngineConfig
-from services.dm_engine.records import dumps
-from services.dm_engine.state import VmState
-from services.kafka_engine import envelope
-from services.kafka_engine.envelope import EnvelopeError, EventsRecord
-from services.kafka_engine.kafka_log import PartitionReader
-from services.kafka_engine.partition import PartitionEngine
-from services.kafka_engine.settings import KafkaSettings
+from ..dm_engine.config import EngineConfig
+from ..dm_engine.records import dumps
+from ..dm_engine.state import VmState
+from . import envelope
+from .envelope import EnvelopeError, EventsRecord
+from .kafka_log import PartitionReader
+from .partition import PartitionEngine
+from .settings import KafkaSettings
 
 
 @dataclass(slots=True)

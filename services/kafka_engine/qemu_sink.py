@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from services.dm_engine.inputs import Input
-from services.kafka_engine.gateway_backend import KafkaBackend
-from services.qemu_agent.agent import QemuAgent
+from ..dm_engine.inputs import Input
+from ..qemu_agent.agent import QemuAgent
+from .gateway_backend import KafkaBackend
 
 
 class KafkaSink:

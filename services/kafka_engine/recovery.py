@@ -13,13 +13,13 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from services.dm_engine.config import EngineConfig
-from services.dm_engine.inputs import ALL_VMS
-from services.kafka_engine import envelope
-from services.kafka_engine.envelope import EnvelopeError, EventsRecord
-from services.kafka_engine.kafka_log import PartitionReader
-from services.kafka_engine.partition import PartitionEngine
-from services.kafka_engine.settings import KafkaSettings
+from ..dm_engine.config import EngineConfig
+from ..dm_engine.inputs import ALL_VMS
+from . import envelope
+from .envelope import EnvelopeError, EventsRecord
+from .kafka_log import PartitionReader
+from .partition import PartitionEngine
+from .settings import KafkaSettings
 
 
 @dataclass(slots=True)

@@ -14,11 +14,11 @@ import logging
 import time
 from typing import Any
 
-from services.dm_engine.inputs import ALL_VMS
-from services.kafka_engine import envelope
-from services.kafka_engine.crash import crash
-from services.kafka_engine.ownership import OwnedPartition
-from services.kafka_engine.settings import KafkaSettings
+from ..dm_engine.inputs import ALL_VMS
+from . import envelope
+from .crash import crash
+from .ownership import OwnedPartition
+from .settings import KafkaSettings
 
 log = logging.getLogger("hvdm.kafka_worker")
 

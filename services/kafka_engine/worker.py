@@ -29,24 +29,24 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from services.dm_engine.config import EngineConfig
-from services.kafka_engine import envelope
-from services.kafka_engine.checkpoints import checkpoint_step
-from services.kafka_engine.crash import crash
-from services.kafka_engine.envelope import EnvelopeError
-from services.kafka_engine.faust_batch import (
+from ..dm_engine.config import EngineConfig
+from . import envelope
+from .checkpoints import checkpoint_step
+from .crash import crash
+from .envelope import EnvelopeError
+from .faust_batch import (
     AckRange,
     check_faust_version,
     committed_offset,
     faust_broker_url,
     register_batch_sink,
 )
-from services.kafka_engine.kafka_log import AIOKAFKA_PRODUCER, PRODUCER_BATCH_BYTES, PRODUCER_REQUEST_BYTES
-from services.kafka_engine.ownership import OwnedPartition, Ownership
-from services.kafka_engine.recovery import last_tick_before
-from services.kafka_engine.settings import KafkaSettings
-from services.kafka_engine.ticker import run_ticker
-from services.kafka_engine.writer import WriteJob, Writer
+from .kafka_log import AIOKAFKA_PRODUCER, PRODUCER_BATCH_BYTES, PRODUCER_REQUEST_BYTES
+from .ownership import OwnedPartition, Ownership
+from .recovery import last_tick_before
+from .settings import KafkaSettings
+from .ticker import run_ticker
+from .writer import WriteJob, Writer
 
 log = logging.getLogger("hvdm.kafka_worker")
 

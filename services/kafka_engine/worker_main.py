@@ -13,16 +13,15 @@ import logging
 import sys
 from typing import TYPE_CHECKING
 
-from services.kafka_engine.deployment_config import engine_config_of
-from services.kafka_engine.kafka_log import ensure_topics
-from services.kafka_engine.settings import KafkaSettings
-from services.kafka_engine.worker import EngineWorker
-from services.kafka_engine.worker_options import WorkerOptions
-
 from ..systemd_notify import Notifier
+from .deployment_config import engine_config_of
+from .kafka_log import ensure_topics
+from .settings import KafkaSettings
+from .worker import EngineWorker
+from .worker_options import WorkerOptions
 
 if TYPE_CHECKING:
-    from services.metrics import MetricsLabels, MetricsServer
+    from ..metrics import MetricsLabels, MetricsServer
 
 #: Young-generation threshold of the cyclic GC in a worker (CPython's default is 700).
 GC_THRESHOLD = (20_000, 20, 20)
@@ -140,8 +139,8 @@ def _serve_metrics(
     worker: EngineWorker, loop: asyncio.AbstractEventLoop, at: tuple[str, int], labels: MetricsLabels | None
 ) -> MetricsServer:
     """/metrics with the VMs of the partitions this worker owns (``worker_metrics``)."""
-    from services.kafka_engine.worker_metrics import WorkerView
-    from services.metrics import EngineMetrics, start_metrics_server
+    from ..metrics import EngineMetrics, start_metrics_server
+    from .worker_metrics import WorkerView
 
     view = WorkerView(worker)
     metrics = EngineMetrics(view, loop=loop, labels=labels, wall_of_tick=view.wall_of_tick)

@@ -17,11 +17,11 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from services.dm_engine.state import VmState
+from ..dm_engine.state import VmState
 
 if TYPE_CHECKING:
-    from services.kafka_engine.ownership import OwnedPartition
-    from services.kafka_engine.worker import EngineWorker
+    from .ownership import OwnedPartition
+    from .worker import EngineWorker
 
 
 class WorkerView:

@@ -9,10 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from services.dm_engine.config import EngineConfig
+from ..dm_engine.config import EngineConfig
 
 if TYPE_CHECKING:
-    from services.metrics import MetricsLabels
+    from ..metrics import MetricsLabels
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,11 +22,11 @@ from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.kafka_engine.checkpoints import CheckpointStep, write_checkpoint
-from services.kafka_engine.crash import crash
-from services.kafka_engine.faust_batch import aiokafka_producer
-from services.kafka_engine.ownership import OwnedPartition
-from services.kafka_engine.settings import KafkaSettings
+from .checkpoints import CheckpointStep, write_checkpoint
+from .crash import crash
+from .faust_batch import aiokafka_producer
+from .ownership import OwnedPartition
+from .settings import KafkaSettings
 
 log = logging.getLogger("hvdm.kafka_worker")
 

@@ -1,6 +1,6 @@
 """Prometheus exporter: per-VM and engine metrics projected from the engine's state at scrape time."""
 
-from services.metrics.collector import (
+from .collector import (
     METRICS,
     EngineMetrics,
     HvdmCollector,
@@ -9,8 +9,8 @@ from services.metrics.collector import (
     metric_names,
     parse_vm_labels,
 )
-from services.metrics.exporter import ServedGateway, ServedMetrics, serve_for_service, serve_gateway
-from services.metrics.server import DEFAULT_METRICS_PORT, MetricsServer, start_metrics_server
+from .exporter import ServedGateway, ServedMetrics, serve_for_service, serve_gateway
+from .server import DEFAULT_METRICS_PORT, MetricsServer, start_metrics_server
 
 __all__ = [
     "DEFAULT_METRICS_PORT",

@@ -37,10 +37,9 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 
-from services.dm_engine.state import Capabilities, ProtocolState, VmState
-from services.metrics.log_health import WRITABLE, WRITE_ERRORS, LogHealthCollector, log_health_of
-from services.units import MIB, PAGE_SIZE
-
+from ..dm_engine.state import Capabilities, ProtocolState, VmState
+from ..units import MIB, PAGE_SIZE
+from .log_health import WRITABLE, WRITE_ERRORS, LogHealthCollector, log_health_of
 from .rejections import HTTP_REJECTED
 
 #: Engine batches take from tens of microseconds (one tick) to seconds (a recovery-sized backlog).

@@ -16,9 +16,9 @@ from typing import Any, Protocol
 
 from prometheus_client.registry import Collector
 
-from services.metrics.collector import EngineMetrics, EngineView, MetricsLabels, WallOfTick, process_registry
-from services.metrics.server import DEFAULT_METRICS_PORT, MetricsServer, Probe, start_metrics_server
-from services.metrics.sources import GatewayCollector, GatewayView, QmpCollector, QmpView
+from .collector import EngineMetrics, EngineView, MetricsLabels, WallOfTick, process_registry
+from .server import DEFAULT_METRICS_PORT, MetricsServer, Probe, start_metrics_server
+from .sources import GatewayCollector, GatewayView, QmpCollector, QmpView
 
 
 class MetricsService(Protocol):
@@ -102,8 +102,8 @@ def serve_for_service(
     if qmp is not None:
         extra.append(QmpCollector(qmp, loop=loop, labels=metrics.labels))
     if gateway is not None or qmp is not None:
-        from services.metrics.rejections import RejectionCollector
-        from services.vmbus_gateway.hello import HELLO_REASONS
+        from ..vmbus_gateway.hello import HELLO_REASONS
+        from .rejections import RejectionCollector
 
         extra.append(RejectionCollector(gateway, qmp, HELLO_REASONS))  # type: ignore[arg-type]
     for collector in extra:
@@ -135,13 +135,13 @@ def serve_gateway(
 
     Call it on the gateway's loop. Healthy means that loop answers; ready means it listens.
     """
-    from services.metrics.collector import read_on_loop
+    from .collector import read_on_loop
 
     loop = _running_loop()
     registry = process_registry(labels)
     registry.register(GatewayCollector(gateway, loop=loop, labels=labels))
-    from services.metrics.rejections import RejectionCollector
-    from services.vmbus_gateway.hello import HELLO_REASONS
+    from ..vmbus_gateway.hello import HELLO_REASONS
+    from .rejections import RejectionCollector
 
     registry.register(RejectionCollector(gateway, None, HELLO_REASONS))  # type: ignore[arg-type]
     healthy = lambda: read_on_loop(loop, lambda: True, 2.0)  # noqa: E731

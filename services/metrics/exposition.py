@@ -16,7 +16,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from services.metrics.collector import (
+from ..units import PAGE_SIZE
+from .collector import (
     METRICS,
     PROTOCOL_STATES,
     HvdmCollector,
@@ -25,7 +26,6 @@ from services.metrics.collector import (
     demand_pages,
     info_labels,
 )
-from services.units import PAGE_SIZE
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 #: gzip level for scrapes that accept it: level 1 is ~10x faster than 9 and only ~15% larger.

@@ -42,9 +42,8 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from services.metrics.collector import EngineMetrics, read_on_loop
-from services.metrics.exposition import CONTENT_TYPE, GZIP_LEVEL, render
-
+from .collector import EngineMetrics, read_on_loop
+from .exposition import CONTENT_TYPE, GZIP_LEVEL, render
 from .rejections import HttpRejectionCollector
 
 #: hvdm's default ``--metrics-port``.

@@ -15,7 +15,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 
-from services.metrics.collector import GATEWAY_METRICS, QMP_METRICS, MetricsLabels, read_on_loop
+from .collector import GATEWAY_METRICS, QMP_METRICS, MetricsLabels, read_on_loop
 
 
 class _GatewayCounters(Protocol):

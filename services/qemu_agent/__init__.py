@@ -6,7 +6,7 @@ failures, monitor gone) into engine inbox inputs, and deliver the engine's targe
 Each deployment connects the agent to its log in its own package (``embedded.qemu_sink``).
 """
 
-from services.qemu_agent.address import QmpAddress, parse_address
-from services.qemu_agent.agent import QemuAgent
+from .address import QmpAddress, parse_address
+from .agent import QemuAgent
 
 __all__ = ["QemuAgent", "QmpAddress", "parse_address"]

@@ -23,13 +23,13 @@ from pathlib import Path
 
 from qemu.qmp import QMPError
 
-from services.dm_engine import events as ev
-from services.dm_engine import inputs as inp
-from services.dm_engine.step import Processed
-from services.qemu_agent import probe
-from services.qemu_agent.address import QmpAddress, parse_address
-from services.qemu_agent.session import AgentSink, MonitorBusy, Session, connect, describe
-from services.qemu_agent.trace_follow import follow_trace
+from ..dm_engine import events as ev
+from ..dm_engine import inputs as inp
+from ..dm_engine.step import Processed
+from . import probe
+from .address import QmpAddress, parse_address
+from .session import AgentSink, MonitorBusy, Session, connect, describe
+from .trace_follow import follow_trace
 
 log = logging.getLogger("hvdm.qemu_agent")
 

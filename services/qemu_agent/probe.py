@@ -13,9 +13,8 @@ from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Any
 
-from services.dm_engine.limits import VM_ID as LIMITS_VM_ID
-
 from ..dm_engine.limits import NIL_UUID, canonical_uuid
+from ..dm_engine.limits import VM_ID as LIMITS_VM_ID
 
 #: The VM ids the rest of hvdm accepts (``dm_engine.limits.VM_ID``), matched as a whole string:
 #: with ``match`` and ``$`` a QEMU name ``"db1\n"`` would pass and split log lines.

@@ -27,9 +27,9 @@ from typing import Any, Protocol
 
 from qemu.qmp import ExecuteError, QMPClient, QMPError
 
-from services.dm_engine import inputs as inp
-from services.qemu_agent import probe
-from services.qemu_agent.address import QmpAddress
+from ..dm_engine import inputs as inp
+from . import probe
+from .address import QmpAddress
 
 log = logging.getLogger("hvdm.qemu_agent")
 

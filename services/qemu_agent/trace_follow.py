@@ -7,7 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from services.qemu_agent.trace import TraceChange, TraceInterpreter
+from .trace import TraceChange, TraceInterpreter
 
 #: A line longer than this is not a trace line; it is skipped up to its end.
 MAX_LINE = 4096

@@ -4,7 +4,7 @@
 commands shared by ``human-monitor-command`` and ``hvdm ctl``.
 """
 
-from services.qmp.paths import default_qmp_dir, socket_path
-from services.qmp.server import QmpServers, start_qmp_servers
+from .paths import default_qmp_dir, socket_path
+from .server import QmpServers, start_qmp_servers
 
 __all__ = ["QmpServers", "default_qmp_dir", "socket_path", "start_qmp_servers"]

@@ -15,11 +15,12 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from services.dm_engine import inputs as inp
-from services.dm_engine.limits import MAX_BACKEND_BYTES, MAX_MEMORY_BYTES, MAX_RECORD_INT
-from services.dm_engine.state import NEGOTIATED_STATES, VmState
-from services.qmp import hmp
-from services.qmp.protocol import (
+from ..dm_engine import inputs as inp
+from ..dm_engine.limits import MAX_BACKEND_BYTES, MAX_MEMORY_BYTES, MAX_RECORD_INT
+from ..dm_engine.state import NEGOTIATED_STATES, VmState
+from ..units import PAGE_SHIFT
+from . import hmp
+from .protocol import (
     COMMAND_NOT_FOUND,
     DEVICE_NOT_ACTIVE,
     PACKAGE,
@@ -27,7 +28,6 @@ from services.qmp.protocol import (
     QmpError,
     generic,
 )
-from services.units import PAGE_SHIFT
 
 #: The hv-balloon device's id in ``query-memory-devices`` (the seed's ``-device hv-balloon,id=hvb``).
 HV_BALLOON_ID = "hvb"

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.units import MIB
+from ..units import MIB
 
 _SUFFIXES = {"": None, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50, "e": 1 << 60}
 #: At most 30 digits a side: anything longer is far beyond 2**64, and Python refuses to convert

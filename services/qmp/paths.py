@@ -13,7 +13,7 @@ import stat
 from pathlib import Path
 from urllib.parse import quote
 
-from services.socket_files import remove_stale_socket as remove_unused_socket
+from ..socket_files import remove_stale_socket as remove_unused_socket
 
 #: Longest ``sun_path`` Linux accepts, without the terminating NUL.
 MAX_SOCKET_PATH = 107

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from services.dm_engine.limits import MAX_JSON_DEPTH, json_too_deep
+from ..dm_engine.limits import MAX_JSON_DEPTH, json_too_deep
 
 #: The QEMU version hvdm's behaviour follows (hv-balloon as merged in QEMU 8.2, read in 10.0).
 QEMU_VERSION = {"major": 10, "minor": 0, "micro": 0}

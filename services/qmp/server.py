@@ -19,14 +19,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from services.dm_engine import events as ev
-from services.dm_engine import inputs as inp
-from services.dm_engine.state import VmState
-from services.dm_engine.step import Processed
-from services.event_log.sqlite_log import LogWriteError
-from services.qmp.commands import COMMANDS, execute
-from services.qmp.paths import MAX_SOCKET_PATH, ensure_private_dir, remove_stale_socket, socket_path
-from services.qmp.protocol import (
+from ..dm_engine import events as ev
+from ..dm_engine import inputs as inp
+from ..dm_engine.state import VmState
+from ..dm_engine.step import Processed
+from ..event_log.sqlite_log import LogWriteError
+from ..units import PAGE_SHIFT
+from .commands import COMMANDS, execute
+from .paths import MAX_SOCKET_PATH, ensure_private_dir, remove_stale_socket, socket_path
+from .protocol import (
     COMMAND_NOT_FOUND,
     JsonSplitter,
     QmpError,
@@ -39,8 +40,7 @@ from services.qmp.protocol import (
     parse_request,
     reply,
 )
-from services.qmp.ratelimit import RateLimiter
-from services.units import PAGE_SHIFT
+from .ratelimit import RateLimiter
 
 log = logging.getLogger("hvdm.qmp")
 

@@ -13,8 +13,8 @@
   topic, events topic -> view -> SetTarget inputs in the inbox topic, one active instance (lease)
 """
 
-from services.rebalancer.fleet_view import NO_TARGET, FleetView
-from services.rebalancer.policies import POLICIES, make_policy
-from services.rebalancer.policy import Policy
+from .fleet_view import NO_TARGET, FleetView
+from .policies import POLICIES, make_policy
+from .policy import Policy
 
 __all__ = ["NO_TARGET", "POLICIES", "FleetView", "Policy", "make_policy"]

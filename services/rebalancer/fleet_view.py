@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from services.units import PAGE_SIZE
+from ..units import PAGE_SIZE
 
 GIB_PAGES = (1 << 30) // PAGE_SIZE
 

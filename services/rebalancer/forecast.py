@@ -32,9 +32,9 @@ from typing import Any
 
 import numpy as np
 
-from services.rebalancer.fleet_view import FleetView, Pages
-from services.rebalancer.history import BucketHistory
-from services.rebalancer.policy import (
+from .fleet_view import FleetView, Pages
+from .history import BucketHistory
+from .policy import (
     Hysteresis,
     align_up,
     clamp,

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from services.rebalancer.fleet_view import FleetView, Pages
-from services.rebalancer.policy import Hysteresis, align_up, clamp, fit_hosts, params_of, parse_params
+from .fleet_view import FleetView, Pages
+from .policy import Hysteresis, align_up, clamp, fit_hosts, params_of, parse_params
 
 
 @dataclass(frozen=True, slots=True)

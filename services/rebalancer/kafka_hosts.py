@@ -32,10 +32,10 @@ from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
-from services.dm_engine.inputs import ChannelOpened, Input
-from services.kafka_engine.gateway_backend import KafkaBackend
-from services.kafka_engine.kafka_log import PartitionReader
-from services.kafka_engine.settings import KafkaSettings
+from ..dm_engine.inputs import ChannelOpened, Input
+from ..kafka_engine.gateway_backend import KafkaBackend
+from ..kafka_engine.kafka_log import PartitionReader
+from ..kafka_engine.settings import KafkaSettings
 
 log = logging.getLogger("hvdm.hosts")
 

@@ -37,19 +37,19 @@ from typing import Any
 import numpy as np
 from kafka import KafkaConsumer, KafkaProducer
 
-from services.dm_engine.inputs import SetTarget
-from services.dm_engine.records import to_dict
-from services.kafka_engine import envelope
-from services.kafka_engine.deployment_config import engine_config_of
-from services.kafka_engine.kafka_log import PartitionReader, ensure_topics, new_producer
-from services.kafka_engine.projection import EventsProjection
-from services.kafka_engine.settings import KafkaSettings
-from services.rebalancer.fleet_view import NO_TARGET, FleetView
-from services.rebalancer.kafka_hosts import HostDirectory, ensure_rebalancer_topics, hosts_topic, rebalancer_topic
-from services.rebalancer.migration import Migration, recommend
-from services.rebalancer.policy import Policy
-from services.rebalancer.projection import LiveLimits, build_view
-from services.units import PAGE_SIZE
+from ..dm_engine.inputs import SetTarget
+from ..dm_engine.records import to_dict
+from ..kafka_engine import envelope
+from ..kafka_engine.deployment_config import engine_config_of
+from ..kafka_engine.kafka_log import PartitionReader, ensure_topics, new_producer
+from ..kafka_engine.projection import EventsProjection
+from ..kafka_engine.settings import KafkaSettings
+from ..units import PAGE_SIZE
+from .fleet_view import NO_TARGET, FleetView
+from .kafka_hosts import HostDirectory, ensure_rebalancer_topics, hosts_topic, rebalancer_topic
+from .migration import Migration, recommend
+from .policy import Policy
+from .projection import LiveLimits, build_view
 
 log = logging.getLogger("hvdm.rebalancer")
 

@@ -15,13 +15,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from services.dm_engine.inputs import SetTarget
-from services.dm_engine.records import to_dict
-from services.event_log.sqlite_log import SqliteLog
-from services.rebalancer.fleet_view import NO_TARGET, FleetView, Pages
-from services.rebalancer.policy import Policy
-from services.rebalancer.projection import FleetProjection, LiveLimits
-from services.units import PAGE_SIZE
+from ..dm_engine.inputs import SetTarget
+from ..dm_engine.records import to_dict
+from ..event_log.sqlite_log import SqliteLog
+from ..units import PAGE_SIZE
+from .fleet_view import NO_TARGET, FleetView, Pages
+from .policy import Policy
+from .projection import FleetProjection, LiveLimits
 
 
 @dataclass(frozen=True, slots=True)

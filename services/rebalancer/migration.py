@@ -28,9 +28,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from services.rebalancer.fleet_view import Flags, FleetView, Pages
-from services.rebalancer.policy import guest_used, size_for
-from services.units import PAGE_SIZE
+from ..units import PAGE_SIZE
+from .fleet_view import Flags, FleetView, Pages
+from .policy import guest_used, size_for
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,9 +36,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from services.dm_engine.config import BALLOON_REQUEST_MAX_PAGES
-from services.rebalancer.fleet_view import NO_TARGET, Flags, FleetView, Floats, Index, Pages, balloon_floor_pages
-from services.units import PAGE_SIZE
+from ..dm_engine.config import BALLOON_REQUEST_MAX_PAGES
+from ..units import PAGE_SIZE
+from .fleet_view import NO_TARGET, Flags, FleetView, Floats, Index, Pages, balloon_floor_pages
 
 
 @dataclass(frozen=True, slots=True)

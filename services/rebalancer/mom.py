@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from services.rebalancer.fleet_view import NO_TARGET, FleetView, Pages
-from services.rebalancer.history import History
-from services.rebalancer.policy import lower_bound, params_of, parse_params
+from .fleet_view import NO_TARGET, FleetView, Pages
+from .history import History
+from .policy import lower_bound, params_of, parse_params
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,9 +35,9 @@ from typing import Any
 
 import numpy as np
 
-from services.rebalancer.fleet_view import NO_TARGET, FleetView, Pages
-from services.rebalancer.model import LightFleet
-from services.rebalancer.policy import clamp, fit_hosts, params_of, parse_params, size_for
+from .fleet_view import NO_TARGET, FleetView, Pages
+from .model import LightFleet
+from .policy import clamp, fit_hosts, params_of, parse_params, size_for
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from services.rebalancer.simulation import Series
+from .simulation import Series
 
 _COLOURS = {"hyperv": "tab:blue", "mom": "tab:orange", "hvdm": "tab:green", "oracle": "black"}
 #: Points (samples) averaged for the lower panel: 10 minutes at the default 60 s sampling.

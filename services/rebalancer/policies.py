@@ -6,11 +6,11 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Final
 
-from services.rebalancer.forecast import HvdmPolicy
-from services.rebalancer.hyperv import HyperVPolicy
-from services.rebalancer.mom import MomPolicy
-from services.rebalancer.oracle import OraclePolicy
-from services.rebalancer.policy import Policy
+from .forecast import HvdmPolicy
+from .hyperv import HyperVPolicy
+from .mom import MomPolicy
+from .oracle import OraclePolicy
+from .policy import Policy
 
 #: Report order: the two references first, ours, then the yardstick.
 POLICIES: Final[Mapping[str, Callable[[Mapping[str, str]], Policy]]] = MappingProxyType(

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from services.rebalancer.fleet_view import NO_TARGET, Flags, FleetView, Pages, balloon_floor_pages
+from .fleet_view import NO_TARGET, Flags, FleetView, Pages, balloon_floor_pages
 
 #: Targets are whole 2 MiB units: the balloon's allocation unit, and it keeps tiny changes away.
 ALIGN_PAGES = 512

@@ -16,15 +16,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from services.dm_engine.config import EngineConfig
-from services.dm_engine.decider import initial_state
-from services.dm_engine.records import event_from_dict
-from services.dm_engine.state import NEGOTIATED_STATES, ProtocolState, VmState
-from services.dm_engine.step import fold_recorded
-from services.event_log.sqlite_log import SqliteLog
-from services.rebalancer.fleet_view import NO_TARGET, FleetView
-from services.rebalancer.migration import UNKNOWN_HOST as MIGRATION_UNKNOWN_HOST
-from services.units import PAGE_SIZE
+from ..dm_engine.config import EngineConfig
+from ..dm_engine.decider import initial_state
+from ..dm_engine.records import event_from_dict
+from ..dm_engine.state import NEGOTIATED_STATES, ProtocolState, VmState
+from ..dm_engine.step import fold_recorded
+from ..event_log.sqlite_log import SqliteLog
+from ..units import PAGE_SIZE
+from .fleet_view import NO_TARGET, FleetView
+from .migration import UNKNOWN_HOST as MIGRATION_UNKNOWN_HOST
 
 #: The host of VMs whose gateway has not said where they run (no migrations to or from it).
 UNKNOWN_HOST = MIGRATION_UNKNOWN_HOST

@@ -19,8 +19,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from services.metrics.server import MetricsServer, start_metrics_server
-from services.rebalancer.kafka_live import KafkaRebalancer
+from ..metrics.server import MetricsServer, start_metrics_server
+from .kafka_live import KafkaRebalancer
 
 
 class RebalancerCollector(Collector):

@@ -37,14 +37,14 @@ from typing import Any, Final
 
 import numpy as np
 
-from services.guest_sim.workload import WORKLOADS, make_workload
-from services.rebalancer.fleet_view import GIB_PAGES, balloon_floor_pages
-from services.rebalancer.migration import host_name, recommend
-from services.rebalancer.model import LightFleet, ModelTiming
-from services.rebalancer.oracle import OraclePolicy
-from services.rebalancer.policy import Policy
-from services.rebalancer.traces import fleet_trace
-from services.units import GIB, PAGE_SIZE
+from ..guest_sim.workload import WORKLOADS, make_workload
+from ..units import GIB, PAGE_SIZE
+from .fleet_view import GIB_PAGES, balloon_floor_pages
+from .migration import host_name, recommend
+from .model import LightFleet, ModelTiming
+from .oracle import OraclePolicy
+from .policy import Policy
+from .traces import fleet_trace
 
 #: Boot sizes (GiB) and their shares in the simulated fleet.
 BOOT_SIZES: Final = ((2, 0.3), (4, 0.4), (8, 0.2), (16, 0.1))

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from services.guest_sim.workload import (
+from ..guest_sim.workload import (
     Bursty,
     Diurnal,
     Idle,

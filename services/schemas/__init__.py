@@ -8,9 +8,9 @@ log-row envelopes, generated from the record definitions.
 ``python -m services.schemas`` rewrites ``schemas/``; ``--check`` exits 1 when it is stale.
 """
 
-from services.schemas.files import SCHEMA_ROOT, Drift, check, write
-from services.schemas.generator import ENVELOPES, EVENTS, FAMILIES, INBOX, OUTBOX, generate, schema_id
-from services.schemas.validation import validator_for
+from .files import SCHEMA_ROOT, Drift, check, write
+from .generator import ENVELOPES, EVENTS, FAMILIES, INBOX, OUTBOX, generate, schema_id
+from .validation import validator_for
 
 __all__ = [
     "ENVELOPES",

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from services.schemas.files import SCHEMA_ROOT, check, write
+from .files import SCHEMA_ROOT, check, write
 
 
 def main(argv: Sequence[str] | None = None) -> int:

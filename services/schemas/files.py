@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from services.schemas.generator import FAMILIES, Schema, generate
+from .generator import FAMILIES, Schema, generate
 
 #: ``schemas/`` at the repository root, next to the ``services`` package.
 SCHEMA_ROOT: Final = Path(__file__).resolve().parents[2] / "schemas"

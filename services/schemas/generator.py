@@ -31,9 +31,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import fields
 from typing import Any, Final, Literal
 
-from services.dm_engine import events as ev
-from services.dm_engine import inputs as inp
-from services.dm_protocol.messages import (
+from ..dm_engine import events as ev
+from ..dm_engine import inputs as inp
+from ..dm_protocol.messages import (
     INT_LIMITS,
     MESSAGE_CLASSES,
     PAGE_COUNT_LIMIT,

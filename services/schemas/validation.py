@@ -15,8 +15,8 @@ from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012, SchemaRegistry
 
-from services.schemas.files import SCHEMA_ROOT
-from services.schemas.generator import FAMILIES, Schema, generate, relative_path
+from .files import SCHEMA_ROOT
+from .generator import FAMILIES, Schema, generate, relative_path
 
 
 @functools.cache

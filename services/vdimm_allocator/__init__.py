@@ -4,8 +4,8 @@ See :mod:`services.vdimm_allocator.allocator` for the design and the QEMU behavi
 :mod:`services.vdimm_allocator.ram_layout` for where guest RAM and the hot-add window are.
 """
 
-from services.units import PAGE_SIZE
-from services.vdimm_allocator.allocator import (
+from ..units import PAGE_SIZE
+from .allocator import (
     HOT_ADD_CHUNK_PAGES,
     MAX_HOT_ADD_ALIGNMENT,
     SNAPSHOT_FORMAT,
@@ -25,7 +25,7 @@ from services.vdimm_allocator.allocator import (
     release_all,
     unplug,
 )
-from services.vdimm_allocator.ram_layout import (
+from .ram_layout import (
     MACHINES,
     Machine,
     RamLayoutError,

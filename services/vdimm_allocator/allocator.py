@@ -37,7 +37,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from services.units import PAGE_SIZE
+from ..units import PAGE_SIZE
 
 __all__ = [
     "HOT_ADD_CHUNK_PAGES",

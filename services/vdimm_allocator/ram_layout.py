@@ -30,7 +30,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Final, Literal
 
-from services.units import PAGE_SHIFT
+from ..units import PAGE_SHIFT
 
 GIB_PAGES: Final = (1 << 30) >> PAGE_SHIFT
 #: 4 GiB in pages: where relocated RAM starts.

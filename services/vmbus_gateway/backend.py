@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
-from services.dm_engine.inputs import Input
-from services.event_log.sqlite_log import OutboxRow
+from ..dm_engine.inputs import Input
+from ..event_log.sqlite_log import OutboxRow
 
 
 class GatewayBackend(Protocol):

@@ -18,8 +18,8 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, Protocol
 
-from services.dm_protocol import DecodeError, FrameReader, dm_message_bytes, frame
-from services.vmbus_gateway.hello import Hello
+from ..dm_protocol import DecodeError, FrameReader, dm_message_bytes, frame
+from .hello import Hello
 
 log = logging.getLogger("hvdm.guest_link")
 

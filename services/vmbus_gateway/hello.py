@@ -24,18 +24,19 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from services.dm_engine.limits import (
+from ..dm_engine.limits import (
     MAX_MEMORY_BYTES,
     MAX_PAGE_NUMBER,
     MAX_RECORD_INT,
     VM_ID,
     BoundsError,
+    canonical_uuid,
     check_int,
     check_window,
     json_too_deep,
     valid_vm_id,
 )
-from services.vdimm_allocator.ram_layout import (
+from ..vdimm_allocator.ram_layout import (
     MACHINES,
     RamLayoutError,
     RamRanges,
@@ -43,8 +44,6 @@ from services.vdimm_allocator.ram_layout import (
     ram_end_page,
     x86_ram_ranges,
 )
-
-from ..dm_engine.limits import canonical_uuid
 
 MAX_HELLO_BYTES = 4096
 #: Reason codes of refused hellos (the ``reason`` label of ``hvdm_gateway_hello_rejected_total``).

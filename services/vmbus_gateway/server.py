@@ -35,15 +35,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from services.dm_engine.inputs import ChannelClosed, ChannelOpened, GuestMessage, Input, MalformedFrame
-from services.dm_protocol import DecodeError, FrameReader, StatusReport, decode, dm_message_bytes, dm_trans_id, frame
-from services.event_log.retry import retry_write
-from services.event_log.sqlite_log import LogWriteError
-from services.socket_files import remove_own_socket, remove_stale_socket, socket_identity
-from services.vmbus_gateway.auth import GatewayAuth, PeerIdentity, certificate_names, peer_uid, token_matches
-from services.vmbus_gateway.backend import GatewayBackend
-from services.vmbus_gateway.counters import VM_CONNECTED, GatewayCounters
-from services.vmbus_gateway.hello import MAX_HELLO_BYTES, Hello, HelloError, parse_hello
+from ..dm_engine.inputs import ChannelClosed, ChannelOpened, GuestMessage, Input, MalformedFrame
+from ..dm_protocol import DecodeError, FrameReader, StatusReport, decode, dm_message_bytes, dm_trans_id, frame
+from ..event_log.retry import retry_write
+from ..event_log.sqlite_log import LogWriteError
+from ..socket_files import remove_own_socket, remove_stale_socket, socket_identity
+from .auth import GatewayAuth, PeerIdentity, certificate_names, peer_uid, token_matches
+from .backend import GatewayBackend
+from .counters import VM_CONNECTED, GatewayCounters
+from .hello import MAX_HELLO_BYTES, Hello, HelloError, parse_hello
 
 log = logging.getLogger("hvdm.gateway")
 

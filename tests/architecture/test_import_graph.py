@@ -4,7 +4,9 @@ Why it matters: a cycle between deployments (embedded <-> Kafka) or from an adap
 core makes every layer depend on every other, so none can change or be read alone. Imports are
 read with ``ast`` from the source, including those inside functions (a lazy import is still a
 dependency) but not those under ``if TYPE_CHECKING:`` (they never run). ``from package import
-module`` depends on that module, not on the whole package.
+module`` depends on that module, not on the whole package. Imports inside ``services/`` are relative
+(the package installs as ``hvdm``, runs as ``services`` from a checkout); they are resolved against
+the importing module's package, and an absolute ``services`` import there is itself a failure.
 """
 
 from __future__ import annotations
@@ -37,15 +39,25 @@ def _nodes(node: ast.AST) -> Iterator[ast.AST]:
         yield from _nodes(child)
 
 
-def _imports(path: Path, modules: Mapping[str, Path]) -> Iterator[str]:
+def _absolute(node: ast.ImportFrom, importer: str, path: Path) -> str:
+    """The module a ``from ... import`` names, with relative levels resolved against the importer's package."""
+    if node.level == 0:
+        return node.module or ""
+    package = importer.split(".") if path.name == "__init__.py" else importer.split(".")[:-1]
+    base = package[: len(package) - (node.level - 1)]
+    return ".".join([*base, node.module] if node.module else base)
+
+
+def _imports(path: Path, modules: Mapping[str, Path], importer: str = "") -> Iterator[str]:
     for node in _nodes(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
             yield from (a.name for a in node.names if a.name in modules)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            subs = [f"{node.module}.{a.name}" for a in node.names if f"{node.module}.{a.name}" in modules]
+        elif isinstance(node, ast.ImportFrom) and (node.module or node.level):
+            source = _absolute(node, importer, path)
+            subs = [f"{source}.{a.name}" for a in node.names if f"{source}.{a.name}" in modules]
             yield from subs
-            if len(subs) < len(node.names) and node.module in modules:
-                yield node.module
+            if len(subs) < len(node.names) and source in modules:
+                yield source
 
 
 def import_graph(package_level: bool) -> dict[str, set[str]]:
@@ -56,7 +68,7 @@ def import_graph(package_level: bool) -> dict[str, set[str]]:
 
     graph: dict[str, set[str]] = {key(m): set() for m in modules}
     for name, path in modules.items():
-        for target in _imports(path, modules):
+        for target in _imports(path, modules, name):
             if key(target) != key(name):
                 graph[key(name)].add(key(target))
     return graph
@@ -83,6 +95,30 @@ def find_cycle(graph: Mapping[str, set[str]]) -> list[str] | None:
         if node not in state and (found := visit(node)) is not None:
             return found
     return None
+
+
+def test_relative_imports_resolve_to_the_modules_they_name() -> None:
+    modules = _modules()
+    assert "services.dm_engine.events" in set(
+        _imports(modules["services.dm_engine.step"], modules, "services.dm_engine.step")
+    )
+    assert "services.dm_protocol" in set(
+        _imports(modules["services.dm_engine.step"], modules, "services.dm_engine.step")
+    )
+
+
+def test_services_imports_itself_only_relatively() -> None:
+    """An absolute ``services...`` import would break the installed package (it is ``hvdm`` there)."""
+    absolute = []
+    for name, path in _modules().items():
+        for node in _nodes(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                absolute += [f"{name}: import {a.name}" for a in node.names if a.name.split(".")[0] == "services"]
+            elif (
+                isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] == "services"
+            ):
+                absolute.append(f"{name}: from {node.module} import ...")
+    assert absolute == []
 
 
 def test_the_finder_finds_a_cycle() -> None:

@@ -9,12 +9,14 @@ The Kafka services (``hvdm gateway``, ``hvdm engine --broker``) are in tests/kaf
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 import uuid
@@ -204,3 +206,37 @@ def test_failures_are_logged_once(tmp_path: Path, caplog: pytest.LogCaptureFixtu
     notifier.close()
     assert notifier.failures == 10
     assert [r.getMessage().split()[0] for r in caplog.records] == ["event=systemd_notify_failed"]
+
+
+def test_a_blocked_loop_stops_pinging(tmp_path: Path) -> None:
+    """The pings come from the service's own loop: a call that hangs it (here 0.6 s of
+    ``time.sleep`` on the loop, as a stuck engine batch would) leaves a gap systemd notices."""
+    peer = NotifySocket(tmp_path / "n")
+    notifier = Notifier(str(tmp_path / "n"), watchdog_seconds=0.02)
+
+    async def scenario() -> None:
+        task = asyncio.create_task(notifier.keep_alive())
+        await asyncio.sleep(0.2)
+        time.sleep(0.6)  # the loop is stuck
+        await asyncio.sleep(0.2)
+        task.cancel()
+
+    done = threading.Event()
+
+    def receive() -> None:  # on its own thread, so each ping is timed when it arrives
+        while not done.is_set():
+            peer.receive(0.05)
+
+    receiver = threading.Thread(target=receive)
+    receiver.start()
+    try:
+        asyncio.run(scenario())
+        done.set()
+        receiver.join(5)
+        times = [t for t, m in peer.messages if m == "WATCHDOG=1\n"]
+        gaps = sorted(b - a for a, b in itertools.pairwise(times))
+        assert len(times) >= 10 and gaps[-1] >= 0.5 and gaps[-2] < 0.2, gaps[-3:]
+    finally:
+        done.set()
+        notifier.close()
+        peer.close()

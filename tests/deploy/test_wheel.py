@@ -1,14 +1,15 @@
 """The installed wheel: built from this tree, installed into a fresh virtualenv, run from there.
 
-What an install must (not) do: claim no generic top-level import name besides ``services`` (no
-``bench``, no ``tests``), carry the SPDX license expression without setuptools' deprecation warning,
+What an install must (not) do: claim one top-level import name, the project's own ``hvdm`` (the
+checkout's ``services/`` directory installed under that name: no ``services``, ``bench`` or
+``tests``), carry the SPDX license expression without setuptools' deprecation warning,
 the classifiers and the Faust pin, and work: ``hvdm --help``, ``--version``, ``decode`` and ``config
-show`` run from the virtualenv's own ``bin/hvdm``, importing ``services`` from its site-packages.
+show`` run from the virtualenv's own ``bin/hvdm``, importing ``hvdm`` from its site-packages.
 
 Offline and fast: the wheel is built with ``--no-build-isolation`` (setuptools >= 77 is a dev
 dependency) and installed with ``--no-deps``; the fresh virtualenv reaches the dependencies through a
 ``.pth`` line naming the project venv's site-packages (a path, so that directory's own ``.pth``
-files, among them the editable install's finder, are not run: ``services`` can only come from the
+files, among them the editable install's finder, are not run: ``hvdm`` can only come from the
 wheel).
 """
 
@@ -18,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import tomllib
 import zipfile
 from pathlib import Path
 
@@ -44,7 +46,17 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     return built, out.stdout + out.stderr
 
 
-def test_the_wheel_claims_only_services_and_says_its_license(wheel: tuple[Path, str]) -> None:
+def test_the_package_list_names_every_directory_of_services() -> None:
+    """``[tool.setuptools] packages`` is written out (a mapped directory cannot be found by name)."""
+    listed = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    on_disk = {
+        ".".join(("hvdm", *module.parent.relative_to(ROOT / "services").parts))
+        for module in (ROOT / "services").rglob("*.py")
+    }
+    assert sorted(listed) == sorted(on_disk)
+
+
+def test_the_wheel_claims_only_hvdm_and_says_its_license(wheel: tuple[Path, str]) -> None:
     path, log = wheel
     assert "deprecated" not in log.lower() and "License classifiers" not in log, log[-2000:]
     with zipfile.ZipFile(path) as zf:
@@ -52,8 +64,8 @@ def test_the_wheel_claims_only_services_and_says_its_license(wheel: tuple[Path, 
         (metadata,) = [n for n in names if n.endswith(".dist-info/METADATA")]
         meta = zf.read(metadata).decode()
     top = {n.split("/")[0] for n in names}
-    assert top == {"services", metadata.split("/")[0]}, top
-    assert "services/py.typed" in names and "services/cli/main.py" in names
+    assert top == {"hvdm", metadata.split("/")[0]}, top
+    assert "hvdm/py.typed" in names and "hvdm/cli/main.py" in names
     assert "License-Expression: GPL-2.0-or-later" in meta
     assert "Classifier: Programming Language :: Python :: 3.13" in meta
     assert "Classifier: License ::" not in meta  # the SPDX expression replaces license classifiers
@@ -76,7 +88,8 @@ def test_the_installed_wheel_runs_from_a_fresh_virtualenv(wheel: tuple[Path, str
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert install.returncode == 0, install.stderr[-2000:]
-    assert (site / "services" / "cli" / "main.py").exists() and not (site / "bench").exists()
+    assert (site / "hvdm" / "cli" / "main.py").exists()
+    assert not (site / "services").exists() and not (site / "bench").exists()
     (site / "hvdm-deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
 
     def hvdm(*args: str) -> subprocess.CompletedProcess[str]:
@@ -84,9 +97,11 @@ def test_the_installed_wheel_runs_from_a_fresh_virtualenv(wheel: tuple[Path, str
             [str(venv / "bin" / "hvdm"), *args], cwd=tmp_path, capture_output=True, text=True, timeout=120
         )
 
-    where = subprocess.run([str(py), "-c", "import services; print(services.__file__)"], cwd=tmp_path,
+    where = subprocess.run([str(py), "-c", "import hvdm; print(hvdm.__file__)"], cwd=tmp_path,
                            capture_output=True, text=True)  # fmt: skip
-    assert where.stdout.strip() == str(site / "services" / "__init__.py"), where
+    assert where.stdout.strip() == str(site / "hvdm" / "__init__.py"), where
+    hidden = subprocess.run([str(py), "-c", "import services"], cwd=tmp_path, capture_output=True, text=True)
+    assert hidden.returncode != 0 and "No module named 'services'" in hidden.stderr
     helped = hvdm("--help")
     assert helped.returncode == 0, helped.stderr
     assert "decode" in helped.stdout and "config" in helped.stdout
@@ -96,5 +111,7 @@ def test_the_installed_wheel_runs_from_a_fresh_virtualenv(wheel: tuple[Path, str
     assert "DM_VERSION_REQUEST" in decoded.stdout
     shown = hvdm("config", "show", "--format", "json", "run")
     assert shown.returncode == 0 and '"guests": 0' in shown.stdout, shown.stderr
+    module = subprocess.run([str(py), "-m", "hvdm", "--version"], cwd=tmp_path, capture_output=True, text=True)
+    assert module.stdout.strip() == "hvdm 0.1.0", module.stderr  # python -m hvdm (how workers are started)
     benched = hvdm("bench", "ranges")  # the benchmarks live in the source tree only
     assert benched.returncode == 2 and benched.stderr.startswith("hvdm: error: bench: ")

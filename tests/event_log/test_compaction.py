@@ -339,7 +339,7 @@ def test_kill_9_during_compaction_leaves_the_old_log_or_the_new(
         assert stage in ("fold", "write", "delete", "commit")
         assert report.events == old_events
     else:  # the new one, whole
-        assert stage in ("commit", "vacuum", "done") or stage == "delete"
+        assert stage not in ("fold", "write")  # nothing is committed before the deletes
         assert report.events == old_events - base.cut.event_rows
         assert all(v.history is not None for v in report.vms.values())
     reader.close()

@@ -140,7 +140,7 @@ def test_good_values_still_parse() -> None:
 
 def hvdm(*args: str | Path, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "services", *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "hvdm", *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=120
     )
 
 

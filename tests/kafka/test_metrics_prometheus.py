@@ -37,6 +37,7 @@ from services.kafka_engine.tansu import LocalBroker
 from services.vmbus_gateway.client import GuestLink
 from services.vmbus_gateway.hello import Hello
 from tests.deploy.dashboard import load_dashboard, panel_queries, substitute
+from tests.deploy.notify_socket import NotifySocket
 from tests.metrics.prometheus_server import PrometheusServer, free_port, prometheus_binary, start_prometheus
 
 pytestmark = [pytest.mark.kafka, pytest.mark.prometheus]
@@ -46,6 +47,9 @@ GIB = 1 << 30
 BOOT = 2 * GIB
 SPEED = 25.0
 VMS = [f"vm{i}" for i in range(1, 9)]
+#: vm1's hello names its UUID: the engine records it (``VmIdentified``) and the owning worker's
+#: series carry it as the ``uuid`` label, also after its partition moved to the other worker.
+VM1_UUID = "6b29fc40-ca47-1067-b31d-00dd010662da"
 #: Metric families only the embedded deployment exports (per-VM QMP sockets, the SQLite log's health).
 EMBEDDED_ONLY = ("hvdm_qmp_", "hvdm_log_")
 
@@ -53,11 +57,11 @@ EMBEDDED_ONLY = ("hvdm_qmp_", "hvdm_log_")
 class Proc:
     """An ``hvdm`` child process with its log; stopped (SIGTERM, then SIGKILL) by ``stop``."""
 
-    def __init__(self, args: Sequence[str], log: Path) -> None:
+    def __init__(self, args: Sequence[str], log: Path, env: dict[str, str] | None = None) -> None:
         self.log_path = log
         self._log = log.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "services", *args], cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "services", *args], cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, env=env
         )
 
     def stop(self) -> None:
@@ -115,7 +119,9 @@ async def drive_guests(settings: KafkaSettings, sock: str) -> list[GuestLink]:
     for i, vm in enumerate(VMS):
         profile = "malicious" if vm == "vm8" else "linux"
         guest = SimulatedGuest(GuestConfig(boot_bytes=BOOT, profile=profile, seed=i))
-        link = GuestLink(guest, Hello(vm=vm, boot_bytes=BOOT, maxmem_bytes=4 * BOOT), clock.now_seconds)
+        uuid = VM1_UUID if vm == "vm1" else None  # recorded in the log: every worker owning vm1 labels it
+        hello = Hello(vm=vm, boot_bytes=BOOT, maxmem_bytes=4 * BOOT, uuid=uuid)
+        link = GuestLink(guest, hello, clock.now_seconds)
         await link.open(unix_path=sock)
         links.append(link)
     # One guest that connects and leaves: its VM stays known, disconnected.
@@ -264,6 +270,8 @@ def test_prometheus_scrapes_two_workers_and_a_gateway(
             ),
         )
         assert not prom.api("query", query="count by (vm) (hvdm_vm_current_bytes) > 1")["result"]
+        labelled = prom.api("query", query='hvdm_vm_current_bytes{vm=~"vm1|vm2"}')["result"]
+        assert {r["metric"]["vm"]: r["metric"].get("uuid") for r in labelled} == {"vm1": VM1_UUID, "vm2": None}
         check_dashboard(prom)
         refused = prom.api("query", query='hvdm_gateway_refusals_total{reason="not_json"}')["result"]
         assert refused and float(refused[0]["value"][1]) == 1
@@ -278,7 +286,9 @@ def test_prometheus_scrapes_two_workers_and_a_gateway(
 def test_run_broker_serves_the_gateways_and_the_engines_metrics(
     broker: LocalBroker, prefix: str, tmp_path: Path
 ) -> None:
-    """``hvdm run --broker --metrics-port P``: the in-process gateway on P, engine worker 0 on P+1."""
+    """``hvdm run --broker --metrics-port P``: the in-process gateway on P, engine worker 0 on P+1;
+    systemd's notify socket hears READY=1, watchdog pings and STOPPING=1 (its workers stay silent)."""
+    notify = NotifySocket(tmp_path / "notify")
     base = free_port()
     while True:  # P and P+1 both free
         with contextlib.suppress(OSError), socket.socket() as s:
@@ -304,8 +314,12 @@ def test_run_broker_serves_the_gateways_and_the_engines_metrics(
             "h1",
         ],
         tmp_path / "run.log",
+        env=notify.env(watchdog_usec=400_000),  # as under systemd (Type=notify, WatchdogSec)
     )
     try:
+        notify.wait_for("READY=1", 120, alive=lambda: run.proc.poll() is None)
+        assert fetch(f"http://127.0.0.1:{base}/-/ready")[0] == 200  # the gateway listens at READY=1
+        notify.wait_for("WATCHDOG=1", 3)
         wait_for("the engine to export vm1", lambda: vms_of(base + 1) == {"vm1"}, procs=[run])
         status, text = fetch(f"http://127.0.0.1:{base}/metrics")
         assert status == 200 and 'hvdm_gateway_connections{host="h1"} 1.0' in text
@@ -313,13 +327,20 @@ def test_run_broker_serves_the_gateways_and_the_engines_metrics(
     finally:
         # SIGTERM, as systemd or docker stop it (the same handler as an operator's ^C): hvdm run
         # stops its engine children on the way out.
+        while notify.receive(0.01) is not None:  # room in the socket's queue for STOPPING=1
+            pass
         if run.proc.poll() is None:
             run.proc.send_signal(signal.SIGTERM)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 run.proc.wait(30)
         stopped_by_itself = run.proc.poll() is not None
         run.stop()
+        with contextlib.suppress(AssertionError):
+            notify.wait_for("STOPPING=1", 1)
+        notify.close()
     assert stopped_by_itself, "hvdm run --broker did not stop within 30 s of SIGTERM"
+    assert notify.lines("STOPPING=1") == ["STOPPING=1"]
+    assert notify.lines("READY=1") == ["READY=1"]  # the engine children did not inherit the socket
     assert "SIGTERM received" in run.log_path.read_text(errors="replace")
     # Nothing left listening: the engine child was stopped with its parent.
     assert fetch(f"http://127.0.0.1:{base + 1}/-/healthy")[0] == 0

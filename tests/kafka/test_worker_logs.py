@@ -25,7 +25,7 @@ def test_worker_logs_json_on_stderr_and_nothing_on_stdout(broker: LocalBroker, p
     cfg = tmp_path / "engine.toml"
     cfg.write_text(f'[log]\nlevel = "info"\nformat = "json"\n[engine]\nbroker = "{broker.url}?prefix={prefix}"\n')
     proc = subprocess.Popen(
-        [sys.executable, "-m", "services", "engine", "--config", str(cfg)],
+        [sys.executable, "-m", "hvdm", "engine", "--config", str(cfg)],  # the installed name (cwd is not the checkout)
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
