@@ -507,11 +507,13 @@ class PageRangeSet:
 
         Runtime complexity: O(k*log(k) + k*log(n)), or O(k*log(k) + n) when k is large
         """
-        items = _sorted_batch(ranges)
+        batch = ranges if isinstance(ranges, list | tuple) else list(ranges)
+        if len(batch) >= _VECTOR_MIN and len(batch) * _VECTOR_RATIO >= self._len:
+            # Checked, sorted and merged by numpy (_vector_bounds raises ValueError before any change).
+            return self._union_vector(batch)
+        items = _sorted_batch(batch)
         if not items:
             return 0
-        if len(items) >= _VECTOR_MIN and len(items) * _VECTOR_RATIO >= self._len:
-            return self._union_vector(items)
         if len(items) * _REBUILD_RATIO >= self._len:
             return self._union_rebuild(items)
         # Hot path (510-range balloon responses): attributes and globals bound to locals once per
@@ -591,7 +593,7 @@ class PageRangeSet:
         self._len += nranges
         return added + spliced
 
-    def _union_vector(self, items: list[tuple[int, int]]) -> int:
+    def _union_vector(self, items: Sequence[tuple[int, int]]) -> int:
         """Merge ``items`` into the set with numpy over the flat boundaries; return pages added.
 
         The batch is merged first (disjoint, non-adjacent ranges), then each of its ranges does to
