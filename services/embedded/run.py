@@ -307,14 +307,15 @@ def start_fresh(cfg: RunConfig, out: TextIO = sys.stdout) -> None:
         print(f"hvdm: --fresh: moved the old log {cfg.db} to {moved}", file=out, flush=True)
 
 
-def main_run(cfg: RunConfig, serve: Callable[[RunConfig], Coroutine[Any, Any, int]] | None = None) -> int:
+def main_run(cfg: RunConfig, serve: Callable[..., Coroutine[Any, Any, int]] | None = None) -> int:
     """Run ``hvdm run``: the embedded service, or ``serve`` (the CLI passes the Kafka deployment's
-    ``run_on_broker`` for ``--broker``, so this package never imports the other deployment)."""
+    ``run_on_broker`` for ``--broker``, so this package never imports the other deployment), called
+    as ``serve(cfg, notifier=...)`` with systemd's ``Notifier``."""
     # Read (and removed from the environment) before anything starts a child process.
     notifier = Notifier.from_environ()
     try:
         if serve is not None:
-            return asyncio.run(serve(cfg))
+            return asyncio.run(serve(cfg, notifier=notifier))
         # A foreign file is refused before anything (the lock file) is created next to it.
         check_log_file(cfg.db)
         # Held from before --fresh moves the old log until the summary is printed (issue 9 §4).

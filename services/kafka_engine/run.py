@@ -10,6 +10,7 @@ published to the inbox like a QMP server would. Every child process is stopped o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import subprocess
@@ -28,6 +29,7 @@ from ..embedded.clock import TickClock
 from ..embedded.run import check_gateway_config, connect_sim_guests, run_gateway_limits, sim_endpoint
 from ..embedded.stop_signals import StopSignals
 from ..metrics import serve_gateway
+from ..systemd_notify import Notifier
 from ..vmbus_gateway.client import GuestLink
 from . import envelope
 from .deployment_config import engine_config_of
@@ -100,8 +102,12 @@ def summary(service: BrokerService, scripts: dict[str, DemoScript]) -> dict[str,
     }
 
 
-async def run_on_broker(cfg: Any, out: TextIO = sys.stdout, *, engines: int = 1) -> int:
-    """``cfg`` is ``hvdm run``'s ``RunConfig`` with ``broker`` set."""
+async def run_on_broker(
+    cfg: Any, out: TextIO = sys.stdout, *, engines: int = 1, notifier: Notifier | None = None
+) -> int:
+    """``cfg`` is ``hvdm run``'s ``RunConfig`` with ``broker`` set. ``notifier``: systemd's; READY=1
+    once the gateway listens and every engine worker processes its partitions."""
+    notify = notifier if notifier is not None else Notifier(None)
 
     check_gateway_config(cfg)
     settings = replace(KafkaSettings.from_url(cfg.broker), speed=cfg.speed)
@@ -109,6 +115,7 @@ async def run_on_broker(cfg: Any, out: TextIO = sys.stdout, *, engines: int = 1)
     config = await asyncio.to_thread(engine_config_of, settings, cfg.engine_config)
     clock = TickClock(tick_seconds=config.tick_seconds, speed=cfg.speed)
     stop = StopSignals().install()
+    stop.on_stop.append(lambda name: notify.stopping(f"{name} received: stopping the gateway and the workers"))
     preexec = _die_with_parent()
     children = [
         subprocess.Popen(
@@ -142,8 +149,13 @@ async def run_on_broker(cfg: Any, out: TextIO = sys.stdout, *, engines: int = 1)
     async def refresh() -> None:
         await asyncio.to_thread(service.refresh)
 
+    keep_alive: asyncio.Task[None] | None = None
     try:
         await _workers_processing(service, children, stop)
+        if not stop.received:
+            notify.ready(f"serving: gateway and {engines} engine worker(s) on {settings.bootstrap}")
+            alive = lambda: all(p.poll() is None for p in children)  # noqa: E731 -- a worker died: no pings
+            keep_alive = asyncio.create_task(notify.keep_alive(healthy=alive), name="hvdm-systemd-notify")
         await connect_sim_guests(cfg, service, endpoint, links, scripts, reboot_wait_seconds=30, refresh=refresh)
 
         def worker_exited() -> str | None:
@@ -162,6 +174,11 @@ async def run_on_broker(cfg: Any, out: TextIO = sys.stdout, *, engines: int = 1)
             stop=worker_exited,
         )
     finally:
+        notify.stopping("stopping the gateway and the workers")
+        if keep_alive is not None:
+            keep_alive.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keep_alive
         stop.uninstall()
         report = summary(service, scripts)
         for link in links.values():

@@ -3,6 +3,6 @@
 ``from services.range_store import PageRangeSet, coalesce``; see :mod:`services.range_store.ranges`.
 """
 
-from .ranges import PageRangeSet, coalesce
+from .ranges import PageRangeSet, RangeBatch, coalesce
 
-__all__ = ["PageRangeSet", "coalesce"]
+__all__ = ["PageRangeSet", "RangeBatch", "coalesce"]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from services.dm_engine import events as ev
 from services.dm_engine import initial_state, process
 from services.dm_engine.outbox import SENDS, outbox_messages
@@ -57,3 +60,21 @@ def test_stored_form_and_outbox_shortcuts_agree_with_the_general_functions() -> 
     for cls in ev.EVENT_TYPES.values():
         # ``type(e) in SENDS`` is exact; a subclass of a sending type would slip past it.
         assert all(cls is s or not issubclass(cls, s) for s in SENDS)
+
+
+@given(
+    st.lists(
+        st.tuples(st.integers(-(2**64), 2**70), st.integers(-(2**64), 2**70)) | st.tuples(st.booleans(), st.integers()),
+        max_size=30,
+    )
+)
+def test_page_ranges_are_written_like_the_reference_encoder(ranges: list[tuple[int, int]]) -> None:
+    """``event_json`` hands all-int pairs to orjson; anything else (beyond 64 bits, bools) is
+    written out pair by pair, exactly as before the shortcut."""
+    event = ev.PagesBallooned(ranges=tuple(ranges), pages=1, tick=2)
+    before = (
+        '{"pages":1,"ranges":[' + ",".join([f"[{s},{c}]" for s, c in ranges]) + '],"tick":2,"type":"PagesBallooned"}'
+    )
+    assert event_json(event) == before
+    if all(type(v) is int for pair in ranges for v in pair):
+        assert event_json(event) == reference(event)

@@ -37,6 +37,7 @@ from services.kafka_engine.tansu import LocalBroker
 from services.vmbus_gateway.client import GuestLink
 from services.vmbus_gateway.hello import Hello
 from tests.deploy.dashboard import load_dashboard, panel_queries, substitute
+from tests.deploy.notify_socket import NotifySocket
 from tests.metrics.prometheus_server import PrometheusServer, free_port, prometheus_binary, start_prometheus
 
 pytestmark = [pytest.mark.kafka, pytest.mark.prometheus]
@@ -56,11 +57,11 @@ EMBEDDED_ONLY = ("hvdm_qmp_", "hvdm_log_")
 class Proc:
     """An ``hvdm`` child process with its log; stopped (SIGTERM, then SIGKILL) by ``stop``."""
 
-    def __init__(self, args: Sequence[str], log: Path) -> None:
+    def __init__(self, args: Sequence[str], log: Path, env: dict[str, str] | None = None) -> None:
         self.log_path = log
         self._log = log.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "services", *args], cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "services", *args], cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, env=env
         )
 
     def stop(self) -> None:
@@ -285,7 +286,9 @@ def test_prometheus_scrapes_two_workers_and_a_gateway(
 def test_run_broker_serves_the_gateways_and_the_engines_metrics(
     broker: LocalBroker, prefix: str, tmp_path: Path
 ) -> None:
-    """``hvdm run --broker --metrics-port P``: the in-process gateway on P, engine worker 0 on P+1."""
+    """``hvdm run --broker --metrics-port P``: the in-process gateway on P, engine worker 0 on P+1;
+    systemd's notify socket hears READY=1, watchdog pings and STOPPING=1 (its workers stay silent)."""
+    notify = NotifySocket(tmp_path / "notify")
     base = free_port()
     while True:  # P and P+1 both free
         with contextlib.suppress(OSError), socket.socket() as s:
@@ -311,8 +314,12 @@ def test_run_broker_serves_the_gateways_and_the_engines_metrics(
             "h1",
         ],
         tmp_path / "run.log",
+        env=notify.env(watchdog_usec=400_000),  # as under systemd (Type=notify, WatchdogSec)
     )
     try:
+        notify.wait_for("READY=1", 120, alive=lambda: run.proc.poll() is None)
+        assert fetch(f"http://127.0.0.1:{base}/-/ready")[0] == 200  # the gateway listens at READY=1
+        notify.wait_for("WATCHDOG=1", 3)
         wait_for("the engine to export vm1", lambda: vms_of(base + 1) == {"vm1"}, procs=[run])
         status, text = fetch(f"http://127.0.0.1:{base}/metrics")
         assert status == 200 and 'hvdm_gateway_connections{host="h1"} 1.0' in text
@@ -320,13 +327,20 @@ def test_run_broker_serves_the_gateways_and_the_engines_metrics(
     finally:
         # SIGTERM, as systemd or docker stop it (the same handler as an operator's ^C): hvdm run
         # stops its engine children on the way out.
+        while notify.receive(0.01) is not None:  # room in the socket's queue for STOPPING=1
+            pass
         if run.proc.poll() is None:
             run.proc.send_signal(signal.SIGTERM)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 run.proc.wait(30)
         stopped_by_itself = run.proc.poll() is not None
         run.stop()
+        with contextlib.suppress(AssertionError):
+            notify.wait_for("STOPPING=1", 1)
+        notify.close()
     assert stopped_by_itself, "hvdm run --broker did not stop within 30 s of SIGTERM"
+    assert notify.lines("STOPPING=1") == ["STOPPING=1"]
+    assert notify.lines("READY=1") == ["READY=1"]  # the engine children did not inherit the socket
     assert "SIGTERM received" in run.log_path.read_text(errors="replace")
     # Nothing left listening: the engine child was stopped with its parent.
     assert fetch(f"http://127.0.0.1:{base + 1}/-/healthy")[0] == 0

@@ -9,7 +9,7 @@ import pytest
 
 import services.range_store.ranges as ranges_mod
 from bench.ranges import deep_sizeof
-from services.range_store import PageRangeSet, coalesce
+from services.range_store import PageRangeSet, RangeBatch, coalesce
 from services.range_store.ranges import MAX_END
 
 TIB_PAGES = 1 << 28
@@ -63,6 +63,39 @@ def test_add_many_both_strategies_agree(monkeypatch: pytest.MonkeyPatch, ratio: 
     s = PageRangeSet([(0, 2), (10, 2), (20, 2)])
     assert s.add_many([(2, 1), (9, 1), (12, 8), (30, 1)]) == 1 + 1 + 8 + 1
     assert s.to_list() == [(0, 3), (9, 13), (30, 1)]
+
+
+@pytest.mark.parametrize("vector", [False, True])
+def test_add_many_vector_strategy_agrees_on_a_fragmented_balloon(monkeypatch: pytest.MonkeyPatch, vector: bool) -> None:
+    """The benchmark's worst case in small: 2 MiB ranges shuffled over RAM, 510 per message, merged
+    by numpy (``_union_vector``) or range by range; both end with the same set and counts."""
+    import random
+
+    monkeypatch.setattr(ranges_mod, "_LOAD", 64)  # many sublists, so re-cutting them is exercised
+    monkeypatch.setattr(ranges_mod, "_VECTOR_MIN", 0 if vector else 10**9)
+    monkeypatch.setattr(ranges_mod, "_VECTOR_RATIO", 10**9)
+    monkeypatch.setattr(ranges_mod, "_REBUILD_RATIO", 0)
+    starts = list(range(0, 4096 * 512, 512))
+    random.Random(7).shuffle(starts)
+    s = PageRangeSet()
+    model = PageRangeSet()
+    for m in range(0, 3000, 510):
+        batch = [(p, 512) for p in starts[m : m + 510]] + [(starts[m] + 1, 3)]  # one repeat
+        added = s.add_many(batch)
+        assert added == sum(model.add(p, c) for p, c in batch)
+        assert s == model and len(s) == len(model) and s.page_count == model.page_count
+        assert [len(sub) % 2 for sub in s._lists] == [0] * len(s._lists)
+        assert list(s._mins) == [sub[0] for sub in s._lists]
+
+
+def test_range_batch_rejects_what_cannot_be_stored() -> None:
+    for bad in ([(-1, 1)], [(1, -1)], [(MAX_END, 1)], [(1 << 64, 0)]):
+        with pytest.raises(ValueError):
+            RangeBatch(bad)
+    b = RangeBatch([(MAX_END - 1, 1), (0, 0)])
+    assert b.to_list() == [(MAX_END - 1, 1)] and b.empty == 1 and not b.repeats
+    assert PageRangeSet([(MAX_END - 5, 5)]).covers(b)
+    assert RangeBatch([]).to_list() == [] and PageRangeSet().covers(RangeBatch([]))
 
 
 def test_zero_counts_are_no_ops() -> None:

@@ -24,7 +24,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from services.range_store import PageRangeSet, coalesce
+from services.range_store import PageRangeSet, RangeBatch, coalesce
 from services.range_store import ranges as ranges_mod
 from services.range_store.ranges import MAX_END
 
@@ -127,6 +127,19 @@ class PageRangeSetMachine(RuleBasedStateMachine):
         gone = pages_of(batch) & self.model
         assert self.s.remove_many(batch) == len(gone)
         self.model -= gone
+
+    @rule(batch=rel_batches)
+    def batch_checks(self, batch: list[tuple[int, int]]) -> None:
+        """``RangeBatch`` is ``coalesce`` plus its counts; ``covers``/``isdisjoint`` match the model."""
+        batch = self.shift(batch)
+        b = RangeBatch(batch)
+        pages = pages_of(batch)
+        assert b.to_list() == coalesce(batch) == model_ranges(pages)
+        assert b.pages == len(pages) and len(b) == len(b.to_list())
+        assert b.empty == sum(1 for _, c in batch if c == 0)
+        assert b.repeats == (sum(c for _, c in batch) != len(pages))
+        assert self.s.covers(b) == (pages <= self.model)
+        assert self.s.isdisjoint(b) == (not pages & self.model)
 
     @rule(start=rel_pages, count=counts)
     def overlap_count(self, start: int, count: int) -> None:
@@ -243,15 +256,21 @@ class FarPageRangeSetMachine(PageRangeSetMachine):
     OFFSET = MAX_END - 2 * UNIVERSE - 8
 
 
+#: ``vector`` for ``layout``: batches of any size merged by numpy (``_union_vector``), or never.
+VECTOR_ALWAYS = (0, 10**9)
+VECTOR_NEVER = (10**9, 0)
+
+
 @contextmanager
-def layout(load: int, rebuild_ratio: int) -> Iterator[None]:
-    """Run with a given sublist load and batch strategy threshold."""
-    saved = ranges_mod._LOAD, ranges_mod._REBUILD_RATIO
+def layout(load: int, rebuild_ratio: int, vector: tuple[int, int] = VECTOR_NEVER) -> Iterator[None]:
+    """Run with a given sublist load and batch strategy thresholds."""
+    saved = ranges_mod._LOAD, ranges_mod._REBUILD_RATIO, ranges_mod._VECTOR_MIN, ranges_mod._VECTOR_RATIO
     ranges_mod._LOAD, ranges_mod._REBUILD_RATIO = load, rebuild_ratio
+    ranges_mod._VECTOR_MIN, ranges_mod._VECTOR_RATIO = vector
     try:
         yield
     finally:
-        ranges_mod._LOAD, ranges_mod._REBUILD_RATIO = saved
+        ranges_mod._LOAD, ranges_mod._REBUILD_RATIO, ranges_mod._VECTOR_MIN, ranges_mod._VECTOR_RATIO = saved
 
 
 MACHINE_SETTINGS = settings(
@@ -263,23 +282,27 @@ MACHINE_SETTINGS = settings(
 
 
 @pytest.mark.parametrize(
-    ("load", "rebuild_ratio"),
+    ("load", "rebuild_ratio", "vector"),
     [
-        (2, 0),  # tiny sublists, batches always range by range
-        (4, 0),
-        (4, 10**9),  # batches always rebuilt
-        (6, 3),
-        (ranges_mod._LOAD, ranges_mod._REBUILD_RATIO),  # production layout
+        (2, 0, VECTOR_NEVER),  # tiny sublists, batches always range by range
+        (4, 0, VECTOR_NEVER),
+        (4, 10**9, VECTOR_NEVER),  # batches always rebuilt
+        (6, 3, VECTOR_NEVER),
+        (2, 0, VECTOR_ALWAYS),  # batches always merged by numpy, cut into tiny sublists
+        (6, 0, VECTOR_ALWAYS),
+        (ranges_mod._LOAD, ranges_mod._REBUILD_RATIO, (ranges_mod._VECTOR_MIN, ranges_mod._VECTOR_RATIO)),
     ],
 )
-def test_state_machine(load: int, rebuild_ratio: int) -> None:
-    with layout(load, rebuild_ratio):
+def test_state_machine(load: int, rebuild_ratio: int, vector: tuple[int, int]) -> None:
+    with layout(load, rebuild_ratio, vector):
         run_state_machine_as_test(PageRangeSetMachine, settings=MACHINE_SETTINGS)
 
 
-@pytest.mark.parametrize(("load", "rebuild_ratio"), [(4, 0), (4, 10**9)])
-def test_state_machine_big_page_numbers(load: int, rebuild_ratio: int) -> None:
-    with layout(load, rebuild_ratio):
+@pytest.mark.parametrize(
+    ("load", "rebuild_ratio", "vector"), [(4, 0, VECTOR_NEVER), (4, 10**9, VECTOR_NEVER), (4, 0, VECTOR_ALWAYS)]
+)
+def test_state_machine_big_page_numbers(load: int, rebuild_ratio: int, vector: tuple[int, int]) -> None:
+    with layout(load, rebuild_ratio, vector):
         run_state_machine_as_test(FarPageRangeSetMachine, settings=MACHINE_SETTINGS)
 
 
