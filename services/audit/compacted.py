@@ -16,12 +16,10 @@ A log that was never compacted (and the Kafka reader) has no base: everything he
 
 from __future__ import annotations
 
-from array import array
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol
 
 from ..dm_engine.decider import initial_state
-from ..dm_engine.records import event_from_dict, loads
 from ..dm_engine.state import VmState
 from ..event_log.cut import CutBase
 from ..event_log.summaries import HistorySummary
@@ -65,31 +63,18 @@ def histories(
     log: LogReader,
     base: CutBase,
     names: Iterable[str],
-    consumed: int,
-    ticks: array[int],
+    folds: Mapping[str, HasHistory],
     tick_seconds: float,
 ) -> dict[str, dict[str, Any]]:
-    """Per VM in ``names``: the stored summary, the summary of its recorded events after the cut,
-    and their merge (the ``history`` of ``hvdm audit --json``)."""
-    wanted = frozenset(names)
-    after: dict[str, HistorySummary] = {}
-    one = next(iter(wanted)) if len(wanted) == 1 else None
-    for row in log.iter_events(one):
-        if row.vm not in wanted or row.inbox_pos > consumed:
-            continue
-        summary = after.get(row.vm)
-        if summary is None:
-            summary = after[row.vm] = HistorySummary(row.vm)
-        try:
-            event = event_from_dict(loads(row.record))
-        except Exception:  # the audit's own fold reports the unreadable row (``fold_error``)
-            continue
-        tick = ticks[row.inbox_pos] if 0 < row.inbox_pos <= consumed else -1
-        summary.apply(event, row.inbox_pos, tick)
+    """Per VM in ``names``: the stored summary, the summary of its recorded events after the cut
+    (folded with the rest of the report: ``VmFold.history``), and their merge (the ``history`` of
+    ``hvdm audit --json``)."""
     out: dict[str, dict[str, Any]] = {}
-    for vm in sorted(wanted):
+    for vm in sorted(names):
         compacted = base.summaries.get(vm)
-        later = after.get(vm, HistorySummary(vm)).resolve_walls(lambda pos: wall_of(log, pos))
+        fold = folds.get(vm)
+        later = (fold.history if fold is not None else None) or HistorySummary(vm)
+        later.resolve_walls(lambda pos: wall_of(log, pos))
         total = later if compacted is None else compacted.merged(later)
         out[vm] = {
             "compacted": None if compacted is None else compacted.to_dict(tick_seconds),
@@ -97,6 +82,13 @@ def histories(
             "total": total.to_dict(tick_seconds),
         }
     return out
+
+
+class HasHistory(Protocol):
+    """A VM's fold (``report.VmFold``), as far as its history is concerned."""
+
+    @property
+    def history(self) -> HistorySummary | None: ...
 
 
 def section(base: CutBase | None) -> dict[str, Any] | None:

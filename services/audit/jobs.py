@@ -125,8 +125,6 @@ def audit_jobs(
         from_pos = position_of_tick(reader, from_tick, consumed)
     from_pos = max(0, min(from_pos, consumed))
     base = compacted.base_of(reader)
-    if base is not None:
-        from_pos = max(from_pos, min(base.cut.pos, consumed))
     parts = split(names, jobs)
     context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
     with ProcessPoolExecutor(max_workers=len(parts), mp_context=context) as pool:

@@ -19,6 +19,7 @@ from ..dm_engine.config import EngineConfig
 from ..dm_engine.decider import evolve
 from ..dm_engine.records import event_from_stored
 from ..dm_engine.state import VmState
+from ..event_log.summaries import HistorySummary
 from ..units import PAGE_SIZE
 from . import compacted
 from .behaviour import DEFAULT_GAP_TICKS, BehaviourFold
@@ -83,6 +84,8 @@ class VmFold:
     rejections: list[dict[str, Any]] = field(default_factory=list)
     #: Targets, stalls and the shadow account of a QEMU-managed VM.
     qemu: QemuFold = field(default_factory=QemuFold)
+    #: On a compacted log: the summary of what is folded after the cut (``compacted.histories``).
+    history: HistorySummary | None = None
 
     def apply(self, row: StoredEventRow, tick: int = -1) -> None:
         """Fold one recorded row (as stored: ``reader.stored_events``)."""
@@ -110,6 +113,8 @@ class VmFold:
             self.fold_error = f"seq {seq}: {exc!r}"
             return
         self.last_seq = seq
+        if self.history is not None:
+            self.history.apply(event, inbox_pos, tick)
         if inbox_pos <= self.report_after:
             return
         if type(event) is ev.StatusReported:
@@ -145,20 +150,22 @@ class VmFold:
             )
 
     def _sample(self, tick: int) -> None:
+        # (once per event: the point is compared field by field before a tuple is built)
         state = self.state
         status = state.status
-        point = (
-            tick,
-            state.current_pages,
-            -1 if state.target_pages is None else state.target_pages,
-            -1 if status is None else status.committed_pages - state.ballooned_pages,
-        )
+        current = state.current_pages
+        target = state.target_pages
+        if target is None:
+            target = -1
+        committed = -1 if status is None else status.committed_pages - state.ballooned_pages
         series = self.series
-        if series and series[-1][1:] == point[1:]:
-            return
-        if len(series) >= MAX_SERIES_POINTS:
-            del series[1::2]  # halve the resolution, keep the shape (and the first point)
-        series.append(point)
+        if series:
+            last = series[-1]
+            if last[3] == committed and last[1] == current and last[2] == target:
+                return
+            if len(series) >= MAX_SERIES_POINTS:
+                del series[1::2]  # halve the resolution, keep the shape (and the first point)
+        series.append((tick, current, target, committed))
 
 
 #: Whether a whole-log audit folds the decided events while they match (tests compare it with the
@@ -362,8 +369,6 @@ def audit(
     if from_tick is not None:
         from_pos = position_of_tick(log, from_tick, consumed)
     from_pos = max(0, min(from_pos, consumed))
-    if base is not None:
-        from_pos = max(from_pos, min(base.cut.pos, consumed))
 
     comparisons: dict[str, VmComparison] = {}
     recorded = RecordedStream(stored_events(log, None), only)
@@ -379,7 +384,9 @@ def audit(
 
     def new_fold(name: str) -> VmFold:
         behaviour = BehaviourFold(config.tick_seconds, gap_ticks)
-        return VmFold(name, compacted.start_state(base, name), behaviour=behaviour, report_after=from_pos)
+        history = None if base is None else HistorySummary(name)
+        state = compacted.start_state(base, name)
+        return VmFold(name, state, behaviour=behaviour, report_after=from_pos, history=history)
 
     # One pass when the whole log is judged: while a VM's recorded rows are exactly what the replay
     # decides, its fold takes the decided events (the same records) instead of reading and parsing
@@ -404,7 +411,7 @@ def audit(
 
     names = set(replay.states) | set(folds)
     names |= {vm for vm in compacted.vms_at_cut(base) if only is None or vm in only}
-    history = {} if base is None else compacted.histories(log, base, names, consumed, ticks, config.tick_seconds)
+    history = {} if base is None else compacted.histories(log, base, names, folds, config.tick_seconds)
     missing = sorted(selected - names)
     if missing:
         raise LogError(f"vm {missing[0]!r} does not appear in the log")

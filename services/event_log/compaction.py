@@ -30,7 +30,6 @@ service holds it. ``--dry-run`` only reads (no lock, ``mode=ro``).
 
 from __future__ import annotations
 
-import bisect
 import json
 import os
 import sqlite3
@@ -129,9 +128,14 @@ def _inbox(db: sqlite3.Connection, after: int, until: int) -> Iterator[tuple[int
 
 def _events(db: sqlite3.Connection, after: int, until: int) -> Iterator[tuple[str, int, int, str, str | bytes]]:
     """(vm, seq, inbox_pos, kind, stored record) of the events of inbox rows in ``(after, until]``."""
-    for _id, vm, seq, pos, kind, record in segments.segment_events(db):
-        if after < pos <= until:
-            yield vm, seq, pos, kind, record
+    if segments.has_segments(db):
+        cur = db.execute(
+            "SELECT events FROM segments WHERE last_pos > ? AND first_pos <= ? ORDER BY first_pos", (after, until)
+        )
+        for (data,) in cur.fetchall():
+            for _id, vm, seq, pos, kind, record in segments.unpack_events(data):
+                if after < pos <= until:
+                    yield vm, seq, pos, kind, record
     cur = db.execute(
         "SELECT vm, seq, inbox_pos, kind, record FROM events WHERE inbox_pos > ? AND inbox_pos <= ? ORDER BY id",
         (after, until),
@@ -141,41 +145,20 @@ def _events(db: sqlite3.Connection, after: int, until: int) -> Iterator[tuple[st
 
 
 def _find_cut(db: sqlite3.Connection, limit_wall: float, after: int) -> int:
-    """The last inbox position stamped before ``limit_wall`` (0: none after ``after``)."""
+    """The last inbox position stamped before ``limit_wall`` (0: none after ``after``).
+
+    Live rows first; then the segments from the newest down, stopping at the first that holds
+    such a stamp: it holds the largest such position, even if the host clock once stepped back."""
     live = db.execute("SELECT COALESCE(MAX(pos), 0) FROM inbox WHERE wall < ? AND pos > ?", (limit_wall, after))
     best = int(live.fetchone()[0])
-    for pos, _tick, wall in segments.archived_walls(db):
-        if pos > max(after, best) and wall < limit_wall:
-            best = pos
-    return best if best > after else 0
-
-
-def _row_at(db: sqlite3.Connection, pos: int) -> tuple[int, float | None]:
-    """(tick, wall) of the inbox row at ``pos``."""
-    row = db.execute("SELECT tick, wall FROM inbox WHERE pos = ?", (pos,)).fetchone()
-    if row is not None:
-        return int(row[0]), None if row[1] is None else float(row[1])
-    for p, t, w in _inbox(db, pos - 1, pos):
-        if p == pos:
-            return t, w
-    raise CompactionError(f"inbox position {pos} is not in the log")
-
-
-class _Walls:
-    """Wall time of an inbox position (of the last stamped row at or before it), for summaries."""
-
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self._db = db
-        self._archived: list[tuple[int, float]] | None = None
-
-    def __call__(self, pos: int) -> float | None:
-        row = self._db.execute("SELECT wall FROM inbox WHERE pos = ?", (pos,)).fetchone()
-        if row is not None and row[0] is not None:
-            return float(row[0])
-        if self._archived is None:
-            self._archived = [(p, w) for p, _t, w in segments.archived_walls(self._db)]
-        i = bisect.bisect_right(self._archived, (pos, float("inf")))
-        return self._archived[i - 1][1] if i and self._archived[i - 1][0] == pos else None
+    if not segments.has_segments(db):
+        return best
+    cur = db.execute("SELECT inbox FROM segments WHERE last_pos > ? ORDER BY first_pos DESC", (max(after, best),))
+    for (data,) in cur.fetchall():
+        found = [p for p, _v, _t, _k, _r, w in segments.unpack_inbox(data) if w is not None and w < limit_wall]
+        if found:
+            return max(best, max(found)) if max(found) > after else best
+    return best
 
 
 @dataclass(slots=True)
@@ -186,6 +169,9 @@ class _Fold:
     seqs: dict[str, int]
     summaries: dict[str, HistorySummary]
     events: int = 0
+    #: Tick and wall time of the inbox row at the cut.
+    cut_tick: int = 0
+    cut_wall: float | None = None
 
 
 def _fold(db: sqlite3.Connection, base: CutBase | None, after: int, until: int) -> _Fold:
@@ -197,13 +183,13 @@ def _fold(db: sqlite3.Connection, base: CutBase | None, after: int, until: int) 
     summaries: dict[str, HistorySummary] = {}
     fold = _Fold(states, seqs, summaries)
     inbox = _inbox(db, after, until)
-    pos, tick = 0, 0
+    pos, tick, wall = 0, 0, None
     for vm, seq, inbox_pos, kind, record in _events(db, after, until):
         while pos < inbox_pos:
             nxt = next(inbox, None)
             if nxt is None:
                 raise CompactionError(f"event {vm} seq {seq} names inbox position {inbox_pos}, which is not in the log")
-            pos, tick, _wall = nxt
+            pos, tick, wall = nxt
         if pos != inbox_pos:
             raise CompactionError(f"event {vm} seq {seq} names inbox position {inbox_pos}, which is not in the log")
         try:
@@ -217,8 +203,13 @@ def _fold(db: sqlite3.Connection, base: CutBase | None, after: int, until: int) 
         summary = summaries.get(vm)
         if summary is None:
             summary = summaries[vm] = HistorySummary(vm)
-        summary.apply(event, inbox_pos, tick)
+        summary.apply(event, inbox_pos, tick, wall)
         fold.events += 1
+    for row in inbox:  # on to the row at the cut
+        pos, tick, wall = row
+    if pos != until:
+        raise CompactionError(f"inbox position {until} is not in the log")
+    fold.cut_tick, fold.cut_wall = tick, wall
     return fold
 
 
@@ -262,7 +253,7 @@ def compact(
         db = _connect_read_only(path) if dry_run else sqlite3.connect(path, isolation_level=None)
         try:
             db.execute("PRAGMA busy_timeout=10000")
-            return _compact(db, path, limit_wall, dry_run, time.time() if now is None else now, say)
+            return _compact(db, path, limit_wall, cut_pos, dry_run, time.time() if now is None else now, say)
         finally:
             db.close()
     finally:
@@ -286,14 +277,20 @@ def _probe(path: str, limit_wall: float) -> tuple[int, int]:
 
 
 def _compact(
-    db: sqlite3.Connection, path: str, limit_wall: float, dry_run: bool, now: float, say: Callable[[str], None]
+    db: sqlite3.Connection,
+    path: str,
+    limit_wall: float,
+    cut_pos: int,
+    dry_run: bool,
+    now: float,
+    say: Callable[[str], None],
 ) -> Result:
     bytes_before = file_bytes(path)
     if not dry_run:
         db.executescript(SCHEMA)
         db.execute("BEGIN IMMEDIATE")
     try:
-        result = _plan_and_write(db, path, limit_wall, dry_run, now, bytes_before, say)
+        result = _plan_and_write(db, path, limit_wall, cut_pos, dry_run, now, bytes_before, say)
         if not dry_run:
             say("commit")
             db.execute("COMMIT")
@@ -320,28 +317,26 @@ def _plan_and_write(
     db: sqlite3.Connection,
     path: str,
     limit_wall: float,
+    cut_pos: int,
     dry_run: bool,
     now: float,
     bytes_before: int,
     say: Callable[[str], None],
 ) -> Result:
+    """``cut_pos`` was found by ``_probe`` (under the writer lock, so the log has not moved since)."""
     base = read_base(db)
     previous = 0 if base is None else base.cut.pos
-    cut_pos = _find_cut(db, limit_wall, previous)
     result = Result(path, dry_run, limit_wall, None, previous, bytes_before=bytes_before)
-    if cut_pos == 0:
+    if cut_pos <= previous:
         return result
     _check_consumed(db, cut_pos)
-    tick, wall = _row_at(db, cut_pos)
     say("fold")
     fold = _fold(db, base, previous, cut_pos)
-    walls = _Walls(db)
+    tick, wall = fold.cut_tick, fold.cut_wall
     merged: dict[str, HistorySummary] = {}
     for vm in sorted(set(fold.summaries) | set(base.summaries if base else {})):
         earlier = base.summaries.get(vm) if base else None
         now_part = fold.summaries.get(vm)
-        if now_part is not None:
-            now_part.resolve_walls(walls)
         if earlier is None:
             assert now_part is not None
             merged[vm] = now_part

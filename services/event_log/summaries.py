@@ -49,10 +49,10 @@ class Span:
     first_wall: float | None = None
     last_wall: float | None = None
 
-    def see(self, tick: int, pos: int) -> None:
+    def see(self, tick: int, pos: int, wall: float | None = None) -> None:
         if self.first_tick is None:
-            self.first_tick, self.first_pos = tick, pos
-        self.last_tick, self.last_pos = tick, pos
+            self.first_tick, self.first_pos, self.first_wall = tick, pos, wall
+        self.last_tick, self.last_pos, self.last_wall = tick, pos, wall
 
     def merged(self, later: Span) -> Span:
         if self.first_tick is None:
@@ -138,14 +138,14 @@ class Cadence:
     #: A channel opened, closed or reset somewhere in this history.
     boundary: bool = False
 
-    def report(self, tick: int, pos: int) -> None:
+    def report(self, tick: int, pos: int, wall: float | None = None) -> None:
         if self.tail is not None and tick != self.tail:
             self._interval(tick - self.tail)
         if self.count == 0 and not self.boundary:
             self.head = tick
         self.count += 1
         self.tail = tick
-        self.span.see(tick, pos)
+        self.span.see(tick, pos, wall)
 
     def cut_run(self) -> None:
         self.boundary = True
@@ -254,15 +254,16 @@ class HistorySummary:
     forgotten: bool = False
 
     # ------------------------------------------------------------------ the fold
-    def apply(self, event: ev.Event, pos: int, tick: int) -> None:
-        """Fold one recorded event, caused by the inbox record at ``pos`` (stamped ``tick``)."""
+    def apply(self, event: ev.Event, pos: int, tick: int, wall: float | None = None) -> None:
+        """Fold one recorded event, caused by the inbox record at ``pos`` (stamped ``tick``, and
+        appended at ``wall`` if the caller has it at hand; else ``resolve_walls`` looks it up)."""
         self.events += 1
-        self.span.see(tick, pos)
+        self.span.see(tick, pos, wall)
         self.forgotten = False
         t = self.throughput
         match event:
             case ev.StatusReported():
-                self.status_reports.report(tick, pos)
+                self.status_reports.report(tick, pos, wall)
             case ev.GuestViolation():
                 v = self.violations.setdefault(event.reason, Violations())
                 v.count += 1

@@ -397,3 +397,13 @@ def test_a_damaged_summary_is_a_clean_error(original: Path, tmp_path: Path) -> N
     result = hvdm("audit", "--db", db)
     assert result.returncode == 1 and len(result.stderr.splitlines()) == 1
     assert "vm00002" in result.stderr and "does not read" in result.stderr
+    con = sqlite3.connect(db)
+    con.execute("DELETE FROM compacted WHERE vm = 'vm00002'")
+    con.execute("UPDATE compactions SET cut_tick = 'soon'")
+    con.commit()
+    con.close()
+    commands: list[list[str | Path]] = [["audit", "--db", db], ["compact", "--db", db, "--older-than-days", "1"]]
+    for command in commands:
+        result = hvdm(*command)
+        assert result.returncode == 1 and len(result.stderr.splitlines()) == 1, result.stderr
+        assert "compactions row" in result.stderr and "does not read" in result.stderr
