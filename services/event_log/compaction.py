@@ -34,11 +34,14 @@ import json
 import os
 import sqlite3
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import quote
+
+import orjson
 
 from ..dm_engine import events as ev
 from ..dm_engine.decider import initial_state
@@ -424,7 +427,7 @@ def _write(db: sqlite3.Connection, fold: _Fold, merged: dict[str, HistorySummary
             (
                 vm,
                 fold.seqs.get(vm, 0),
-                None if state is None else json.dumps(state.to_snapshot(), separators=(",", ":")),
+                None if state is None else zlib.compress(orjson.dumps(state.to_snapshot()), 6),
                 json.dumps(summary.to_dict(), separators=(",", ":")),
             ),
         )

@@ -8,6 +8,7 @@ their replay from these states and report these summaries (``services.audit.comp
 from __future__ import annotations
 
 import sqlite3
+import zlib
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -147,7 +148,9 @@ def read_base(db: sqlite3.Connection) -> CutBase | None:
         try:
             seqs[str(vm)] = int(seq)
             if state is not None:
-                snapshots[str(vm)] = loads(state)
+                # A BLOB is the snapshot's JSON, zlib-compressed (what ``compaction`` writes: it is
+                # kept once per VM for good); TEXT is plain JSON.
+                snapshots[str(vm)] = loads(zlib.decompress(state) if isinstance(state, bytes) else state)
                 VmState.from_snapshot(snapshots[str(vm)])  # reads, or the row is damaged
             summaries[str(vm)] = HistorySummary.from_dict(loads(summary))
         except Exception as exc:  # an edited row is a damaged file, reported as one
