@@ -79,6 +79,8 @@ class Result:
     bytes_before: int = 0
     bytes_after: int | None = None
     summaries: dict[str, HistorySummary] = field(default_factory=dict)
+    #: Why ``VACUUM`` failed after the committed compaction (the file then keeps its free pages).
+    vacuum_error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The ``hvdm compact --json`` document."""
@@ -98,6 +100,7 @@ class Result:
             "bytes_before": self.bytes_before,
             "bytes_after": self.bytes_after,
             "size_ratio": ratio,
+            "vacuum_error": self.vacuum_error,
             "summaries": {vm: s.to_dict() for vm, s in sorted(self.summaries.items())},
         }
 
@@ -305,7 +308,12 @@ def _compact(
         result.bytes_before = bytes_before
         return result
     say("vacuum")
-    db.execute("VACUUM")
+    try:
+        db.execute("VACUUM")
+    except sqlite3.Error as exc:
+        # The compaction is committed; only the file did not shrink (VACUUM needs room for a
+        # copy of the log): the freed pages are reused by later writes, and VACUUM can be redone.
+        result.vacuum_error = str(exc)
     db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     after = file_bytes(path)
     db.execute("UPDATE compactions SET bytes_after = ? WHERE cut_pos = ?", (after, result.cut.pos))
