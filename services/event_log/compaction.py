@@ -310,16 +310,18 @@ def _compact(
     say("vacuum")
     try:
         db.execute("VACUUM")
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        after = file_bytes(path)
+        db.execute("UPDATE compactions SET bytes_after = ? WHERE cut_pos = ?", (after, result.cut.pos))
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        result.cut = next(c for c in read_cuts(db) if c.pos == result.cut.pos)
     except sqlite3.Error as exc:
-        # The compaction is committed; only the file did not shrink (VACUUM needs room for a
-        # copy of the log): the freed pages are reused by later writes, and VACUUM can be redone.
+        # The compaction is committed; only the file did not shrink (VACUUM needs room for a copy
+        # of the log in the WAL): the freed pages are reused by later writes.
+        if db.in_transaction:
+            db.execute("ROLLBACK")
         result.vacuum_error = str(exc)
-    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    after = file_bytes(path)
-    db.execute("UPDATE compactions SET bytes_after = ? WHERE cut_pos = ?", (after, result.cut.pos))
-    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    result.bytes_after = after
-    result.cut = next(c for c in read_cuts(db) if c.pos == result.cut.pos)
+    result.bytes_after = file_bytes(path)
     say("done")
     return result
 
