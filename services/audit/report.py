@@ -150,20 +150,22 @@ class VmFold:
             )
 
     def _sample(self, tick: int) -> None:
+        # (once per event: the point is compared field by field before a tuple is built)
         state = self.state
         status = state.status
-        point = (
-            tick,
-            state.current_pages,
-            -1 if state.target_pages is None else state.target_pages,
-            -1 if status is None else status.committed_pages - state.ballooned_pages,
-        )
+        current = state.current_pages
+        target = state.target_pages
+        if target is None:
+            target = -1
+        committed = -1 if status is None else status.committed_pages - state.ballooned_pages
         series = self.series
-        if series and series[-1][1:] == point[1:]:
-            return
-        if len(series) >= MAX_SERIES_POINTS:
-            del series[1::2]  # halve the resolution, keep the shape (and the first point)
-        series.append(point)
+        if series:
+            last = series[-1]
+            if last[3] == committed and last[1] == current and last[2] == target:
+                return
+            if len(series) >= MAX_SERIES_POINTS:
+                del series[1::2]  # halve the resolution, keep the shape (and the first point)
+        series.append((tick, current, target, committed))
 
 
 #: Whether a whole-log audit folds the decided events while they match (tests compare it with the

@@ -62,6 +62,11 @@ def _text(result: Result) -> str:
         )
     else:
         lines.append(f"  size           {result.bytes_before:,} bytes on disk now")
+    if result.vacuum_error is not None:
+        lines.append(
+            f"  VACUUM failed  ({result.vacuum_error}): the compaction is committed, the freed pages are reused by "
+            "later writes; `sqlite3 PATH VACUUM` (service stopped) reclaims them once there is room for a copy"
+        )
     return "\n".join(lines)
 
 

@@ -89,6 +89,15 @@ def process(
     ``observe`` sees the state after every single event (the fuzzer and the tests' Harness check
     invariants there), so nobody needs to re-implement this loop to look inside it.
     """
+    if type(input) is inp.GuestMessage and state.qemu is None:
+        status = status_report(state, input, config)
+        if status is not None:
+            # Most of a log: ``decide_steps`` would return [[status]], a legal step (``status_report``);
+            # none of the cases below is a guest message to a VM QEMU does not manage.
+            evolve(state, status)
+            if observe is not None:
+                observe(state, status)
+            return _advance(state, [status], input.tick, config, observe)
     if type(input) is inp.ForgetVm:
         # The same for both kinds of VM: allowed only while disconnected (``decisions``).
         forget = decide_steps(state, input, config)[0]
@@ -109,18 +118,16 @@ def process(
             qemu_events.extend(step)
         return qemu_events
     events: list[ev.Event] = []
-    status = status_report(state, input, config) if type(input) is inp.GuestMessage else None
-    if status is not None:
-        # Most of a log: ``decide_steps`` would return [[status]], a legal step (``status_report``).
-        evolve(state, status)
-        if observe is not None:
-            observe(state, status)
-        events.append(status)
-    else:
-        for step in decide_steps(state, input, config):
-            fold_step(state, step, observe)
-            events.extend(step)
-    now = input.tick
+    for step in decide_steps(state, input, config):
+        fold_step(state, step, observe)
+        events.extend(step)
+    return _advance(state, events, input.tick, config, observe)
+
+
+def _advance(
+    state: VmState, events: list[ev.Event], now: int, config: EngineConfig, observe: Observer | None
+) -> list[ev.Event]:
+    """After an input's own steps: the IDLE handler, while it starts something (``process``)."""
     for _ in range(_MAX_ADVANCES):
         more = advance(state, now, config)
         if not more:

@@ -13,7 +13,6 @@ import re
 import typing
 from collections.abc import Callable
 from dataclasses import fields
-from itertools import chain
 from typing import Any
 
 import orjson
@@ -258,14 +257,18 @@ def _int_template(cls: type) -> tuple[str, Callable[[Any], tuple[Any, ...]]] | N
 
 
 def _ranges_json(value: Any) -> str:
-    """``[[start,count],...]``: by orjson when every pair is two ints (the same bytes, a twentieth
-    of the time on a 510-range balloon answer), else written out pair by pair as before."""
-    if set(map(len, value)) == _PAIRS and set(map(type, chain.from_iterable(value))) == _INT_ONLY:
-        try:
-            text: str = orjson.dumps(value).decode()
-            return text
-        except orjson.JSONEncodeError:
-            pass  # an int beyond 64 bits: the general path writes it
+    """``[[start,count],...]``: by orjson when that gives the same bytes, in about a third of the time
+    on a 510-range balloon answer. Page ranges are pairs of ints by their type; orjson's output is
+    then digits, signs, commas and brackets only, as ``str`` writes them. Anything else it would
+    write differently (a bool, None, a float, an int beyond 64 bits) is written out pair by pair as
+    before, and fails, if it must, as before."""
+    try:
+        if set(map(len, value)) == _PAIRS:
+            out = orjson.dumps(value, option=orjson.OPT_PASSTHROUGH_SUBCLASS)
+            if not out.translate(None, b"0123456789,[]-"):
+                return out.decode()
+    except TypeError:  # orjson.JSONEncodeError too: beyond 64 bits, an unknown type; or a len()-less item
+        pass
     return "[" + ",".join([f"[{s},{c}]" for s, c in value]) + "]"
 
 

@@ -34,11 +34,14 @@ import json
 import os
 import sqlite3
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import quote
+
+import orjson
 
 from ..dm_engine import events as ev
 from ..dm_engine.decider import initial_state
@@ -76,6 +79,8 @@ class Result:
     bytes_before: int = 0
     bytes_after: int | None = None
     summaries: dict[str, HistorySummary] = field(default_factory=dict)
+    #: Why ``VACUUM`` failed after the committed compaction (the file then keeps its free pages).
+    vacuum_error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The ``hvdm compact --json`` document."""
@@ -95,6 +100,7 @@ class Result:
             "bytes_before": self.bytes_before,
             "bytes_after": self.bytes_after,
             "size_ratio": ratio,
+            "vacuum_error": self.vacuum_error,
             "summaries": {vm: s.to_dict() for vm, s in sorted(self.summaries.items())},
         }
 
@@ -302,13 +308,20 @@ def _compact(
         result.bytes_before = bytes_before
         return result
     say("vacuum")
-    db.execute("VACUUM")
-    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    after = file_bytes(path)
-    db.execute("UPDATE compactions SET bytes_after = ? WHERE cut_pos = ?", (after, result.cut.pos))
-    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    result.bytes_after = after
-    result.cut = next(c for c in read_cuts(db) if c.pos == result.cut.pos)
+    try:
+        db.execute("VACUUM")
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        after = file_bytes(path)
+        db.execute("UPDATE compactions SET bytes_after = ? WHERE cut_pos = ?", (after, result.cut.pos))
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        result.cut = next(c for c in read_cuts(db) if c.pos == result.cut.pos)
+    except sqlite3.Error as exc:
+        # The compaction is committed; only the file did not shrink (VACUUM needs room for a copy
+        # of the log in the WAL): the freed pages are reused by later writes.
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        result.vacuum_error = str(exc)
+    result.bytes_after = file_bytes(path)
     say("done")
     return result
 
@@ -424,7 +437,7 @@ def _write(db: sqlite3.Connection, fold: _Fold, merged: dict[str, HistorySummary
             (
                 vm,
                 fold.seqs.get(vm, 0),
-                None if state is None else json.dumps(state.to_snapshot(), separators=(",", ":")),
+                None if state is None else zlib.compress(orjson.dumps(state.to_snapshot()), 6),
                 json.dumps(summary.to_dict(), separators=(",", ":")),
             ),
         )

@@ -8,6 +8,7 @@ their replay from these states and report these summaries (``services.audit.comp
 from __future__ import annotations
 
 import sqlite3
+import zlib
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -107,7 +108,29 @@ def read_cuts(db: sqlite3.Connection) -> tuple[Cut, ...]:
         "SELECT cut_pos, cut_tick, cut_wall, limit_wall, compacted_at, version, inbox_rows, event_rows,"
         " outbox_rows, bytes_before, bytes_after FROM compactions ORDER BY cut_pos"
     )
-    return tuple(Cut(*row) for row in cur)
+    return tuple(_cut(row) for row in cur)
+
+
+def _cut(row: tuple[Any, ...]) -> Cut:
+    """A ``compactions`` row, checked: an edited file is reported as damaged, not as a crash later."""
+    pos, tick, wall, limit, at, version, inbox, events, outbox, before, after = row
+    ints = (pos, tick, inbox, events, outbox, before) + (() if after is None else (after,))
+    reals = (limit, at) + (() if wall is None else (wall,))
+    if not all(type(v) is int and v >= 0 for v in ints) or not all(type(v) in (int, float) for v in reals):
+        raise sqlite3.DatabaseError(f"compactions row at position {pos!r} does not read: {row!r}")
+    return Cut(
+        pos,
+        tick,
+        None if wall is None else float(wall),
+        float(limit),
+        float(at),
+        str(version),
+        inbox,
+        events,
+        outbox,
+        before,
+        after,
+    )
 
 
 def read_base(db: sqlite3.Connection) -> CutBase | None:
@@ -125,7 +148,9 @@ def read_base(db: sqlite3.Connection) -> CutBase | None:
         try:
             seqs[str(vm)] = int(seq)
             if state is not None:
-                snapshots[str(vm)] = loads(state)
+                # A BLOB is the snapshot's JSON, zlib-compressed (what ``compaction`` writes: it is
+                # kept once per VM for good); TEXT is plain JSON.
+                snapshots[str(vm)] = loads(zlib.decompress(state) if isinstance(state, bytes) else state)
                 VmState.from_snapshot(snapshots[str(vm)])  # reads, or the row is damaged
             summaries[str(vm)] = HistorySummary.from_dict(loads(summary))
         except Exception as exc:  # an edited row is a damaged file, reported as one

@@ -40,7 +40,7 @@ from __future__ import annotations
 from array import array
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Iterator, Sequence
-from itertools import chain
+from itertools import accumulate, chain
 from operator import itemgetter
 from typing import Any
 
@@ -74,12 +74,12 @@ _REBUILD_RATIO = 3
 #: A batch of at least ``_VECTOR_MIN`` ranges with ``k * _VECTOR_RATIO >= n`` is merged by numpy over
 #: the flat boundary array (one copy of the set, two ``searchsorted`` calls, one delete and one
 #: insert, all in C) and the sublists are cut again; below that, range by range. Chosen by
-#: measurement (``bench/ranges.py``, trace a): a 510-range balloon response costs about 0.9 us per
-#: range merged range by range (three bisects and the Python around them), against a fixed ~30 us
-#: plus ~1 ns per stored boundary vectorised, so the vector path wins up to about 200 stored ranges
-#: per batch range (100,000 ranges for a full balloon message).
+#: measurement (CPU time, 510-range batches of isolated ranges into n stored ones): range by range
+#: costs 1.1-1.3 us per batch range whatever n; the vector path 0.7 us at n = 5,000, 0.9 at 20,000,
+#: 1.6 at 50,000 and 5.4 at 200,000 (it copies the set), so it wins up to about 64 stored ranges per
+#: batch range (32,000 stored ranges for a full balloon answer).
 _VECTOR_MIN = 48
-_VECTOR_RATIO = 200
+_VECTOR_RATIO = 64
 
 
 Bounds = Any  # a 1-D numpy uint64 array of boundaries (numpy's own annotations are loose here)
@@ -507,11 +507,13 @@ class PageRangeSet:
 
         Runtime complexity: O(k*log(k) + k*log(n)), or O(k*log(k) + n) when k is large
         """
-        items = _sorted_batch(ranges)
+        batch = ranges if isinstance(ranges, list | tuple) else list(ranges)
+        if len(batch) >= _VECTOR_MIN and len(batch) * _VECTOR_RATIO >= self._len:
+            # Checked, sorted and merged by numpy (_vector_bounds raises ValueError before any change).
+            return self._union_vector(batch)
+        items = _sorted_batch(batch)
         if not items:
             return 0
-        if len(items) >= _VECTOR_MIN and len(items) * _VECTOR_RATIO >= self._len:
-            return self._union_vector(items)
         if len(items) * _REBUILD_RATIO >= self._len:
             return self._union_rebuild(items)
         # Hot path (510-range balloon responses): attributes and globals bound to locals once per
@@ -591,7 +593,7 @@ class PageRangeSet:
         self._len += nranges
         return added + spliced
 
-    def _union_vector(self, items: list[tuple[int, int]]) -> int:
+    def _union_vector(self, items: Sequence[tuple[int, int]]) -> int:
         """Merge ``items`` into the set with numpy over the flat boundaries; return pages added.
 
         The batch is merged first (disjoint, non-adjacent ranges), then each of its ranges does to
@@ -657,9 +659,25 @@ class PageRangeSet:
 
     def _positions(self, batch: RangeBatch) -> tuple[Bounds, Bounds]:
         """For each merged batch range [s, e): (boundaries <= s, boundaries < e). The range lies in
-        one stored range if the first is odd and both are equal, in one gap if even and equal."""
-        flat = self._flat()
-        return np.searchsorted(flat, batch.starts, "right"), np.searchsorted(flat, batch.ends, "left")
+        one stored range if the first is odd and both are equal, in one gap if even and equal.
+
+        Found by numpy on a copy of the boundaries, unless the set is large for the batch (the
+        threshold of ``add_many``'s vector path): then two bisects per batch range, as the copy
+        would cost more."""
+        if self._len <= len(batch) * _VECTOR_RATIO:
+            flat = self._flat()
+            return np.searchsorted(flat, batch.starts, "right"), np.searchsorted(flat, batch.ends, "left")
+        lists = self._lists
+        mins = self._mins
+        offsets = list(accumulate(map(len, lists), initial=0))
+        at: list[int] = []
+        below_end: list[int] = []
+        for s, e in zip(batch.starts.tolist(), batch.ends.tolist(), strict=True):
+            pos = bisect_right(mins, s) - 1
+            at.append(0 if pos < 0 else offsets[pos] + bisect_right(lists[pos], s))
+            pos = bisect_left(mins, e) - 1
+            below_end.append(0 if pos < 0 else offsets[pos] + bisect_left(lists[pos], e))
+        return np.array(at, dtype=np.intp), np.array(below_end, dtype=np.intp)
 
     def _union_rebuild(self, items: list[tuple[int, int]]) -> int:
         """Merge sorted ``(start, count)`` items into the set by rebuilding it; return pages added."""

@@ -21,6 +21,7 @@ TOP_KEYS = {
     "write",
     "size",
     "audit",
+    "part_read",
     "replay_matches",
     "day",
     "fleet_day",

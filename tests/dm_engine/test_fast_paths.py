@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from services.dm_engine import inputs as inp
-from services.dm_engine.decider import decide, process, tick_is_quiet
+from services.dm_engine.decider import decide, decide_steps, process, tick_is_quiet
 from services.dm_engine.decisions import status_report
 from services.dm_engine.state import VmState
 from services.dm_protocol import BalloonResponse, CapabilitiesReport, StatusReport, VersionRequest, encode
@@ -68,6 +68,7 @@ def test_a_status_report_shortcut_decides_what_decide_decides(index: int, raw: b
     fast = status_report(state, message, Harness().config)
     if fast is not None:
         assert decide(state, message, Harness().config) == [fast]
+        assert decide_steps(state, message, Harness().config) == [[fast]]
 
 
 def test_the_shortcut_takes_real_status_reports() -> None:

@@ -64,7 +64,8 @@ def test_stored_form_and_outbox_shortcuts_agree_with_the_general_functions() -> 
 
 @given(
     st.lists(
-        st.tuples(st.integers(-(2**64), 2**70), st.integers(-(2**64), 2**70)) | st.tuples(st.booleans(), st.integers()),
+        st.tuples(st.integers(-(2**64), 2**70), st.integers(-(2**64), 2**70))
+        | st.tuples(st.booleans() | st.none() | st.floats(allow_nan=False), st.integers()),
         max_size=30,
     )
 )

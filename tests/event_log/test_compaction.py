@@ -38,6 +38,7 @@ from services.event_log.sqlite_log import SqliteLog
 from services.event_log.summaries import HistorySummary
 from services.event_log.writer_lock import WriterLock
 from tests.audit.cli import REPO, hvdm, hvdm_json
+from tests.faults.disk import small_tmpfs
 
 HOUR = 3600.0
 #: The fake clock's start: the log's first record is this many hours old.
@@ -397,3 +398,47 @@ def test_a_damaged_summary_is_a_clean_error(original: Path, tmp_path: Path) -> N
     result = hvdm("audit", "--db", db)
     assert result.returncode == 1 and len(result.stderr.splitlines()) == 1
     assert "vm00002" in result.stderr and "does not read" in result.stderr
+    con = sqlite3.connect(db)
+    con.execute("DELETE FROM compacted WHERE vm = 'vm00002'")
+    con.execute("UPDATE compactions SET cut_tick = 'soon'")
+    con.commit()
+    con.close()
+    commands: list[list[str | Path]] = [["audit", "--db", db], ["compact", "--db", db, "--older-than-days", "1"]]
+    for command in commands:
+        result = hvdm(*command)
+        assert result.returncode == 1 and len(result.stderr.splitlines()) == 1, result.stderr
+        assert "compactions row" in result.stderr and "does not read" in result.stderr
+
+
+def test_a_full_disk_at_any_point_leaves_the_old_log_or_the_new(original: Path, tmp_path: Path) -> None:
+    """On a real tmpfs with little room: the transaction fails (old log) or commits; VACUUM, which
+    needs room for a copy of the log in the WAL, may then fail without undoing the compaction."""
+    old_events = SqliteLog(copy(original, tmp_path, "probe.db")).event_count()
+    size = file_bytes(original)
+    outcomes = set()
+    with small_tmpfs(tmp_path / "small", "8m") as small:
+        for free in (size // 8, size * 3 // 4, size * 9 // 10, size, size * 5 // 4, size * 3):
+            for leftover in small.iterdir():
+                leftover.unlink()
+            db = copy(original, small)
+            filler = small / "filler"
+            available = shutil.disk_usage(small).free
+            with filler.open("wb") as f:
+                f.truncate(0)
+                os.posix_fallocate(f.fileno(), 0, max(0, available - free))
+            result = hvdm("compact", "--db", db, "--older-than-days", "5", "--json")
+            filler.unlink()
+            reader = SqliteReader(db)
+            base = reader.compaction_base()
+            report = audit(reader)
+            reader.close()
+            assert report.replay_matches
+            if base is None:
+                assert result.returncode == 1 and "full" in result.stderr and report.events == old_events
+                outcomes.add("old")
+            else:
+                assert result.returncode == 0, result.stderr
+                doc = json.loads(result.stdout)
+                assert doc["compacted"] and report.events == old_events - base.cut.event_rows
+                outcomes.add("new, not vacuumed" if doc["vacuum_error"] else "new")
+    assert "new" in outcomes  # with room enough, it all goes through

@@ -88,6 +88,18 @@ def test_add_many_vector_strategy_agrees_on_a_fragmented_balloon(monkeypatch: py
         assert list(s._mins) == [sub[0] for sub in s._lists]
 
 
+def test_vector_add_many_rejects_a_bad_batch_and_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ranges_mod, "_VECTOR_MIN", 0)
+    monkeypatch.setattr(ranges_mod, "_VECTOR_RATIO", 10**9)
+    s = PageRangeSet([(0, 4), (MAX_END - 3, 2)])
+    for bad in ([(8, 1), (-1, 1)], [(8, 1), (1, -1)], [(MAX_END - 5, 6)], [(MAX_END, 1)], [(1 << 64, 1)]):
+        with pytest.raises(ValueError):
+            s.add_many(bad)
+    assert s.to_list() == [(0, 4), (MAX_END - 3, 2)]
+    assert s.add_many(iter([(4, 2), (MAX_END - 1, 1), (9, 0)])) == 3  # any iterable; an end at MAX_END
+    assert s.to_list() == [(0, 6), (MAX_END - 3, 3)]
+
+
 def test_range_batch_rejects_what_cannot_be_stored() -> None:
     for bad in ([(-1, 1)], [(1, -1)], [(MAX_END, 1)], [(1 << 64, 0)]):
         with pytest.raises(ValueError):
