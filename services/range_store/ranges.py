@@ -44,7 +44,9 @@ from itertools import accumulate, chain
 from operator import itemgetter
 from typing import Any
 
-import numpy as np
+# numpy is imported inside the functions that use it: light commands (``hvdm decode``) and the
+# small sets most VMs hold never pay for loading it.
+
 
 __all__ = ["PageRangeSet", "RangeBatch", "coalesce"]
 
@@ -91,6 +93,8 @@ def _vector_bounds(items: Sequence[tuple[int, int]]) -> tuple[Bounds, Bounds, in
     One sort and one coalescing pass, both in numpy. ``repeats`` says whether two ranges shared a
     page (touching is not sharing). Raises ValueError on a negative value or an end past ``MAX_END``.
     """
+    import numpy as np
+
     try:
         flat = np.fromiter(chain.from_iterable(items), dtype=np.uint64, count=2 * len(items))
     except OverflowError:
@@ -143,6 +147,8 @@ class RangeBatch:
     __slots__ = ("empty", "ends", "pages", "repeats", "starts")
 
     def __init__(self, ranges: Sequence[tuple[int, int]]) -> None:
+        import numpy as np
+
         self.starts, self.ends, self.empty, self.repeats = _vector_bounds(ranges)
         #: Pages in the merged batch (each page once).
         self.pages = int(np.sum(self.ends - self.starts, dtype=np.uint64))
@@ -276,12 +282,16 @@ class PageRangeSet:
 
     def _flat(self) -> Bounds:
         """All boundaries as one uint64 array (a copy: the sublists may change afterwards)."""
+        import numpy as np
+
         if not self._lists:
             return np.empty(0, dtype=np.uint64)
         return np.frombuffer(b"".join(self._lists), dtype=np.uint64)
 
     def _load_flat(self, flat: Bounds) -> None:
         """Replace the contents with a merged flat boundary array (numpy)."""
+        import numpy as np
+
         load = _LOAD
         self._lists = [array(_TYPECODE, flat[k : k + load].tobytes()) for k in range(0, len(flat), load)]
         self._mins = array(_TYPECODE, flat[::load].tobytes())
@@ -603,6 +613,8 @@ class PageRangeSet:
         spans are disjoint, so their deletions never overlap, and they are in order, so every new
         boundary's place is its own search position less the deletions before it.
         """
+        import numpy as np
+
         starts, ends, _, _ = _vector_bounds(items)
         if not len(starts):
             return 0  # only empty ranges
@@ -641,6 +653,8 @@ class PageRangeSet:
 
         Runtime complexity: O(n + k*log(n)) (a copy of the boundaries, in C)
         """
+        import numpy as np
+
         at, below_end = self._positions(batch)
         return bool(np.all(at & 1) and np.array_equal(at, below_end))
 
@@ -654,6 +668,8 @@ class PageRangeSet:
 
         Runtime complexity: O(n + k*log(n)) (a copy of the boundaries, in C)
         """
+        import numpy as np
+
         at, below_end = self._positions(batch)
         return not np.any(at & 1) and np.array_equal(at, below_end)
 
@@ -664,6 +680,8 @@ class PageRangeSet:
         Found by numpy on a copy of the boundaries, unless the set is large for the batch (the
         threshold of ``add_many``'s vector path): then two bisects per batch range, as the copy
         would cost more."""
+        import numpy as np
+
         if self._len <= len(batch) * _VECTOR_RATIO:
             flat = self._flat()
             return np.searchsorted(flat, batch.starts, "right"), np.searchsorted(flat, batch.ends, "left")
