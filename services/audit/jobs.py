@@ -153,9 +153,12 @@ def audit_jobs(
 
 def _vms_until(reader: SqliteReader, consumed: int) -> list[str]:
     """The VMs a whole audit reports: those with an inbox record up to ``consumed``, and those with
-    recorded events for such records (forged rows for a VM the inbox never named included)."""
+    recorded events for such records (forged rows for a VM the inbox never named included). Rows
+    archived into segments (all consumed) name their VMs in ``archived``: without them a log older
+    than one archiving would be audited in one process."""
+    archived = " UNION SELECT vm FROM archived" if "archived" in reader.tables else ""  # (older logs: none)
     cur = reader._db.execute(
-        "SELECT vm FROM inbox WHERE pos <= ? AND vm != ? UNION SELECT vm FROM events WHERE inbox_pos <= ?",
+        "SELECT vm FROM inbox WHERE pos <= ? AND vm != ? UNION SELECT vm FROM events WHERE inbox_pos <= ?" + archived,
         (consumed, ALL_VMS, consumed),
     )
     # A compacted log: also the VMs only its summaries still name.
