@@ -14,17 +14,19 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any, Protocol
 
+from ..dm_engine.config import EngineConfig
 from ..dm_engine.inputs import ALL_VMS
 from ..event_log import segments
 from . import compacted
 from .behaviour import DEFAULT_GAP_TICKS
 from .divergence import first_divergence
 from .logfile import LogError, engine_config
-from .reader import SqliteReader, StoredEventRow, StoredInboxRow
+from .reader import LogReader, SqliteReader, StoredEventRow, StoredInboxRow
 from .report import AuditReport, VmReport, audit, position_of_tick
 
 #: Below this many inbox records one process is faster than starting others.
@@ -82,17 +84,81 @@ class PartReader(SqliteReader):
             yield from rows
 
 
-def _audit_part(
-    path: str, vms: Sequence[str], consumed: int, high: int, from_pos: int, gap_ticks: int
-) -> dict[str, VmReport]:
-    reader = PartReader(path, vms, consumed, high)
+class ClosableReader(LogReader, Protocol):
+    def close(self) -> None: ...
+
+
+def audit_share(reader: ClosableReader, vms: Sequence[str], from_pos: int, gap_ticks: int) -> dict[str, VmReport]:
+    """One process's share of a split audit: ``audit`` over ``reader`` (a view of some VMs, which
+    this closes), its VM reports ready to be sent back to the parent."""
     try:
         report = audit(reader, vms=vms, from_pos=from_pos, gap_ticks=gap_ticks)
     finally:
         reader.close()
     for vm_report in report.vms.values():
-        vm_report.comparison._rows = iter(())
+        vm_report.comparison._rows = iter(())  # a generator over the closed file: not picklable
     return report.vms
+
+
+def _audit_part(
+    path: str, vms: Sequence[str], consumed: int, high: int, from_pos: int, gap_ticks: int
+) -> dict[str, VmReport]:
+    return audit_share(PartReader(path, vms, consumed, high), vms, from_pos, gap_ticks)
+
+
+def start_position(reader: LogReader, from_pos: int, from_tick: int | None, consumed: int) -> int:
+    """The position a split audit reports after: ``--from-tick`` resolved once, clamped to the cut."""
+    if from_tick is not None:
+        from_pos = position_of_tick(reader, from_tick, consumed)
+    return max(0, min(from_pos, consumed))
+
+
+def audit_in_processes(
+    share: Callable[..., dict[str, VmReport]], argument_lists: Sequence[tuple[Any, ...]]
+) -> dict[str, VmReport]:
+    """``share(*arguments)`` for each argument list, one process each (forked where the platform
+    can), the VM reports of all of them together."""
+    context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+    with ProcessPoolExecutor(max_workers=len(argument_lists), mp_context=context) as pool:
+        futures = [pool.submit(share, *arguments) for arguments in argument_lists]
+        reports: dict[str, VmReport] = {}
+        for future in futures:
+            reports.update(future.result())
+    return reports
+
+
+def merged_report(
+    reader: LogReader,
+    reports: dict[str, VmReport],
+    *,
+    config_of: tuple[EngineConfig, str],
+    selected: Sequence[str],
+    consumed: int,
+    high: int,
+    inbox_records: int,
+    from_pos: int,
+    compaction: dict[str, Any] | None = None,
+) -> AuditReport:
+    """The split audit's report: the shares' VM reports side by side, the first divergence over all
+    of them, the counts of the whole inbox from the parent (equal to the one-process report)."""
+    missing = sorted(set(selected) - set(reports))
+    if missing:
+        raise LogError(f"vm {missing[0]!r} does not appear in the log")
+    ordered = {name: reports[name] for name in sorted(reports)}
+    config, source = config_of
+    return AuditReport(
+        db=reader.path,
+        config=config,
+        config_source=source,
+        consumed_position=consumed,
+        inbox_high_watermark=high,
+        inbox_records=inbox_records,
+        vms=ordered,
+        first_divergence=first_divergence(iter(r.comparison for r in ordered.values())),
+        report_after=from_pos,
+        selected_vms=tuple(selected),
+        compaction=compaction,
+    )
 
 
 def split(vms: Sequence[str], jobs: int) -> list[list[str]]:
@@ -120,33 +186,19 @@ def audit_jobs(
     names = selected or _vms_until(reader, consumed)
     if jobs <= 1 or len(names) <= 1 or consumed < min_records:
         return audit(reader, vms=selected or None, from_pos=from_pos, from_tick=from_tick, gap_ticks=gap_ticks)
-    config, source = engine_config(reader)
-    if from_tick is not None:
-        from_pos = position_of_tick(reader, from_tick, consumed)
-    from_pos = max(0, min(from_pos, consumed))
+    config_of = engine_config(reader)
+    from_pos = start_position(reader, from_pos, from_tick, consumed)
     base = compacted.base_of(reader)
-    parts = split(names, jobs)
-    context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
-    with ProcessPoolExecutor(max_workers=len(parts), mp_context=context) as pool:
-        futures = [pool.submit(_audit_part, reader.path, part, consumed, high, from_pos, gap_ticks) for part in parts]
-        reports: dict[str, VmReport] = {}
-        for future in futures:
-            reports.update(future.result())
-    missing = sorted(set(selected) - set(reports))
-    if missing:
-        raise LogError(f"vm {missing[0]!r} does not appear in the log")
-    ordered = {name: reports[name] for name in sorted(reports)}
-    return AuditReport(
-        db=reader.path,
-        config=config,
-        config_source=source,
-        consumed_position=consumed,
-        inbox_high_watermark=high,
+    arguments = [(reader.path, part, consumed, high, from_pos, gap_ticks) for part in split(names, jobs)]
+    return merged_report(
+        reader,
+        audit_in_processes(_audit_part, arguments),
+        config_of=config_of,
+        selected=selected,
+        consumed=consumed,
+        high=high,
         inbox_records=_records_until(reader, consumed),
-        vms=ordered,
-        first_divergence=first_divergence(iter(r.comparison for r in ordered.values())),
-        report_after=from_pos,
-        selected_vms=tuple(selected),
+        from_pos=from_pos,
         compaction=compacted.section(base),
     )
 

@@ -21,20 +21,18 @@ be left half-assigned by a rebalance in the middle of a report.
 
 from __future__ import annotations
 
-import multiprocessing
 import sqlite3
 from collections.abc import Collection, Iterator
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from ..audit.behaviour import DEFAULT_GAP_TICKS
-from ..audit.divergence import first_divergence
-from ..audit.logfile import LogError, engine_config
-from ..audit.report import AuditReport, VmReport, audit, position_of_tick
+from ..audit.jobs import MIN_PARALLEL_RECORDS, audit_in_processes, audit_share, merged_report, start_position
+from ..audit.logfile import engine_config
+from ..audit.report import AuditReport, VmReport, audit
 from ..dm_engine.records import loads
 from ..event_log.sqlite_log import EventRow, InboxRow
-from .audit_reader import MIN_PARALLEL_RECORDS, KafkaLogReader
+from .audit_reader import KafkaLogReader
 from .settings import KafkaSettings
 
 
@@ -80,14 +78,7 @@ class CutShare(KafkaLogReader):
 def _audit_share(
     path: str, url: str, vms: list[str], consumed: int, high: int, from_pos: int, gap_ticks: int
 ) -> dict[str, VmReport]:
-    reader = CutShare(path, url, vms, consumed, high)
-    try:
-        report = audit(reader, vms=vms, from_pos=from_pos, gap_ticks=gap_ticks)
-    finally:
-        reader.close()
-    for vm_report in report.vms.values():
-        vm_report.comparison._rows = iter(())  # a generator over the closed file: not picklable
-    return report.vms
+    return audit_share(CutShare(path, url, vms, consumed, high), vms, from_pos, gap_ticks)
 
 
 def vms_by_partition(reader: KafkaLogReader, consumed: int) -> dict[int, list[str]]:
@@ -131,37 +122,22 @@ def audit_partitions(
     partitions = sorted(by_partition)
     if jobs <= 1 or len(partitions) <= 1 or consumed < min_records:
         return audit(reader, vms=selected or None, from_pos=from_pos, from_tick=from_tick, gap_ticks=gap_ticks)
-    config, source = engine_config(reader)
-    if from_tick is not None:
-        from_pos = position_of_tick(reader, from_tick, consumed)
-    from_pos = max(0, min(from_pos, consumed))
+    config_of = engine_config(reader)
+    from_pos = start_position(reader, from_pos, from_tick, consumed)
     count = min(jobs, len(partitions))
     shares = [[vm for p in partitions[i::count] for vm in by_partition[p]] for i in range(count)]
     path = str(Path(reader._dir) / "cut.db")
-    context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
-    with ProcessPoolExecutor(max_workers=count, mp_context=context) as pool:
-        futures = [
-            pool.submit(_audit_share, path, reader.path, share, consumed, high, from_pos, gap_ticks) for share in shares
-        ]
-        reports: dict[str, VmReport] = {}
-        for future in futures:
-            reports.update(future.result())
-    missing = sorted(set(selected) - set(reports))
-    if missing:
-        raise LogError(f"vm {missing[0]!r} does not appear in the log")
-    ordered = {name: reports[name] for name in sorted(reports)}
+    arguments = [(path, reader.path, share, consumed, high, from_pos, gap_ticks) for share in shares]
     rows = reader._db.execute("SELECT COUNT(*) FROM inbox WHERE pos <= ?", (consumed,)).fetchone()
-    return AuditReport(
-        db=reader.path,
-        config=config,
-        config_source=source,
-        consumed_position=consumed,
-        inbox_high_watermark=high,
+    return merged_report(
+        reader,
+        audit_in_processes(_audit_share, arguments),
+        config_of=config_of,
+        selected=selected,
+        consumed=consumed,
+        high=high,
         inbox_records=int(rows[0]),
-        vms=ordered,
-        first_divergence=first_divergence(iter(r.comparison for r in ordered.values())),
-        report_after=from_pos,
-        selected_vms=tuple(selected),
+        from_pos=from_pos,
     )
 
 
