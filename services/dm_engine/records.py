@@ -445,18 +445,27 @@ def stored_event_json(record: str | bytes) -> str:
     return "!invalid compact record " + body.hex()
 
 
+def guest_frame(record: dict[str, Any]) -> bytes | None:
+    """The raw frame of a ``GuestMessage`` record that is exactly ``{type, tick, raw}`` with ``raw``
+    in canonical (lower-case) hex: the one record a compact form may store as its bytes alone,
+    because expanding them gives this record back. None for every other record."""
+    if record.get("type") != "GuestMessage" or len(record) != 3 or "tick" not in record:
+        return None
+    raw = record.get("raw")
+    if type(raw) is not str:
+        return None
+    try:
+        blob = bytes.fromhex(raw)
+    except ValueError:
+        return None
+    return blob if blob.hex() == raw else None
+
+
 def stored_input(record: dict[str, Any], tick: int) -> str | bytes:
     """What the inbox stores for an input record appended at ``tick``: raw bytes for a
     ``GuestMessage`` whose record is exactly ``{type, tick, raw}``, canonical JSON otherwise."""
-    if record.get("type") == "GuestMessage" and len(record) == 3 and record.get("tick") == tick:
-        raw = record.get("raw")
-        if type(raw) is str:
-            try:
-                blob = bytes.fromhex(raw)
-            except ValueError:
-                blob = None
-            if blob is not None and blob.hex() == raw:
-                return blob
+    if record.get("tick") == tick and (blob := guest_frame(record)) is not None:
+        return blob
     return dumps(record)
 
 

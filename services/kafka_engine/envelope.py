@@ -66,7 +66,7 @@ from typing import Any
 
 from ..dm_engine.inputs import ALL_VMS
 from ..dm_engine.limits import MAX_RECORD_INT, valid_vm_id
-from ..dm_engine.records import dumps, loads, stored_event_json
+from ..dm_engine.records import dumps, guest_frame, loads, stored_event_json
 
 _json_str = json.encoder.encode_basestring_ascii  # the str encoder ``dumps`` uses
 
@@ -120,15 +120,8 @@ def publish_value(vm: str, record: dict[str, Any], *, compact: bool = True) -> b
     >>> publish_value("vm1", {"type": "SetTarget", "tick": 7, "target_bytes": 4096})[:12]
     b'{"record":{"'
     """
-    if compact and record.get("type") == "GuestMessage" and len(record) == 3 and "tick" in record:
-        raw = record.get("raw")
-        if type(raw) is str:
-            try:
-                blob = bytes.fromhex(raw)
-            except ValueError:
-                blob = None
-            if blob is not None and blob.hex() == raw:
-                return _COMPACT_GUEST_MESSAGE + blob
+    if compact and (blob := guest_frame(record)) is not None:
+        return _COMPACT_GUEST_MESSAGE + blob
     return inbox_value(vm, record)
 
 
