@@ -67,6 +67,10 @@ def notify_address(text: str) -> str | bytes:
     raise ValueError("NOTIFY_SOCKET must be an absolute path or @abstract-name")
 
 
+#: systemd's ``USEC_INFINITY``: a watchdog that never fires.
+USEC_INFINITY = 2**64 - 1
+
+
 def watchdog_interval(environ: MutableMapping[str, str], pid: int) -> float | None:
     """Seconds between two ``WATCHDOG=1`` pings: half of ``$WATCHDOG_USEC`` (systemd's advice),
     or None when the watchdog is off, malformed, or meant for another process.
@@ -77,12 +81,18 @@ def watchdog_interval(environ: MutableMapping[str, str], pid: int) -> float | No
     True
     """
     usec = environ.get(WATCHDOG_USEC, "")
-    if not usec.isdigit() or int(usec) == 0:
+    # systemd writes a decimal usec_t (64 bits, its maximum meaning infinity). Anything else -- other
+    # digits than ASCII ones, thousands of them (int() refuses those: it must not stop the service) --
+    # is malformed.
+    if not (usec.isascii() and usec.isdigit()) or len(usec) > 20:
+        return None
+    value = int(usec)
+    if not 0 < value < USEC_INFINITY:
         return None
     owner = environ.get(WATCHDOG_PID)
     if owner is not None and owner != str(pid):
         return None
-    return int(usec) / 2e6
+    return value / 2e6
 
 
 def _one_line(text: str) -> str:

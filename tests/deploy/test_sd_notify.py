@@ -97,12 +97,15 @@ def test_run_is_ready_only_once_it_serves_pings_the_watchdog_and_says_stopping(t
     assert not any("WATCHDOG=1" in m for m in after[1:]), after
 
 
-@pytest.mark.parametrize("kind", ["missing", "regular_file", "relative", "stream_socket"])
+@pytest.mark.parametrize("kind", ["missing", "regular_file", "relative", "stream_socket", "hostile_watchdog"])
 def test_a_broken_notify_socket_is_logged_once_and_the_service_runs(tmp_path: Path, kind: str) -> None:
     target = tmp_path / "notify"
     listener: socket.socket | None = None
-    if kind == "missing":
+    watchdog_usec = "100000"
+    if kind in ("missing", "hostile_watchdog"):
         value = str(tmp_path / "no" / "such" / "socket")
+        if kind == "hostile_watchdog":
+            watchdog_usec = "9" * 5000  # beyond int()'s digit limit
     elif kind == "regular_file":
         target.write_text("not a socket")
         value = str(target)
@@ -113,7 +116,7 @@ def test_a_broken_notify_socket_is_logged_once_and_the_service_runs(tmp_path: Pa
         listener.bind(str(target))
         listener.listen()
         value = str(target)
-    env = dict(os.environ, NOTIFY_SOCKET=value, WATCHDOG_USEC="100000")
+    env = dict(os.environ, NOTIFY_SOCKET=value, WATCHDOG_USEC=watchdog_usec)
     proc, sock, port = start_run(tmp_path, env, "--guests", "1", "--speed", "20")
     try:
         deadline = time.monotonic() + 60
@@ -145,6 +148,9 @@ def test_addresses_and_watchdog_settings() -> None:
     other_pid = {"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "2"}
     for off in ({}, {"WATCHDOG_USEC": "0"}, {"WATCHDOG_USEC": "-5"}, other_pid):
         assert watchdog_interval(off, 1) is None
+    assert watchdog_interval({"WATCHDOG_USEC": str(2**64 - 2)}, 1) == (2**64 - 2) / 2e6
+    for hostile in ("nan", "1e6", "1.5", " 100", "\u0661\u0662\u0663", str(2**64 - 1), str(2**64), "9" * 5000):
+        assert watchdog_interval({"WATCHDOG_USEC": hostile}, 1) is None, hostile
 
 
 def test_the_environment_is_consumed_so_children_do_not_speak_for_the_service(tmp_path: Path) -> None:
